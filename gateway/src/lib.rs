@@ -1,0 +1,4 @@
+//! placeholder — see config.rs
+
+pub mod config;
+pub use config::Config;

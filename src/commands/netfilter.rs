@@ -1,0 +1,16 @@
+//! `berth netfilter …` (to be filled in by the owner of this area).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+#[derive(clap::Subcommand)]
+pub enum Cmd {
+    /// Not implemented yet.
+    Todo,
+}
+
+pub async fn run(_path: Option<&Path>, _cmd: Cmd) -> Result<ExitCode> {
+    anyhow::bail!("berth netfilter is not implemented yet")
+}

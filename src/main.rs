@@ -1,0 +1,94 @@
+//! `berth`: one binary, one subcommand per file in `commands/`. `main` only parses arguments,
+//! sets up logging, dispatches and maps errors to exit codes (bad config → 64).
+
+mod commands;
+mod config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "SSH gateway and user plane for container hosting")]
+struct Cli {
+    /// Config file (TOML). Default: /etc/berth/berth.toml if it exists, else built-in defaults.
+    #[arg(long, global = true, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "BERTH_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run components in the foreground (all when none named); SIGTERM drains and exits 0.
+    Run(commands::run::Args),
+    /// Manage accounts (people) and their public keys.
+    #[command(subcommand)]
+    Account(commands::account::Cmd),
+    /// Manage servers (tenant containers).
+    #[command(subcommand)]
+    Server(commands::server::Cmd),
+    /// Build tenant images offline.
+    #[command(subcommand)]
+    Image(commands::image::Cmd),
+    /// Manage berth's nftables egress filter.
+    #[command(subcommand)]
+    Netfilter(commands::netfilter::Cmd),
+    /// Validate or print the effective configuration.
+    #[command(subcommand)]
+    Config(commands::config::Cmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(dispatch(cli));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berth: {}", commands::format_error(&e));
+            ExitCode::from(commands::exit_code(&e))
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config_path = cli.config.as_deref();
+    match cli.command {
+        Command::Config(cmd) => commands::config::run(config_path, cmd).await,
+        Command::Run(args) => commands::run::run(config_path, args).await,
+        Command::Account(cmd) => commands::account::run(config_path, cmd).await,
+        Command::Server(cmd) => commands::server::run(config_path, cmd).await,
+        Command::Image(cmd) => commands::image::run(config_path, cmd).await,
+        Command::Netfilter(cmd) => commands::netfilter::run(config_path, cmd).await,
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
