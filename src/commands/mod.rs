@@ -2,6 +2,8 @@
 
 pub mod account;
 pub mod config;
+pub mod dns;
+pub mod gateway;
 pub mod image;
 pub mod netfilter;
 pub mod run;

@@ -14,3 +14,13 @@ pub enum Cmd {
 pub async fn run(_path: Option<&Path>, _cmd: Cmd) -> Result<ExitCode> {
     anyhow::bail!("berth netfilter is not implemented yet")
 }
+
+/// `berth run netfilter`: apply, then watch for drift and re-apply until `shutdown` fires;
+/// sends on `ready` after the first successful apply.
+pub async fn run_daemon(
+    _cfg: &crate::config::Config,
+    _shutdown: tokio_util::sync::CancellationToken,
+    _ready: tokio::sync::oneshot::Sender<()>,
+) -> Result<()> {
+    anyhow::bail!("the netfilter component is not implemented yet")
+}

@@ -1,24 +1,237 @@
-//! `berth run [gateway|dns|netfilter]…`.
+//! `berth run [gateway|dns|netfilter]…`: brings up the user plane in dependency order.
+//!
+//! Order: netfilter first (a gateway must never serve tenants whose egress filter failed to
+//! apply), then the resolver, then the gateway. Each component's `run_daemon` reports readiness
+//! on a oneshot; systemd hears READY=1 only when every requested component really serves.
+//! Deliberately not here: any component logic — this file only sequences, signals and serves
+//! `/metrics`.
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::commands::{self, Exit};
+use crate::config::Config;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Components to run (all when none named).
+    /// Components to run (all when none named), started in the order netfilter, dns, gateway.
     #[arg(value_enum)]
     components: Vec<Component>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Component {
     Gateway,
     Dns,
     Netfilter,
 }
 
-pub async fn run(_path: Option<&Path>, _args: Args) -> Result<ExitCode> {
-    anyhow::bail!("berth run is not implemented yet")
+impl Component {
+    fn name(self) -> &'static str {
+        match self {
+            Component::Gateway => "gateway",
+            Component::Dns => "dns",
+            Component::Netfilter => "netfilter",
+        }
+    }
+}
+
+/// How long a component may take to report ready before `run` gives up on it.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub async fn run(path: Option<&Path>, args: Args) -> Result<ExitCode> {
+    let cfg = commands::load_config(path)?;
+    let wanted = order(&args.components);
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+
+    let metrics = spawn_metrics(&cfg, shutdown.clone()).await?;
+
+    let mut running: Vec<(Component, JoinHandle<Result<()>>)> = Vec::new();
+    let mut failed = false;
+    for comp in wanted.iter().copied() {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match start(comp, &cfg, shutdown.clone()).await {
+            Ok(handle) => {
+                tracing::info!(component = comp.name(), "component ready");
+                running.push((comp, handle));
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("berth: {} failed to start: {}", comp.name(), commands::format_error(&e));
+                if comp == Component::Netfilter && wanted.contains(&Component::Gateway) {
+                    // Never serve tenants whose egress filter is not in place.
+                    eprintln!("berth: not starting the gateway without its egress filter");
+                    shutdown.cancel();
+                    break;
+                }
+            }
+        }
+    }
+    if running.is_empty() {
+        shutdown.cancel();
+        if let Some(m) = metrics {
+            let _ = m.await;
+        }
+        return Err(Exit { code: 1, message: "no component could start".into() }.into());
+    }
+    let names: Vec<&str> = running.iter().map(|(c, _)| c.name()).collect();
+    notify_ready(&format!("serving: {}", names.join(", ")));
+    spawn_watchdog(shutdown.clone());
+
+    // Run until SIGTERM or until a component stops on its own (an error while serving).
+    let mut handles = running;
+    let mut exit_err = None;
+    while !handles.is_empty() {
+        let (res, idx, _) = futures::future::select_all(handles.iter_mut().map(|(_, h)| h)).await;
+        let (comp, _) = handles.remove(idx);
+        match res {
+            Ok(Ok(())) if shutdown.is_cancelled() => {}
+            Ok(Ok(())) => {
+                tracing::warn!(component = comp.name(), "component stopped unexpectedly");
+                exit_err.get_or_insert(format!("{} stopped unexpectedly", comp.name()));
+                shutdown.cancel();
+            }
+            Ok(Err(e)) => {
+                let msg = format!("{}: {}", comp.name(), commands::format_error(&e));
+                eprintln!("berth: {msg}");
+                exit_err.get_or_insert(msg);
+                shutdown.cancel();
+            }
+            Err(join) => {
+                let msg = format!("{} crashed: {join}", comp.name());
+                eprintln!("berth: {msg}");
+                exit_err.get_or_insert(msg);
+                shutdown.cancel();
+            }
+        }
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
+    match exit_err {
+        Some(message) => Err(Exit { code: 1, message }.into()),
+        None if failed => Err(Exit { code: 1, message: "some components failed to start".into() }.into()),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Dedup and put in start order.
+fn order(requested: &[Component]) -> Vec<Component> {
+    let all = [Component::Netfilter, Component::Dns, Component::Gateway];
+    all.into_iter()
+        .filter(|c| requested.is_empty() || requested.contains(c))
+        .collect()
+}
+
+/// Spawns one component and waits until it is ready (or fails, or times out).
+async fn start(
+    comp: Component,
+    cfg: &Config,
+    shutdown: CancellationToken,
+) -> Result<JoinHandle<Result<()>>> {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let cfg = cfg.clone();
+    let mut handle = tokio::spawn(async move {
+        match comp {
+            Component::Gateway => commands::gateway::run_daemon(&cfg, shutdown, ready_tx).await,
+            Component::Dns => commands::dns::run_daemon(&cfg, shutdown, ready_tx).await,
+            Component::Netfilter => commands::netfilter::run_daemon(&cfg, shutdown, ready_tx).await,
+        }
+    });
+    tokio::select! {
+        ready = ready_rx => match ready {
+            Ok(()) => Ok(handle),
+            // The sender was dropped without a signal: the task ended; report how.
+            Err(_) => match handle.await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => anyhow::bail!("stopped before it was ready"),
+                Err(e) => anyhow::bail!("crashed while starting: {e}"),
+            },
+        },
+        res = &mut handle => match res {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => anyhow::bail!("stopped before it was ready"),
+            Err(e) => anyhow::bail!("crashed while starting: {e}"),
+        },
+        _ = tokio::time::sleep(START_TIMEOUT) => {
+            handle.abort();
+            anyhow::bail!("not ready after {}s", START_TIMEOUT.as_secs())
+        }
+    }
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    // SIGHUP is `systemctl reload`: components that reload (blocklist, keys) listen for it
+    // themselves; this listener guarantees the default action (terminate) never applies.
+    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(signal = "SIGHUP", "reload requested");
+        }
+    });
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}
+
+fn notify_ready(status: &str) {
+    // Outside systemd NOTIFY_SOCKET is unset and this is a no-op.
+    if let Err(e) = sd_notify::notify(
+        false,
+        &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(status)],
+    ) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// Pings systemd's watchdog at half its interval while the runtime is alive.
+fn spawn_watchdog(shutdown: CancellationToken) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let every = Duration::from_micros(usec / 2);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(every) => {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        }
+    });
+}
+
+/// `/metrics` (Prometheus text) and `/healthz` on `[metrics] listen`.
+async fn spawn_metrics(
+    cfg: &Config,
+    shutdown: CancellationToken,
+) -> Result<Option<JoinHandle<()>>> {
+    if cfg.metrics.listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.metrics.listen)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {} ([metrics] listen)", cfg.metrics.listen))?;
+    tracing::info!(listen = %cfg.metrics.listen, "metrics endpoint up");
+    Ok(Some(tokio::spawn(crate::metrics_http::serve(listener, shutdown))))
 }
