@@ -81,11 +81,15 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Loads from an explicit path (must exist), else the default path if it exists, else
-    /// defaults. Env overrides are applied last.
+    /// Loads from an explicit path (must exist), else a systemd credential named `berth.toml`
+    /// (`LoadCredential=`, how the unprivileged units receive the root-only file), else the
+    /// default path if it exists, else defaults. Env overrides are applied last.
     pub fn load(explicit: Option<&Path>) -> Result<(Self, Source)> {
-        let (mut cfg, source) = match explicit {
-            Some(p) => (Self::from_file(p)?, Source::File(p.to_path_buf())),
+        let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|d| PathBuf::from(d).join("berth.toml"))
+            .filter(|p| p.exists());
+        let (mut cfg, source) = match explicit.map(Path::to_path_buf).or(credential) {
+            Some(p) => (Self::from_file(&p)?, Source::File(p)),
             None if Path::new(DEFAULT_CONFIG_PATH).exists() => (
                 Self::from_file(Path::new(DEFAULT_CONFIG_PATH))?,
                 Source::File(DEFAULT_CONFIG_PATH.into()),
