@@ -1,0 +1,552 @@
+//! The request handler: ties policy, local zone, cache and upstreams together for each query.
+//!
+//! hickory-server owns the sockets and the wire format (parsing, FORMERR for undecodable
+//! packets, truncation to the client's payload size, TCP framing); this module decides what to
+//! answer. Identical upstream queries are merged into one *flight* — a spawned task, so a refresh
+//! started for a stale entry keeps running after the client got its stale answer — and the number
+//! of flights is capped globally.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use ipnet::IpNet;
+use tokio::sync::Semaphore;
+
+use crate::DnsError;
+use crate::cache::{Answer, Cache, Key, Lookup, TtlPolicy};
+use crate::config::{BlocklistMode, Config};
+use crate::metrics::{Metrics, Outcome};
+use crate::policy::{self, Blocklist, Decision, LocalAnswer};
+use crate::ratelimit::RateLimiter;
+use crate::upstream::{EDNS_PAYLOAD, UpstreamError, Upstreams};
+use crate::zone::LocalZone;
+
+type FlightResult = Result<Arc<Answer>, UpstreamError>;
+type Flight = Shared<BoxFuture<'static, FlightResult>>;
+
+/// Settings derived once from the config.
+#[derive(Debug)]
+struct Settings {
+    allowed: Vec<IpNet>,
+    domain: Name,
+    local_ttl: u32,
+    blocklist_mode: BlocklistMode,
+    domain_needed: bool,
+    bogus_priv: bool,
+    rebind_protection: bool,
+    rebind_allowlist: Vec<Name>,
+    stale_enabled: bool,
+    stale_answer_ttl: u32,
+    stale_wait: Duration,
+    query_timeout: Duration,
+    query_log: bool,
+}
+
+/// Shared resolver state; [`Handler`] is the hickory-facing wrapper.
+#[derive(Debug)]
+pub struct Resolver {
+    s: Settings,
+    zone: LocalZone,
+    blocklist: RwLock<Arc<Blocklist>>,
+    cache: Cache,
+    ttl: TtlPolicy,
+    upstreams: Upstreams,
+    flights: Mutex<HashMap<Key, Flight>>,
+    inflight: Arc<Semaphore>,
+    ratelimit: RateLimiter,
+    metrics: Arc<Metrics>,
+    soa: Record,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handler")
+    }
+}
+
+impl Resolver {
+    /// `allowed` = the tenant subnet(s); `cfg.allow_from` is added to it. `upstreams` overrides
+    /// `cfg.upstreams` (the caller resolved `resolv_file`).
+    pub fn new(
+        cfg: &Config,
+        allowed: &[IpNet],
+        upstreams: Vec<std::net::SocketAddr>,
+        zone: LocalZone,
+    ) -> Result<Arc<Self>, DnsError> {
+        cfg.validate().map_err(DnsError::Config)?;
+        let domain = Name::from_ascii(&cfg.domain)
+            .map_err(|e| DnsError::Config(format!("dns.domain {:?}: {e}", cfg.domain)))?
+            .to_lowercase();
+        let mut domain = domain;
+        domain.set_fqdn(true);
+        let mut rebind_allowlist = Vec::new();
+        for d in &cfg.rebind_allowlist {
+            let mut n = Name::from_ascii(d)
+                .map_err(|e| DnsError::Config(format!("dns.rebind_allowlist {d:?}: {e}")))?
+                .to_lowercase();
+            n.set_fqdn(true);
+            rebind_allowlist.push(n);
+        }
+        let hostmaster = Name::from_ascii("hostmaster")
+            .and_then(|h| h.append_domain(&domain))
+            .map_err(|e| DnsError::Config(format!("dns.domain {:?}: {e}", cfg.domain)))?;
+        // Negative TTL 0 (record TTL 0, MINIMUM 0): no client caches "no such server", so a new
+        // server resolves at once.
+        let soa = Record::from_rdata(
+            domain.clone(),
+            0,
+            RData::SOA(SOA::new(
+                domain.clone(),
+                hostmaster,
+                1,
+                3600,
+                600,
+                86_400,
+                0,
+            )),
+        );
+        let mut allowed_nets = allowed.to_vec();
+        allowed_nets.extend(cfg.allow_from.iter().copied());
+        Ok(Arc::new(Self {
+            s: Settings {
+                allowed: allowed_nets,
+                domain,
+                local_ttl: cfg.local_ttl,
+                blocklist_mode: cfg.blocklist_mode,
+                domain_needed: cfg.domain_needed,
+                bogus_priv: cfg.bogus_priv,
+                rebind_protection: cfg.rebind_protection,
+                rebind_allowlist,
+                stale_enabled: cfg.stale_max_secs > 0,
+                stale_answer_ttl: cfg.stale_answer_ttl,
+                stale_wait: Duration::from_millis(cfg.stale_wait_ms),
+                query_timeout: Duration::from_millis(cfg.query_timeout_ms),
+                query_log: cfg.query_log,
+            },
+            zone,
+            blocklist: RwLock::new(Arc::new(Blocklist::default())),
+            cache: Cache::new(
+                cfg.cache_size,
+                Duration::from_secs(u64::from(cfg.stale_max_secs)),
+            ),
+            ttl: TtlPolicy {
+                min_ttl: cfg.min_ttl,
+                max_ttl: cfg.max_ttl,
+                negative_max: cfg.negative_ttl_max,
+            },
+            upstreams: Upstreams::new(upstreams, Duration::from_millis(cfg.upstream_timeout_ms)),
+            flights: Mutex::new(HashMap::new()),
+            inflight: Arc::new(Semaphore::new(cfg.max_inflight)),
+            ratelimit: RateLimiter::new(cfg.rate_limit_qps, cfg.rate_limit_burst),
+            metrics: Arc::new(Metrics::default()),
+            soa,
+        }))
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    pub fn zone(&self) -> &LocalZone {
+        &self.zone
+    }
+
+    /// Swaps in a new blocklist.
+    pub fn set_blocklist(&self, b: Blocklist) {
+        self.metrics
+            .blocklist_entries
+            .store(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.blocklist_reloads.inc();
+        let b = Arc::new(b);
+        match self.blocklist.write() {
+            Ok(mut g) => *g = b,
+            Err(p) => *p.into_inner() = b,
+        }
+    }
+
+    fn blocklist(&self) -> Arc<Blocklist> {
+        match self.blocklist.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Refreshes the cache gauges (called by the metrics renderer).
+    pub fn update_gauges(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.metrics
+            .cache_entries
+            .store(self.cache.len() as u64, Relaxed);
+        self.metrics
+            .cache_evictions
+            .store(self.cache.evictions(), Relaxed);
+    }
+
+    /// Joins or starts the upstream flight for `key`; `None` when the in-flight cap is reached.
+    fn flight(self: &Arc<Self>, key: &Key) -> Option<Flight> {
+        let mut map = lock(&self.flights);
+        if let Some(f) = map.get(key) {
+            self.metrics.inflight_merged.inc();
+            return Some(f.clone());
+        }
+        let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+            self.metrics.inflight_rejected.inc();
+            return None;
+        };
+        let this = self.clone();
+        let k = key.clone();
+        let handle = tokio::spawn(async move {
+            let mut q = Query::query(k.name.clone(), k.qtype);
+            q.set_query_class(k.qclass);
+            let res = tokio::time::timeout(
+                this.s.query_timeout,
+                this.upstreams.resolve(&q, &this.metrics),
+            )
+            .await;
+            let out = match res {
+                Ok(Ok(msg)) => Ok(this.absorb(&k, msg)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(UpstreamError::AllFailed),
+            };
+            lock(&this.flights).remove(&k);
+            drop(permit);
+            out
+        });
+        let f = async move { handle.await.unwrap_or(Err(UpstreamError::AllFailed)) }
+            .boxed()
+            .shared();
+        map.insert(key.clone(), f.clone());
+        Some(f)
+    }
+
+    /// Filters an upstream answer, caches it when allowed, returns what to send.
+    fn absorb(&self, key: &Key, msg: hickory_proto::op::Message) -> Arc<Answer> {
+        let mut a = Answer {
+            rcode: msg.metadata.response_code,
+            answers: msg.answers,
+            authorities: msg.authorities,
+            additionals: msg
+                .additionals
+                .into_iter()
+                .filter(|r| !matches!(r.record_type(), RecordType::OPT | RecordType::TSIG))
+                .collect(),
+        };
+        if self.s.rebind_protection {
+            let mut n = policy::strip_rebind(&mut a.answers, &key.name, &self.s.rebind_allowlist);
+            n += policy::strip_rebind(&mut a.additionals, &key.name, &self.s.rebind_allowlist);
+            for _ in 0..n {
+                self.metrics.rebind_stripped.inc();
+            }
+            if n > 0 {
+                tracing::debug!(name = %key.name, stripped = n, "rebind protection stripped private addresses");
+            }
+        }
+        let ttl = self.ttl.apply(&mut a);
+        let a = Arc::new(a);
+        if let Some(ttl) = ttl {
+            self.cache
+                .insert(key.clone(), a.clone(), ttl, Instant::now());
+        }
+        a
+    }
+
+    fn local_records(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        la: &LocalAnswer,
+    ) -> (ResponseCode, Vec<Record>, Vec<Record>) {
+        let ttl = self.s.local_ttl;
+        match la {
+            LocalAnswer::Addrs(addrs) => {
+                let recs = addrs
+                    .iter()
+                    .map(|ip| {
+                        let data = match ip {
+                            IpAddr::V4(v4) => RData::A(A(*v4)),
+                            IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+                        };
+                        Record::from_rdata(name.clone(), ttl, data)
+                    })
+                    .collect();
+                (ResponseCode::NoError, recs, vec![])
+            }
+            LocalAnswer::Ptr(target) => (
+                ResponseCode::NoError,
+                vec![Record::from_rdata(
+                    name.clone(),
+                    ttl,
+                    RData::PTR(PTR(target.clone())),
+                )],
+                vec![],
+            ),
+            LocalAnswer::Soa => (ResponseCode::NoError, vec![self.soa.clone()], vec![]),
+            LocalAnswer::NoData => (ResponseCode::NoError, vec![], vec![self.soa.clone()]),
+            LocalAnswer::NxDomain => {
+                let _ = qtype;
+                (ResponseCode::NXDomain, vec![], vec![self.soa.clone()])
+            }
+        }
+    }
+
+    async fn handle<R: ResponseHandler>(
+        self: &Arc<Self>,
+        request: &Request,
+        rh: R,
+    ) -> ResponseInfo {
+        let src = request.src().ip();
+        if self.ratelimit.enabled() && !self.ratelimit.check(src, Instant::now()) {
+            self.metrics.outcome(Outcome::RateLimited);
+            return reply_code(request, rh, ResponseCode::Refused).await;
+        }
+        let info = match request.request_info() {
+            Ok(i) => i,
+            Err(_) => {
+                self.metrics.outcome(Outcome::FormErr);
+                return reply_code(request, rh, ResponseCode::FormErr).await;
+            }
+        };
+        let qtype = info.query.query_type();
+        let qclass = info.query.query_class();
+        let mut name = Name::from(info.query.name().clone());
+        name.set_fqdn(true);
+        self.metrics.query(qtype);
+
+        let zone = self.zone.snapshot();
+        let blocklist = self.blocklist();
+        let state = policy::State {
+            allowed: &self.s.allowed,
+            domain: &self.s.domain,
+            zone: &zone,
+            blocklist: &blocklist,
+            blocklist_mode: self.s.blocklist_mode,
+            domain_needed: self.s.domain_needed,
+            bogus_priv: self.s.bogus_priv,
+        };
+        let q = policy::Query {
+            src,
+            op_code: request.metadata.op_code,
+            name: &name,
+            qtype,
+            qclass,
+        };
+        let decision = policy::decide(&q, &state);
+        drop(zone);
+
+        let (outcome, info) = match decision {
+            Decision::Refuse => (
+                Outcome::Refused,
+                reply_code(request, rh, ResponseCode::Refused).await,
+            ),
+            Decision::NotImp => (
+                Outcome::Refused,
+                reply_code(request, rh, ResponseCode::NotImp).await,
+            ),
+            Decision::NxDomain(_) => (
+                Outcome::Policy,
+                reply_code(request, rh, ResponseCode::NXDomain).await,
+            ),
+            Decision::Blocked(BlocklistMode::Nxdomain) => (
+                Outcome::Blocked,
+                reply_code(request, rh, ResponseCode::NXDomain).await,
+            ),
+            Decision::Blocked(BlocklistMode::Sinkhole) => {
+                let recs: Vec<Record> = policy::sinkhole(qtype)
+                    .map(|ip| {
+                        let data = match ip {
+                            IpAddr::V4(v4) => RData::A(A(v4)),
+                            IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+                        };
+                        Record::from_rdata(name.clone(), self.s.local_ttl, data)
+                    })
+                    .into_iter()
+                    .collect();
+                (
+                    Outcome::Blocked,
+                    reply(request, rh, ResponseCode::NoError, false, &recs, &[], &[]).await,
+                )
+            }
+            Decision::Local(la) => {
+                let (rcode, ans, auth) = self.local_records(&name, qtype, &la);
+                (
+                    Outcome::Local,
+                    reply(request, rh, rcode, true, &ans, &auth, &[]).await,
+                )
+            }
+            Decision::Forward => self.forward(request, rh, name.clone(), qtype, qclass).await,
+        };
+        self.metrics.outcome(outcome);
+        if self.s.query_log {
+            tracing::info!(target: "berth::dns::query", peer = %src, name = %name, qtype = %qtype, outcome = ?outcome, rcode = %info.response_code);
+        }
+        info
+    }
+
+    async fn forward<R: ResponseHandler>(
+        self: &Arc<Self>,
+        request: &Request,
+        rh: R,
+        name: Name,
+        qtype: RecordType,
+        qclass: DNSClass,
+    ) -> (Outcome, ResponseInfo) {
+        let key = Key {
+            name,
+            qtype,
+            qclass,
+        };
+        match self.cache.lookup(&key, Instant::now()) {
+            Lookup::Fresh(a) => {
+                self.metrics.cache_hits.inc();
+                (Outcome::CacheHit, reply_answer(request, rh, &a).await)
+            }
+            Lookup::Stale(old) => {
+                let fresh = match self.flight(&key) {
+                    Some(f) if self.s.stale_enabled => tokio::time::timeout(self.s.stale_wait, f)
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                    Some(f) => tokio::time::timeout(self.s.query_timeout, f)
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                    None => None,
+                };
+                match fresh {
+                    Some(a) => (Outcome::Forwarded, reply_answer(request, rh, &a).await),
+                    None if self.s.stale_enabled => {
+                        self.metrics.cache_stale.inc();
+                        let a = old.with_ttl(self.s.stale_answer_ttl);
+                        (Outcome::Stale, reply_answer(request, rh, &a).await)
+                    }
+                    None => (
+                        Outcome::ServFail,
+                        reply_code(request, rh, ResponseCode::ServFail).await,
+                    ),
+                }
+            }
+            Lookup::Miss => {
+                self.metrics.cache_misses.inc();
+                let Some(f) = self.flight(&key) else {
+                    return (
+                        Outcome::ServFail,
+                        reply_code(request, rh, ResponseCode::ServFail).await,
+                    );
+                };
+                match tokio::time::timeout(self.s.query_timeout, f).await {
+                    Ok(Ok(a)) => (Outcome::Forwarded, reply_answer(request, rh, &a).await),
+                    _ => (
+                        Outcome::ServFail,
+                        reply_code(request, rh, ResponseCode::ServFail).await,
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// The hickory `RequestHandler`.
+#[derive(Clone)]
+pub struct Handler(pub Arc<Resolver>);
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        self.0.handle(request, response_handle).await
+    }
+}
+
+/// EDNS for the response: present when the client used EDNS; its payload (which also bounds
+/// the UDP response size hickory encodes) is the client's, capped at ours.
+fn response_edns(request: &Request) -> Option<Edns> {
+    request.edns.as_ref().map(|_| {
+        let mut e = Edns::new();
+        e.set_max_payload(request.max_payload().clamp(512, EDNS_PAYLOAD));
+        e
+    })
+}
+
+fn failed(request: &Request, code: ResponseCode) -> ResponseInfo {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.response_code = code;
+    ResponseInfo::from(Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    })
+}
+
+async fn reply_code<R: ResponseHandler>(
+    request: &Request,
+    rh: R,
+    code: ResponseCode,
+) -> ResponseInfo {
+    reply(request, rh, code, false, &[], &[], &[]).await
+}
+
+async fn reply_answer<R: ResponseHandler>(request: &Request, rh: R, a: &Answer) -> ResponseInfo {
+    reply(
+        request,
+        rh,
+        a.rcode,
+        false,
+        &a.answers,
+        &a.authorities,
+        &a.additionals,
+    )
+    .await
+}
+
+async fn reply<R: ResponseHandler>(
+    request: &Request,
+    mut rh: R,
+    code: ResponseCode,
+    authoritative: bool,
+    answers: &[Record],
+    authorities: &[Record],
+    additionals: &[Record],
+) -> ResponseInfo {
+    let edns = response_edns(request);
+    let mut builder = MessageResponseBuilder::from_message_request(request);
+    if let Some(e) = &edns {
+        builder.edns(e);
+    }
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.response_code = code;
+    metadata.recursion_available = true;
+    metadata.authoritative = authoritative;
+    let resp = builder.build(
+        metadata,
+        answers.iter(),
+        authorities.iter(),
+        std::iter::empty(),
+        additionals.iter(),
+    );
+    match rh.send_response(resp).await {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::debug!(error = %e, peer = %request.src(), "could not send a dns response");
+            failed(request, ResponseCode::ServFail)
+        }
+    }
+}

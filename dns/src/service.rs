@@ -1,0 +1,212 @@
+//! Sockets and lifecycle: binding (IP_FREEBIND, so the tenant bridge may appear later), handing
+//! the sockets to hickory's `Server`, the blocklist file watcher, and shutdown.
+//!
+//! Listeners are bound by the caller ([`bind`]) and passed in, so tests use port 0 on loopback and
+//! the daemon can be socket-activated later; nothing here reads global state.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hickory_server::Server;
+use ipnet::IpNet;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::DnsError;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::policy::Blocklist;
+use crate::resolver::{Handler, Resolver};
+use crate::zone::LocalZone;
+
+/// One UDP socket and one TCP listener on the same address.
+#[derive(Debug)]
+pub struct Listener {
+    pub udp: UdpSocket,
+    pub tcp: TcpListener,
+}
+
+impl Listener {
+    /// The UDP socket's address (equal to the TCP one unless port 0 picked two ports).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.udp.local_addr()
+    }
+}
+
+fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    // IP_FREEBIND: bind the tenant gateway address before the bridge exists; packets arrive
+    // once it does.
+    match addr {
+        SocketAddr::V4(_) => s.set_freebind_v4(true)?,
+        SocketAddr::V6(_) => {
+            s.set_only_v6(true)?;
+            s.set_freebind_v6(true)?;
+        }
+    }
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// Binds UDP and TCP on `addr`. With port 0 the TCP listener takes the UDP socket's port.
+/// Must be called inside a tokio runtime.
+pub fn bind(addr: SocketAddr) -> Result<Listener, DnsError> {
+    let err = |e: std::io::Error| DnsError::Bind { addr, source: e };
+    let u = socket(addr, Type::DGRAM, Protocol::UDP).map_err(err)?;
+    u.set_recv_buffer_size(4 << 20).ok();
+    u.bind(&addr.into()).map_err(err)?;
+    let udp_addr = u
+        .local_addr()
+        .map_err(err)?
+        .as_socket()
+        .ok_or_else(|| err(std::io::Error::other("udp socket has no inet address")))?;
+    let t = socket(udp_addr, Type::STREAM, Protocol::TCP).map_err(err)?;
+    t.bind(&udp_addr.into()).map_err(err)?;
+    t.listen(1024).map_err(err)?;
+    let udp = UdpSocket::from_std(std::net::UdpSocket::from(u)).map_err(err)?;
+    let tcp = TcpListener::from_std(std::net::TcpListener::from(t)).map_err(err)?;
+    Ok(Listener { udp, tcp })
+}
+
+/// Reads upstreams from the `nameserver` lines of a resolv.conf-style file (port 53).
+pub fn read_resolv_file(path: &Path) -> Result<Vec<SocketAddr>, DnsError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DnsError::Io {
+        what: format!("resolv file {}", path.display()),
+        source: e,
+    })?;
+    let out: Vec<SocketAddr> = text
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some("nameserver"))
+                .then(|| it.next())
+                .flatten()
+        })
+        .filter_map(|a| a.parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect();
+    if out.is_empty() {
+        return Err(DnsError::Config(format!(
+            "resolv file {} names no nameserver",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// A configured resolver, ready to serve.
+#[derive(Debug, Clone)]
+pub struct Service {
+    resolver: Arc<Resolver>,
+    blocklist_path: Option<PathBuf>,
+    tcp_idle: Duration,
+}
+
+impl Service {
+    /// Builds the resolver. `tenant_nets` are the tenant subnet(s), always allowed as clients;
+    /// `zone` is the handle the caller keeps feeding. Loads the blocklist (an unreadable file is
+    /// an error here, at start; later reload failures keep the previous list).
+    pub fn new(cfg: &Config, tenant_nets: &[IpNet], zone: LocalZone) -> Result<Self, DnsError> {
+        let upstreams = match &cfg.resolv_file {
+            Some(p) => read_resolv_file(p)?,
+            None => cfg.upstreams.clone(),
+        };
+        let resolver = Resolver::new(cfg, tenant_nets, upstreams, zone)?;
+        let svc = Self {
+            resolver,
+            blocklist_path: cfg.blocklist.clone(),
+            tcp_idle: Duration::from_secs(cfg.tcp_idle_timeout_secs.max(1)),
+        };
+        svc.reload_blocklist()?;
+        Ok(svc)
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.resolver.metrics()
+    }
+
+    /// Appends Prometheus text for this resolver.
+    pub fn render_metrics(&self, out: &mut String) {
+        self.resolver.update_gauges();
+        self.resolver.metrics().render(out);
+    }
+
+    pub fn zone(&self) -> &LocalZone {
+        self.resolver.zone()
+    }
+
+    /// (Re)reads the blocklist file; returns the number of domains. No file configured → 0.
+    pub fn reload_blocklist(&self) -> Result<usize, DnsError> {
+        let Some(path) = &self.blocklist_path else {
+            return Ok(0);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| DnsError::Io {
+            what: format!("blocklist {}", path.display()),
+            source: e,
+        })?;
+        let (list, invalid) = Blocklist::parse(&text);
+        if invalid > 0 {
+            tracing::warn!(path = %path.display(), invalid, "blocklist lines skipped (not domain names)");
+        }
+        let n = list.len();
+        self.resolver.set_blocklist(list);
+        tracing::info!(path = %path.display(), domains = n, "blocklist loaded");
+        Ok(n)
+    }
+
+    /// Serves on `listeners` until `shutdown` fires, then drains. Also watches the blocklist file
+    /// (every `poll`, reloads when its mtime or size changes).
+    pub async fn serve(
+        &self,
+        listeners: Vec<Listener>,
+        shutdown: CancellationToken,
+    ) -> Result<(), DnsError> {
+        let mut server = Server::new(Handler(self.resolver.clone()));
+        for l in listeners {
+            server.register_socket(l.udp);
+            server.register_listener(l.tcp, self.tcp_idle, 64);
+        }
+        let watcher = self.blocklist_path.clone().map(|p| {
+            let svc = self.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move { svc.watch_blocklist(p, Duration::from_secs(2), stop).await })
+        });
+        let token = server.shutdown_token().clone();
+        let res = tokio::select! {
+            r = server.block_until_done() => r.map_err(|e| DnsError::Serve(e.to_string())),
+            _ = shutdown.cancelled() => {
+                token.cancel();
+                server.block_until_done().await.map_err(|e| DnsError::Serve(e.to_string()))
+            }
+        };
+        if let Some(w) = watcher {
+            w.abort();
+        }
+        res
+    }
+
+    async fn watch_blocklist(&self, path: PathBuf, poll: Duration, stop: CancellationToken) {
+        let stamp = |p: &Path| -> Option<(SystemTime, u64)> {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        };
+        let mut last = stamp(&path);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(poll) => {}
+            }
+            let now = stamp(&path);
+            if now != last && now.is_some() {
+                last = now;
+                if let Err(e) = self.reload_blocklist() {
+                    tracing::warn!(error = %e, "blocklist reload failed; keeping the previous list");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The local zone: `server<N>.<domain>` → the tenant's address(es), and the reverse map for PTR.
+//!
+//! [`LocalZone`] is the handle the binary feeds from the tenants crate (a full `replace` on every
+//! change, or `follow` a `watch` channel). Readers take an `Arc` snapshot, so a lookup never waits
+//! on a writer and a change is visible to the very next query — local names are never cached, so
+//! a new server resolves immediately and a removed one stops resolving immediately. This module
+//! knows nothing about Docker or the database.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use tenants::ServerId;
+use tokio::sync::watch;
+
+/// One immutable view of the zone.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ZoneData {
+    by_id: BTreeMap<ServerId, Vec<IpAddr>>,
+    by_ip: HashMap<IpAddr, ServerId>,
+}
+
+impl ZoneData {
+    /// Builds the zone from every server's addresses (v4 and/or v6).
+    pub fn from_addrs(map: BTreeMap<ServerId, Vec<IpAddr>>) -> Self {
+        let mut by_ip = HashMap::new();
+        for (id, addrs) in &map {
+            for a in addrs {
+                by_ip.insert(a.to_canonical(), *id);
+            }
+        }
+        Self { by_id: map, by_ip }
+    }
+
+    /// Addresses of `server<N>`, `None` when there is no such server.
+    pub fn addrs(&self, id: ServerId) -> Option<&[IpAddr]> {
+        self.by_id.get(&id).map(Vec::as_slice)
+    }
+
+    /// The server an address belongs to (for PTR).
+    pub fn server_of(&self, ip: IpAddr) -> Option<ServerId> {
+        self.by_ip.get(&ip.to_canonical()).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+/// Shared, live-updated handle on the local zone. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct LocalZone {
+    inner: Arc<RwLock<Arc<ZoneData>>>,
+}
+
+impl LocalZone {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the whole zone with one address per server (the tenants crate's shape).
+    pub fn replace(&self, map: BTreeMap<ServerId, IpAddr>) {
+        self.replace_addrs(map.into_iter().map(|(id, ip)| (id, vec![ip])).collect());
+    }
+
+    /// Replaces the whole zone with any number of addresses per server (A and AAAA).
+    pub fn replace_addrs(&self, map: BTreeMap<ServerId, Vec<IpAddr>>) {
+        self.store(ZoneData::from_addrs(map));
+    }
+
+    /// Sets (or replaces) one server's addresses.
+    pub fn set(&self, id: ServerId, addrs: Vec<IpAddr>) {
+        let mut map = self.snapshot().by_id.clone();
+        map.insert(id, addrs);
+        self.replace_addrs(map);
+    }
+
+    /// Removes one server.
+    pub fn remove(&self, id: ServerId) {
+        let mut map = self.snapshot().by_id.clone();
+        map.remove(&id);
+        self.replace_addrs(map);
+    }
+
+    /// The current view.
+    pub fn snapshot(&self) -> Arc<ZoneData> {
+        // A poisoned lock only means a writer panicked between two whole-Arc swaps; the Arc
+        // inside is always a complete zone, so reading it is sound.
+        match self.inner.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn store(&self, data: ZoneData) {
+        let data = Arc::new(data);
+        match self.inner.write() {
+            Ok(mut g) => *g = data,
+            Err(p) => *p.into_inner() = data,
+        }
+    }
+
+    /// Applies every value a `watch` channel publishes (e.g.
+    /// `tenants::Provisioner::watch_addresses`), starting with the current one, until the
+    /// sender is dropped.
+    pub async fn follow(&self, mut rx: watch::Receiver<BTreeMap<ServerId, IpAddr>>) {
+        loop {
+            let map = rx.borrow_and_update().clone();
+            tracing::debug!(servers = map.len(), "local zone updated");
+            self.replace(map);
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u32) -> ServerId {
+        ServerId::new(n).unwrap()
+    }
+
+    #[test]
+    fn replace_set_remove() {
+        let z = LocalZone::new();
+        let a: IpAddr = "172.19.2.5".parse().unwrap();
+        z.replace(BTreeMap::from([(id(5), a)]));
+        assert_eq!(z.snapshot().addrs(id(5)), Some(&[a][..]));
+        assert_eq!(z.snapshot().server_of(a), Some(id(5)));
+        let v6: IpAddr = "fd00::5".parse().unwrap();
+        z.set(id(5), vec![a, v6]);
+        assert_eq!(z.snapshot().server_of(v6), Some(id(5)));
+        z.remove(id(5));
+        assert!(z.snapshot().is_empty());
+        assert_eq!(z.snapshot().server_of(a), None);
+    }
+
+    #[tokio::test]
+    async fn follow_applies_updates() {
+        let z = LocalZone::new();
+        let (tx, rx) = watch::channel(BTreeMap::new());
+        let task = tokio::spawn({
+            let z = z.clone();
+            async move { z.follow(rx).await }
+        });
+        let a: IpAddr = "172.19.2.7".parse().unwrap();
+        tx.send(BTreeMap::from([(id(7), a)])).unwrap();
+        for _ in 0..100 {
+            if !z.snapshot().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(z.snapshot().addrs(id(7)), Some(&[a][..]));
+        drop(tx);
+        task.await.unwrap();
+    }
+}
