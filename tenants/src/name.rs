@@ -6,7 +6,9 @@
 use std::fmt;
 
 /// A server number N ≥ 1 (`server<N>`, container `berth-server-<N>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct ServerId(u32);
 
@@ -111,7 +113,11 @@ mod tests {
             ("1", None),
         ];
         for (input, want) in cases {
-            assert_eq!(parse_login(input).map(ServerId::get), *want, "input {input:?}");
+            assert_eq!(
+                parse_login(input).map(ServerId::get),
+                *want,
+                "input {input:?}"
+            );
         }
     }
 
@@ -125,10 +131,25 @@ mod tests {
 
     #[test]
     fn account_names() {
-        for ok in ["alice", "a", "bob-2", "c_d", "abcdefghijklmnopqrstuvwxyz012345"] {
+        for ok in [
+            "alice",
+            "a",
+            "bob-2",
+            "c_d",
+            "abcdefghijklmnopqrstuvwxyz012345",
+        ] {
             assert!(valid_account_name(ok), "{ok}");
         }
-        for bad in ["", "Alice", "1abc", "-a", "a b", "a.b", "abcdefghijklmnopqrstuvwxyz0123456", "é"] {
+        for bad in [
+            "",
+            "Alice",
+            "1abc",
+            "-a",
+            "a b",
+            "a.b",
+            "abcdefghijklmnopqrstuvwxyz0123456",
+            "é",
+        ] {
             assert!(!valid_account_name(bad), "{bad}");
         }
     }

@@ -1,0 +1,418 @@
+//! What berth asks Docker for, as pure functions: object names, labels, the tenant network and
+//! a server's container body, and the check of an existing network against the config.
+//!
+//! No IO here, so every knob (limits, DinD mode, restart policy, DNS) is unit-tested without an
+//! engine; [`crate::provision`] only sends these bodies.
+
+use std::collections::HashMap;
+
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, Ipam, IpamConfig, Mount, MountType,
+    NetworkCreateRequest, NetworkingConfig, RestartPolicy as DockerRestart, RestartPolicyNameEnum,
+};
+
+use crate::config::{Config, DindMode, NetworkConfig, RestartPolicy};
+use crate::name::ServerId;
+use crate::store::Server;
+
+pub const LABEL_SERVER: &str = "berth.server";
+pub const LABEL_OWNER: &str = "berth.owner";
+pub const LABEL_MANAGED: &str = "berth.managed";
+/// The `name_prefix` of the berth instance that made the object.
+pub const LABEL_INSTANCE: &str = "berth.instance";
+
+/// Docker object names for one berth instance (`tenants.name_prefix`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>-server-<N>` (`berth-server-<N>` by default).
+    pub fn container(&self, id: ServerId) -> String {
+        format!("{}-server-{}", self.prefix, id.get())
+    }
+
+    /// `<prefix>-server-<N>-data`.
+    pub fn volume(&self, id: ServerId) -> String {
+        format!("{}-server-{}-data", self.prefix, id.get())
+    }
+
+    /// The server id of a container name of ours (with or without Docker's leading `/`).
+    pub fn parse_container(&self, name: &str) -> Option<ServerId> {
+        let name = name.strip_prefix('/').unwrap_or(name);
+        let digits = name
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("-server-")?;
+        crate::name::parse_server_ref(digits)
+    }
+}
+
+/// Labels on every server container and volume.
+pub fn labels(names: &Names, id: ServerId, owner: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_SERVER.to_string(), id.get().to_string()),
+        (LABEL_OWNER.to_string(), owner.to_string()),
+        (LABEL_MANAGED.to_string(), "true".to_string()),
+        (LABEL_INSTANCE.to_string(), names.prefix().to_string()),
+    ])
+}
+
+/// The limits a server gets: its own overrides, else the config defaults. 0 = unlimited.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub memory: u64,
+    pub nano_cpus: i64,
+    pub pids: i64,
+}
+
+pub fn effective_limits(cfg: &Config, server: &Server) -> Limits {
+    Limits {
+        memory: server.spec.memory.unwrap_or(cfg.memory.0),
+        nano_cpus: server
+            .spec
+            .nano_cpus
+            .unwrap_or_else(|| cpus_to_nano(cfg.cpus)),
+        pids: server.spec.pids.unwrap_or(cfg.pids),
+    }
+}
+
+/// CPUs (e.g. 1.5) → Docker NanoCpus; negative or non-finite → 0 (unlimited).
+pub fn cpus_to_nano(cpus: f64) -> i64 {
+    if cpus.is_finite() && cpus > 0.0 {
+        (cpus * 1e9).round() as i64
+    } else {
+        0
+    }
+}
+
+/// The image a server runs.
+pub fn image<'a>(cfg: &'a Config, server: &'a Server) -> &'a str {
+    server.spec.image.as_deref().unwrap_or(&cfg.image)
+}
+
+/// The full create body for server `server`'s container.
+pub fn container_body(
+    cfg: &Config,
+    net: &NetworkConfig,
+    names: &Names,
+    server: &Server,
+) -> ContainerCreateBody {
+    let limits = effective_limits(cfg, server);
+    let memory = i64::try_from(limits.memory).unwrap_or(i64::MAX);
+    let (privileged, runtime) = match cfg.dind {
+        DindMode::Off => (false, cfg.runtime.clone()),
+        DindMode::Privileged => (true, cfg.runtime.clone()),
+        DindMode::Runtime => (false, cfg.runtime.clone()),
+    };
+    let host_config = HostConfig {
+        memory: (memory > 0).then_some(memory),
+        // Same as memory: no swap beyond the limit.
+        memory_swap: (memory > 0).then_some(memory),
+        nano_cpus: (limits.nano_cpus > 0).then_some(limits.nano_cpus),
+        pids_limit: (limits.pids > 0).then_some(limits.pids),
+        dns: Some(vec![net.gateway.to_string()]),
+        restart_policy: Some(DockerRestart {
+            name: Some(match cfg.restart {
+                RestartPolicy::No => RestartPolicyNameEnum::NO,
+                RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+                RestartPolicy::Always => RestartPolicyNameEnum::ALWAYS,
+                RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+            }),
+            maximum_retry_count: None,
+        }),
+        // tini as PID 1: reaps orphans of tenant shells, forwards signals.
+        init: Some(true),
+        network_mode: Some(net.name.clone()),
+        mounts: Some(vec![Mount {
+            target: Some(cfg.volume_mount.clone()),
+            source: Some(names.volume(server.id)),
+            typ: Some(MountType::VOLUME),
+            read_only: Some(false),
+            ..Default::default()
+        }]),
+        privileged: privileged.then_some(true),
+        runtime,
+        // No setuid escalation inside tenants; a nested engine needs it, so not in DinD mode.
+        security_opt: (cfg.dind == DindMode::Off).then(|| vec!["no-new-privileges".to_string()]),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(image(cfg, server).to_string()),
+        hostname: Some(server.id.login_name()),
+        labels: Some(labels(names, server.id, &server.owner)),
+        tty: Some(false),
+        open_stdin: Some(false),
+        attach_stdin: Some(false),
+        attach_stdout: Some(false),
+        attach_stderr: Some(false),
+        host_config: Some(host_config),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                net.name.clone(),
+                EndpointSettings::default(),
+            )])),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Docker bridge options berth sets on the tenant network.
+pub const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
+pub const OPT_ICC: &str = "com.docker.network.bridge.enable_icc";
+
+/// The create request for the tenant network: bridge driver, our interface name, subnet and
+/// gateway, inter-container traffic off (netfilter enforces the same at L2 regardless).
+pub fn network_request(net: &NetworkConfig) -> NetworkCreateRequest {
+    let mut ipam = vec![IpamConfig {
+        subnet: Some(net.subnet.to_string()),
+        gateway: Some(net.gateway.to_string()),
+        ..Default::default()
+    }];
+    if let (Some(s6), Some(g6)) = (net.subnet6, net.gateway6) {
+        ipam.push(IpamConfig {
+            subnet: Some(s6.to_string()),
+            gateway: Some(g6.to_string()),
+            ..Default::default()
+        });
+    }
+    NetworkCreateRequest {
+        name: net.name.clone(),
+        driver: Some("bridge".into()),
+        ipam: Some(Ipam {
+            driver: Some("default".into()),
+            config: Some(ipam),
+            options: None,
+        }),
+        options: Some(HashMap::from([
+            (OPT_BRIDGE_NAME.to_string(), net.bridge.clone()),
+            (OPT_ICC.to_string(), "false".to_string()),
+        ])),
+        labels: Some(HashMap::from([(
+            LABEL_MANAGED.to_string(),
+            "true".to_string(),
+        )])),
+        enable_ipv6: Some(net.subnet6.is_some()),
+        ..Default::default()
+    }
+}
+
+/// What an existing network looks like, reduced to what berth cares about.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExistingNetwork {
+    pub driver: Option<String>,
+    pub bridge: Option<String>,
+    pub subnets: Vec<(Option<String>, Option<String>)>,
+}
+
+/// Differences between an existing network and the config, as readable phrases; empty = OK.
+pub fn network_conflicts(net: &NetworkConfig, existing: &ExistingNetwork) -> Vec<String> {
+    let mut out = Vec::new();
+    if existing.driver.as_deref() != Some("bridge") {
+        out.push(format!(
+            "driver is {} (berth needs bridge)",
+            existing.driver.as_deref().unwrap_or("unknown")
+        ));
+    }
+    if existing.bridge.as_deref() != Some(net.bridge.as_str()) {
+        out.push(format!(
+            "bridge interface is {} (network.bridge = {})",
+            existing
+                .bridge
+                .as_deref()
+                .unwrap_or("docker's default name"),
+            net.bridge
+        ));
+    }
+    let want_subnet = net.subnet.to_string();
+    let want_gw = net.gateway.to_string();
+    match existing
+        .subnets
+        .iter()
+        .find(|(s, _)| s.as_deref() == Some(&want_subnet))
+    {
+        None => {
+            let have: Vec<String> = existing
+                .subnets
+                .iter()
+                .filter_map(|(s, _)| s.clone())
+                .collect();
+            let have = if have.is_empty() {
+                "none".to_string()
+            } else {
+                have.join(", ")
+            };
+            out.push(format!("subnet is {have} (network.subnet = {want_subnet})"));
+        }
+        Some((_, gw)) if gw.as_deref() != Some(&want_gw) => out.push(format!(
+            "gateway is {} (network.gateway = {want_gw})",
+            gw.as_deref().unwrap_or("unset")
+        )),
+        Some(_) => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DesiredState, ServerSpec};
+
+    fn server(id: u32, spec: ServerSpec) -> Server {
+        Server {
+            id: ServerId::new(id).unwrap(),
+            owner: "alice".into(),
+            spec,
+            desired: DesiredState::Running,
+            created: chrono::Utc::now(),
+            deleted: None,
+        }
+    }
+
+    #[test]
+    fn names() {
+        let n = Names::new("berth");
+        let id = ServerId::new(42).unwrap();
+        assert_eq!(n.container(id), id.container_name());
+        assert_eq!(n.volume(id), id.volume_name());
+        assert_eq!(n.parse_container("/berth-server-42"), Some(id));
+        assert_eq!(n.parse_container("berth-server-42"), Some(id));
+        assert_eq!(n.parse_container("berth-server-042"), None);
+        assert_eq!(n.parse_container("berth-server-42-data"), None);
+        assert_eq!(n.parse_container("other-server-42"), None);
+        assert_eq!(Names::new("t1").container(id), "t1-server-42");
+    }
+
+    #[test]
+    fn defaults_from_config() {
+        let cfg = Config::default();
+        let net = NetworkConfig::default();
+        let body = container_body(
+            &cfg,
+            &net,
+            &Names::new("berth"),
+            &server(7, ServerSpec::default()),
+        );
+        assert_eq!(body.image.as_deref(), Some("berth/tenant:bookworm"));
+        assert_eq!(body.hostname.as_deref(), Some("server7"));
+        let labels = body.labels.unwrap();
+        assert_eq!(labels[LABEL_SERVER], "7");
+        assert_eq!(labels[LABEL_OWNER], "alice");
+        assert_eq!(labels[LABEL_MANAGED], "true");
+        let hc = body.host_config.unwrap();
+        assert_eq!(hc.memory, Some(1 << 30));
+        assert_eq!(hc.memory_swap, Some(1 << 30));
+        assert_eq!(hc.nano_cpus, Some(1_000_000_000));
+        assert_eq!(hc.pids_limit, Some(1024));
+        assert_eq!(hc.dns, Some(vec!["172.19.2.1".to_string()]));
+        assert_eq!(hc.init, Some(true));
+        assert_eq!(hc.network_mode.as_deref(), Some("berth-tenants"));
+        assert_eq!(hc.privileged, None);
+        assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_string()]));
+        assert_eq!(
+            hc.restart_policy.unwrap().name,
+            Some(RestartPolicyNameEnum::UNLESS_STOPPED)
+        );
+        let m = &hc.mounts.unwrap()[0];
+        assert_eq!(m.source.as_deref(), Some("berth-server-7-data"));
+        assert_eq!(m.target.as_deref(), Some("/apps"));
+        assert!(
+            body.networking_config
+                .unwrap()
+                .endpoints_config
+                .unwrap()
+                .contains_key("berth-tenants")
+        );
+    }
+
+    #[test]
+    fn overrides_and_unlimited() {
+        let cfg = Config {
+            memory: crate::config::ByteSize(0),
+            cpus: 0.0,
+            pids: 0,
+            ..Config::default()
+        };
+        let net = NetworkConfig::default();
+        let names = Names::new("berth");
+        let hc = container_body(&cfg, &net, &names, &server(1, ServerSpec::default()))
+            .host_config
+            .unwrap();
+        assert_eq!((hc.memory, hc.nano_cpus, hc.pids_limit), (None, None, None));
+        let spec = ServerSpec {
+            image: Some("ubuntu:24.04".into()),
+            memory: Some(256 << 20),
+            nano_cpus: Some(cpus_to_nano(0.5)),
+            pids: Some(64),
+        };
+        let body = container_body(&cfg, &net, &names, &server(2, spec));
+        assert_eq!(body.image.as_deref(), Some("ubuntu:24.04"));
+        let hc = body.host_config.unwrap();
+        assert_eq!(
+            (hc.memory, hc.nano_cpus, hc.pids_limit),
+            (Some(256 << 20), Some(500_000_000), Some(64))
+        );
+    }
+
+    #[test]
+    fn dind_modes() {
+        let net = NetworkConfig::default();
+        let names = Names::new("berth");
+        let s = server(3, ServerSpec::default());
+        let cfg = Config {
+            dind: DindMode::Privileged,
+            ..Config::default()
+        };
+        let hc = container_body(&cfg, &net, &names, &s).host_config.unwrap();
+        assert_eq!(hc.privileged, Some(true));
+        assert_eq!(hc.security_opt, None);
+        let cfg = Config {
+            dind: DindMode::Runtime,
+            runtime: Some("sysbox-runc".into()),
+            ..Config::default()
+        };
+        let hc = container_body(&cfg, &net, &names, &s).host_config.unwrap();
+        assert_eq!(hc.privileged, None);
+        assert_eq!(hc.runtime.as_deref(), Some("sysbox-runc"));
+    }
+
+    #[test]
+    fn network_request_and_conflicts() {
+        let net = NetworkConfig::default();
+        let req = network_request(&net);
+        assert_eq!(req.driver.as_deref(), Some("bridge"));
+        let opts = req.options.unwrap();
+        assert_eq!(opts[OPT_BRIDGE_NAME], "berth0");
+        assert_eq!(opts[OPT_ICC], "false");
+        let ok = ExistingNetwork {
+            driver: Some("bridge".into()),
+            bridge: Some("berth0".into()),
+            subnets: vec![(Some("172.19.2.0/24".into()), Some("172.19.2.1".into()))],
+        };
+        assert!(network_conflicts(&net, &ok).is_empty());
+        let bad = ExistingNetwork {
+            driver: Some("bridge".into()),
+            bridge: None,
+            subnets: vec![(Some("10.0.0.0/24".into()), Some("10.0.0.1".into()))],
+        };
+        let c = network_conflicts(&net, &bad);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert!(c[0].contains("bridge interface"));
+        assert!(c[1].contains("10.0.0.0/24"), "{c:?}");
+        let gw = ExistingNetwork {
+            subnets: vec![(Some("172.19.2.0/24".into()), Some("172.19.2.254".into()))],
+            ..ok
+        };
+        assert!(network_conflicts(&net, &gw)[0].contains("172.19.2.254"));
+    }
+}
