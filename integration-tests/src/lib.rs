@@ -1,1 +1,4 @@
 //! placeholder
+pub mod gateway;
+pub mod dns;
+pub mod tenants;
