@@ -1,13 +1,122 @@
-//! This crate's config section (extend freely; keep `deny_unknown_fields` and defaults).
+//! The `[ssh]` section of the one TOML file: listeners, SSH tuning, session limits and the
+//! in-container exec policy. Every key has a default; unknown keys are an error.
+//!
+//! The auth work area adds its keys in the block marked `// auth` below.
+//! NOTE from auth (to the sessions helper): added `pub auth: crate::auth::AuthConfig` (+ its
+//! default) in the `// auth` blocks and one line in `validate`; host keys are
+//! `crate::hostkeys::load_or_generate(state_dir, &cfg.auth.host_keys)`; limits for russh via
+//! `Authenticator::configure_russh` or `cfg.auth.max_auth_attempts` / `rejection_delay()`;
+//! login grace via `auth::Permit::grace_expired()`. Metrics helpers: `crate::metrics`.
 
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Config {}
+pub struct Config {
+    /// Addresses to listen on (`host:port`).
+    pub listen: Vec<String>,
+    /// SSH identification string sent to clients (must start with `SSH-2.0-`).
+    pub server_id: String,
+    /// Per-channel receive window in bytes (also the bound of the per-channel input buffer).
+    pub window_size: u32,
+    /// Largest SSH packet payload we accept.
+    pub max_packet_size: u32,
+    /// User inside the container; empty = `tenant` when the image has it, else `root`.
+    pub exec_user: String,
+    /// Working directory for execs; empty = the user's home directory.
+    pub exec_workdir: String,
+    /// Client environment variables passed on besides `LANG`, `LC_*` and `TERM`
+    /// (exact names, or a prefix ending in `*`).
+    pub env_allow: Vec<String>,
+    /// Where to look for the image's `sftp-server`, in order.
+    pub sftp_server_paths: Vec<String>,
+    /// Close a connection with no channel data in either direction for this long (0 = never).
+    pub idle_timeout_secs: u64,
+    /// Send an SSH keepalive after this many silent seconds (0 = never).
+    pub keepalive_interval_secs: u64,
+    /// Close the connection after this many unanswered keepalives.
+    pub keepalive_max: usize,
+    /// Concurrent channels (sessions and forwards) per connection.
+    pub max_sessions_per_connection: usize,
+    /// Concurrent channels per tenant server over all connections.
+    pub max_sessions_per_server: usize,
+    /// On SIGTERM, how long remaining sessions may continue before they are closed.
+    pub drain_timeout_secs: u64,
+    /// Tell the user on stderr when their login had to start the server.
+    pub start_note: bool,
+    // auth — keys below are owned by the auth work area (gateway/src/auth/).
+    /// `[ssh.auth]`: admission caps, brute-force budgets and bans, bcrypt, host keys
+    /// (`[ssh.auth.host_keys]`). See `auth::AuthConfig`.
+    pub auth: crate::auth::AuthConfig,
+}
 
 impl Default for Config {
     fn default() -> Self {
-        Self {}
+        Self {
+            listen: vec!["0.0.0.0:2222".into()],
+            server_id: "SSH-2.0-berth".into(),
+            window_size: 8 * 1024 * 1024,
+            max_packet_size: 65535,
+            exec_user: String::new(),
+            exec_workdir: String::new(),
+            env_allow: Vec::new(),
+            sftp_server_paths: vec![
+                "/usr/lib/openssh/sftp-server".into(),
+                "/usr/lib/ssh/sftp-server".into(),
+                "/usr/libexec/openssh/sftp-server".into(),
+                "/usr/libexec/sftp-server".into(),
+                "/usr/lib/sftp-server".into(),
+            ],
+            idle_timeout_secs: 3600,
+            keepalive_interval_secs: 30,
+            keepalive_max: 4,
+            max_sessions_per_connection: 10,
+            max_sessions_per_server: 64,
+            drain_timeout_secs: 30,
+            start_note: true,
+            // auth
+            auth: crate::auth::AuthConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks values serde cannot (called by `berth config check` through the root config).
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.server_id.starts_with("SSH-2.0-") || self.server_id.contains(['\r', '\n']) {
+            return Err(format!(
+                "ssh.server_id must start with \"SSH-2.0-\" and be one line, got {:?}",
+                self.server_id
+            ));
+        }
+        if self.window_size < 65536 {
+            return Err(format!("ssh.window_size must be at least 65536, got {}", self.window_size));
+        }
+        if !(4096..=262144).contains(&self.max_packet_size) {
+            return Err(format!(
+                "ssh.max_packet_size must be within 4096..=262144, got {}",
+                self.max_packet_size
+            ));
+        }
+        // auth
+        self.auth.validate()?;
+        if self.max_sessions_per_connection == 0 || self.max_sessions_per_server == 0 {
+            return Err("ssh.max_sessions_per_connection and ssh.max_sessions_per_server must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_unknown_keys_fail() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let bad: Result<Config, _> = serde_json::from_str(r#"{"nope": 1}"#);
+        assert!(bad.is_err_and(|e| e.to_string().contains("nope")));
+        let cfg = Config { server_id: "OpenSSH".into(), ..Default::default() };
+        assert!(cfg.validate().is_err());
     }
 }

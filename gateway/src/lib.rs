@@ -4,6 +4,16 @@
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod forward;
+pub mod handler;
+pub mod hostkeys;
+pub mod metrics;
+pub mod pipe;
+pub mod policy;
+pub mod server;
+pub mod session;
+pub mod tenants_backend;
 
 pub use backend::{AuditRecord, Backend, BackendError, Credentials, Target};
 pub use config::Config;
+pub use server::{Gate, Login, Permit, Shared, Stats, serve};

@@ -1,0 +1,127 @@
+//! `direct-tcpip` (`ssh -L`, `ssh -W`): a TCP connection from the gateway to the tenant's own
+//! container, and nowhere else. `localhost`/loopback in the request mean the container itself.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use russh::server::{ChannelOpenHandle, Msg};
+use russh::{Channel, ChannelOpenFailure};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::backend::AuditRecord;
+use crate::handler::Input;
+use crate::pipe;
+use crate::policy;
+use crate::server::Conn;
+
+pub struct Spec {
+    pub conn: Arc<Conn>,
+    pub closed: CancellationToken,
+    pub channel: Channel<Msg>,
+    pub reply: ChannelOpenHandle,
+    pub host: String,
+    pub port: u32,
+    pub input: mpsc::UnboundedReceiver<Input>,
+}
+
+pub async fn run(spec: Spec) {
+    let Spec { conn, closed, channel, reply, host, port, input } = spec;
+    let started = Instant::now();
+    let audit = |outcome: &str, detail: serde_json::Value| {
+        let conn = conn.clone();
+        let outcome = outcome.to_string();
+        async move {
+            conn.shared
+                .backend
+                .audit(AuditRecord {
+                    kind: "forward",
+                    server: Some(conn.login.server),
+                    account: Some(conn.login.owner.clone()),
+                    peer: Some(conn.peer.ip()),
+                    method: Some("direct-tcpip".into()),
+                    outcome,
+                    detail,
+                })
+                .await
+        }
+    };
+    let target = match conn.target().await {
+        Ok(t) => t,
+        Err(e) => {
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            audit("error", serde_json::json!({ "host": host, "port": port, "error": e.to_string() })).await;
+            return;
+        }
+    };
+    let login = conn.login.server.login_name();
+    let dest = match (policy::forward_target(&host, &login, target.address), u16::try_from(port)) {
+        (Some(ip), Ok(p)) if p != 0 => SocketAddr::new(ip, p),
+        _ => {
+            info!(server = %login, host = %host, port, "direct-tcpip refused: not the tenant's own container");
+            conn.shared.stats.forwards_refused.fetch_add(1, Ordering::Relaxed);
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            audit("rejected", serde_json::json!({ "host": host, "port": port })).await;
+            return;
+        }
+    };
+    let stream = match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(dest)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(%dest, error = %e, "direct-tcpip connect failed");
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            audit("failure", serde_json::json!({ "host": host, "port": port, "error": e.to_string() })).await;
+            return;
+        }
+        Err(_) => {
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            audit("failure", serde_json::json!({ "host": host, "port": port, "error": "timeout" })).await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    reply.accept().await;
+    let (read_half, writer) = channel.split();
+    drop(read_half);
+    let (mut rd, wr) = stream.into_split();
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let bytes_out = AtomicU64::new(0);
+    let in_task = tokio::spawn(pipe::pump_input(input, wr, conn.clone(), writer.id(), false, bytes_in.clone()));
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        buf.reserve(64 * 1024);
+        let n = tokio::select! {
+            r = rd.read_buf(&mut buf) => r.unwrap_or(0),
+            _ = closed.cancelled() => break,
+        };
+        if n == 0 {
+            let _ = writer.eof().await;
+            // Wait for the client side to finish (or the channel to close).
+            closed.cancelled().await;
+            break;
+        }
+        let chunk = buf.split().freeze();
+        if !pipe::send_or_closed(&writer, &conn, None, chunk, &bytes_out, &closed).await {
+            break;
+        }
+    }
+    let _ = writer.close().await;
+    in_task.abort();
+    audit(
+        "closed",
+        serde_json::json!({
+            "host": host, "port": port,
+            "bytes_in": bytes_in.load(Ordering::Relaxed),
+            "bytes_out": bytes_out.load(Ordering::Relaxed),
+            "duration_ms": started.elapsed().as_millis() as u64,
+        }),
+    )
+    .await;
+}

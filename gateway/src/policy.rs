@@ -1,0 +1,192 @@
+//! Pure session policy: which client environment passes, what argv a shell/exec/sftp request
+//! becomes inside the container, which forwarding destinations are allowed, how signals and exit
+//! codes map. No IO here, so all of it is unit-tested.
+
+use std::net::IpAddr;
+
+/// Variables always passed from the client (besides the configured extras).
+const BUILTIN_ENV: &[&str] = &["LANG", "LC_*", "TERM", "COLORTERM"];
+
+/// True when `name` may be passed into the container.
+pub fn env_allowed(name: &str, extra: &[String]) -> bool {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return false;
+    }
+    BUILTIN_ENV.iter().copied().chain(extra.iter().map(String::as_str)).any(|pat| {
+        match pat.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == pat,
+        }
+    })
+}
+
+/// True when an environment value is safe to pass (Docker takes `NAME=value` strings).
+pub fn env_value_ok(value: &str) -> bool {
+    value.len() <= 4096 && !value.contains('\0')
+}
+
+/// What a session channel runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// A login shell.
+    Shell,
+    /// `ssh host COMMAND`.
+    Exec(String),
+    /// The `sftp` subsystem.
+    Sftp,
+}
+
+impl Program {
+    /// Short name for audit and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Program::Shell => "shell",
+            Program::Exec(_) => "exec",
+            Program::Sftp => "sftp",
+        }
+    }
+}
+
+/// Quotes one word for POSIX `sh`.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The argv Docker runs for `program`. Every variant starts in `$HOME` (Docker exec does not).
+pub fn argv(program: &Program, sftp_paths: &[String]) -> Vec<String> {
+    let sh = |script: String, args: Vec<String>| {
+        let mut v = vec!["/bin/sh".to_string(), "-c".to_string(), script, "berth".to_string()];
+        v.extend(args);
+        v
+    };
+    const CD: &str = "cd \"$HOME\" 2>/dev/null || cd /;";
+    match program {
+        Program::Shell => sh(
+            format!(
+                "{CD} if [ -x /bin/bash ]; then exec /bin/bash -l; else exec /bin/sh -l; fi"
+            ),
+            vec![],
+        ),
+        Program::Exec(cmd) => sh(format!("{CD} exec /bin/sh -c \"$1\""), vec![cmd.clone()]),
+        Program::Sftp => {
+            let list = sftp_paths.iter().map(|p| sh_quote(p)).collect::<Vec<_>>().join(" ");
+            let shown = sftp_paths.join(", ");
+            let msg = sh_quote(&format!(
+                "berth: this server's image has no sftp-server (looked in {shown}); install openssh-sftp-server in the image"
+            ));
+            sh(
+                format!(
+                    "{CD} for p in {list}; do if [ -x \"$p\" ]; then exec \"$p\"; fi; done; echo {msg} >&2; exit 127"
+                ),
+                vec![],
+            )
+        }
+    }
+}
+
+/// Where a `direct-tcpip` request may go: only the tenant's own container.
+/// `localhost`, loopback addresses, the server's own name and its container address all mean
+/// "the container"; anything else is refused (`None`).
+pub fn forward_target(host: &str, login_name: &str, container: IpAddr) -> Option<IpAddr> {
+    let host = host.trim_end_matches('.');
+    if host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case(login_name) {
+        return Some(container);
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<IpAddr>() {
+        Ok(ip) if ip.is_loopback() || ip == container => Some(container),
+        _ => None,
+    }
+}
+
+/// Signal numbers (Linux) for the SSH signal names we deliver.
+pub fn signal_number(name: &str) -> Option<u8> {
+    Some(match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "ILL" => 4,
+        "ABRT" => 6,
+        "FPE" => 8,
+        "KILL" => 9,
+        "USR1" => 10,
+        "SEGV" => 11,
+        "USR2" => 12,
+        "PIPE" => 13,
+        "ALRM" => 14,
+        "TERM" => 15,
+        _ => return None,
+    })
+}
+
+/// How the channel reports the end of an exec: a signal we delivered that matches the
+/// `128 + signo` exit code becomes `exit-signal`; everything else is `exit-status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    Status(u32),
+    Signal(String),
+}
+
+pub fn classify_exit(code: i64, delivered: &[String]) -> Exit {
+    for name in delivered {
+        if let Some(n) = signal_number(name) {
+            if code == 128 + i64::from(n) {
+                return Exit::Signal(name.clone());
+            }
+        }
+    }
+    Exit::Status(u32::try_from(code).unwrap_or(255))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_allowlist() {
+        let extra = vec!["EDITOR".to_string(), "GIT_*".to_string()];
+        for ok in ["LANG", "LC_ALL", "LC_CTYPE", "TERM", "EDITOR", "GIT_PROTOCOL"] {
+            assert!(env_allowed(ok, &extra), "{ok}");
+        }
+        for bad in ["PATH", "LD_PRELOAD", "EDITORX", "", "LC-ALL", "BASH_ENV", "LANGUAGE"] {
+            assert!(!env_allowed(bad, &extra), "{bad}");
+        }
+        assert!(env_value_ok("en_US.UTF-8"));
+        assert!(!env_value_ok("a\0b"));
+    }
+
+    #[test]
+    fn argv_shapes() {
+        let a = argv(&Program::Exec("echo 'hi'; exit 3".into()), &[]);
+        assert_eq!(a[0], "/bin/sh");
+        assert_eq!(a.last().map(String::as_str), Some("echo 'hi'; exit 3"));
+        let s = argv(&Program::Sftp, &["/usr/lib/openssh/sftp-server".into()]);
+        assert!(s[2].contains("'/usr/lib/openssh/sftp-server'"));
+        assert!(s[2].contains("no sftp-server"));
+        assert!(argv(&Program::Shell, &[])[2].contains("bash -l"));
+    }
+
+    #[test]
+    fn quoting_roundtrip_is_single_word() {
+        assert_eq!(sh_quote("a'b"), r"'a'\''b'");
+    }
+
+    #[test]
+    fn forwarding_only_to_own_container() {
+        let c: IpAddr = "172.19.2.5".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        for ok in ["localhost", "127.0.0.1", "::1", "[::1]", "172.19.2.5", "server5", "LOCALHOST."] {
+            assert_eq!(forward_target(ok, "server5", c), Some(c), "{ok}");
+        }
+        for bad in ["172.19.2.6", "10.0.0.1", "server6", "example.com", "169.254.169.254", "0.0.0.0"] {
+            assert_eq!(forward_target(bad, "server5", c), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn exit_mapping() {
+        assert_eq!(classify_exit(42, &[]), Exit::Status(42));
+        assert_eq!(classify_exit(130, &[]), Exit::Status(130));
+        assert_eq!(classify_exit(143, &["TERM".into()]), Exit::Signal("TERM".into()));
+        assert_eq!(classify_exit(-1, &[]), Exit::Status(255));
+    }
+}

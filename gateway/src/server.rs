@@ -1,0 +1,422 @@
+//! The SSH server: accepts on already-bound listeners, admits, runs one russh session per
+//! connection with a [`ConnHandler`](crate::handler::ConnHandler), and drains on shutdown.
+//!
+//! Shared state that outlives one connection lives in [`Shared`]: config, backend, the auth
+//! gate, per-server session counts and the drain tokens. Per-connection state lives in
+//! [`Conn`] once the client has authenticated.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use russh::keys::{PrivateKey, PublicKey};
+use russh::server::Handle;
+use tenants::ServerId;
+use tokio::net::TcpListener;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::backend::{Backend, BackendError, Target};
+use crate::config::Config;
+use crate::handler::ConnHandler;
+
+/// Who logged in.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub server: ServerId,
+    pub owner: String,
+}
+
+/// Held from accept until authentication (admission accounting of the auth area).
+pub trait Permit: Send {
+    fn authenticated(self: Box<Self>);
+    /// When the login grace time runs out (the connection is closed if still unauthenticated).
+    fn grace_deadline(&self) -> Option<tokio::time::Instant> {
+        None
+    }
+}
+
+/// The session code's view of authentication (implemented over `auth::Authenticator`).
+#[async_trait::async_trait]
+pub trait Gate: Send + Sync + 'static {
+    /// `None`: close the socket now.
+    fn admit(&self, peer: IpAddr) -> Option<Box<dyn Permit>>;
+    async fn password(&self, peer: IpAddr, user: &str, password: &str) -> Option<Login>;
+    /// The answer to the keyboard-interactive password prompt.
+    async fn keyboard_interactive(&self, peer: IpAddr, user: &str, answer: &[u8]) -> Option<Login> {
+        let pw = std::str::from_utf8(answer).ok()?;
+        self.password(peer, user, pw).await
+    }
+    async fn public_key(
+        &self,
+        peer: IpAddr,
+        user: &str,
+        key: &PublicKey,
+        verified: bool,
+    ) -> Option<Login>;
+    /// Applies the gate's settings (methods, attempts, rejection timing) to russh's config.
+    fn configure(&self, _config: &mut russh::server::Config) {}
+}
+
+/// The production gate: the auth area's [`crate::auth::Authenticator`].
+#[async_trait::async_trait]
+impl Gate for crate::auth::Authenticator {
+    fn admit(&self, peer: IpAddr) -> Option<Box<dyn Permit>> {
+        match crate::auth::Authenticator::admit(self, peer) {
+            crate::auth::Admission::Accept(p) => Some(Box::new(p)),
+            crate::auth::Admission::Reject(_) => None,
+        }
+    }
+    async fn password(&self, peer: IpAddr, user: &str, password: &str) -> Option<Login> {
+        login(crate::auth::Authenticator::password(self, peer, user, password).await)
+    }
+    async fn keyboard_interactive(&self, peer: IpAddr, user: &str, answer: &[u8]) -> Option<Login> {
+        login(self.keyboard_interactive_answer(peer, user, answer).await)
+    }
+    async fn public_key(
+        &self,
+        peer: IpAddr,
+        user: &str,
+        key: &PublicKey,
+        verified: bool,
+    ) -> Option<Login> {
+        login(crate::auth::Authenticator::public_key(self, peer, user, key, verified).await)
+    }
+    fn configure(&self, config: &mut russh::server::Config) {
+        self.configure_russh(config);
+    }
+}
+
+fn login(d: crate::auth::Decision) -> Option<Login> {
+    match d {
+        crate::auth::Decision::Accept { server, owner } => Some(Login { server, owner }),
+        crate::auth::Decision::Reject => None,
+    }
+}
+
+impl Permit for crate::auth::Permit {
+    fn authenticated(self: Box<Self>) {
+        crate::auth::Permit::authenticated(*self);
+    }
+    fn grace_deadline(&self) -> Option<tokio::time::Instant> {
+        Some(crate::auth::Permit::grace_deadline(self))
+    }
+}
+
+/// Counters exported as metrics by `render_metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections_total: AtomicU64,
+    pub connections_active: AtomicU64,
+    pub sessions_total: AtomicU64,
+    pub sessions_active: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub exec_errors: AtomicU64,
+    pub forwards_refused: AtomicU64,
+    pub ensure_running_micros_sum: AtomicU64,
+    pub ensure_running_count: AtomicU64,
+}
+
+pub struct Shared {
+    pub cfg: Config,
+    pub backend: Arc<dyn Backend>,
+    pub gate: Arc<dyn Gate>,
+    pub russh: Arc<russh::server::Config>,
+    pub stats: Arc<Stats>,
+    per_server: Mutex<HashMap<ServerId, usize>>,
+    exec_users: Mutex<HashMap<String, String>>,
+    /// Fires when shutdown starts: no new sessions, tell clients.
+    pub draining: CancellationToken,
+    /// Fires at the drain deadline: close everything.
+    pub deadline: CancellationToken,
+}
+
+impl Shared {
+    pub fn new(
+        cfg: Config,
+        backend: Arc<dyn Backend>,
+        gate: Arc<dyn Gate>,
+        keys: Vec<PrivateKey>,
+        stats: Arc<Stats>,
+    ) -> Arc<Self> {
+        let mut russh = russh::server::Config {
+            server_id: russh::SshId::Standard(cfg.server_id.clone().into()),
+            methods: russh::MethodSet::from(
+                &[
+                    russh::MethodKind::PublicKey,
+                    russh::MethodKind::Password,
+                    russh::MethodKind::KeyboardInteractive,
+                ][..],
+            ),
+            auth_rejection_time: Duration::from_millis(500),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            keys,
+            window_size: cfg.window_size,
+            maximum_packet_size: cfg.max_packet_size,
+            // Idle handling is ours (activity = channel data), keepalives are russh's.
+            inactivity_timeout: None,
+            keepalive_interval: (cfg.keepalive_interval_secs > 0)
+                .then(|| Duration::from_secs(cfg.keepalive_interval_secs)),
+            keepalive_max: cfg.keepalive_max,
+            nodelay: true,
+            manual_window_adjust: true,
+            ..Default::default()
+        };
+        gate.configure(&mut russh);
+        Arc::new(Self {
+            cfg,
+            backend,
+            gate,
+            russh: Arc::new(russh),
+            stats,
+            per_server: Mutex::new(HashMap::new()),
+            exec_users: Mutex::new(HashMap::new()),
+            draining: CancellationToken::new(),
+            deadline: CancellationToken::new(),
+        })
+    }
+
+    /// Reserves a channel slot on `conn` (per connection and per server), or `None` when full.
+    pub fn take_slot(self: &Arc<Self>, conn: &Arc<Conn>) -> Option<Slot> {
+        if self.draining.is_cancelled() {
+            return None;
+        }
+        let mut per_server = self.per_server.lock().ok()?;
+        let mut per_conn = conn.channels.lock().ok()?;
+        let n = per_server.entry(conn.login.server).or_insert(0);
+        if *n >= self.cfg.max_sessions_per_server
+            || *per_conn >= self.cfg.max_sessions_per_connection
+        {
+            return None;
+        }
+        *n += 1;
+        *per_conn += 1;
+        self.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
+        self.stats.sessions_active.fetch_add(1, Ordering::Relaxed);
+        Some(Slot { shared: self.clone(), conn: conn.clone() })
+    }
+
+    pub(crate) fn cached_exec_user(&self, container: &str) -> Option<String> {
+        self.exec_users.lock().ok()?.get(container).cloned()
+    }
+
+    pub(crate) fn cache_exec_user(&self, container: &str, user: &str) {
+        if let Ok(mut m) = self.exec_users.lock() {
+            if m.len() > 10_000 {
+                m.clear();
+            }
+            m.insert(container.to_string(), user.to_string());
+        }
+    }
+}
+
+/// One reserved channel; released on drop.
+pub struct Slot {
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.shared.per_server.lock() {
+            if let Some(n) = m.get_mut(&self.conn.login.server) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.conn.login.server);
+                }
+            }
+        }
+        if let Ok(mut c) = self.conn.channels.lock() {
+            *c = c.saturating_sub(1);
+        }
+        self.shared.stats.sessions_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// State of one authenticated connection.
+pub struct Conn {
+    pub shared: Arc<Shared>,
+    pub login: Login,
+    pub peer: SocketAddr,
+    pub handle: Handle,
+    target: OnceCell<Target>,
+    start_noted: AtomicBool,
+    channels: Mutex<usize>,
+    started: Instant,
+    last_activity_ms: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+impl Conn {
+    pub fn new(shared: Arc<Shared>, login: Login, peer: SocketAddr, handle: Handle) -> Arc<Self> {
+        Arc::new(Self {
+            shared,
+            login,
+            peer,
+            handle,
+            target: OnceCell::new(),
+            start_noted: AtomicBool::new(false),
+            channels: Mutex::new(0),
+            started: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        })
+    }
+
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn idle_for(&self) -> Duration {
+        let now = self.started.elapsed();
+        now.saturating_sub(Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed)))
+    }
+
+    /// The running container, started on first use (once per connection).
+    pub async fn target(&self) -> Result<Target, BackendError> {
+        let t = self
+            .target
+            .get_or_try_init(|| async {
+                let t0 = Instant::now();
+                let r = self.shared.backend.ensure_running(self.login.server).await;
+                let st = &self.shared.stats;
+                st.ensure_running_count.fetch_add(1, Ordering::Relaxed);
+                st.ensure_running_micros_sum.fetch_add(
+                    u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
+                if let Ok(t) = &r {
+                    if t.started_now {
+                        info!(server = %self.login.server.login_name(), elapsed_ms = t0.elapsed().as_millis() as u64, "started stopped server on login");
+                    }
+                }
+                r
+            })
+            .await?;
+        Ok(t.clone())
+    }
+
+    /// True exactly once when this connection's login started the server.
+    pub fn take_start_note(&self) -> bool {
+        self.target.get().is_some_and(|t| t.started_now)
+            && !self.start_noted.swap(true, Ordering::Relaxed)
+    }
+}
+
+/// Runs the accept loops until `shutdown`, then drains: stop accepting, tell sessions, wait up to
+/// `drain_timeout_secs`, close what is left.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let tracker = TaskTracker::new();
+    let accept_stop = CancellationToken::new();
+    let mut accepts = Vec::new();
+    for listener in listeners {
+        let shared = shared.clone();
+        let tracker2 = tracker.clone();
+        let stop = accept_stop.clone();
+        accepts.push(tokio::spawn(async move {
+            loop {
+                let (sock, peer) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                let shared = shared.clone();
+                tracker2.spawn(run_connection(shared, sock, peer));
+            }
+        }));
+    }
+
+    shutdown.cancelled().await;
+    info!("gateway draining: no new connections");
+    accept_stop.cancel();
+    for a in accepts {
+        let _ = a.await;
+    }
+    shared.draining.cancel();
+    tracker.close();
+    let drain = Duration::from_secs(shared.cfg.drain_timeout_secs);
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        info!("drain deadline reached: closing remaining connections");
+        shared.deadline.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    }
+    info!("gateway drained");
+    Ok(())
+}
+
+async fn run_connection(shared: Arc<Shared>, sock: tokio::net::TcpStream, peer: SocketAddr) {
+    let Some(permit) = shared.gate.admit(peer.ip()) else {
+        debug!(%peer, "connection not admitted");
+        return;
+    };
+    let stats = shared.stats.clone();
+    stats.connections_total.fetch_add(1, Ordering::Relaxed);
+    stats.connections_active.fetch_add(1, Ordering::Relaxed);
+    let _ = sock.set_nodelay(true);
+    let grace = permit.grace_deadline();
+    let authed = CancellationToken::new();
+    let handler = ConnHandler::new(shared.clone(), peer, permit, authed.clone());
+    let cfg = shared.russh.clone();
+    let deadline = shared.deadline.clone();
+    let fut = async move {
+        let session = match russh::server::run_stream(cfg, sock, handler).await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(%peer, error = %e, "ssh handshake failed");
+                return;
+            }
+        };
+        let handle = session.handle();
+        tokio::pin!(session);
+        let grace_expired = async {
+            match grace {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = authed.cancelled() => std::future::pending::<()>().await,
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            r = &mut session => {
+                if let Err(e) = r { debug!(%peer, error = %e, "connection ended with error"); }
+            }
+            _ = grace_expired => {
+                debug!(%peer, "login grace time expired");
+                let _ = handle
+                    .disconnect(russh::Disconnect::ByApplication, "login grace time expired".into(), "en".into())
+                    .await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
+            }
+            _ = deadline.cancelled() => {
+                let _ = handle
+                    .disconnect(russh::Disconnect::ByApplication, "berth gateway is shutting down".into(), "en".into())
+                    .await;
+                let _ = tokio::time::timeout(Duration::from_secs(3), &mut session).await;
+            }
+        }
+    };
+    fut.await;
+    stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+}

@@ -1,0 +1,92 @@
+//! The production [`Backend`]: credentials and audit from `tenants::Store`, containers from
+//! `tenants::Provisioner`.
+
+use tenants::{AuditEvent, AuditKind, ProvisionError, Provisioner, ServerId, Store};
+use tracing::warn;
+
+use crate::backend::{AuditRecord, Backend, BackendError, Credentials, Target};
+
+#[derive(Clone)]
+pub struct TenantsBackend {
+    store: Store,
+    provisioner: Provisioner,
+}
+
+impl TenantsBackend {
+    pub fn new(store: Store, provisioner: Provisioner) -> Self {
+        Self { store, provisioner }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn provisioner(&self) -> &Provisioner {
+        &self.provisioner
+    }
+}
+
+fn provision_error(e: ProvisionError) -> BackendError {
+    if e.is_retryable() {
+        BackendError::Unavailable(e.to_string())
+    } else {
+        BackendError::Failed(e.to_string())
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for TenantsBackend {
+    async fn credentials(&self, server: ServerId) -> Result<Option<Credentials>, BackendError> {
+        match self.store.server_auth(server).await {
+            Ok(None) => Ok(None),
+            Ok(Some(a)) => Ok(Some(Credentials {
+                server: a.server,
+                login_allowed: a.login_allowed(),
+                owner: a.owner,
+                password_hash: a.password_hash,
+                authorized_keys: a.authorized_keys,
+            })),
+            Err(e) if e.is_retryable() => Err(BackendError::Unavailable(e.to_string())),
+            Err(e) => Err(BackendError::Failed(e.to_string())),
+        }
+    }
+
+    async fn ensure_running(&self, server: ServerId) -> Result<Target, BackendError> {
+        let r = self.provisioner.ensure_running(server).await.map_err(provision_error)?;
+        Ok(Target {
+            server: r.id,
+            container_id: r.container_id,
+            address: r.address.into(),
+            started_now: r.started_now,
+        })
+    }
+
+    fn docker(&self) -> &bollard::Docker {
+        self.provisioner.docker()
+    }
+
+    async fn audit(&self, record: AuditRecord) {
+        let kind = match record.kind {
+            "auth" => AuditKind::Auth,
+            _ => AuditKind::Session,
+        };
+        let mut detail = record.detail;
+        if record.kind != "auth" && record.kind != "session" {
+            if let Some(m) = detail.as_object_mut() {
+                m.insert("kind".into(), record.kind.into());
+            }
+        }
+        let event = AuditEvent {
+            kind,
+            server: record.server,
+            account: record.account,
+            peer: record.peer.map(|p| p.to_string()),
+            method: record.method,
+            outcome: record.outcome,
+            detail,
+        };
+        if let Err(e) = self.store.record_audit(event).await {
+            warn!(error = %e, "audit record not stored");
+        }
+    }
+}
