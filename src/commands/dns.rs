@@ -1,19 +1,155 @@
-//! The `dns` component of `berth run` (owned by the dns area).
+//! The `dns` component of `berth run`: binds `[dns] listen`, feeds the local zone from the
+//! tenants crate (Docker events), reloads the blocklist on SIGHUP, serves until shutdown.
+//!
+//! The resolver itself lives in the `dns` crate and knows nothing about Docker; this file is the
+//! glue. If Docker or the store are unreachable the resolver still serves (forwarding works, the
+//! local zone is empty) and the feed retries in the background.
 
-use anyhow::Result;
-use tokio::sync::oneshot;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ipnet::IpNet;
+use tenants::ServerId;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
+/// The running resolver, for `render_metrics`.
+static SERVICE: OnceLock<Mutex<Option<dns::Service>>> = OnceLock::new();
+
+fn service_slot() -> &'static Mutex<Option<dns::Service>> {
+    SERVICE.get_or_init(|| Mutex::new(None))
+}
+
+/// The tenant subnet(s): always allowed to query.
+pub fn tenant_nets(cfg: &Config) -> Vec<IpNet> {
+    let mut nets = vec![IpNet::V4(cfg.network.subnet)];
+    if let Some(v6) = cfg.network.subnet6 {
+        nets.push(IpNet::V6(v6));
+    }
+    nets
+}
+
 /// Runs the component until `shutdown` fires; sends on `ready` once it really serves.
 pub async fn run_daemon(
-    _cfg: &Config,
-    _shutdown: CancellationToken,
-    _ready: oneshot::Sender<()>,
+    cfg: &Config,
+    shutdown: CancellationToken,
+    ready: oneshot::Sender<()>,
 ) -> Result<()> {
-    anyhow::bail!("the dns component is not implemented yet")
+    let zone = dns::LocalZone::new();
+    let svc = dns::Service::new(&cfg.dns, &tenant_nets(cfg), zone.clone())
+        .context("cannot start the dns resolver")?;
+    // IP_FREEBIND: binding the tenant gateway address works before the bridge exists.
+    let listeners = cfg
+        .dns
+        .listen
+        .iter()
+        .map(|a| dns::bind(*a))
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot bind [dns] listen")?;
+    if let Ok(mut slot) = service_slot().lock() {
+        *slot = Some(svc.clone());
+    }
+
+    tokio::spawn(feed_zone_from_tenants(cfg.clone(), zone, shutdown.clone()));
+    spawn_sighup_reload(svc.clone(), shutdown.clone());
+
+    tracing::info!(
+        listen = ?cfg.dns.listen,
+        upstreams = ?cfg.dns.upstreams,
+        domain = %cfg.dns.domain,
+        "dns resolver serving"
+    );
+    let _ = ready.send(());
+    let res = svc.serve(listeners, shutdown).await;
+    if let Ok(mut slot) = service_slot().lock() {
+        *slot = None;
+    }
+    res.context("dns resolver failed")
+}
+
+/// Applies every address map a watch channel publishes to the local zone (the contract with
+/// `tenants::Provisioner::watch_addresses`), until the sender is dropped.
+pub async fn follow_tenant_addresses(
+    zone: dns::LocalZone,
+    rx: watch::Receiver<BTreeMap<ServerId, IpAddr>>,
+) {
+    zone.follow(rx).await;
+}
+
+/// Connects to the store and Docker (retrying every 5 s while either is down), then follows the
+/// running servers' addresses through Docker events.
+async fn feed_zone_from_tenants(cfg: Config, zone: dns::LocalZone, shutdown: CancellationToken) {
+    loop {
+        match connect_provisioner(&cfg).await {
+            Ok(p) => {
+                let stop = shutdown.clone();
+                let rx = p
+                    .watch_addresses(async move { stop.cancelled().await })
+                    .await;
+                tracing::info!(
+                    servers = rx.borrow().len(),
+                    "dns local zone following docker"
+                );
+                tokio::select! {
+                    _ = follow_tenant_addresses(zone, rx) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "dns local zone: tenants unavailable; retrying in 5s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn connect_provisioner(cfg: &Config) -> Result<tenants::Provisioner> {
+    let store = tenants::Store::connect(&cfg.database_url())
+        .await
+        .context("cannot open the tenant store")?;
+    tenants::Provisioner::connect(&cfg.network, &cfg.tenants, store)
+        .await
+        .context("cannot connect to docker")
+}
+
+fn spawn_sighup_reload(svc: dns::Service, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; blocklist reloads only on file change");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = hup.recv() => if r.is_none() { return },
+                _ = shutdown.cancelled() => return,
+            }
+            match svc.reload_blocklist() {
+                Ok(n) => tracing::info!(domains = n, "blocklist reloaded on SIGHUP"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "blocklist reload failed; keeping the previous list")
+                }
+            }
+        }
+    });
 }
 
 /// Appends this component's Prometheus metrics (text format).
-pub fn render_metrics(_out: &mut String) {}
+pub fn render_metrics(out: &mut String) {
+    let svc = service_slot().lock().ok().and_then(|s| s.clone());
+    if let Some(svc) = svc {
+        svc.render_metrics(out);
+    }
+}
