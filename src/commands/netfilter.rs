@@ -1,26 +1,148 @@
-//! `berth netfilter …` (to be filled in by the owner of this area).
+//! `berth netfilter apply|show|check|flush` and the `netfilter` component of `berth run`.
+//!
+//! Thin wiring: converts `[network]` + `[netfilter]` into a `netfilter::Firewall` and maps its
+//! results to output and exit codes. All policy lives in the `netfilter` crate.
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use netfilter::{Firewall, L2Match};
+
+use crate::commands::{Exit, load_config};
+use crate::config::Config;
 
 #[derive(clap::Subcommand)]
 pub enum Cmd {
-    /// Not implemented yet.
-    Todo,
+    /// Replace berth's nftables tables with what the config renders (one atomic transaction).
+    Apply,
+    /// Print berth's live tables (or, with --rendered, the JSON batch apply would send).
+    Show {
+        /// Print the rendered nft JSON batch instead of the live tables (needs no privileges
+        /// when --bridge-match is given).
+        #[arg(long)]
+        rendered: bool,
+        /// With --rendered: render for this bridge match instead of probing the kernel.
+        #[arg(long, value_parser = ["meta", "addresses"])]
+        bridge_match: Option<String>,
+    },
+    /// Exit 0 when the live tables equal the rendered ruleset, else print the difference and
+    /// exit 1 (`-` expected but missing, `+` live but not expected).
+    Check,
+    /// Remove berth's tables (only those) and clear bridge-port isolation.
+    Flush,
 }
 
-pub async fn run(_path: Option<&Path>, _cmd: Cmd) -> Result<ExitCode> {
-    anyhow::bail!("berth netfilter is not implemented yet")
+/// The firewall for this config: `[network]` gives the tenant network, `[netfilter]` the policy.
+pub fn firewall(cfg: &Config) -> Result<Firewall> {
+    let n = &cfg.network;
+    let net = netfilter::Network {
+        bridge: n.bridge.clone(),
+        subnet: n.subnet,
+        gateway: n.gateway,
+        subnet6: n.subnet6,
+        gateway6: n.gateway6,
+    };
+    Ok(Firewall::new(&cfg.netfilter, net)?)
+}
+
+pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
+    let cfg = load_config(path)?;
+    let fw = firewall(&cfg)?;
+    match cmd {
+        Cmd::Apply => {
+            let a = fw
+                .apply()
+                .await
+                .context("cannot apply the netfilter ruleset")?;
+            println!(
+                "applied table inet {0} and table bridge {0}: {1} rules, {2} set elements, bridge match {3}, {4:.1} ms",
+                a.ruleset.table,
+                a.ruleset.rule_count(),
+                a.ruleset.element_count(),
+                match a.l2 {
+                    L2Match::Meta => "meta",
+                    L2Match::Addresses => "addresses",
+                },
+                a.elapsed.as_secs_f64() * 1000.0
+            );
+            if !a.isolated.is_empty() {
+                println!("isolated bridge ports: {}", a.isolated.join(" "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Show {
+            rendered: true,
+            bridge_match,
+        } => {
+            let ruleset = match bridge_match.as_deref() {
+                Some("meta") => fw.render_with(L2Match::Meta),
+                Some(_) => fw.render_with(L2Match::Addresses),
+                None => fw
+                    .render()
+                    .await
+                    .context("cannot render the netfilter ruleset")?,
+            };
+            let json = netfilter::render::to_nft_json(&ruleset.apply_batch());
+            println!("{}", serde_json::to_string_pretty(&json)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Show {
+            rendered: false, ..
+        } => {
+            print!(
+                "{}",
+                fw.show()
+                    .await
+                    .context("cannot show the netfilter ruleset")?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check => match fw
+            .check()
+            .await
+            .context("cannot check the netfilter ruleset")?
+        {
+            None => {
+                println!(
+                    "table inet {0} and table bridge {0} match the config",
+                    fw.table()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(d) => {
+                print!("{d}");
+                Err(Exit {
+                    code: 1,
+                    message: "the live netfilter ruleset differs from the config (run `berth netfilter apply`)"
+                        .into(),
+                }
+                .into())
+            }
+        },
+        Cmd::Flush => {
+            fw.flush()
+                .await
+                .context("cannot flush the netfilter ruleset")?;
+            println!("removed table inet {0} and table bridge {0}", fw.table());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// `berth run netfilter`: apply, then watch for drift and re-apply until `shutdown` fires;
 /// sends on `ready` after the first successful apply.
 pub async fn run_daemon(
-    _cfg: &crate::config::Config,
-    _shutdown: tokio_util::sync::CancellationToken,
-    _ready: tokio::sync::oneshot::Sender<()>,
+    cfg: &crate::config::Config,
+    shutdown: tokio_util::sync::CancellationToken,
+    ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<()> {
-    anyhow::bail!("the netfilter component is not implemented yet")
+    let fw = firewall(cfg)?;
+    fw.watch(shutdown.cancelled(), move || {
+        // The receiver may have given up waiting; the firewall is up either way.
+        let _ = ready.send(());
+    })
+    .await
+    .context("netfilter component failed")?;
+    Ok(())
 }

@@ -1,0 +1,360 @@
+//! The operations behind `berth netfilter apply|show|check|flush` and `berth run netfilter`:
+//! render (pure) + nft (IO) + bridge-port isolation (sysfs), and the drift watch that keeps the
+//! live tables equal to what was applied.
+//!
+//! It never touches a table that is not berth's own, and never removes berth's rules on exit:
+//! the filter must outlive the daemon.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nftables::batch::Batch;
+use nftables::expr::{Expression, Meta, MetaKey, NamedExpression};
+use nftables::schema::{Chain, NfListObject, Rule, Table};
+use nftables::stmt::{Match, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tracing::{error, info, warn};
+
+use crate::config::{BridgeMatch, Config, Policy};
+use crate::diff::{diff, expected_lines, live_lines};
+use crate::nft::{Nft, NftError};
+use crate::ports;
+use crate::render::{L2Match, Network, Ruleset, delete_batch, render, to_nft_json};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid netfilter config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Nft(#[from] NftError),
+    #[error("cannot isolate the ports of bridge {bridge}: {source}")]
+    Ports {
+        bridge: String,
+        source: std::io::Error,
+    },
+}
+
+/// What an apply did.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub ruleset: Ruleset,
+    pub l2: L2Match,
+    pub elapsed: Duration,
+    /// Bridge ports that were newly isolated.
+    pub isolated: Vec<String>,
+}
+
+/// berth's firewall for one tenant network.
+#[derive(Debug, Clone)]
+pub struct Firewall {
+    nft: Nft,
+    policy: Policy,
+    net: Network,
+    bridge_match: BridgeMatch,
+    isolate_ports: bool,
+    interval: Duration,
+    monitor: bool,
+    sysfs: PathBuf,
+}
+
+impl Firewall {
+    pub fn new(cfg: &Config, net: Network) -> Result<Self, Error> {
+        let policy = cfg.policy().map_err(Error::Config)?;
+        Ok(Self {
+            nft: Nft::new(cfg.nft.clone()),
+            policy,
+            net,
+            bridge_match: cfg.bridge_match,
+            isolate_ports: cfg.isolate_ports,
+            interval: Duration::from_secs(cfg.check_interval_secs),
+            monitor: cfg.monitor,
+            sysfs: PathBuf::from("/sys"),
+        })
+    }
+
+    pub fn table(&self) -> &str {
+        &self.policy.table
+    }
+
+    /// Resolves `bridge_match = "auto"`: asks the kernel (`nft -c`, nothing committed) whether
+    /// bridge meta expressions are supported.
+    pub async fn l2_match(&self) -> Result<L2Match, Error> {
+        match self.bridge_match {
+            BridgeMatch::Meta => Ok(L2Match::Meta),
+            BridgeMatch::Addresses => Ok(L2Match::Addresses),
+            BridgeMatch::Auto => {
+                let table = format!("{}_probe", self.policy.table);
+                let mut b = Batch::new();
+                b.add(NfListObject::Table(Table {
+                    family: NfFamily::Bridge,
+                    name: table.clone().into(),
+                    handle: None,
+                }));
+                b.add(NfListObject::Chain(Chain {
+                    family: NfFamily::Bridge,
+                    table: table.clone().into(),
+                    name: "probe".into(),
+                    newname: None,
+                    handle: None,
+                    _type: Some(NfChainType::Filter),
+                    hook: Some(NfHook::Forward),
+                    prio: Some(-200),
+                    dev: None,
+                    policy: Some(NfChainPolicy::Accept),
+                }));
+                b.add(NfListObject::Rule(Rule {
+                    family: NfFamily::Bridge,
+                    table: table.into(),
+                    chain: "probe".into(),
+                    expr: vec![Statement::Match(Match {
+                        left: Expression::Named(NamedExpression::Meta(Meta {
+                            key: MetaKey::Ibridgename,
+                        })),
+                        right: Expression::String(self.net.bridge.clone().into()),
+                        op: Operator::EQ,
+                    })]
+                    .into(),
+                    handle: None,
+                    index: None,
+                    comment: None,
+                }));
+                match self
+                    .nft
+                    .check(&to_nft_json(&b.to_nftables()), "probe bridge meta support")
+                    .await
+                {
+                    Ok(()) => Ok(L2Match::Meta),
+                    Err(NftError::Failed { stderr, .. })
+                        if stderr.contains("Operation not supported")
+                            || stderr.contains("No such file or directory") =>
+                    {
+                        Ok(L2Match::Addresses)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// The ruleset config renders to, with the bridge match resolved against this kernel.
+    pub async fn render(&self) -> Result<Ruleset, Error> {
+        let l2 = self.l2_match().await?;
+        Ok(render(&self.policy, &self.net, l2))
+    }
+
+    /// The ruleset for an explicit bridge match, without asking the kernel.
+    pub fn render_with(&self, l2: L2Match) -> Ruleset {
+        render(&self.policy, &self.net, l2)
+    }
+
+    /// Replaces berth's tables in one transaction, then isolates the bridge's ports.
+    pub async fn apply(&self) -> Result<Applied, Error> {
+        self.nft.preflight("apply berth's ruleset")?;
+        let l2 = self.l2_match().await?;
+        let ruleset = render(&self.policy, &self.net, l2);
+        let start = Instant::now();
+        self.nft
+            .apply(
+                &to_nft_json(&ruleset.apply_batch()),
+                "apply berth's ruleset",
+            )
+            .await?;
+        let elapsed = start.elapsed();
+        let isolated = self.isolate()?;
+        Ok(Applied {
+            ruleset,
+            l2,
+            elapsed,
+            isolated,
+        })
+    }
+
+    fn isolate(&self) -> Result<Vec<String>, Error> {
+        if !self.isolate_ports {
+            return Ok(Vec::new());
+        }
+        ports::isolate_ports(&self.sysfs, &self.net.bridge).map_err(|source| Error::Ports {
+            bridge: self.net.bridge.clone(),
+            source,
+        })
+    }
+
+    /// Canonical lines of the live tables (empty when both are absent).
+    pub async fn live_lines(&self) -> Result<Vec<String>, Error> {
+        let mut objects = Vec::new();
+        for family in ["inet", "bridge"] {
+            if let Some(o) = self.nft.list_table(family, &self.policy.table).await? {
+                objects.extend(o);
+            }
+        }
+        Ok(live_lines(&objects))
+    }
+
+    /// `None` when the live tables are what config renders, else the difference
+    /// (`-` expected but missing, `+` live but not expected).
+    pub async fn check(&self) -> Result<Option<String>, Error> {
+        self.nft.preflight("read berth's ruleset")?;
+        let ruleset = self.render().await?;
+        let expected = expected_lines(&ruleset.objects);
+        let live = self.live_lines().await?;
+        Ok(diff(&expected, &live))
+    }
+
+    /// The live tables as nft prints them (empty string when absent).
+    pub async fn show(&self) -> Result<String, Error> {
+        self.nft.preflight("read berth's ruleset")?;
+        let mut out = String::new();
+        for family in ["inet", "bridge"] {
+            match self.nft.list_table_text(family, &self.policy.table).await? {
+                Some(t) => out.push_str(&t),
+                None => out.push_str(&format!(
+                    "# table {family} {} is not loaded\n",
+                    self.policy.table
+                )),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes berth's two tables (nothing else) and clears port isolation on the bridge.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.nft.preflight("remove berth's ruleset")?;
+        self.nft
+            .apply(
+                &to_nft_json(&delete_batch(&self.policy.table)),
+                "remove berth's tables",
+            )
+            .await?;
+        if self.isolate_ports {
+            ports::release_ports(&self.sysfs, &self.net.bridge).map_err(|source| Error::Ports {
+                bridge: self.net.bridge.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `berth run netfilter`: apply, call `ready`, then re-apply whenever the live tables stop
+    /// matching what was applied (polled every `check_interval_secs`, and right after any
+    /// `nft monitor` event), until `shutdown` completes. The rules stay in place on exit.
+    pub async fn watch(
+        &self,
+        shutdown: impl Future<Output = ()>,
+        ready: impl FnOnce(),
+    ) -> Result<(), Error> {
+        let applied = self.apply().await?;
+        log_applied(&applied, "applied");
+        let expected = expected_lines(&applied.ruleset.objects);
+        let mut baseline = self.live_lines().await?;
+        if let Some(d) = diff(&expected, &baseline) {
+            // Another nft version may print the same ruleset differently; judge drift against
+            // what the kernel listed right after our own apply.
+            warn!(difference = %d, "live listing differs in form from the rendered ruleset");
+        }
+        ready();
+
+        let mut monitor = if self.monitor {
+            self.start_monitor()
+        } else {
+            None
+        };
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = ticker.tick() => {}
+                line = next_line(&mut monitor) => {
+                    if line.is_none() {
+                        warn!("nft monitor ended; drift is detected by polling only");
+                        monitor = None;
+                    } else {
+                        drain(&mut monitor).await;
+                    }
+                }
+            }
+            match self.live_lines().await {
+                Ok(live) => {
+                    if let Some(d) = diff(&baseline, &live) {
+                        warn!(difference = %d, "berth's ruleset drifted; re-applying");
+                        match self.apply().await {
+                            Ok(a) => {
+                                log_applied(&a, "re-applied");
+                                match self.live_lines().await {
+                                    Ok(l) => baseline = l,
+                                    Err(e) => {
+                                        error!(error = %e, "cannot read back berth's ruleset")
+                                    }
+                                }
+                            }
+                            Err(e) => error!(error = %e, "cannot re-apply berth's ruleset"),
+                        }
+                        continue;
+                    }
+                }
+                Err(e) => error!(error = %e, "cannot read berth's ruleset"),
+            }
+            match self.isolate() {
+                Ok(ports) if !ports.is_empty() => {
+                    info!(ports = ?ports, "isolated new bridge ports")
+                }
+                Ok(_) => {}
+                Err(e) => error!(error = %e, "cannot isolate bridge ports"),
+            }
+        }
+        info!("netfilter watch stopped; berth's ruleset stays in place");
+        Ok(())
+    }
+
+    fn start_monitor(&self) -> Option<MonitorLines> {
+        match self.nft.monitor() {
+            Ok(mut child) => {
+                let stdout = child.stdout.take()?;
+                Some(MonitorLines {
+                    _child: child,
+                    lines: BufReader::new(stdout).lines(),
+                })
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot start nft monitor; drift is detected by polling only");
+                None
+            }
+        }
+    }
+}
+
+struct MonitorLines {
+    _child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+/// The next monitor line; pending forever without a monitor.
+async fn next_line(m: &mut Option<MonitorLines>) -> Option<String> {
+    match m {
+        Some(m) => m.lines.next_line().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Swallows the rest of a burst of events (an apply is dozens of lines).
+async fn drain(m: &mut Option<MonitorLines>) {
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), next_line(m)).await {}
+}
+
+fn log_applied(a: &Applied, what: &str) {
+    info!(
+        table = %a.ruleset.table,
+        rules = a.ruleset.rule_count(),
+        elements = a.ruleset.element_count(),
+        bridge_match = ?a.l2,
+        elapsed_ms = a.elapsed.as_secs_f64() * 1000.0,
+        "{what} berth's ruleset"
+    );
+    if !a.isolated.is_empty() {
+        info!(ports = ?a.isolated, "isolated bridge ports");
+    }
+}
