@@ -34,6 +34,7 @@ pub struct Spec {
 pub async fn run(spec: Spec) {
     let Spec { conn, closed, channel, reply, host, port, input } = spec;
     let started = Instant::now();
+    let _active = crate::metrics::session_opened(crate::metrics::SessionKind::DirectTcpip);
     let audit = |outcome: &str, detail: serde_json::Value| {
         let conn = conn.clone();
         let outcome = outcome.to_string();
@@ -65,7 +66,7 @@ pub async fn run(spec: Spec) {
         (Some(ip), Ok(p)) if p != 0 => SocketAddr::new(ip, p),
         _ => {
             info!(server = %login, host = %host, port, "direct-tcpip refused: not the tenant's own container");
-            conn.shared.stats.forwards_refused.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::exec_error();
             reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
             audit("rejected", serde_json::json!({ "host": host, "port": port })).await;
             return;

@@ -69,7 +69,7 @@ pub async fn pump_input<W: AsyncWrite + Unpin>(
                     break InputEnd::SinkGone;
                 }
                 counter.fetch_add(n as u64, Ordering::Relaxed);
-                conn.shared.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                crate::metrics::bytes_to_container(n as u64);
                 owed += n;
                 if owed >= CREDIT_BATCH {
                     credit(&handle, id, &mut owed);
@@ -126,7 +126,7 @@ pub async fn send(
         Some(e) => writer.extended_data_bytes(e, data).await?,
     }
     counter.fetch_add(n, Ordering::Relaxed);
-    conn.shared.stats.bytes_out.fetch_add(n, Ordering::Relaxed);
+    crate::metrics::bytes_to_client(n);
     conn.touch();
     Ok(())
 }

@@ -53,21 +53,32 @@ pub fn sh_quote(s: &str) -> String {
 }
 
 /// The argv Docker runs for `program`. Every variant starts in `$HOME` (Docker exec does not).
-pub fn argv(program: &Program, sftp_paths: &[String]) -> Vec<String> {
+/// With a PTY (`size = Some((cols, rows))`) the size is set with `stty` before the program runs:
+/// Docker API 1.41 cannot size an exec's TTY at creation, and a resize after start races with
+/// the program's first `TIOCGWINSZ`.
+pub fn argv(program: &Program, sftp_paths: &[String], size: Option<(u32, u32)>) -> Vec<String> {
     let sh = |script: String, args: Vec<String>| {
         let mut v = vec!["/bin/sh".to_string(), "-c".to_string(), script, "berth".to_string()];
         v.extend(args);
         v
     };
-    const CD: &str = "cd \"$HOME\" 2>/dev/null || cd /;";
+    let cd = match size {
+        Some((cols, rows)) if cols > 0 && rows > 0 => format!(
+            "stty rows {} cols {} 2>/dev/null; cd \"$HOME\" 2>/dev/null || cd /;",
+            rows.min(10_000),
+            cols.min(10_000)
+        ),
+        _ => "cd \"$HOME\" 2>/dev/null || cd /;".to_string(),
+    };
+    let cd = cd.as_str();
     match program {
         Program::Shell => sh(
             format!(
-                "{CD} if [ -x /bin/bash ]; then exec /bin/bash -l; else exec /bin/sh -l; fi"
+                "{cd} if [ -x /bin/bash ]; then exec /bin/bash -l; else exec /bin/sh -l; fi"
             ),
             vec![],
         ),
-        Program::Exec(cmd) => sh(format!("{CD} exec /bin/sh -c \"$1\""), vec![cmd.clone()]),
+        Program::Exec(cmd) => sh(format!("{cd} exec /bin/sh -c \"$1\""), vec![cmd.clone()]),
         Program::Sftp => {
             let list = sftp_paths.iter().map(|p| sh_quote(p)).collect::<Vec<_>>().join(" ");
             let shown = sftp_paths.join(", ");
@@ -76,7 +87,7 @@ pub fn argv(program: &Program, sftp_paths: &[String]) -> Vec<String> {
             ));
             sh(
                 format!(
-                    "{CD} for p in {list}; do if [ -x \"$p\" ]; then exec \"$p\"; fi; done; echo {msg} >&2; exit 127"
+                    "{cd} for p in {list}; do if [ -x \"$p\" ]; then exec \"$p\"; fi; done; echo {msg} >&2; exit 127"
                 ),
                 vec![],
             )
@@ -157,13 +168,14 @@ mod tests {
 
     #[test]
     fn argv_shapes() {
-        let a = argv(&Program::Exec("echo 'hi'; exit 3".into()), &[]);
+        let a = argv(&Program::Exec("echo 'hi'; exit 3".into()), &[], None);
         assert_eq!(a[0], "/bin/sh");
         assert_eq!(a.last().map(String::as_str), Some("echo 'hi'; exit 3"));
-        let s = argv(&Program::Sftp, &["/usr/lib/openssh/sftp-server".into()]);
+        let s = argv(&Program::Sftp, &["/usr/lib/openssh/sftp-server".into()], None);
         assert!(s[2].contains("'/usr/lib/openssh/sftp-server'"));
         assert!(s[2].contains("no sftp-server"));
-        assert!(argv(&Program::Shell, &[])[2].contains("bash -l"));
+        assert!(argv(&Program::Shell, &[], None)[2].contains("bash -l"));
+        assert!(argv(&Program::Shell, &[], Some((80, 24)))[2].starts_with("stty rows 24 cols 80"));
     }
 
     #[test]

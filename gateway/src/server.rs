@@ -107,19 +107,11 @@ impl Permit for crate::auth::Permit {
     }
 }
 
-/// Counters exported as metrics by `render_metrics`.
+/// Per-gateway counters not covered by `crate::metrics` (kept for tests and future use).
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub connections_total: AtomicU64,
-    pub connections_active: AtomicU64,
     pub sessions_total: AtomicU64,
     pub sessions_active: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub exec_errors: AtomicU64,
-    pub forwards_refused: AtomicU64,
-    pub ensure_running_micros_sum: AtomicU64,
-    pub ensure_running_count: AtomicU64,
 }
 
 pub struct Shared {
@@ -287,11 +279,9 @@ impl Conn {
             .get_or_try_init(|| async {
                 let t0 = Instant::now();
                 let r = self.shared.backend.ensure_running(self.login.server).await;
-                let st = &self.shared.stats;
-                st.ensure_running_count.fetch_add(1, Ordering::Relaxed);
-                st.ensure_running_micros_sum.fetch_add(
-                    u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX),
-                    Ordering::Relaxed,
+                crate::metrics::ensure_running(
+                    t0.elapsed(),
+                    r.as_ref().map(|t| t.started_now).map_err(|_| ()),
                 );
                 if let Ok(t) = &r {
                     if t.started_now {
@@ -368,9 +358,7 @@ async fn run_connection(shared: Arc<Shared>, sock: tokio::net::TcpStream, peer: 
         debug!(%peer, "connection not admitted");
         return;
     };
-    let stats = shared.stats.clone();
-    stats.connections_total.fetch_add(1, Ordering::Relaxed);
-    stats.connections_active.fetch_add(1, Ordering::Relaxed);
+    let _active = crate::metrics::connection_opened();
     let _ = sock.set_nodelay(true);
     let grace = permit.grace_deadline();
     let authed = CancellationToken::new();
@@ -381,6 +369,7 @@ async fn run_connection(shared: Arc<Shared>, sock: tokio::net::TcpStream, peer: 
         let session = match russh::server::run_stream(cfg, sock, handler).await {
             Ok(s) => s,
             Err(e) => {
+                crate::metrics::handshake(false);
                 debug!(%peer, error = %e, "ssh handshake failed");
                 return;
             }
@@ -418,5 +407,4 @@ async fn run_connection(shared: Arc<Shared>, sock: tokio::net::TcpStream, peer: 
         }
     };
     fut.await;
-    stats.connections_active.fetch_sub(1, Ordering::Relaxed);
 }

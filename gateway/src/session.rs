@@ -45,6 +45,11 @@ pub struct Spec {
 pub async fn run(spec: Spec) {
     let conn = spec.conn.clone();
     let kind = spec.program.kind();
+    let _active = crate::metrics::session_opened(match spec.program {
+        Program::Shell => crate::metrics::SessionKind::Shell,
+        Program::Exec(_) => crate::metrics::SessionKind::Exec,
+        Program::Sftp => crate::metrics::SessionKind::Sftp,
+    });
     let started = Instant::now();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = Arc::new(AtomicU64::new(0));
@@ -109,7 +114,11 @@ async fn run_inner(spec: Spec, bytes_in: Arc<AtomicU64>, bytes_out: Arc<AtomicU6
         env_list.push(format!("TERM={}", p.term));
     }
     env_list.push(format!("BERTH_SERVER={}", conn.login.server.login_name()));
-    let argv = policy::argv(&program, &conn.shared.cfg.sftp_server_paths);
+    let argv = policy::argv(
+        &program,
+        &conn.shared.cfg.sftp_server_paths,
+        pty.as_ref().map(|p| (p.cols, p.rows)),
+    );
     let opts = CreateExecOptions::<String> {
         attach_stdin: Some(true),
         attach_stdout: Some(true),
@@ -260,7 +269,7 @@ async fn fail_target(conn: &Conn, writer: &ChannelWriteHalf<Msg>, e: BackendErro
         BackendError::Failed(_) => (format!("berth: {name} cannot be started right now\r\n"), false),
     };
     warn!(server = %name, error = %e, "ensure_running failed");
-    conn.shared.stats.exec_errors.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::exec_error();
     let counter = AtomicU64::new(0);
     let _ = pipe::send(writer, conn, Some(1), Bytes::from(line), &counter).await;
     let _ = writer.exit_status(1).await;
@@ -282,7 +291,7 @@ async fn fail_exec(
     e: impl std::fmt::Display,
 ) -> Outcome {
     warn!(server = %conn.login.server.login_name(), step, error = %e, "docker exec failed");
-    conn.shared.stats.exec_errors.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::exec_error();
     let counter = AtomicU64::new(0);
     let line = "berth: could not start the session in the container; please try again\r\n";
     let _ = pipe::send(writer, conn, Some(1), Bytes::from(line), &counter).await;

@@ -1,6 +1,9 @@
-//! The `gateway` component of `berth run` (owned by the gateway area).
+//! The `gateway` component of `berth run` (owned by the gateway area): opens the store and
+//! Docker, loads host keys, binds `[ssh] listen`, serves until `shutdown`, then drains.
 
-use anyhow::Result;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -8,12 +11,48 @@ use crate::config::Config;
 
 /// Runs the component until `shutdown` fires; sends on `ready` once it really serves.
 pub async fn run_daemon(
-    _cfg: &Config,
-    _shutdown: CancellationToken,
-    _ready: oneshot::Sender<()>,
+    cfg: &Config,
+    shutdown: CancellationToken,
+    ready: oneshot::Sender<()>,
 ) -> Result<()> {
-    anyhow::bail!("the gateway component is not implemented yet")
+    let ssh = cfg.ssh.clone();
+    ssh.validate().map_err(anyhow::Error::msg)?;
+    let store = tenants::Store::connect(&cfg.database_url())
+        .await
+        .context("gateway: cannot open the tenant store")?;
+    // Docker being down at start is not fatal: sessions report it per login and recover.
+    let provisioner = tenants::Provisioner::connect(&cfg.network, &cfg.tenants, store.clone())
+        .await
+        .context("gateway: cannot set up the docker client")?;
+    let keys = gateway::hostkeys::load_or_generate(&cfg.state_dir, &ssh.auth.host_keys)
+        .context("gateway: host keys")?;
+    for fp in gateway::hostkeys::fingerprints(&keys) {
+        tracing::info!(key = %fp, "gateway host key");
+    }
+    let mut listeners = Vec::new();
+    for addr in &ssh.listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("gateway: cannot listen on {addr} (ssh.listen)"))?;
+        tracing::info!(%addr, "gateway listening");
+        listeners.push(l);
+    }
+    let backend: Arc<dyn gateway::Backend> =
+        Arc::new(gateway::tenants_backend::TenantsBackend::new(store, provisioner));
+    let auth = gateway::auth::Authenticator::new(&ssh, backend.clone());
+    let shared = gateway::Shared::new(
+        ssh,
+        backend,
+        Arc::new(auth),
+        keys,
+        Arc::new(gateway::Stats::default()),
+    );
+    let _ = ready.send(());
+    gateway::serve(shared, listeners, shutdown).await.context("gateway")?;
+    Ok(())
 }
 
 /// Appends this component's Prometheus metrics (text format).
-pub fn render_metrics(_out: &mut String) {}
+pub fn render_metrics(out: &mut String) {
+    gateway::metrics::render(out);
+}
