@@ -1,0 +1,812 @@
+//! Brute-force defence as a pure state machine: admission caps, governor budgets, escalating bans
+//! and "usual address" trust, all driven by an injected clock.
+//!
+//! No IO, no async, no bcrypt: `Authenticator` asks this module *before* spending a bcrypt and
+//! tells it the outcome afterwards. Time comes from a governor [`Clock`] whose instants are
+//! [`Nanos`], so tests drive everything with `FakeRelativeClock` and are exact.
+//!
+//! Policy in one paragraph: a connection is admitted unless its address is banned (and has no
+//! recent successful login anywhere), the global or per-address unauthenticated cap is full, or
+//! the address opens connections too fast. A password (or keyboard-interactive) attempt costs
+//! one cell of the address's budget and one of the server's budget — unless the address logged
+//! in to that server successfully within `trusted_for`, in which case it costs one cell of a
+//! budget private to that (server, address) pair and ignores bans and the server budget, so an
+//! attacker can slow guessing against a server but cannot lock its owner out of their usual
+//! address. Repeated password failures from an address start a ban that doubles each time, up to
+//! `ban_max`, and is forgotten after `ban_forget` quiet time. Public-key attempts are cheap (no
+//! bcrypt) and are only refused for banned addresses; their failures never count towards a ban
+//! (agents offer several keys routinely).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::HashMapStateStore;
+use governor::{Quota, RateLimiter};
+use tenants::ServerId;
+
+use super::config::AuthConfig;
+
+/// How a credential was presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    Password,
+    PublicKey,
+    KeyboardInteractive,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Password => "password",
+            Method::PublicKey => "publickey",
+            Method::KeyboardInteractive => "keyboard-interactive",
+        }
+    }
+
+    /// Methods that cost a bcrypt and can be guessed.
+    pub fn is_secret(self) -> bool {
+        matches!(self, Method::Password | Method::KeyboardInteractive)
+    }
+}
+
+/// Why a connection was refused at accept time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmitDenied {
+    Banned,
+    ConnectionRate,
+    UnauthenticatedCap,
+    UnauthenticatedCapPerIp,
+}
+
+impl AdmitDenied {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdmitDenied::Banned => "banned",
+            AdmitDenied::ConnectionRate => "connection_rate",
+            AdmitDenied::UnauthenticatedCap => "unauthenticated_cap",
+            AdmitDenied::UnauthenticatedCapPerIp => "unauthenticated_cap_per_ip",
+        }
+    }
+}
+
+/// Why an authentication attempt was refused before any credential check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptDenied {
+    Banned,
+    IpBudget,
+    ServerBudget,
+    TrustedBudget,
+}
+
+impl AttemptDenied {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptDenied::Banned => "banned",
+            AttemptDenied::IpBudget => "ip_budget",
+            AttemptDenied::ServerBudget => "server_budget",
+            AttemptDenied::TrustedBudget => "trusted_budget",
+        }
+    }
+}
+
+/// What recording an outcome changed (for audit and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Nothing,
+    /// This failure started a ban of that length.
+    Banned(Duration),
+}
+
+/// Durations and budgets, resolved from [`AuthConfig`] once.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub max_unauthenticated: usize,
+    pub max_unauthenticated_per_ip: usize,
+    pub connections: Quota,
+    pub ip_attempts: Quota,
+    pub server_attempts: Quota,
+    pub trusted_attempts: Quota,
+    pub ban_after_failures: u32,
+    pub ban_window: Duration,
+    pub ban_base: Duration,
+    pub ban_max: Duration,
+    pub ban_forget: Duration,
+    pub trusted_for: Duration,
+}
+
+fn quota(burst: u32, interval_ms: u64) -> Quota {
+    // Zero values are refused by `AuthConfig::validate`; clamp anyway so a bad value cannot panic.
+    let period = Duration::from_millis(interval_ms.max(1));
+    let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst)
+}
+
+impl Params {
+    pub fn from_config(cfg: &AuthConfig) -> Self {
+        Self {
+            max_unauthenticated: cfg.max_unauthenticated,
+            max_unauthenticated_per_ip: cfg.max_unauthenticated_per_ip,
+            connections: quota(
+                cfg.connections_per_ip_burst,
+                cfg.connections_per_ip_interval_ms,
+            ),
+            ip_attempts: quota(cfg.ip_attempts_burst, cfg.ip_attempts_interval_ms),
+            server_attempts: quota(cfg.server_attempts_burst, cfg.server_attempts_interval_ms),
+            trusted_attempts: quota(cfg.trusted_attempts_burst, cfg.trusted_attempts_interval_ms),
+            ban_after_failures: cfg.ban_after_failures.max(1),
+            ban_window: Duration::from_secs(cfg.ban_window_secs),
+            ban_base: Duration::from_secs(cfg.ban_base_secs),
+            ban_max: Duration::from_secs(cfg.ban_max_secs.max(cfg.ban_base_secs)),
+            ban_forget: Duration::from_secs(cfg.ban_forget_secs),
+            trusted_for: Duration::from_secs(cfg.trusted_for_secs),
+        }
+    }
+}
+
+type Keyed<K, C> = RateLimiter<K, HashMapStateStore<K>, C, NoOpMiddleware<Nanos>>;
+
+/// Per-address failure history.
+#[derive(Debug, Default)]
+struct Strikes {
+    /// Recent password failures, oldest first, at most `ban_after_failures` of them.
+    failures: VecDeque<Nanos>,
+    /// Bans so far (since the history was last forgotten).
+    bans: u32,
+    banned_until: Option<Nanos>,
+    last_ban: Option<Nanos>,
+}
+
+/// A monotonic clock for production: nanoseconds since the limiter was created.
+#[derive(Debug, Clone)]
+pub struct MonotonicClock {
+    start: std::time::Instant,
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for MonotonicClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.start.elapsed())
+    }
+}
+
+/// The whole brute-force state of one gateway process.
+pub struct Limits<C: Clock<Instant = Nanos> + Clone> {
+    p: Params,
+    clock: C,
+    connections: Keyed<IpAddr, C>,
+    ip_attempts: Keyed<IpAddr, C>,
+    server_attempts: Keyed<ServerId, C>,
+    trusted_attempts: Keyed<(ServerId, IpAddr), C>,
+    strikes: HashMap<IpAddr, Strikes>,
+    /// Last successful login per (server, address).
+    trusted: HashMap<(ServerId, IpAddr), Nanos>,
+    /// Last successful login per address, any server (lets the owner's address past a ban at
+    /// accept time; the per-attempt checks still apply to other servers).
+    trusted_ips: HashMap<IpAddr, Nanos>,
+    unauthenticated: usize,
+    unauthenticated_per_ip: HashMap<IpAddr, usize>,
+}
+
+impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
+    pub fn new(p: Params, clock: C) -> Self {
+        Self {
+            connections: RateLimiter::hashmap_with_clock(p.connections, clock.clone()),
+            ip_attempts: RateLimiter::hashmap_with_clock(p.ip_attempts, clock.clone()),
+            server_attempts: RateLimiter::hashmap_with_clock(p.server_attempts, clock.clone()),
+            trusted_attempts: RateLimiter::hashmap_with_clock(p.trusted_attempts, clock.clone()),
+            p,
+            clock,
+            strikes: HashMap::new(),
+            trusted: HashMap::new(),
+            trusted_ips: HashMap::new(),
+            unauthenticated: 0,
+            unauthenticated_per_ip: HashMap::new(),
+        }
+    }
+
+    fn now(&self) -> Nanos {
+        self.clock.now()
+    }
+
+    fn within(&self, then: Nanos, span: Duration) -> bool {
+        self.now().duration_since(then) < Nanos::from(span)
+    }
+
+    /// True while `ip` serves a ban.
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        let now = self.now();
+        self.strikes
+            .get(&ip)
+            .and_then(|s| s.banned_until)
+            .is_some_and(|until| now < until)
+    }
+
+    fn trusted_ip(&self, ip: IpAddr) -> bool {
+        self.trusted_ips
+            .get(&ip)
+            .is_some_and(|t| self.within(*t, self.p.trusted_for))
+    }
+
+    /// True when `ip` logged in to `server` successfully within `trusted_for`.
+    pub fn is_trusted(&self, server: ServerId, ip: IpAddr) -> bool {
+        self.trusted
+            .get(&(server, ip))
+            .is_some_and(|t| self.within(*t, self.p.trusted_for))
+    }
+
+    /// Accept-time check; on `Ok` the connection holds one unauthenticated slot until
+    /// [`Limits::release`].
+    pub fn admit(&mut self, ip: IpAddr) -> Result<(), AdmitDenied> {
+        if self.is_banned(ip) && !self.trusted_ip(ip) {
+            return Err(AdmitDenied::Banned);
+        }
+        if self.unauthenticated >= self.p.max_unauthenticated {
+            return Err(AdmitDenied::UnauthenticatedCap);
+        }
+        let per_ip = self.unauthenticated_per_ip.get(&ip).copied().unwrap_or(0);
+        if per_ip >= self.p.max_unauthenticated_per_ip {
+            return Err(AdmitDenied::UnauthenticatedCapPerIp);
+        }
+        if self.connections.check_key(&ip).is_err() {
+            return Err(AdmitDenied::ConnectionRate);
+        }
+        self.unauthenticated += 1;
+        *self.unauthenticated_per_ip.entry(ip).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// Gives back the unauthenticated slot taken by a successful [`Limits::admit`].
+    pub fn release(&mut self, ip: IpAddr) {
+        self.unauthenticated = self.unauthenticated.saturating_sub(1);
+        if let Some(n) = self.unauthenticated_per_ip.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.unauthenticated_per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Unauthenticated connections right now (gateway-wide).
+    pub fn unauthenticated(&self) -> usize {
+        self.unauthenticated
+    }
+
+    /// Whether a probe (unsigned public key offer) may be answered positively.
+    pub fn probe_allowed(&self, ip: IpAddr, server: Option<ServerId>) -> bool {
+        server.is_some_and(|s| self.is_trusted(s, ip)) || !self.is_banned(ip)
+    }
+
+    /// Checks (and charges) the budgets for one attempt. `server` is `None` when the user name
+    /// is not a server name at all.
+    pub fn check_attempt(
+        &mut self,
+        ip: IpAddr,
+        server: Option<ServerId>,
+        method: Method,
+    ) -> Result<(), AttemptDenied> {
+        if let Some(s) = server.filter(|s| self.is_trusted(*s, ip)) {
+            if method.is_secret() && self.trusted_attempts.check_key(&(s, ip)).is_err() {
+                return Err(AttemptDenied::TrustedBudget);
+            }
+            return Ok(());
+        }
+        if self.is_banned(ip) {
+            return Err(AttemptDenied::Banned);
+        }
+        if !method.is_secret() {
+            return Ok(());
+        }
+        if self.ip_attempts.check_key(&ip).is_err() {
+            return Err(AttemptDenied::IpBudget);
+        }
+        if let Some(s) = server
+            && self.server_attempts.check_key(&s).is_err()
+        {
+            return Err(AttemptDenied::ServerBudget);
+        }
+        Ok(())
+    }
+
+    /// Records the outcome of an attempt that passed [`Limits::check_attempt`].
+    pub fn record(
+        &mut self,
+        ip: IpAddr,
+        server: Option<ServerId>,
+        method: Method,
+        success: bool,
+    ) -> Recorded {
+        let now = self.now();
+        if success {
+            if let Some(s) = server {
+                self.trusted.insert((s, ip), now);
+                self.trusted_ips.insert(ip, now);
+            }
+            return Recorded::Nothing;
+        }
+        if !method.is_secret() {
+            return Recorded::Nothing;
+        }
+        let p = &self.p;
+        let s = self.strikes.entry(ip).or_default();
+        if s.last_ban
+            .is_some_and(|t| now.duration_since(t) >= Nanos::from(p.ban_forget))
+        {
+            s.bans = 0;
+            s.last_ban = None;
+        }
+        let window = Nanos::from(p.ban_window);
+        while s
+            .failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            s.failures.pop_front();
+        }
+        s.failures.push_back(now);
+        if s.failures.len() < p.ban_after_failures as usize {
+            return Recorded::Nothing;
+        }
+        s.failures.clear();
+        s.bans = s.bans.saturating_add(1);
+        let length = ban_length(p.ban_base, p.ban_max, s.bans);
+        s.banned_until = Some(now + Nanos::from(length));
+        s.last_ban = Some(now);
+        Recorded::Banned(length)
+    }
+
+    /// Drops state nobody needs any more: idle governor keys, expired bans and trust. Call it
+    /// periodically, or keyed state grows with every address ever seen.
+    pub fn retain_recent(&mut self) {
+        for l in [&self.connections, &self.ip_attempts] {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        self.server_attempts.retain_recent();
+        self.server_attempts.shrink_to_fit();
+        self.trusted_attempts.retain_recent();
+        self.trusted_attempts.shrink_to_fit();
+
+        let now = self.now();
+        let p = &self.p;
+        let window = Nanos::from(p.ban_window);
+        let forget = Nanos::from(p.ban_forget);
+        self.strikes.retain(|_, s| {
+            while s
+                .failures
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= window)
+            {
+                s.failures.pop_front();
+            }
+            let banned = s.banned_until.is_some_and(|u| now < u);
+            let remembered = s.last_ban.is_some_and(|t| now.duration_since(t) < forget);
+            banned || remembered || !s.failures.is_empty()
+        });
+        let trust = Nanos::from(p.trusted_for);
+        self.trusted.retain(|_, t| now.duration_since(*t) < trust);
+        self.trusted_ips
+            .retain(|_, t| now.duration_since(*t) < trust);
+        self.strikes.shrink_to_fit();
+        self.trusted.shrink_to_fit();
+        self.trusted_ips.shrink_to_fit();
+    }
+
+    /// Sizes of the keyed tables (for tests and metrics).
+    pub fn table_sizes(&self) -> TableSizes {
+        TableSizes {
+            connections: self.connections.len(),
+            ip_attempts: self.ip_attempts.len(),
+            server_attempts: self.server_attempts.len(),
+            trusted_attempts: self.trusted_attempts.len(),
+            strikes: self.strikes.len(),
+            trusted: self.trusted.len(),
+        }
+    }
+
+    /// Addresses serving a ban right now.
+    pub fn banned_count(&self) -> usize {
+        let now = self.now();
+        self.strikes
+            .values()
+            .filter(|s| s.banned_until.is_some_and(|u| now < u))
+            .count()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableSizes {
+    pub connections: usize,
+    pub ip_attempts: usize,
+    pub server_attempts: usize,
+    pub trusted_attempts: usize,
+    pub strikes: usize,
+    pub trusted: usize,
+}
+
+/// `base * 2^(n-1)`, capped at `max` (n ≥ 1).
+pub fn ban_length(base: Duration, max: Duration, n: u32) -> Duration {
+    let shift = n.saturating_sub(1).min(31);
+    base.checked_mul(1u32 << shift).map_or(max, |d| d.min(max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
+    fn sid(n: u32) -> Option<ServerId> {
+        ServerId::new(n)
+    }
+
+    fn server(n: u32) -> ServerId {
+        ServerId::new(n).unwrap_or_else(|| panic!("server id {n} must be >= 1"))
+    }
+
+    fn cfg() -> AuthConfig {
+        AuthConfig {
+            max_unauthenticated: 4,
+            max_unauthenticated_per_ip: 2,
+            connections_per_ip_burst: 3,
+            connections_per_ip_interval_ms: 1_000,
+            ip_attempts_burst: 5,
+            ip_attempts_interval_ms: 10_000,
+            ban_after_failures: 3,
+            ban_window_secs: 60,
+            ban_base_secs: 10,
+            ban_max_secs: 35,
+            ban_forget_secs: 600,
+            server_attempts_burst: 4,
+            server_attempts_interval_ms: 10_000,
+            trusted_attempts_burst: 2,
+            trusted_attempts_interval_ms: 10_000,
+            trusted_for_secs: 3_600,
+            ..AuthConfig::default()
+        }
+    }
+
+    fn limits(c: &AuthConfig) -> (Limits<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        (Limits::new(Params::from_config(c), clock.clone()), clock)
+    }
+
+    #[test]
+    fn ban_length_doubles_and_caps() {
+        let b = Duration::from_secs(10);
+        let m = Duration::from_secs(35);
+        let got: Vec<u64> = (1..=5).map(|n| ban_length(b, m, n).as_secs()).collect();
+        assert_eq!(got, [10, 20, 35, 35, 35]);
+        assert_eq!(
+            ban_length(b, Duration::from_secs(u64::MAX / 4), 200).as_secs(),
+            10 << 31
+        );
+    }
+
+    #[test]
+    fn unauthenticated_caps_global_and_per_ip() {
+        let (mut l, _) = limits(&cfg());
+        assert_eq!(l.admit(ip(1)), Ok(()));
+        assert_eq!(l.admit(ip(1)), Ok(()));
+        assert_eq!(l.admit(ip(1)), Err(AdmitDenied::UnauthenticatedCapPerIp));
+        assert_eq!(l.admit(ip(2)), Ok(()));
+        assert_eq!(l.admit(ip(3)), Ok(()));
+        assert_eq!(l.unauthenticated(), 4);
+        assert_eq!(l.admit(ip(4)), Err(AdmitDenied::UnauthenticatedCap));
+        l.release(ip(1));
+        assert_eq!(l.admit(ip(4)), Ok(()));
+        for a in [1, 2, 3, 4] {
+            l.release(ip(a));
+        }
+        assert_eq!(l.unauthenticated(), 0);
+        // Releasing more than was taken never underflows.
+        l.release(ip(9));
+        assert_eq!(l.unauthenticated(), 0);
+    }
+
+    #[test]
+    fn connection_rate_per_ip_refills() {
+        let (mut l, clock) = limits(&AuthConfig {
+            max_unauthenticated_per_ip: 100,
+            ..cfg()
+        });
+        for _ in 0..3 {
+            assert_eq!(l.admit(ip(1)), Ok(()));
+            l.release(ip(1));
+        }
+        assert_eq!(l.admit(ip(1)), Err(AdmitDenied::ConnectionRate));
+        // Another address is unaffected.
+        assert_eq!(l.admit(ip(2)), Ok(()));
+        clock.advance(Duration::from_millis(1_000));
+        assert_eq!(l.admit(ip(1)), Ok(()));
+        assert_eq!(l.admit(ip(1)), Err(AdmitDenied::ConnectionRate));
+    }
+
+    #[test]
+    fn caps_do_not_consume_rate_tokens() {
+        let (mut l, _) = limits(&AuthConfig {
+            max_unauthenticated_per_ip: 1,
+            ..cfg()
+        });
+        assert_eq!(l.admit(ip(1)), Ok(()));
+        for _ in 0..10 {
+            assert_eq!(l.admit(ip(1)), Err(AdmitDenied::UnauthenticatedCapPerIp));
+        }
+        l.release(ip(1));
+        assert_eq!(
+            l.admit(ip(1)),
+            Ok(()),
+            "rejections by cap must not eat the rate budget"
+        );
+    }
+
+    #[test]
+    fn ip_budget_is_charged_per_secret_attempt_only() {
+        let (mut l, clock) = limits(&AuthConfig {
+            ban_after_failures: 100,
+            ..cfg()
+        });
+        for _ in 0..20 {
+            assert_eq!(l.check_attempt(ip(1), sid(1), Method::PublicKey), Ok(()));
+        }
+        for i in 0..5 {
+            let server = sid(10 + i); // spread over servers so only the ip budget bites
+            assert_eq!(l.check_attempt(ip(1), server, Method::Password), Ok(()));
+        }
+        assert_eq!(
+            l.check_attempt(ip(1), sid(50), Method::KeyboardInteractive),
+            Err(AttemptDenied::IpBudget)
+        );
+        assert_eq!(l.check_attempt(ip(2), sid(50), Method::Password), Ok(()));
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(l.check_attempt(ip(1), sid(50), Method::Password), Ok(()));
+        assert_eq!(
+            l.check_attempt(ip(1), None, Method::Password),
+            Err(AttemptDenied::IpBudget)
+        );
+    }
+
+    #[test]
+    fn server_budget_spans_addresses() {
+        let (mut l, _) = limits(&cfg());
+        for a in 0..4 {
+            assert_eq!(l.check_attempt(ip(a), sid(7), Method::Password), Ok(()));
+        }
+        assert_eq!(
+            l.check_attempt(ip(9), sid(7), Method::Password),
+            Err(AttemptDenied::ServerBudget)
+        );
+        // Other servers and unparseable names are not affected.
+        assert_eq!(l.check_attempt(ip(9), sid(8), Method::Password), Ok(()));
+        assert_eq!(l.check_attempt(ip(10), None, Method::Password), Ok(()));
+        // Public keys do not use the server budget.
+        assert_eq!(l.check_attempt(ip(11), sid(7), Method::PublicKey), Ok(()));
+    }
+
+    #[test]
+    fn failures_escalate_bans() {
+        let (mut l, clock) = limits(&AuthConfig {
+            ip_attempts_burst: 1_000,
+            server_attempts_burst: 1_000,
+            ..cfg()
+        });
+        let a = ip(1);
+        let fail = |l: &mut Limits<FakeRelativeClock>| {
+            assert_eq!(l.check_attempt(a, sid(1), Method::Password), Ok(()));
+            l.record(a, sid(1), Method::Password, false)
+        };
+        assert_eq!(fail(&mut l), Recorded::Nothing);
+        assert_eq!(fail(&mut l), Recorded::Nothing);
+        assert_eq!(fail(&mut l), Recorded::Banned(Duration::from_secs(10)));
+        assert!(l.is_banned(a));
+        assert_eq!(l.banned_count(), 1);
+        assert_eq!(
+            l.check_attempt(a, sid(1), Method::Password),
+            Err(AttemptDenied::Banned)
+        );
+        assert_eq!(
+            l.check_attempt(a, sid(1), Method::PublicKey),
+            Err(AttemptDenied::Banned)
+        );
+        assert_eq!(l.admit(a), Err(AdmitDenied::Banned));
+        assert!(!l.probe_allowed(a, sid(1)));
+        clock.advance(Duration::from_secs(10));
+        assert!(!l.is_banned(a));
+        for _ in 0..2 {
+            assert_eq!(fail(&mut l), Recorded::Nothing);
+        }
+        assert_eq!(fail(&mut l), Recorded::Banned(Duration::from_secs(20)));
+        clock.advance(Duration::from_secs(20));
+        for _ in 0..2 {
+            fail(&mut l);
+        }
+        assert_eq!(
+            fail(&mut l),
+            Recorded::Banned(Duration::from_secs(35)),
+            "capped at ban_max"
+        );
+        // After ban_forget quiet time the history resets to the base length.
+        clock.advance(Duration::from_secs(600));
+        for _ in 0..2 {
+            fail(&mut l);
+        }
+        assert_eq!(fail(&mut l), Recorded::Banned(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn failures_outside_window_do_not_ban() {
+        let (mut l, clock) = limits(&AuthConfig {
+            ip_attempts_burst: 1_000,
+            ..cfg()
+        });
+        for _ in 0..10 {
+            assert_eq!(
+                l.record(ip(1), sid(1), Method::Password, false),
+                Recorded::Nothing
+            );
+            l.record(ip(1), sid(1), Method::Password, false);
+            clock.advance(Duration::from_secs(61));
+        }
+        assert!(!l.is_banned(ip(1)));
+    }
+
+    #[test]
+    fn public_key_failures_never_ban() {
+        let (mut l, _) = limits(&cfg());
+        for _ in 0..50 {
+            assert_eq!(
+                l.record(ip(1), sid(1), Method::PublicKey, false),
+                Recorded::Nothing
+            );
+        }
+        assert!(!l.is_banned(ip(1)));
+    }
+
+    #[test]
+    fn owner_is_not_locked_out_from_usual_address() {
+        let (mut l, _) = limits(&cfg());
+        let owner = ip(1);
+        let attacker = ip(66);
+        // The owner logged in before.
+        assert_eq!(l.check_attempt(owner, sid(7), Method::Password), Ok(()));
+        l.record(owner, sid(7), Method::Password, true);
+        assert!(l.is_trusted(server(7), owner));
+        // Attackers from many addresses exhaust the server budget.
+        for a in 100..103 {
+            assert_eq!(l.check_attempt(ip(a), sid(7), Method::Password), Ok(()));
+            l.record(ip(a), sid(7), Method::Password, false);
+        }
+        assert_eq!(
+            l.check_attempt(attacker, sid(7), Method::Password),
+            Err(AttemptDenied::ServerBudget)
+        );
+        // The owner's usual address still gets through, on its own budget.
+        assert_eq!(l.check_attempt(owner, sid(7), Method::Password), Ok(()));
+        assert_eq!(l.check_attempt(owner, sid(7), Method::Password), Ok(()));
+        assert_eq!(
+            l.check_attempt(owner, sid(7), Method::Password),
+            Err(AttemptDenied::TrustedBudget),
+            "the trusted budget is separate but still finite"
+        );
+        // ...and public keys always.
+        assert_eq!(l.check_attempt(owner, sid(7), Method::PublicKey), Ok(()));
+    }
+
+    #[test]
+    fn trusted_address_passes_its_own_ban_for_its_server_only() {
+        let (mut l, _) = limits(&AuthConfig {
+            ip_attempts_burst: 1_000,
+            ..cfg()
+        });
+        let nat = ip(1);
+        l.record(nat, sid(7), Method::Password, true);
+        // Someone else behind the same address guesses another server and gets it banned.
+        for _ in 0..3 {
+            l.record(nat, sid(8), Method::Password, false);
+        }
+        assert!(l.is_banned(nat));
+        assert_eq!(
+            l.admit(nat),
+            Ok(()),
+            "an address with a recent login is still admitted"
+        );
+        assert!(l.probe_allowed(nat, sid(7)));
+        assert!(!l.probe_allowed(nat, sid(8)));
+        assert_eq!(l.check_attempt(nat, sid(7), Method::Password), Ok(()));
+        assert_eq!(
+            l.check_attempt(nat, sid(8), Method::Password),
+            Err(AttemptDenied::Banned)
+        );
+        assert_eq!(
+            l.check_attempt(nat, None, Method::Password),
+            Err(AttemptDenied::Banned)
+        );
+    }
+
+    #[test]
+    fn trust_expires() {
+        let (mut l, clock) = limits(&cfg());
+        let s = server(7);
+        l.record(ip(1), Some(s), Method::PublicKey, true);
+        assert!(l.is_trusted(s, ip(1)));
+        assert!(!l.is_trusted(s, ip(2)));
+        clock.advance(Duration::from_secs(3_600));
+        assert!(!l.is_trusted(s, ip(1)));
+    }
+
+    #[test]
+    fn unknown_name_success_is_not_trust() {
+        let (mut l, _) = limits(&cfg());
+        l.record(ip(1), None, Method::Password, true);
+        assert_eq!(l.table_sizes().trusted, 0);
+    }
+
+    #[test]
+    fn retain_recent_forgets_idle_state() {
+        let (mut l, clock) = limits(&AuthConfig {
+            ip_attempts_burst: 1_000,
+            ..cfg()
+        });
+        for a in 0..50 {
+            assert_eq!(l.admit(ip(a)), Ok(()));
+            l.release(ip(a));
+            let _ = l.check_attempt(ip(a), sid(u32::from(a) + 1), Method::Password);
+            l.record(ip(a), sid(u32::from(a) + 1), Method::Password, a % 2 == 0);
+        }
+        let before = l.table_sizes();
+        assert!(before.ip_attempts >= 50 && before.strikes == 25 && before.trusted == 25);
+        clock.advance(Duration::from_secs(3_600));
+        l.retain_recent();
+        let after = l.table_sizes();
+        assert_eq!(
+            after,
+            TableSizes {
+                connections: 0,
+                ip_attempts: 0,
+                server_attempts: 0,
+                trusted_attempts: 0,
+                strikes: 0,
+                trusted: 0
+            }
+        );
+    }
+
+    #[test]
+    fn retain_recent_keeps_live_bans() {
+        let (mut l, clock) = limits(&AuthConfig {
+            ip_attempts_burst: 1_000,
+            ..cfg()
+        });
+        for _ in 0..3 {
+            l.record(ip(1), sid(1), Method::Password, false);
+        }
+        clock.advance(Duration::from_secs(5));
+        l.retain_recent();
+        assert!(l.is_banned(ip(1)));
+        // The ban history survives the ban itself until ban_forget.
+        clock.advance(Duration::from_secs(100));
+        l.retain_recent();
+        assert_eq!(l.table_sizes().strikes, 1);
+        clock.advance(Duration::from_secs(600));
+        l.retain_recent();
+        assert_eq!(l.table_sizes().strikes, 0);
+    }
+}
