@@ -31,20 +31,29 @@ async fn accounts_and_keys(kind: DbKind) {
 
     // Names: the rule is quoted in the error.
     for bad in ["Alice", "", "1x", "a b", "x".repeat(33).as_str()] {
-        let err = store.add_account(bad, None).await.unwrap_err();
-        assert!(matches!(err, StoreError::InvalidAccountName { .. }), "{bad:?}: {err}");
+        let err = store.add_account(bad, None::<&str>).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidAccountName { .. }),
+            "{bad:?}: {err}"
+        );
         assert!(err.to_string().contains("lower-case"), "{err}");
     }
 
     let hash = password::hash("hunter2hunter2", TEST_COST).unwrap();
     let a = store.add_account("alice", Some(&hash)).await.unwrap();
     assert!(a.enabled && a.has_password);
-    let dup = store.add_account("alice", None).await.unwrap_err();
-    assert!(matches!(dup, StoreError::DuplicateAccount(ref n) if n == "alice"), "{dup}");
-    store.add_account("bob", None).await.unwrap();
+    let dup = store.add_account("alice", None::<&str>).await.unwrap_err();
+    assert!(
+        matches!(dup, StoreError::DuplicateAccount(ref n) if n == "alice"),
+        "{dup}"
+    );
+    store.add_account("bob", None::<&str>).await.unwrap();
 
     let list = store.accounts().await.unwrap();
-    assert_eq!(list.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["alice", "bob"]);
+    assert_eq!(
+        list.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+        ["alice", "bob"]
+    );
     assert!(!list[1].has_password);
 
     // Keys: validated, fingerprinted, unique per account.
@@ -53,7 +62,10 @@ async fn accounts_and_keys(kind: DbKind) {
     assert_eq!(k.algorithm, "ssh-ed25519");
     let err = store.add_key("alice", KEY1).await.unwrap_err();
     assert!(matches!(err, StoreError::DuplicateKey { .. }), "{err}");
-    let err = store.add_key("alice", "ssh-ed25519 AAAAnotakey").await.unwrap_err();
+    let err = store
+        .add_key("alice", "ssh-ed25519 AAAAnotakey")
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::InvalidKey(_)), "{err}");
     let err = store.add_key("nobody", KEY1).await.unwrap_err();
     assert!(matches!(err, StoreError::UnknownAccount(_)), "{err}");
@@ -67,29 +79,56 @@ async fn accounts_and_keys(kind: DbKind) {
     let hash2 = password::hash("another-one", TEST_COST).unwrap();
     store.set_password("alice", Some(&hash2)).await.unwrap();
     assert!(matches!(
-        store.set_password("nobody", Some(&hash2)).await.unwrap_err(),
+        store
+            .set_password("nobody", Some(&hash2))
+            .await
+            .unwrap_err(),
         StoreError::UnknownAccount(_)
     ));
     store.set_enabled("alice", false).await.unwrap();
     assert!(!store.account("alice").await.unwrap().unwrap().enabled);
 
     // server_auth: one query with everything the gateway needs.
-    let s = store.insert_server("alice", &ServerSpec::default()).await.unwrap();
+    let s = store
+        .insert_server("alice", &ServerSpec::default())
+        .await
+        .unwrap();
     let auth = store.server_auth(s.id).await.unwrap().unwrap();
     assert_eq!(auth.owner, "alice");
     assert!(!auth.owner_enabled && !auth.login_allowed());
-    assert!(password::verify("another-one", auth.password_hash.as_deref().unwrap()));
+    assert!(password::verify(
+        "another-one",
+        auth.password_hash.as_deref().unwrap()
+    ));
     assert_eq!(auth.authorized_keys.len(), 2);
     store.set_enabled("alice", true).await.unwrap();
     let auth = store.server_auth(s.id).await.unwrap().unwrap();
     assert!(auth.login_allowed());
-    assert!(store.server_auth(ServerId::new(999_999).unwrap()).await.unwrap().is_none());
+    assert!(
+        store
+            .server_auth(ServerId::new(999_999).unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Key removal by fingerprint.
     store.remove_key("alice", &k2.fingerprint).await.unwrap();
-    let err = store.remove_key("alice", &k2.fingerprint).await.unwrap_err();
+    let err = store
+        .remove_key("alice", &k2.fingerprint)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::UnknownKey { .. }), "{err}");
-    assert_eq!(store.server_auth(s.id).await.unwrap().unwrap().authorized_keys.len(), 1);
+    assert_eq!(
+        store
+            .server_auth(s.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .authorized_keys
+            .len(),
+        1
+    );
 
     // An owner of a live server cannot be removed; after the server is deleted it can.
     let err = store.remove_account("alice").await.unwrap_err();
@@ -103,7 +142,10 @@ async fn accounts_and_keys(kind: DbKind) {
     assert!(matches!(err, StoreError::ServerDeleted(_)), "{err}");
     store.remove_account("alice").await.unwrap();
     assert!(store.account("alice").await.unwrap().is_none());
-    assert!(matches!(store.remove_account("alice").await.unwrap_err(), StoreError::UnknownAccount(_)));
+    assert!(matches!(
+        store.remove_account("alice").await.unwrap_err(),
+        StoreError::UnknownAccount(_)
+    ));
     // The deleted server keeps its history and reports itself deleted to the gateway.
     let auth = store.server_auth(s.id).await.unwrap().unwrap();
     assert!(auth.deleted && !auth.login_allowed() && auth.password_hash.is_none());
@@ -126,8 +168,11 @@ async fn accounts_and_keys_postgres() {
 async fn servers_and_audit(kind: DbKind) {
     let db = TestDb::new(kind, "servers").unwrap();
     let store = db.store().await.unwrap();
-    store.add_account("carol", None).await.unwrap();
-    let err = store.insert_server("nobody", &ServerSpec::default()).await.unwrap_err();
+    store.add_account("carol", None::<&str>).await.unwrap();
+    let err = store
+        .insert_server("nobody", &ServerSpec::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::UnknownAccount(_)), "{err}");
 
     let spec = ServerSpec {
@@ -141,15 +186,23 @@ async fn servers_and_audit(kind: DbKind) {
     assert_eq!(got.spec, spec);
     assert_eq!(got.owner, "carol");
     assert_eq!(got.desired, DesiredState::Running);
-    store.set_desired_state(s1.id, DesiredState::Stopped).await.unwrap();
-    assert_eq!(store.server(s1.id).await.unwrap().unwrap().desired, DesiredState::Stopped);
+    store
+        .set_desired_state(s1.id, DesiredState::Stopped)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.server(s1.id).await.unwrap().unwrap().desired,
+        DesiredState::Stopped
+    );
 
     // 20 concurrent inserts (as from several gateways/CLIs): 20 distinct ids.
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let st: Store = store.clone();
         tasks.push(tokio::spawn(async move {
-            st.insert_server("carol", &ServerSpec::default()).await.map(|s| s.id)
+            st.insert_server("carol", &ServerSpec::default())
+                .await
+                .map(|s| s.id)
         }));
     }
     let mut ids = Vec::new();
@@ -163,13 +216,22 @@ async fn servers_and_audit(kind: DbKind) {
     // Deleted ids are never handed out again.
     let last = *ids.last().unwrap();
     store.mark_deleted(last).await.unwrap();
-    let next = store.insert_server("carol", &ServerSpec::default()).await.unwrap();
+    let next = store
+        .insert_server("carol", &ServerSpec::default())
+        .await
+        .unwrap();
     assert!(next.id > last, "{} <= {}", next.id, last);
     assert_eq!(store.servers(false).await.unwrap().len(), 21);
     assert_eq!(store.servers(true).await.unwrap().len(), 22);
-    let err = store.set_desired_state(last, DesiredState::Running).await.unwrap_err();
+    let err = store
+        .set_desired_state(last, DesiredState::Running)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::ServerDeleted(_)), "{err}");
-    let err = store.set_desired_state(ServerId::new(4_000_000).unwrap(), DesiredState::Running).await.unwrap_err();
+    let err = store
+        .set_desired_state(ServerId::new(4_000_000).unwrap(), DesiredState::Running)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::UnknownServer(_)), "{err}");
 
     // Audit events round-trip.
@@ -184,7 +246,10 @@ async fn servers_and_audit(kind: DbKind) {
         })
         .await
         .unwrap();
-    store.record_audit(AuditEvent::new(AuditKind::Admin, "success")).await.unwrap();
+    store
+        .record_audit(AuditEvent::new(AuditKind::Admin, "success"))
+        .await
+        .unwrap();
     let ev = store.audit_events(10).await.unwrap();
     assert_eq!(ev.len(), 2);
     assert_eq!(ev[0].event.kind, AuditKind::Admin);
@@ -209,10 +274,14 @@ async fn servers_and_audit_postgres() {
 async fn sqlite_file_modes_and_reopen() {
     let db = TestDb::new(DbKind::Sqlite, "modes").unwrap();
     let store = db.store().await.unwrap();
-    store.add_account("dave", None).await.unwrap();
+    store.add_account("dave", None::<&str>).await.unwrap();
     let path = db.path.clone().unwrap();
     let file_mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-    let dir_mode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+    let dir_mode = std::fs::metadata(path.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(file_mode, 0o600);
     assert_eq!(dir_mode, 0o700);
     store.close().await;
@@ -220,7 +289,10 @@ async fn sqlite_file_modes_and_reopen() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let store = db.store().await.unwrap();
     assert!(store.account("dave").await.unwrap().is_some());
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     store.close().await;
 }
 
@@ -238,29 +310,42 @@ async fn sqlite_locked_is_reported_as_locked() {
         .spawn()
         .expect("sqlite3 CLI (apt-get install sqlite3)");
     let mut stdin = holder.stdin.take().unwrap();
-    writeln!(stdin, "BEGIN EXCLUSIVE; INSERT INTO audit_events (at, kind, outcome) VALUES (0, 'x', 'y');").unwrap();
+    writeln!(
+        stdin,
+        "BEGIN EXCLUSIVE; INSERT INTO audit_events (at, kind, outcome) VALUES (0, 'x', 'y');"
+    )
+    .unwrap();
     stdin.flush().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t = Instant::now();
-    let err = store.add_account("erin", None).await.unwrap_err();
+    let err = store.add_account("erin", None::<&str>).await.unwrap_err();
     let _ = holder.kill();
     let _ = holder.wait();
     assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
     assert!(err.is_retryable());
     assert!(err.to_string().contains("locked"), "{err}");
-    assert!(t.elapsed() >= Duration::from_secs(4), "gave up after {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_secs(4),
+        "gave up after {:?}",
+        t.elapsed()
+    );
     // Once the other writer is gone, writes work again.
-    store.add_account("erin", None).await.unwrap();
+    store.add_account("erin", None::<&str>).await.unwrap();
 }
 
 #[tokio::test]
 async fn unreachable_postgres_names_the_url_without_password() {
     let t = Instant::now();
-    let err = Store::connect("postgres://berth:s3cret@127.0.0.1:1/nope").await.unwrap_err();
+    let err = Store::connect("postgres://berth:s3cret@127.0.0.1:1/nope")
+        .await
+        .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, StoreError::Unreachable { .. }), "{err:?}");
     assert!(err.is_retryable());
-    assert!(msg.contains("127.0.0.1:1") && !msg.contains("s3cret"), "{msg}");
+    assert!(
+        msg.contains("127.0.0.1:1") && !msg.contains("s3cret"),
+        "{msg}"
+    );
     assert!(t.elapsed() < Duration::from_secs(15));
     let err = Store::connect("mysql://x").await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidUrl { .. }), "{err}");

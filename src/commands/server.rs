@@ -1,16 +1,456 @@
-//! `berth server …` (to be filled in by the owner of this area).
+//! `berth server …`: create, list, inspect, start, stop, restart and delete tenant servers.
+//!
+//! A server is named `server<N>` or plain `N` everywhere. `create` prints `server<N>` as its
+//! last line so scripts can capture it. Exit codes as in [`super::account::exit`].
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use tenants::{
+    AuditEvent, AuditKind, ByteSize, ContainerStatus, DockerError, ProvisionError, Provisioner,
+    Server, ServerId, ServerSpec, Store, StoreError,
+};
+
+use super::account::{audit, exit, fail, open_store, print_table, store_error};
 
 #[derive(clap::Subcommand)]
 pub enum Cmd {
-    /// Not implemented yet.
-    Todo,
+    /// Create a server for an account and start it; prints `server<N>` as the last line.
+    Create {
+        /// The owning account.
+        #[arg(long)]
+        owner: String,
+        /// Image (default: [tenants] image).
+        #[arg(long)]
+        image: Option<String>,
+        /// Memory limit, e.g. 512m, 2g (default: [tenants] memory; 0 = unlimited).
+        #[arg(long, value_parser = parse_size)]
+        memory: Option<ByteSize>,
+        /// CPU limit in CPUs, e.g. 0.5, 2 (default: [tenants] cpus; 0 = unlimited).
+        #[arg(long, value_parser = parse_cpus)]
+        cpus: Option<f64>,
+        /// PIDs limit (default: [tenants] pids; 0 = unlimited).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+        pids: Option<i64>,
+    },
+    /// List servers with their container state and address.
+    List {
+        /// Include deleted servers.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one server.
+    Show {
+        server: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a server (recreating its container if it is missing).
+    Start { server: String },
+    /// Stop a server; it stays stopped until started or its owner logs in.
+    Stop { server: String },
+    /// Restart a server.
+    Restart { server: String },
+    /// Delete a server: removes its container, keeps its data volume unless --purge.
+    Rm {
+        server: String,
+        /// Also delete the data volume (irreversible).
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Compare the store with Docker and report differences (changes nothing).
+    Reconcile {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-pub async fn run(_path: Option<&Path>, _cmd: Cmd) -> Result<ExitCode> {
-    anyhow::bail!("berth server is not implemented yet")
+fn parse_size(s: &str) -> Result<ByteSize, String> {
+    ByteSize::parse(s)
+}
+
+fn parse_cpus(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("invalid CPU count {s:?} (e.g. 0.5, 2)"))?;
+    if !v.is_finite() || v < 0.0 || v > 1024.0 {
+        return Err(format!("CPU count {s} must be between 0 and 1024"));
+    }
+    Ok(v)
+}
+
+fn server_ref(s: &str) -> Result<ServerId> {
+    tenants::parse_server_ref(s).ok_or_else(|| {
+        fail(
+            exit::DATAERR,
+            format!("invalid server name {s:?}: use server<N> or N (N ≥ 1, no leading zeros)"),
+        )
+    })
+}
+
+pub(crate) fn provision_error(e: ProvisionError) -> anyhow::Error {
+    let code = match &e {
+        ProvisionError::UnknownServer(_) | ProvisionError::ServerDeleted(_) => exit::NOUSER,
+        ProvisionError::ImageMissing { .. } => exit::NOINPUT,
+        ProvisionError::NetworkConflict { .. } | ProvisionError::Leftover { .. } => exit::CANTCREAT,
+        ProvisionError::Store(s) => match s.as_ref() {
+            StoreError::UnknownAccount(_) => exit::NOUSER,
+            s if s.is_retryable() => exit::UNAVAILABLE,
+            _ => 1,
+        },
+        e if e.is_retryable() => exit::UNAVAILABLE,
+        _ => 1,
+    };
+    fail(code, e.to_string())
+}
+
+async fn connect(cfg: &crate::config::Config, store: &Store) -> Result<Provisioner> {
+    Provisioner::connect(&cfg.network, &cfg.tenants, store.clone())
+        .await
+        .map_err(|e| match e {
+            DockerError::Unreachable { .. } => fail(exit::UNAVAILABLE, e.to_string()),
+            DockerError::Config(m) => fail(exit::USAGE, m),
+        })
+}
+
+/// One row of `list`/`show`: the store's view plus Docker's.
+#[derive(serde::Serialize)]
+struct View {
+    name: String,
+    #[serde(flatten)]
+    server: Server,
+    /// Effective image (the server's own or the config default).
+    image_effective: String,
+    container: Option<ContainerStatus>,
+    /// "ok", or why Docker's state is unknown.
+    docker: String,
+}
+
+fn view(
+    cfg: &crate::config::Config,
+    server: Server,
+    status: Option<ContainerStatus>,
+    docker: &str,
+) -> View {
+    View {
+        name: server.id.login_name(),
+        image_effective: server
+            .spec
+            .image
+            .clone()
+            .unwrap_or_else(|| cfg.tenants.image.clone()),
+        server,
+        container: status,
+        docker: docker.to_string(),
+    }
+}
+
+fn state_word(v: &View) -> String {
+    if v.server.deleted.is_some() {
+        return "deleted".into();
+    }
+    if v.docker != "ok" {
+        return "unknown".into();
+    }
+    match &v.container {
+        Some(c) => c.state.clone(),
+        None => "missing".into(),
+    }
+}
+
+fn limits_text(cfg: &crate::config::Config, s: &Server) -> (String, String, String) {
+    let mem = s.spec.memory.unwrap_or(cfg.tenants.memory.0);
+    let cpus = s
+        .spec
+        .nano_cpus
+        .map(|n| n as f64 / 1e9)
+        .unwrap_or(cfg.tenants.cpus);
+    let pids = s.spec.pids.unwrap_or(cfg.tenants.pids);
+    (
+        if mem == 0 {
+            "-".into()
+        } else {
+            ByteSize(mem).to_string()
+        },
+        if cpus == 0.0 {
+            "-".into()
+        } else {
+            format!("{cpus}")
+        },
+        if pids == 0 {
+            "-".into()
+        } else {
+            pids.to_string()
+        },
+    )
+}
+
+pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
+    let (cfg, store) = open_store(path).await?;
+    let code = run_with(&cfg, &store, cmd).await;
+    store.close().await;
+    code
+}
+
+async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
+        Cmd::Create {
+            owner,
+            image,
+            memory,
+            cpus,
+            pids,
+        } => {
+            // Fail on the store's answers before touching Docker.
+            match store.account(&owner).await.map_err(store_error)? {
+                Some(_) => {}
+                None if !tenants::valid_account_name(&owner) => {
+                    return Err(store_error(StoreError::InvalidAccountName { name: owner }));
+                }
+                None => return Err(store_error(StoreError::UnknownAccount(owner))),
+            }
+            let prov = connect(cfg, store).await?;
+            let spec = ServerSpec {
+                image,
+                memory: memory.map(|m| m.0),
+                nano_cpus: cpus.map(tenants::spec::cpus_to_nano),
+                pids,
+            };
+            let server = prov
+                .create_server(&owner, spec)
+                .await
+                .map_err(provision_error)?;
+            let running = prov
+                .ensure_running(server.id)
+                .await
+                .map_err(provision_error)?;
+            audit(
+                store,
+                AuditEvent {
+                    server: Some(server.id),
+                    account: Some(owner.clone()),
+                    method: Some("server create".into()),
+                    detail: serde_json::json!({ "image": tenants::spec::image(&cfg.tenants, &server) }),
+                    ..AuditEvent::new(AuditKind::Admin, "success")
+                },
+            )
+            .await;
+            println!(
+                "created {} for {owner}: container {}, address {}",
+                server.id,
+                prov.names().container(server.id),
+                running.address
+            );
+            println!("{}", server.id.login_name());
+        }
+        Cmd::List { all, json } => {
+            let servers = store.servers(all).await.map_err(store_error)?;
+            let (statuses, docker) = match connect(cfg, store).await {
+                Ok(prov) => match prov.statuses().await {
+                    Ok(s) => (s, "ok".to_string()),
+                    Err(e) => (Default::default(), e.to_string()),
+                },
+                Err(e) => (Default::default(), super::format_error(&e)),
+            };
+            if docker != "ok" {
+                eprintln!("berth: warning: container states unknown: {docker}");
+            }
+            let views: Vec<View> = servers
+                .into_iter()
+                .map(|s| {
+                    let st = statuses.get(&s.id).cloned();
+                    view(cfg, s, st, &docker)
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views)?);
+            } else {
+                let rows = views
+                    .iter()
+                    .map(|v| {
+                        let (mem, cpus, pids) = limits_text(cfg, &v.server);
+                        vec![
+                            v.name.clone(),
+                            v.server.owner.clone(),
+                            state_word(v),
+                            v.container
+                                .as_ref()
+                                .and_then(|c| c.address)
+                                .map_or("-".into(), |a| a.to_string()),
+                            v.image_effective.clone(),
+                            mem,
+                            cpus,
+                            pids,
+                            v.server.created.format("%Y-%m-%d %H:%M").to_string(),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                print_table(
+                    &[
+                        "SERVER", "OWNER", "STATE", "ADDRESS", "IMAGE", "MEMORY", "CPUS", "PIDS",
+                        "CREATED",
+                    ],
+                    &rows,
+                );
+            }
+        }
+        Cmd::Show { server, json } => {
+            let id = server_ref(&server)?;
+            let s = store
+                .server(id)
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| store_error(StoreError::UnknownServer(id)))?;
+            let (status, docker) = match connect(cfg, store).await {
+                Ok(prov) => match prov.status(id).await {
+                    Ok(st) => (st, "ok".to_string()),
+                    Err(e) => (None, e.to_string()),
+                },
+                Err(e) => (None, super::format_error(&e)),
+            };
+            let v = view(cfg, s, status, &docker);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let names = tenants::spec::Names::new(&cfg.tenants.name_prefix);
+                let (mem, cpus, pids) = limits_text(cfg, &v.server);
+                println!("server:    {}", v.name);
+                println!("owner:     {}", v.server.owner);
+                println!("state:     {}", state_word(&v));
+                println!("desired:   {}", v.server.desired.as_str());
+                if let Some(c) = &v.container {
+                    println!(
+                        "address:   {}",
+                        c.address.map_or("-".into(), |a| a.to_string())
+                    );
+                    println!(
+                        "container: {} ({})",
+                        names.container(id),
+                        c.container_id.get(..12).unwrap_or(&c.container_id)
+                    );
+                } else {
+                    println!("container: {} (not present)", names.container(id));
+                }
+                println!(
+                    "volume:    {} at {}",
+                    names.volume(id),
+                    cfg.tenants.volume_mount
+                );
+                println!("image:     {}", v.image_effective);
+                println!("limits:    memory {mem}, cpus {cpus}, pids {pids}");
+                println!(
+                    "created:   {}",
+                    v.server.created.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+                if let Some(d) = v.server.deleted {
+                    println!("deleted:   {}", d.format("%Y-%m-%d %H:%M:%S UTC"));
+                }
+                if v.docker != "ok" {
+                    println!("docker:    {}", v.docker);
+                }
+            }
+        }
+        Cmd::Start { server } => {
+            let id = server_ref(&server)?;
+            let prov = connect(cfg, store).await?;
+            let r = prov.start(id).await.map_err(provision_error)?;
+            admin(store, id, "server start").await;
+            println!(
+                "{id} {} ({})",
+                if r.started_now {
+                    "started"
+                } else {
+                    "already running"
+                },
+                r.address
+            );
+        }
+        Cmd::Stop { server } => {
+            let id = server_ref(&server)?;
+            let prov = connect(cfg, store).await?;
+            prov.stop(id).await.map_err(provision_error)?;
+            admin(store, id, "server stop").await;
+            println!("{id} stopped");
+        }
+        Cmd::Restart { server } => {
+            let id = server_ref(&server)?;
+            let prov = connect(cfg, store).await?;
+            let r = prov.restart(id).await.map_err(provision_error)?;
+            admin(store, id, "server restart").await;
+            println!("{id} restarted ({})", r.address);
+        }
+        Cmd::Rm { server, purge } => {
+            let id = server_ref(&server)?;
+            let prov = connect(cfg, store).await?;
+            prov.remove(id, purge).await.map_err(provision_error)?;
+            admin(
+                store,
+                id,
+                if purge {
+                    "server rm --purge"
+                } else {
+                    "server rm"
+                },
+            )
+            .await;
+            if purge {
+                println!("{id} deleted with its data volume");
+            } else {
+                println!(
+                    "{id} deleted; data kept in volume {} (remove with `berth server rm {id} --purge`)",
+                    prov.names().volume(id)
+                );
+            }
+        }
+        Cmd::Reconcile { json } => {
+            let prov = connect(cfg, store).await?;
+            let r = prov.reconcile().await.map_err(provision_error)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                let list = |ids: &[ServerId]| {
+                    if ids.is_empty() {
+                        "-".to_string()
+                    } else {
+                        ids.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                };
+                println!("present:  {}", list(&r.present));
+                println!(
+                    "missing:  {} (recreated with their volume on next start or login)",
+                    list(&r.missing)
+                );
+                println!("stopped:  {} (desired running)", list(&r.stopped));
+                for u in &r.unknown {
+                    println!(
+                        "unknown:  {} ({}) — {}; left alone",
+                        u.name,
+                        u.container_id.get(..12).unwrap_or(&u.container_id),
+                        u.reason
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn admin(store: &Store, id: ServerId, method: &str) {
+    let owner = store.server(id).await.ok().flatten().map(|s| s.owner);
+    audit(
+        store,
+        AuditEvent {
+            server: Some(id),
+            account: owner,
+            method: Some(method.to_string()),
+            ..AuditEvent::new(AuditKind::Admin, "success")
+        },
+    )
+    .await;
 }

@@ -17,7 +17,7 @@
 //!   parent dirs 0700, WAL, foreign keys) or `postgres://…`; embedded migrations run.
 //! - accounts: `add_account(name, Option<hash>)`, `set_password(name, Option<hash>)`,
 //!   `set_enabled(name, bool)`, `remove_account(name)`, `account(name) -> Option<Account>`,
-//!   `accounts() -> Vec<Account>`.
+//!   `accounts() -> Vec<Account>` (hash arguments are `Option<impl AsRef<str>>`).
 //! - keys: `add_key(account, openssh_line) -> AuthorizedKey`, `remove_key(account, fingerprint)`,
 //!   `keys(account) -> Vec<AuthorizedKey>`.
 //! - servers: `insert_server(owner, &ServerSpec) -> Server`, `server(id) -> Option<Server>`,

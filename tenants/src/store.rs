@@ -490,13 +490,14 @@ impl Store {
 
     // ---- accounts -------------------------------------------------------------------------
 
-    /// Adds an account. `password_hash` is a bcrypt hash from [`crate::password::hash`], or
-    /// `None` for a key-only account.
-    pub async fn add_account(
+    /// Adds an account. `password_hash` is a bcrypt hash from [`crate::password::hash`]
+    /// (`String` or `&str`), or `None::<&str>` for a key-only account.
+    pub async fn add_account<H: AsRef<str>>(
         &self,
         name: &str,
-        password_hash: Option<&str>,
+        password_hash: Option<H>,
     ) -> Result<Account, StoreError> {
+        let password_hash = password_hash.as_ref().map(AsRef::as_ref);
         if !valid_account_name(name) {
             return Err(StoreError::InvalidAccountName {
                 name: name.to_string(),
@@ -528,11 +529,12 @@ impl Store {
     }
 
     /// Replaces (or with `None` clears) an account's password hash.
-    pub async fn set_password(
+    pub async fn set_password<H: AsRef<str>>(
         &self,
         name: &str,
-        password_hash: Option<&str>,
+        password_hash: Option<H>,
     ) -> Result<(), StoreError> {
+        let password_hash = password_hash.as_ref().map(AsRef::as_ref);
         let n = with_pool!(self, p => sqlx::query("UPDATE accounts SET password_hash = $1 WHERE name = $2")
             .bind(password_hash)
             .bind(name)
