@@ -36,7 +36,7 @@ fn redact(cfg: &Config) -> Config {
     c
 }
 
-fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     // scheme://user:password@host/... → scheme://user:<secret>@host/...
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
     let Some((userinfo, host)) = rest.split_once('@') else { return url.to_string() };

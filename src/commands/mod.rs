@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod config;
+pub mod demo;
 pub mod dns;
 pub mod gateway;
 pub mod image;

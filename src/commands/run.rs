@@ -23,6 +23,10 @@ pub struct Args {
     /// Components to run (all when none named), started in the order netfilter, dns, gateway.
     #[arg(value_enum)]
     components: Vec<Component>,
+    /// First-five-minutes mode: build the tenant image if missing, create account `demo`
+    /// (password printed once) and its first server, print the ssh/sftp commands, then run.
+    #[arg(long)]
+    demo: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -51,6 +55,9 @@ pub async fn run(path: Option<&Path>, args: Args) -> Result<ExitCode> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
 
+    if args.demo {
+        crate::commands::demo::prepare(&cfg).await?;
+    }
     let metrics = spawn_metrics(&cfg, shutdown.clone()).await?;
 
     let mut running: Vec<(Component, JoinHandle<Result<()>>)> = Vec::new();
