@@ -43,12 +43,16 @@
 //!   ReconcileReport` (never deletes).
 //! - `ProvisionError::is_retryable()` — "docker/database unreachable, retry later" vs final.
 //!
+//! Images ([`image`]): `image::build(&Config, &BuildOptions, progress)` — debootstrap + docker
+//! import of the tenant image (`berth image build`).
+//!
 //! Container naming follows `[tenants] name_prefix` (default `berth`): `berth-server-<N>`,
 //! `berth-server-<N>-data`; [`spec::Names`] computes them.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod config;
+pub mod image;
 pub mod keys;
 pub mod name;
 pub mod password;

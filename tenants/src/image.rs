@@ -1,0 +1,494 @@
+//! Builds the default tenant image offline: `debootstrap --variant=minbase` into a scratch
+//! directory, a non-root `tenant` user (uid 1000) with a home and a passwd entry, `/apps`
+//! owned by it, then `docker import` (through the Engine API) with CMD/ENV/labels. No
+//! registry and no Dockerfile are needed — only a Debian mirror.
+//!
+//! The recipe (packages, image changes, tag parsing) is pure and tested; [`build`] runs it
+//! and reports every debootstrap output line through a progress callback.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use bollard::query_parameters::CreateImageOptions;
+use futures::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::provision::connect_docker;
+
+/// What goes into the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// A shell, coreutils, sftp-server, rsync: what SSH users need.
+    Base,
+    /// Base plus docker.io and a CMD that starts a nested dockerd (needs `tenants.dind`).
+    Dind,
+}
+
+impl Variant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Base => "base",
+            Variant::Dind => "dind",
+        }
+    }
+}
+
+/// Packages on top of minbase. `openssh-sftp-server` is what the gateway runs for SFTP;
+/// netcat and python3-minimal are used by the test suite and cost little.
+pub fn packages(variant: Variant) -> Vec<&'static str> {
+    let mut p = vec![
+        "bash",
+        "coreutils",
+        "procps",
+        "iproute2",
+        "ca-certificates",
+        "openssh-sftp-server",
+        "rsync",
+        "netcat-openbsd",
+        "python3-minimal",
+        "less",
+    ];
+    if variant == Variant::Dind {
+        p.extend([
+            "docker.io",
+            "iptables",
+            "kmod",
+            "e2fsprogs",
+            "xz-utils",
+            "pigz",
+        ]);
+    }
+    p
+}
+
+/// The uid/gid of the tenant user (matches the exec user the gateway uses).
+pub const TENANT_UID: u32 = 1000;
+
+/// Starts a nested dockerd for DinD images, then stays up like the base image.
+const DIND_INIT: &str = "#!/bin/sh\n\
+# berth DinD entry point: start the nested engine, then idle (tini is PID 1 and reaps).\n\
+if command -v dockerd >/dev/null; then\n\
+  dockerd >/var/log/dockerd.log 2>&1 &\n\
+fi\n\
+exec sleep infinity\n";
+
+/// `docker import` changes: how the container behaves with no TTY and no command.
+pub fn image_changes(variant: Variant, suite: &str) -> Vec<String> {
+    let cmd = match variant {
+        Variant::Base => r#"CMD ["/bin/sleep", "infinity"]"#,
+        Variant::Dind => r#"CMD ["/usr/local/sbin/berth-dind-init"]"#,
+    };
+    vec![
+        cmd.to_string(),
+        "ENV LANG=C.UTF-8".to_string(),
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        "LABEL berth.image=tenant".to_string(),
+        format!("LABEL berth.variant={}", variant.as_str()),
+        format!("LABEL berth.suite={suite}"),
+        "WORKDIR /apps".to_string(),
+    ]
+}
+
+/// Splits `repo[:tag]` at the last colon after the last slash (so `host:5000/x` has no tag).
+pub fn split_tag(reference: &str) -> (String, String) {
+    let slash = reference.rfind('/').map_or(0, |i| i + 1);
+    match reference[slash..].rfind(':') {
+        Some(i) => (
+            reference[..slash + i].to_string(),
+            reference[slash + i + 1..].to_string(),
+        ),
+        None => (reference.to_string(), "latest".to_string()),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{0} is not installed (apt-get install {0})")]
+    MissingTool(&'static str),
+    #[error("building an image needs root (debootstrap and chroot)")]
+    NotRoot,
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{step} failed ({status}); last output: {tail}")]
+    Step {
+        step: String,
+        status: String,
+        tail: String,
+    },
+    #[error(transparent)]
+    Docker(#[from] crate::provision::DockerError),
+    #[error("docker import of {tag} failed: {message}")]
+    Import { tag: String, message: String },
+}
+
+/// Options for [`build`].
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub variant: Variant,
+    /// `repo:tag` to create.
+    pub tag: String,
+    /// Debian suite.
+    pub suite: String,
+    /// Debian mirror; `None` = debootstrap's default (deb.debian.org).
+    pub mirror: Option<String>,
+    /// Parent of the scratch directory.
+    pub work_dir: PathBuf,
+}
+
+/// A scratch rootfs removed on drop, after unmounting anything a failed debootstrap left
+/// mounted under it (removing through a live /proc mount would be a disaster).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let root = self.0.clone();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1).map(String::from))
+            .filter(|m| Path::new(m).starts_with(&root))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in &mounts {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(m)
+                .status();
+        }
+        let still_mounted = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|m| Path::new(m).starts_with(&root))
+            });
+        if still_mounted {
+            tracing::error!(dir = %root.display(), "scratch rootfs still has mounts; not removing it");
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&root) {
+            tracing::warn!(dir = %root.display(), error = %e, "cannot remove scratch rootfs");
+        }
+    }
+}
+
+fn which(tool: &'static str) -> Result<(), ImageError> {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+        || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).is_file());
+    if found {
+        Ok(())
+    } else {
+        Err(ImageError::MissingTool(tool))
+    }
+}
+
+/// Runs a command, passing each output line (stdout and stderr) to `progress`.
+async fn run_step(
+    step: &str,
+    cmd: &mut Command,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<(), ImageError> {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| ImageError::Io {
+        what: format!("start {step}"),
+        source,
+    })?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut readers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        let tx = tx.clone();
+        readers.push(tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                let _ = tx.send(l);
+            }
+        }));
+    }
+    if let Some(err) = child.stderr.take() {
+        let tx = tx.clone();
+        readers.push(tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                let _ = tx.send(l);
+            }
+        }));
+    }
+    drop(tx);
+    let mut tail: Vec<String> = Vec::new();
+    while let Some(line) = rx.recv().await {
+        progress(&line);
+        tail.push(line);
+        if tail.len() > 5 {
+            tail.remove(0);
+        }
+    }
+    let status = child.wait().await.map_err(|source| ImageError::Io {
+        what: format!("wait for {step}"),
+        source,
+    })?;
+    if !status.success() {
+        return Err(ImageError::Step {
+            step: step.to_string(),
+            status: status.to_string(),
+            tail: tail.join(" | "),
+        });
+    }
+    Ok(())
+}
+
+/// Builds and imports the image; returns the new image id. `progress` receives one line per
+/// step and every line debootstrap prints.
+pub async fn build(
+    cfg: &crate::Config,
+    opts: &BuildOptions,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<String, ImageError> {
+    which("debootstrap")?;
+    which("chroot")?;
+    which("tar")?;
+    if !nix_is_root() {
+        return Err(ImageError::NotRoot);
+    }
+    // Fail on Docker before spending a minute on debootstrap.
+    let (docker, _endpoint) = connect_docker(cfg).await?;
+
+    let dir = opts.work_dir.join(format!(
+        "berth-image-{}-{}",
+        std::process::id(),
+        opts.variant.as_str()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|source| ImageError::Io {
+        what: format!("create {}", dir.display()),
+        source,
+    })?;
+    let scratch = Scratch(dir.clone());
+    let rootfs = dir.join("rootfs");
+
+    progress(&format!(
+        "==> debootstrap {} ({} variant) into {}",
+        opts.suite,
+        opts.variant.as_str(),
+        rootfs.display()
+    ));
+    let mut cmd = Command::new("debootstrap");
+    cmd.arg("--variant=minbase")
+        .arg(format!("--include={}", packages(opts.variant).join(",")))
+        .arg(&opts.suite)
+        .arg(&rootfs);
+    if let Some(m) = &opts.mirror {
+        cmd.arg(m);
+    }
+    run_step("debootstrap", &mut cmd, progress).await?;
+
+    progress(&format!(
+        "==> adding user tenant (uid {TENANT_UID}) and /apps"
+    ));
+    let uid = TENANT_UID.to_string();
+    let mut cmd = Command::new("chroot");
+    cmd.arg(&rootfs).args([
+        "useradd",
+        "--create-home",
+        "--uid",
+        &uid,
+        "--user-group",
+        "--shell",
+        "/bin/bash",
+        "tenant",
+    ]);
+    run_step("useradd", &mut cmd, progress).await?;
+    let apps = rootfs.join("apps");
+    std::fs::create_dir_all(&apps).map_err(|source| ImageError::Io {
+        what: "create /apps".into(),
+        source,
+    })?;
+    std::os::unix::fs::chown(&apps, Some(TENANT_UID), Some(TENANT_UID)).map_err(|source| {
+        ImageError::Io {
+            what: "chown /apps".into(),
+            source,
+        }
+    })?;
+    if opts.variant == Variant::Dind {
+        let init = rootfs.join("usr/local/sbin/berth-dind-init");
+        std::fs::write(&init, DIND_INIT).map_err(|source| ImageError::Io {
+            what: "write dind init".into(),
+            source,
+        })?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).map_err(
+            |source| ImageError::Io {
+                what: "chmod dind init".into(),
+                source,
+            },
+        )?;
+        let mut cmd = Command::new("chroot");
+        cmd.arg(&rootfs)
+            .args(["usermod", "-aG", "docker", "tenant"]);
+        run_step("usermod", &mut cmd, progress).await?;
+    }
+    // Caches and host-specific files do not belong in an image.
+    for rel in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+        if let Ok(entries) = std::fs::read_dir(rootfs.join(rel)) {
+            for e in entries.flatten() {
+                if e.path().is_file() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+    for rel in ["etc/machine-id", "etc/hostname"] {
+        let _ = std::fs::write(rootfs.join(rel), b"");
+    }
+
+    progress(&format!("==> importing into docker as {}", opts.tag));
+    let mut tar = Command::new("tar");
+    tar.arg("-C")
+        .arg(&rootfs)
+        .args(["--numeric-owner", "--xattrs", "-cf", "-", "."]);
+    tar.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = tar.spawn().map_err(|source| ImageError::Io {
+        what: "start tar".into(),
+        source,
+    })?;
+    let stdout = child.stdout.take().ok_or_else(|| ImageError::Io {
+        what: "read tar output".into(),
+        source: std::io::Error::other("no stdout"),
+    })?;
+    let body = futures::stream::unfold(stdout, |mut out| async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        match out.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), out))
+            }
+            Err(e) => Some((Err(e), out)),
+        }
+    });
+    let (repo, tag) = split_tag(&opts.tag);
+    let import_opts = CreateImageOptions {
+        from_src: Some("-".into()),
+        repo: Some(repo),
+        tag: Some(tag),
+        changes: image_changes(opts.variant, &opts.suite),
+        message: Some(format!(
+            "berth image build --variant {}",
+            opts.variant.as_str()
+        )),
+        ..Default::default()
+    };
+    let mut stream = docker.create_image(
+        Some(import_opts),
+        Some(bollard::body_try_stream(body)),
+        None,
+    );
+    let mut image_id = String::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(s) = info.status {
+                    // The import answers with the new image id as its status.
+                    if s.starts_with("sha256:") {
+                        image_id = s.clone();
+                    }
+                    progress(&s);
+                }
+            }
+            Err(e) => {
+                return Err(ImageError::Import {
+                    tag: opts.tag.clone(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    let status = child.wait().await.map_err(|source| ImageError::Io {
+        what: "wait for tar".into(),
+        source,
+    })?;
+    if !status.success() {
+        return Err(ImageError::Step {
+            step: "tar".into(),
+            status: status.to_string(),
+            tail: String::new(),
+        });
+    }
+    drop(scratch);
+    progress(&format!("==> built {} {}", opts.tag, image_id));
+    Ok(image_id)
+}
+
+fn nix_is_root() -> bool {
+    // The effective uid of this process: /proc/self/status "Uid: real effective …".
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags() {
+        assert_eq!(
+            split_tag("berth/tenant:bookworm"),
+            ("berth/tenant".into(), "bookworm".into())
+        );
+        assert_eq!(
+            split_tag("berth/tenant"),
+            ("berth/tenant".into(), "latest".into())
+        );
+        assert_eq!(
+            split_tag("reg:5000/x"),
+            ("reg:5000/x".into(), "latest".into())
+        );
+        assert_eq!(split_tag("reg:5000/x:1"), ("reg:5000/x".into(), "1".into()));
+    }
+
+    #[test]
+    fn recipe() {
+        let base = packages(Variant::Base);
+        for p in [
+            "bash",
+            "openssh-sftp-server",
+            "rsync",
+            "ca-certificates",
+            "netcat-openbsd",
+            "python3-minimal",
+        ] {
+            assert!(base.contains(&p), "{p}");
+        }
+        assert!(!base.contains(&"docker.io"));
+        assert!(packages(Variant::Dind).contains(&"docker.io"));
+        let ch = image_changes(Variant::Base, "bookworm");
+        assert!(ch.iter().any(|c| c.contains("sleep")));
+        assert!(ch.contains(&"LABEL berth.variant=base".to_string()));
+        assert!(
+            image_changes(Variant::Dind, "bookworm")
+                .iter()
+                .any(|c| c.contains("berth-dind-init"))
+        );
+    }
+}
