@@ -2,3 +2,4 @@
 pub mod gateway;
 pub mod dns;
 pub mod tenants;
+pub mod netfilter;

@@ -351,7 +351,7 @@ fn log_applied(a: &Applied, what: &str) {
         rules = a.ruleset.rule_count(),
         elements = a.ruleset.element_count(),
         bridge_match = ?a.l2,
-        elapsed_ms = a.elapsed.as_secs_f64() * 1000.0,
+        elapsed_ms = %format!("{:.1}", a.elapsed.as_secs_f64() * 1000.0),
         "{what} berth's ruleset"
     );
     if !a.isolated.is_empty() {

@@ -1,0 +1,339 @@
+//! The egress filter against a real kernel with real packets, in network namespaces the tests
+//! create and delete (see `integration_tests::netfilter`). Needs root, `ip` and `nft`, and a
+//! built `target/<profile>/berth`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use integration_tests::netfilter::*;
+
+/// Paths from t1 that must work and paths that must not, for a dual-stack tenant network with
+/// the testbed's allowlist (`10.0.0.10:8443`, `11.0.0.1:5000`).
+fn paths(ipv6: bool) -> (Vec<Probe>, Vec<Probe>) {
+    let mut reach = vec![
+        tcp(PUBLIC_V4, 8080),
+        udp(PUBLIC_V4, 8053),
+        tcp(GW_V4, 53),
+        udp(GW_V4, 53),
+        tcp("10.0.0.10", 8443),
+        tcp(HOST_UPLINK_V4, 5000),
+    ];
+    let mut blocked: Vec<Probe> = DENIED_OUTSIDE.iter().map(|a| tcp(a, 8080)).collect();
+    blocked.extend([
+        udp("10.0.0.10", 8053),
+        udp("169.254.169.254", 8053),
+        udp("fd00::10", 8053),
+        // The host's control plane, on every host address, and other host services.
+        tcp(GW_V4, 2222),
+        tcp(HOST_UPLINK_V4, 2222),
+        tcp(GW_V6, 2222),
+        tcp(HOST_UPLINK_V6, 2222),
+        tcp(GW_V4, 5000),
+        udp(GW_V4, 8053),
+        // The other tenant: routed, bridged, IPv6, link-local.
+        tcp(T2_V4, 8080),
+        udp(T2_V4, 8053),
+        tcp("fd19:2::12", 8080),
+        Probe::TcpLinkLocal(
+            "fe80::12".parse().unwrap_or(std::net::Ipv6Addr::LOCALHOST),
+            8080,
+        ),
+        // A source outside the tenant subnet.
+        Probe::UdpFrom(
+            SPOOF_V4
+                .parse()
+                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+            "45.45.45.45:8053"
+                .parse()
+                .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into()),
+        ),
+    ]);
+    let v6_public = [
+        tcp(PUBLIC_V6, 8080),
+        udp(PUBLIC_V6, 8053),
+        tcp(GW_V6, 53),
+        udp(GW_V6, 53),
+    ];
+    if ipv6 {
+        reach.extend(v6_public);
+    } else {
+        blocked.extend(v6_public);
+    }
+    (reach, blocked)
+}
+
+fn all(v: &(Vec<Probe>, Vec<Probe>)) -> Vec<Probe> {
+    v.0.iter().chain(&v.1).cloned().collect()
+}
+
+fn isolated(tb: &Testbed, port: &str) -> Result<bool> {
+    let out = sh(&["bridge", "-n", &tb.host, "-d", "link", "show", "dev", port])?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("isolated on"))
+}
+
+/// Docker-style rules: policy-drop FORWARD that ACCEPTs the bridge (Docker's own shape), plus
+/// an even earlier chain that accepts everything from the bridge. Neither may undo our drops.
+const DOCKER_STYLE: &str = r#"
+table ip filter {
+    chain INPUT { type filter hook input priority filter; policy accept; iifname "berth0" accept; }
+    chain FORWARD { type filter hook forward priority filter; policy drop; iifname "berth0" accept; oifname "berth0" accept; iifname "up0" accept; }
+}
+table ip6 filter {
+    chain INPUT { type filter hook input priority filter; policy accept; iifname "berth0" accept; }
+    chain FORWARD { type filter hook forward priority filter; policy drop; iifname "berth0" accept; oifname "berth0" accept; iifname "up0" accept; }
+}
+table inet early {
+    chain early_forward { type filter hook forward priority -300; policy accept; iifname "berth0" accept; }
+    chain early_input { type filter hook input priority -300; policy accept; iifname "berth0" accept; }
+}
+"#;
+
+#[test]
+fn netfilter_blocks_every_leak_with_and_without_br_netfilter_and_docker_accept() -> Result<()> {
+    let tb = Testbed::new("leaks")?;
+    let dir = tempfile::tempdir()?;
+    let cfg = write_config(dir.path(), true, "")?;
+    let p = paths(true);
+
+    // Without berth's rules every path answers: each "blocked" below is the ruleset's doing.
+    tb.expect(&tb.t1, "baseline without rules", &all(&p), &[])?;
+
+    let (code, out, err) = tb.berth(&cfg, &["netfilter", "apply"])?;
+    ensure!(code == 0, "apply failed ({code}): {out}{err}");
+    ensure!(out.contains("applied table inet berth"), "{out}");
+    ensure!(
+        isolated(&tb, "veth-t1")? && isolated(&tb, "veth-t2")?,
+        "ports not isolated"
+    );
+
+    tb.set_br_netfilter(false)?;
+    tb.expect(&tb.t1, "br_netfilter off", &p.0, &p.1)?;
+    tb.set_br_netfilter(true)?;
+    tb.expect(&tb.t1, "br_netfilter on", &p.0, &p.1)?;
+
+    tb.host_nft_text(DOCKER_STYLE)?;
+    for on in [true, false] {
+        tb.set_br_netfilter(on)?;
+        tb.expect(
+            &tb.t1,
+            &format!("docker-style accept, br_netfilter {on}"),
+            &p.0,
+            &p.1,
+        )?;
+    }
+    // t2 → t1 is as closed as t1 → t2.
+    tb.expect(
+        &tb.t2,
+        "t2 to t1",
+        &[],
+        &[tcp(T1_V4, 8080), udp(T1_V4, 8053)],
+    )?;
+
+    // Idempotent: a second apply succeeds, leaves one copy of each table, and check agrees.
+    let (code, out, err) = tb.berth(&cfg, &["netfilter", "apply"])?;
+    ensure!(code == 0, "second apply failed ({code}): {out}{err}");
+    let tables = tb.host_nft(&["list", "tables"])?;
+    ensure!(tables.matches("table inet berth").count() == 1, "{tables}");
+    ensure!(
+        tables.matches("table bridge berth").count() == 1,
+        "{tables}"
+    );
+    ensure!(
+        tables.contains("table ip filter"),
+        "our apply touched Docker's table: {tables}"
+    );
+    let (code, out, err) = tb.berth(&cfg, &["netfilter", "check"])?;
+    ensure!(code == 0, "check after apply ({code}): {out}{err}");
+    tb.expect(&tb.t1, "after second apply", &p.0, &p.1)?;
+
+    // check sees drift and says what differs.
+    tb.host_nft(&["flush", "chain", "inet", "berth", "tenant_input"])?;
+    let (code, out, _) = tb.berth(&cfg, &["netfilter", "check"])?;
+    ensure!(code == 1, "check must fail on drift, got {code}: {out}");
+    ensure!(out.contains("- rule inet berth tenant_input #1"), "{out}");
+
+    let (code, out, _) = tb.berth(&cfg, &["netfilter", "show"])?;
+    ensure!(code == 0 && out.contains("chain tenant_forward"), "{out}");
+
+    // flush removes exactly our tables and the port isolation.
+    let (code, out, err) = tb.berth(&cfg, &["netfilter", "flush"])?;
+    ensure!(code == 0, "flush failed ({code}): {out}{err}");
+    let tables = tb.host_nft(&["list", "tables"])?;
+    ensure!(!tables.contains("berth"), "{tables}");
+    ensure!(
+        tables.contains("table ip filter") && tables.contains("table inet early"),
+        "{tables}"
+    );
+    ensure!(!isolated(&tb, "veth-t1")?, "isolation not cleared");
+    tb.host_nft(&["delete", "table", "ip", "filter"])?;
+    tb.host_nft(&["delete", "table", "ip6", "filter"])?;
+    tb.host_nft(&["delete", "table", "inet", "early"])?;
+    tb.expect(&tb.t1, "after flush", &all(&p), &[])?;
+    let (code, _, _) = tb.berth(&cfg, &["netfilter", "check"])?;
+    ensure!(code == 1, "check must fail with no tables");
+    Ok(())
+}
+
+#[test]
+fn netfilter_ipv6_off_drops_all_tenant_ipv6() -> Result<()> {
+    let tb = Testbed::new("nov6")?;
+    let dir = tempfile::tempdir()?;
+    let cfg = write_config(dir.path(), false, "")?;
+    let p = paths(false);
+    tb.expect(&tb.t1, "baseline without rules", &all(&p), &[])?;
+    let (code, out, err) = tb.berth(&cfg, &["netfilter", "apply"])?;
+    ensure!(code == 0, "apply failed ({code}): {out}{err}");
+    tb.expect(&tb.t1, "ipv6 off", &p.0, &p.1)?;
+    Ok(())
+}
+
+fn wait_check_ok(tb: &Testbed, cfg: &std::path::Path, within: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let (code, out, _) = tb.berth(cfg, &["netfilter", "check"])?;
+        if code == 0 {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > within {
+            bail!("ruleset not restored within {within:?}:\n{out}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn netfilter_run_restores_the_ruleset_after_a_flush() -> Result<()> {
+    let mut tb = Testbed::new("drift")?;
+    let dir = tempfile::tempdir()?;
+    let cfg = write_config(dir.path(), true, "check_interval_secs = 2\n")?;
+    let p = paths(true);
+    let pid = tb.spawn_daemon(&cfg)?;
+    wait_check_ok(&tb, &cfg, Duration::from_secs(30)).context("daemon never applied")?;
+    tb.expect(&tb.t1, "under berth run netfilter", &p.0, &p.1)?;
+
+    // Someone flushes the whole ruleset (an admin, a Docker restart, iptables-restore…).
+    tb.host_nft(&["flush", "ruleset"])?;
+    let took = wait_check_ok(&tb, &cfg, Duration::from_secs(10))?;
+    eprintln!("ruleset restored {took:?} after `nft flush ruleset`");
+    tb.expect(&tb.t1, "after restore", &p.0, &p.1)?;
+
+    // Only the bridge table goes away.
+    tb.host_nft(&["delete", "table", "bridge", "berth"])?;
+    wait_check_ok(&tb, &cfg, Duration::from_secs(10))?;
+
+    // A new tenant port appears: the watch isolates it.
+    sh(&[
+        "ip", "-n", &tb.host, "link", "add", "veth-t3", "type", "veth", "peer", "name", "p3",
+    ])?;
+    sh(&[
+        "ip", "-n", &tb.host, "link", "set", "veth-t3", "master", "berth0",
+    ])?;
+    let start = Instant::now();
+    while !isolated(&tb, "veth-t3")? {
+        ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "new port never isolated"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // SIGTERM: exits 0 and leaves the rules in place.
+    sh(&["kill", "-TERM", &pid.to_string()])?;
+    let mut child = tb.take_child(pid).context("daemon child")?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            bail!("berth run netfilter did not exit on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    ensure!(status.success(), "exit {status}: {stderr}");
+    ensure!(stderr.contains("drifted"), "drift not logged: {stderr}");
+    let (code, _, _) = tb.berth(&cfg, &["netfilter", "check"])?;
+    ensure!(code == 0, "rules must stay after the daemon exits");
+    Ok(())
+}
+
+/// A namespace of its own, so that even a failing privilege check cannot touch the machine's
+/// ruleset.
+struct Ns(String);
+impl Ns {
+    fn new(tag: &str) -> Result<Self> {
+        require_root_and_tools()?;
+        let name = format!("bnf-{tag}-{}", std::process::id());
+        sh(&["ip", "netns", "add", &name])?;
+        Ok(Ns(name))
+    }
+}
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn netfilter_errors_name_what_is_missing() -> Result<()> {
+    let ns = Ns::new("errs")?;
+    let dir = tempfile::tempdir()?;
+    let bin = berth_bin()?;
+    let bin = bin.to_string_lossy();
+
+    let cfg = write_config(dir.path(), false, "nft = \"/nonexistent/nft\"\n")?;
+    let cfg_s = cfg.to_string_lossy();
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            &bin,
+            "--config",
+            &cfg_s,
+            "netfilter",
+            "apply",
+        ])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "apply without nft must fail");
+    ensure!(
+        err.contains("/nonexistent/nft") && err.contains("not found"),
+        "{err}"
+    );
+
+    let cfg = write_config(dir.path(), false, "")?;
+    let cfg_s = cfg.to_string_lossy();
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "setpriv",
+            "--bounding-set=-net_admin",
+            "--inh-caps=-net_admin",
+            &bin,
+            "--config",
+            &cfg_s,
+            "netfilter",
+            "apply",
+        ])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "apply without CAP_NET_ADMIN must fail"
+    );
+    ensure!(err.contains("CAP_NET_ADMIN"), "{err}");
+    let tables = sh(&["ip", "netns", "exec", &ns.0, "nft", "list", "tables"])?;
+    ensure!(tables.stdout.is_empty(), "nothing may be applied");
+    Ok(())
+}
