@@ -34,22 +34,51 @@ struct DockerCleanup {
 impl Drop for DockerCleanup {
     fn drop(&mut self) {
         let ids = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("name=^{}-server-", self.prefix)])
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("name=^{}-server-", self.prefix),
+            ])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect::<Vec<_>>())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default();
         if !ids.is_empty() {
-            let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .output();
         }
         let vols = Command::new("docker")
-            .args(["volume", "ls", "-q", "--filter", &format!("name=^{}-server-", self.prefix)])
+            .args([
+                "volume",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("name=^{}-server-", self.prefix),
+            ])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect::<Vec<_>>())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default();
         if !vols.is_empty() {
-            let _ = Command::new("docker").args(["volume", "rm", "-f"]).args(&vols).output();
+            let _ = Command::new("docker")
+                .args(["volume", "rm", "-f"])
+                .args(&vols)
+                .output();
         }
-        let _ = Command::new("docker").args(["network", "rm", &self.network]).output();
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.network])
+            .output();
     }
 }
 
@@ -61,7 +90,11 @@ fn demo_quickstart_login_and_clean_sigterm() {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    assert!(docker_ok, "needs a running dockerd and the image {} (run scripts/test)", image());
+    assert!(
+        docker_ok,
+        "needs a running dockerd and the image {} (run scripts/test)",
+        image()
+    );
 
     let pid = std::process::id();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -70,7 +103,10 @@ fn demo_quickstart_login_and_clean_sigterm() {
     let network = format!("bq{pid}-net");
     let bridge = format!("bq{}", pid % 1_000_000);
     let octet = 10 + pid % 240;
-    let _cleanup = DockerCleanup { prefix: prefix.clone(), network: network.clone() };
+    let _cleanup = DockerCleanup {
+        prefix: prefix.clone(),
+        network: network.clone(),
+    };
     let (ssh_port, dns_port, metrics_port) = (free_port(), free_port(), free_port());
     let config = dir.path().join("berth.toml");
     std::fs::write(
@@ -101,7 +137,9 @@ listen = "127.0.0.1:{metrics_port}"
 
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
-    notify.set_read_timeout(Some(Duration::from_secs(1))).expect("timeout");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["--config"])
@@ -136,7 +174,10 @@ listen = "127.0.0.1:{metrics_port}"
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("berth exited early with {status}: {}", logs.join().unwrap_or_default());
+            panic!(
+                "berth exited early with {status}: {}",
+                logs.join().unwrap_or_default()
+            );
         }
         if let Ok(n) = notify.recv(&mut buf) {
             let msg = String::from_utf8_lossy(&buf[..n]);
@@ -155,7 +196,10 @@ listen = "127.0.0.1:{metrics_port}"
     let banner: Vec<String> = rx.try_iter().collect();
     let password = banner
         .iter()
-        .find_map(|l| l.split("password (shown once, not stored in clear): ").nth(1))
+        .find_map(|l| {
+            l.split("password (shown once, not stored in clear): ")
+                .nth(1)
+        })
         .map(str::to_string)
         .unwrap_or_else(|| panic!("no password in the demo banner: {banner:#?}"));
     let login = banner
@@ -174,12 +218,18 @@ listen = "127.0.0.1:{metrics_port}"
     let out = Command::new("ssh")
         .args(["-p", &ssh_port.to_string()])
         .args([
-            "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "PubkeyAuthentication=no",
-            "-o", "PreferredAuthentications=password,keyboard-interactive",
-            "-o", "NumberOfPasswordPrompts=1",
-            "-o", "ConnectTimeout=30",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+            "-o",
+            "NumberOfPasswordPrompts=1",
+            "-o",
+            "ConnectTimeout=30",
         ])
         .arg("server1@127.0.0.1")
         .arg("echo quickstart-ok; hostname; id -un")
@@ -206,21 +256,38 @@ listen = "127.0.0.1:{metrics_port}"
     assert!(resp.starts_with("HTTP/1.1 200"), "healthz: {resp:?}");
 
     // SIGTERM → drain → exit 0.
-    let rc = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    let rc = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(rc.success());
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(st) = child.try_wait().expect("wait") {
             break st;
         }
-        assert!(Instant::now() < deadline, "berth did not exit within 60 s of SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "berth did not exit within 60 s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let logs = logs.join().unwrap_or_default();
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM; logs:\n{logs}");
-    assert!(!logs.contains(&password), "the demo password leaked into the logs");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM; logs:\n{logs}"
+    );
+    assert!(
+        !logs.contains(&password),
+        "the demo password leaked into the logs"
+    );
     // State files are private.
-    let mode = std::fs::metadata(&state).expect("state dir").permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&state)
+        .expect("state dir")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o700, "state dir mode {mode:o}");
     let _ = Path::new(&notify_path);
 }

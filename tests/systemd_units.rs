@@ -11,11 +11,17 @@ fn units() -> Vec<PathBuf> {
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            matches!(p.extension().and_then(|s| s.to_str()), Some("service" | "target" | "socket"))
+            matches!(
+                p.extension().and_then(|s| s.to_str()),
+                Some("service" | "target" | "socket")
+            )
         })
         .collect();
     v.sort();
-    assert!(v.len() >= 5, "expected gateway, dns, netfilter services, a target and a socket: {v:?}");
+    assert!(
+        v.len() >= 5,
+        "expected gateway, dns, netfilter services, a target and a socket: {v:?}"
+    );
     v
 }
 
@@ -36,7 +42,10 @@ fn staged_units() -> (tempfile::TempDir, Vec<PathBuf>) {
 }
 
 fn systemd_analyze() -> &'static str {
-    let ok = Command::new("systemd-analyze").arg("--version").output().map(|o| o.status.success());
+    let ok = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success());
     assert!(
         matches!(ok, Ok(true)),
         "systemd-analyze is missing: install the `systemd` package (scripts/test does)"
@@ -61,14 +70,21 @@ fn units_pass_systemd_analyze_verify() {
         .filter(|l| l.contains("berth"))
         .filter(|l| !l.contains("docker.service"))
         .collect();
-    assert!(ours.is_empty(), "systemd-analyze verify reported:\n{}", ours.join("\n"));
+    assert!(
+        ours.is_empty(),
+        "systemd-analyze verify reported:\n{}",
+        ours.join("\n")
+    );
 }
 
 #[test]
 fn every_service_is_rated_ok_or_better() {
     let tool = systemd_analyze();
     let (_dir, staged) = staged_units();
-    for unit in staged.iter().filter(|p| p.extension().is_some_and(|e| e == "service")) {
+    for unit in staged
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "service"))
+    {
         let out = Command::new(tool)
             .args(["security", "--offline=true", "--no-pager"])
             .arg(unit)
@@ -85,17 +101,30 @@ fn every_service_is_rated_ok_or_better() {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("cannot parse exposure from {line:?}"));
-        assert!(score <= 3.0, "{}: exposure {score} > 3.0 ({line})", unit.display());
+        assert!(
+            score <= 3.0,
+            "{}: exposure {score} > 3.0 ({line})",
+            unit.display()
+        );
     }
 }
 
 #[test]
 fn services_are_notify_with_watchdog_and_reload() {
-    for unit in units().iter().filter(|p| p.extension().is_some_and(|e| e == "service")) {
+    for unit in units()
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "service"))
+    {
         let text = std::fs::read_to_string(unit).expect("read unit");
-        for needle in ["Type=notify", "WatchdogSec=", "ExecReload=", "NoNewPrivileges=yes",
-            "ProtectSystem=strict", "CapabilityBoundingSet=", "SystemCallFilter=@system-service"]
-        {
+        for needle in [
+            "Type=notify",
+            "WatchdogSec=",
+            "ExecReload=",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "CapabilityBoundingSet=",
+            "SystemCallFilter=@system-service",
+        ] {
             assert!(text.contains(needle), "{} lacks {needle}", unit.display());
         }
         assert!(

@@ -58,6 +58,12 @@ pub async fn run(path: Option<&Path>, args: Args) -> Result<ExitCode> {
     if args.demo {
         crate::commands::demo::prepare(&cfg).await?;
     }
+    if wanted
+        .iter()
+        .any(|c| matches!(c, Component::Dns | Component::Gateway))
+    {
+        ensure_tenant_network(&cfg).await;
+    }
     let metrics = spawn_metrics(&cfg, shutdown.clone()).await?;
 
     let mut running: Vec<(Component, JoinHandle<Result<()>>)> = Vec::new();
@@ -73,7 +79,11 @@ pub async fn run(path: Option<&Path>, args: Args) -> Result<ExitCode> {
             }
             Err(e) => {
                 failed = true;
-                eprintln!("berth: {} failed to start: {}", comp.name(), commands::format_error(&e));
+                eprintln!(
+                    "berth: {} failed to start: {}",
+                    comp.name(),
+                    commands::format_error(&e)
+                );
                 if comp == Component::Netfilter && wanted.contains(&Component::Gateway) {
                     // Never serve tenants whose egress filter is not in place.
                     eprintln!("berth: not starting the gateway without its egress filter");
@@ -88,7 +98,11 @@ pub async fn run(path: Option<&Path>, args: Args) -> Result<ExitCode> {
         if let Some(m) = metrics {
             let _ = m.await;
         }
-        return Err(Exit { code: 1, message: "no component could start".into() }.into());
+        return Err(Exit {
+            code: 1,
+            message: "no component could start".into(),
+        }
+        .into());
     }
     let names: Vec<&str> = running.iter().map(|(c, _)| c.name()).collect();
     notify_ready(&format!("serving: {}", names.join(", ")));
@@ -127,8 +141,33 @@ pub async fn run(path: Option<&Path>, args: Args) -> Result<ExitCode> {
     }
     match exit_err {
         Some(message) => Err(Exit { code: 1, message }.into()),
-        None if failed => Err(Exit { code: 1, message: "some components failed to start".into() }.into()),
+        None if failed => Err(Exit {
+            code: 1,
+            message: "some components failed to start".into(),
+        }
+        .into()),
         None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// First in the start order: the resolver binds the tenant gateway address, which exists once
+/// the tenant network's bridge does. Docker being down is not fatal here — the resolver binds
+/// when the address appears and the gateway reports Docker outages per login.
+async fn ensure_tenant_network(cfg: &Config) {
+    let result = async {
+        let store = tenants::Store::connect(&cfg.database_url()).await?;
+        let prov = tenants::Provisioner::connect(&cfg.network, &cfg.tenants, store).await?;
+        prov.ensure_network().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => tracing::info!(network = %cfg.network.name, "tenant network ready"),
+        Err(e) => tracing::warn!(
+            network = %cfg.network.name,
+            error = %commands::format_error(&e),
+            "cannot ensure the tenant network yet"
+        ),
     }
 }
 
@@ -203,7 +242,10 @@ fn notify_ready(status: &str) {
     // Outside systemd NOTIFY_SOCKET is unset and this is a no-op.
     if let Err(e) = sd_notify::notify(
         false,
-        &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(status)],
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(status),
+        ],
     ) {
         tracing::warn!(error = %e, "cannot notify systemd");
     }
@@ -238,7 +280,14 @@ async fn spawn_metrics(
     }
     let listener = tokio::net::TcpListener::bind(&cfg.metrics.listen)
         .await
-        .with_context(|| format!("cannot listen for metrics on {} ([metrics] listen)", cfg.metrics.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen for metrics on {} ([metrics] listen)",
+                cfg.metrics.listen
+            )
+        })?;
     tracing::info!(listen = %cfg.metrics.listen, "metrics endpoint up");
-    Ok(Some(tokio::spawn(crate::metrics_http::serve(listener, shutdown))))
+    Ok(Some(tokio::spawn(crate::metrics_http::serve(
+        listener, shutdown,
+    ))))
 }
