@@ -94,7 +94,8 @@ impl ProvisionError {
         match self {
             ProvisionError::DockerUnavailable { .. } => true,
             ProvisionError::Store(e) => e.is_retryable(),
-            ProvisionError::Docker { status, .. } => status.is_some_and(|s| s >= 500),
+            // Docker answers 500 for OCI/runtime refusals too: final, not an outage.
+            ProvisionError::Docker { status, .. } => *status == Some(503),
             _ => false,
         }
     }
