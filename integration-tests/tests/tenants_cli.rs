@@ -1,0 +1,263 @@
+//! The `berth account …` / `berth server …` CLI as an operator runs it: the real binary, a
+//! config file, real Docker, SQLite and PostgreSQL; outputs, JSON and exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use integration_tests::tenants::{
+    DbKind, DockerWorld, TestDb, berth, docker, require_docker, write_cli_config,
+};
+
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIHD8kX34G+5hacsR4eEYezNhoIa+ohMGr407z4ALm5L alice@example";
+const KEY_FP: &str = "SHA256:BTZz8KnJqTOkgMISepQ3ROjhPAqHtQHnq/pnhC3qb6o";
+
+/// Runs berth and asserts the exit code, returning stdout.
+fn ok(cfg: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let (code, out, err) = berth(cfg, args, stdin).unwrap();
+    assert_eq!(code, 0, "berth {args:?} failed: {err}");
+    out
+}
+
+/// Runs berth expecting failure `code`; returns stderr.
+fn fails(cfg: &Path, args: &[&str], stdin: Option<&str>, code: i32) -> String {
+    let (got, out, err) = berth(cfg, args, stdin).unwrap();
+    assert_eq!(got, code, "berth {args:?}: stdout {out} stderr {err}");
+    err
+}
+
+async fn accounts_and_servers(kind: DbKind) {
+    require_docker().unwrap();
+    let db = TestDb::new(kind, "cli").unwrap();
+    let world = DockerWorld::new("cli", 0);
+    let cfg = write_cli_config(db.dir.path(), &db.url, &world, "").unwrap();
+    let cfg = cfg.as_path();
+
+    // Accounts.
+    ok(
+        cfg,
+        &["account", "add", "alice", "--password-stdin"],
+        Some("correct horse battery\n"),
+    );
+    let err = fails(
+        cfg,
+        &["account", "add", "alice", "--password-stdin"],
+        Some("x\n"),
+        73,
+    );
+    assert!(err.contains("account alice already exists"), "{err}");
+    let err = fails(
+        cfg,
+        &["account", "add", "Bad Name", "--no-password"],
+        None,
+        65,
+    );
+    assert!(err.contains("lower-case ASCII letters"), "{err}");
+    let long = format!("{}\n", "p".repeat(73));
+    let err = fails(
+        cfg,
+        &["account", "add", "bob", "--password-stdin"],
+        Some(&long),
+        65,
+    );
+    assert!(err.contains("73 bytes") && err.contains("72"), "{err}");
+    let err = fails(
+        cfg,
+        &["account", "add", "bob", "--password-stdin"],
+        Some("\n"),
+        65,
+    );
+    assert!(err.contains("empty"), "{err}");
+    // No terminal and no --password-stdin: refuse rather than read argv or hang.
+    let err = fails(cfg, &["account", "add", "bob"], None, 64);
+    assert!(err.contains("--password-stdin"), "{err}");
+    ok(cfg, &["account", "add", "bob", "--no-password"], None);
+    ok(cfg, &["account", "disable", "bob"], None);
+    let err = fails(cfg, &["account", "enable", "nobody"], None, 67);
+    assert!(err.contains("account nobody does not exist"), "{err}");
+
+    // Keys.
+    let out = ok(cfg, &["account", "key", "add", "alice", KEY], None);
+    assert!(out.contains(KEY_FP), "{out}");
+    fails(cfg, &["account", "key", "add", "alice", "-"], Some(KEY), 73);
+    let err = fails(
+        cfg,
+        &["account", "key", "add", "alice", "ssh-rsa nonsense"],
+        None,
+        65,
+    );
+    assert!(err.to_lowercase().contains("openssh public key"), "{err}");
+    let keys: serde_json::Value = serde_json::from_str(&ok(
+        cfg,
+        &["account", "key", "list", "alice", "--json"],
+        None,
+    ))
+    .unwrap();
+    assert_eq!(keys[0]["fingerprint"], KEY_FP);
+
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(cfg, &["account", "list", "--json"], None)).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[0]["name"], "alice");
+    assert_eq!(list[0]["has_password"], true);
+    assert_eq!(list[0]["keys"], 1);
+    assert_eq!(list[1]["enabled"], false);
+    assert!(!list.to_string().contains("$2b$"), "hash leaked: {list}");
+    let table = ok(cfg, &["account", "list"], None);
+    assert!(
+        table.starts_with("NAME") && table.contains("alice"),
+        "{table}"
+    );
+
+    // Servers: create prints server<N> last.
+    let out = ok(
+        cfg,
+        &[
+            "server", "create", "--owner", "alice", "--memory", "200m", "--cpus", "0.5", "--pids",
+            "99",
+        ],
+        None,
+    );
+    let last = out.lines().last().unwrap();
+    assert!(tenants::parse_login(last).is_some(), "last line {last:?}");
+    let n = tenants::parse_login(last).unwrap().get().to_string();
+    let container = world.container(n.parse().unwrap());
+    assert_eq!(
+        docker(&[
+            "inspect",
+            "-f",
+            "{{.State.Running}} {{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}",
+            &container
+        ])
+        .unwrap(),
+        format!("true {} 99", 200u64 << 20)
+    );
+
+    // server<N> and N both work everywhere.
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(cfg, &["server", "show", last, "--json"], None)).unwrap();
+    assert_eq!(show["owner"], "alice");
+    assert_eq!(show["container"]["running"], true);
+    assert!(
+        show["container"]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.213.")
+    );
+    let show2: serde_json::Value =
+        serde_json::from_str(&ok(cfg, &["server", "show", &n, "--json"], None)).unwrap();
+    assert_eq!(show2["id"], show["id"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(cfg, &["server", "list", "--json"], None)).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["container"]["state"], "running");
+    let table = ok(cfg, &["server", "list"], None);
+    assert!(
+        table.starts_with("SERVER") && table.contains(last) && table.contains("running"),
+        "{table}"
+    );
+
+    ok(cfg, &["server", "stop", &n], None);
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &container]).unwrap(),
+        "false"
+    );
+    let out = ok(cfg, &["server", "start", last], None);
+    assert!(out.contains("started"), "{out}");
+    ok(cfg, &["server", "restart", last], None);
+
+    // Errors with their exit codes.
+    let err = fails(cfg, &["server", "show", "server999"], None, 67);
+    assert!(err.contains("server999 does not exist"), "{err}");
+    for bad in ["server01", "0", "srv1"] {
+        let err = fails(cfg, &["server", "stop", bad], None, 65);
+        assert!(err.contains("server<N> or N"), "{bad}: {err}");
+    }
+    let err = fails(cfg, &["server", "create", "--owner", "nobody"], None, 67);
+    assert!(err.contains("account nobody does not exist"), "{err}");
+    let err = fails(
+        cfg,
+        &[
+            "server",
+            "create",
+            "--owner",
+            "alice",
+            "--image",
+            "berth-test/missing:1",
+        ],
+        None,
+        66,
+    );
+    assert!(err.contains("berth image build"), "{err}");
+    fails(
+        cfg,
+        &["server", "create", "--owner", "alice", "--memory", "lots"],
+        None,
+        2,
+    );
+    let err = fails(cfg, &["account", "rm", "alice"], None, 73);
+    assert!(err.contains(last), "{err}");
+
+    // rm keeps the volume, --purge removes it.
+    let out = ok(cfg, &["server", "rm", last], None);
+    assert!(out.contains("data kept"), "{out}");
+    docker(&["volume", "inspect", &world.volume(n.parse().unwrap())]).unwrap();
+    fails(cfg, &["server", "start", last], None, 67);
+    ok(cfg, &["server", "rm", last, "--purge"], None);
+    assert!(docker(&["volume", "inspect", &world.volume(n.parse().unwrap())]).is_err());
+    let all: serde_json::Value =
+        serde_json::from_str(&ok(cfg, &["server", "list", "--all", "--json"], None)).unwrap();
+    assert!(all[0]["deleted"].is_string(), "{all}");
+    ok(cfg, &["account", "rm", "alice"], None);
+    ok(cfg, &["account", "key", "list", "bob"], None);
+}
+
+#[tokio::test]
+async fn cli_accounts_and_servers_sqlite() {
+    accounts_and_servers(DbKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn cli_accounts_and_servers_postgres() {
+    accounts_and_servers(DbKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn cli_outages_have_their_own_exit_code() {
+    let db = TestDb::new(DbKind::Sqlite, "cliout").unwrap();
+    let world = DockerWorld::new("cliout", 0);
+    // Docker unreachable: exit 69 and the socket named.
+    let cfg = write_cli_config(
+        db.dir.path(),
+        &db.url,
+        &world,
+        "docker_host = \"unix:///nonexistent/d.sock\"",
+    )
+    .unwrap();
+    ok(&cfg, &["account", "add", "zoe", "--no-password"], None);
+    let err = fails(&cfg, &["server", "create", "--owner", "zoe"], None, 69);
+    assert!(err.contains("/nonexistent/d.sock"), "{err}");
+    // list still shows the store's view, with a warning.
+    let (code, _, err) = berth(&cfg, &["server", "list"], None).unwrap();
+    assert_eq!(code, 0);
+    assert!(err.contains("container states unknown"), "{err}");
+
+    // Database unreachable: exit 69, password not echoed.
+    let dir = tempfile::tempdir().unwrap();
+    let pg = write_cli_config(
+        dir.path(),
+        "postgres://berth:topsecret@127.0.0.1:1/berth",
+        &world,
+        "",
+    )
+    .unwrap();
+    let err = fails(&pg, &["account", "list"], None, 69);
+    assert!(
+        err.contains("127.0.0.1:1") && !err.contains("topsecret"),
+        "{err}"
+    );
+
+    // A typo in [tenants] is a config error (64) naming the key.
+    let bad = write_cli_config(dir.path(), &db.url, &world, "memroy = \"1g\"").unwrap();
+    let err = fails(&bad, &["account", "list"], None, 64);
+    assert!(err.contains("memroy"), "{err}");
+}
