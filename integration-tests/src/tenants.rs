@@ -107,20 +107,31 @@ impl TestDb {
                     }
                     _ => bail!("cannot derive a database url from {admin}"),
                 };
-                Ok(Self { url, kind, path: None, pg: Some((admin, name)), dir })
+                Ok(Self {
+                    url,
+                    kind,
+                    path: None,
+                    pg: Some((admin, name)),
+                    dir,
+                })
             }
         }
     }
 
     pub async fn store(&self) -> Result<Store> {
-        Store::connect(&self.url).await.with_context(|| format!("connect {}", self.url))
+        Store::connect(&self.url)
+            .await
+            .with_context(|| format!("connect {}", self.url))
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some((admin, name)) = &self.pg
-            && let Err(e) = psql(admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            && let Err(e) = psql(
+                admin,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )
         {
             eprintln!("cleanup: {e:#}");
         }
@@ -134,7 +145,10 @@ fn psql(url: &str, sql: &str) -> Result<()> {
         .output()
         .context("running psql")?;
     if !out.status.success() {
-        bail!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -155,8 +169,7 @@ impl DockerWorld {
         let net = NetworkConfig {
             name: format!("{prefix}-net"),
             bridge,
-            subnet: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 213, third, 0), 24)
-                .unwrap_or_default(),
+            subnet: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 213, third, 0), 24).unwrap_or_default(),
             gateway: Ipv4Addr::new(10, 213, third, 1),
             subnet6: None,
             gateway6: None,
@@ -198,18 +211,31 @@ pub fn cleanup(prefix: &str, network: &str) {
     let name = format!("name=^/?{prefix}-");
     let mut ids = Vec::new();
     for filter in [&label, &name] {
-        if let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", filter]).output() {
-            ids.extend(String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from));
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", filter])
+            .output()
+        {
+            ids.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(String::from),
+            );
         }
     }
     ids.sort();
     ids.dedup();
     if !ids.is_empty() {
-        let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .output();
     }
     let mut vols = Vec::new();
     for filter in [&label, &format!("name={prefix}-")] {
-        if let Ok(out) = Command::new("docker").args(["volume", "ls", "-q", "--filter", filter]).output() {
+        if let Ok(out) = Command::new("docker")
+            .args(["volume", "ls", "-q", "--filter", filter])
+            .output()
+        {
             vols.extend(
                 String::from_utf8_lossy(&out.stdout)
                     .split_whitespace()
@@ -221,9 +247,14 @@ pub fn cleanup(prefix: &str, network: &str) {
     vols.sort();
     vols.dedup();
     if !vols.is_empty() {
-        let _ = Command::new("docker").args(["volume", "rm", "-f"]).args(&vols).output();
+        let _ = Command::new("docker")
+            .args(["volume", "rm", "-f"])
+            .args(&vols)
+            .output();
     }
-    let _ = Command::new("docker").args(["network", "rm", network]).output();
+    let _ = Command::new("docker")
+        .args(["network", "rm", network])
+        .output();
 }
 
 /// Store + provisioner over a unique Docker world. Field order = drop order: the world's
@@ -241,7 +272,11 @@ impl TenantsEnv {
     }
 
     /// Like [`Self::new`], with a chance to adjust `[tenants]` first.
-    pub async fn with_config(test: &str, kind: DbKind, tweak: impl Fn(&mut Config)) -> Result<Self> {
+    pub async fn with_config(
+        test: &str,
+        kind: DbKind,
+        tweak: impl Fn(&mut Config),
+    ) -> Result<Self> {
         require_docker()?;
         let db = TestDb::new(kind, test)?;
         let store = db.store().await?;
@@ -252,7 +287,14 @@ impl TenantsEnv {
             tweak(&mut cfg);
             let prov = Provisioner::connect(&world.net, &cfg, store.clone()).await?;
             match prov.ensure_network().await {
-                Ok(()) => return Ok(Self { prov, store, world, db }),
+                Ok(()) => {
+                    return Ok(Self {
+                        prov,
+                        store,
+                        world,
+                        db,
+                    });
+                }
                 Err(e @ ProvisionError::Docker { .. }) if e.to_string().contains("overlap") => {
                     last = Some(e);
                 }
@@ -265,9 +307,16 @@ impl TenantsEnv {
 
 /// `docker <args>` → output (stdout trimmed) or an error with stderr.
 pub fn docker(args: &[&str]) -> Result<String> {
-    let out: Output = Command::new("docker").args(args).output().context("running docker")?;
+    let out: Output = Command::new("docker")
+        .args(args)
+        .output()
+        .context("running docker")?;
     if !out.status.success() {
-        bail!("docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -282,7 +331,10 @@ pub fn berth_bin() -> Result<PathBuf> {
     let dir = exe.parent().and_then(Path::parent).context("target dir")?;
     let bin = dir.join("berth");
     if !bin.exists() {
-        bail!("{} is missing: build it first with `cargo build -p berth` (or set BERTH_BIN)", bin.display());
+        bail!(
+            "{} is missing: build it first with `cargo build -p berth` (or set BERTH_BIN)",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -302,10 +354,10 @@ pub fn berth(config: &Path, args: &[&str], stdin: Option<&str>) -> Result<(i32, 
         .stderr(Stdio::piped())
         .spawn()
         .context("spawn berth")?;
-    if let Some(mut si) = child.stdin.take() {
-        if let Some(text) = stdin {
-            si.write_all(text.as_bytes()).context("write stdin")?;
-        }
+    if let Some(mut si) = child.stdin.take()
+        && let Some(text) = stdin
+    {
+        si.write_all(text.as_bytes()).context("write stdin")?;
     }
     let out = child.wait_with_output().context("wait berth")?;
     Ok((
@@ -316,7 +368,12 @@ pub fn berth(config: &Path, args: &[&str], stdin: Option<&str>) -> Result<(i32, 
 }
 
 /// A config file for the CLI pointing at `db` and `world`.
-pub fn write_cli_config(dir: &Path, db_url: &str, world: &DockerWorld, extra_tenants: &str) -> Result<PathBuf> {
+pub fn write_cli_config(
+    dir: &Path,
+    db_url: &str,
+    world: &DockerWorld,
+    extra_tenants: &str,
+) -> Result<PathBuf> {
     let path = dir.join("berth.toml");
     let text = format!(
         r#"state_dir = "{state}"

@@ -134,10 +134,7 @@ pub(crate) async fn open_store(path: Option<&Path>) -> Result<(crate::config::Co
             e if e.is_retryable() => exit::UNAVAILABLE,
             _ => 1,
         };
-        fail(
-            code,
-            format!("cannot open the store: {e}"),
-        )
+        fail(code, format!("cannot open the store: {e}"))
     })?;
     Ok((cfg, store))
 }
