@@ -35,6 +35,8 @@
 //! - `Permit::grace_deadline()` / `Permit::grace_expired()` (a future): close the connection
 //!   when it fires before `authenticated` (login grace time; counts
 //!   `metrics::LOGIN_GRACE_EXPIRED`).
+//! - `auth::rejection()`: return it instead of `Auth::reject()` for a `Reject` (keeps every
+//!   method on offer; `Auth::reject()` makes russh stop offering "password" after one failure).
 //! - `Authenticator::config()` exposes `[ssh.auth]` (host keys: `crate::hostkeys`).
 //!
 //! Design: decisions live in the pure [`limits::Limits`] state machine (injected clock,
@@ -103,6 +105,24 @@ pub enum KeyboardInteractive {
     Prompt(russh::server::Auth),
     /// The answer was checked like a password.
     Finished(Decision),
+}
+
+/// The methods the gateway offers (also what [`rejection`] keeps offering).
+pub const METHODS: [russh::MethodKind; 3] = [
+    russh::MethodKind::PublicKey,
+    russh::MethodKind::Password,
+    russh::MethodKind::KeyboardInteractive,
+];
+
+/// What a Handler should return for a rejected attempt: a rejection that keeps offering every
+/// method. `russh::server::Auth::reject()` makes russh drop "password" after one failure, so an
+/// OpenSSH client could not retry a mistyped password on the same connection (the per-connection
+/// limit is `max_auth_attempts`, and the budgets here bound guessing anyway).
+pub fn rejection() -> russh::server::Auth {
+    russh::server::Auth::Reject {
+        proceed_with_methods: Some(russh::MethodSet::from(&METHODS[..])),
+        partial_success: false,
+    }
 }
 
 /// The keyboard-interactive challenge: one no-echo [`KBDINT_PROMPT`].
@@ -246,19 +266,12 @@ impl Authenticator {
 
     /// Applies `[ssh.auth]` to russh's server config.
     pub fn configure_russh(&self, config: &mut russh::server::Config) {
-        use russh::MethodKind;
         let cfg = &self.inner.cfg;
         config.max_auth_attempts = cfg.max_auth_attempts;
         config.auth_rejection_time = cfg.rejection_delay();
         // OpenSSH clients open with a "none" request to learn the methods; answer it at once.
         config.auth_rejection_time_initial = Some(Duration::ZERO);
-        config.methods = russh::MethodSet::from(
-            &[
-                MethodKind::PublicKey,
-                MethodKind::Password,
-                MethodKind::KeyboardInteractive,
-            ][..],
-        );
+        config.methods = russh::MethodSet::from(&METHODS[..]);
     }
 
     /// Accept-time admission (before the SSH handshake).

@@ -565,3 +565,18 @@ fn user_names_are_logged_safely() {
         shown.starts_with(&"x".repeat(64)) && shown.ends_with('…') && shown.chars().count() == 65
     );
 }
+
+#[test]
+fn rejection_keeps_offering_password() {
+    match rejection() {
+        russh::server::Auth::Reject {
+            proceed_with_methods: Some(m),
+            partial_success: false,
+        } => {
+            for want in METHODS {
+                assert!(m.contains(&want), "{want:?} missing from {m:?}");
+            }
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
