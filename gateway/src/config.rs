@@ -7,6 +7,12 @@
 //! `crate::hostkeys::load_or_generate(state_dir, &cfg.auth.host_keys)`; limits for russh via
 //! `Authenticator::configure_russh` or `cfg.auth.max_auth_attempts` / `rejection_delay()`;
 //! login grace via `auth::Permit::grace_expired()`. Metrics helpers: `crate::metrics`.
+//! NOTE from auth, found in testing: (1) russh drops "password" from the offered methods after
+//! one failed password when the Handler returns `Auth::reject()` (OpenSSH then cannot retry a
+//! mistyped password): return `auth::rejection()` instead (full method set, see auth/mod.rs).
+//! (2) paramiko sends SERVICE_REQUEST "ssh-userauth" again before every auth call; russh in
+//! WaitingAuthRequest ignores it and the client hangs 30 s (SSHClient.connect trying keys then a
+//! password hits this) — vendor/russh should answer SERVICE_ACCEPT there.
 
 use serde::{Deserialize, Serialize};
 
