@@ -13,6 +13,9 @@
 //! (2) paramiko sends SERVICE_REQUEST "ssh-userauth" again before every auth call; russh in
 //! WaitingAuthRequest ignores it and the client hangs 30 s (SSHClient.connect trying keys then a
 //! password hits this) — vendor/russh should answer SERVICE_ACCEPT there.
+//! (3) login grace starts only after `run_stream` returns: a client that connects and never
+//! sends its banner keeps its unauthenticated slot until russh's inactivity timeout (measured:
+//! still open after 250 s). Wrap `run_stream` in `tokio::time::timeout_at(grace, …)`.
 
 use serde::{Deserialize, Serialize};
 
