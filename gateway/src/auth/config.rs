@@ -50,7 +50,7 @@ pub struct AuthConfig {
     pub trusted_attempts_interval_ms: u64,
     /// How long a successful login makes its source address "usual" for that server.
     pub trusted_for_secs: u64,
-    /// Most bcrypt verifications running at once (0 = number of CPUs).
+    /// Most bcrypt verifications running at once (0 = half the CPUs, at least 1).
     pub bcrypt_concurrency: usize,
     /// Cost of the dummy hash used for unknown servers; must equal the cost of real hashes
     /// (the store's cost) so that timing does not tell them apart.

@@ -228,8 +228,10 @@ impl Authenticator {
 
     /// Same as [`Authenticator::new`] from the `[ssh.auth]` section alone.
     pub fn with_auth_config(cfg: AuthConfig, backend: Arc<dyn Backend>) -> Self {
+        // Default: half the CPUs (at least one), so a storm that gets past the budgets still
+        // leaves CPU for the async workers that carry everyone's sessions.
         let slots = match cfg.bcrypt_concurrency {
-            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            0 => std::thread::available_parallelism().map_or(1, |n| (usize::from(n) / 2).max(1)),
             n => n,
         };
         let limits = Limits::new(Params::from_config(&cfg), MonotonicClock::default());

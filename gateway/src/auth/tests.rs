@@ -580,3 +580,42 @@ fn rejection_keeps_offering_password() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+mod parse_login_props {
+    //! The gateway's only user-name rule is `tenants::parse_login`; these pin the properties auth
+    //! relies on (canonical form, so one server has exactly one name and one budget key).
+    use proptest::prelude::*;
+    use tenants::{ServerId, parse_login};
+
+    proptest! {
+        #[test]
+        fn every_id_round_trips(n in 1u32..=u32::MAX) {
+            let id = ServerId::new(n).unwrap_or_else(|| unreachable!());
+            prop_assert_eq!(parse_login(&id.login_name()), Some(id));
+        }
+
+        #[test]
+        fn accepted_names_are_canonical(s in "\\PC{0,24}") {
+            if let Some(id) = parse_login(&s) {
+                prop_assert_eq!(id.login_name(), s);
+            }
+        }
+
+        #[test]
+        fn near_misses_are_refused(
+            n in 1u32..=u32::MAX,
+            prefix in prop::sample::select(vec!["", " ", "0", "+", "-", "Server", "SERVER", "server ", "server0"]),
+            suffix in prop::sample::select(vec!["", " ", "\n", "\0", "x", ".", "/"]),
+        ) {
+            let s = if prefix.starts_with(['S', 's']) {
+                format!("{prefix}{n}{suffix}")
+            } else {
+                format!("server{prefix}{n}{suffix}")
+            };
+            let canonical = format!("server{n}");
+            // "server0<n>" style leading zeros, signs, case and trailing bytes are all refused;
+            // only the exact canonical spelling is accepted.
+            prop_assert_eq!(parse_login(&s).is_some(), s == canonical, "{:?}", s);
+        }
+    }
+}

@@ -1,0 +1,40 @@
+#!/bin/bash
+# Keystroke echo latency (p50/p90/p99) on an open session, idle vs during a distributed password
+# storm, for the berth gateway and for OpenSSH sshd, in one run on this machine.
+# The storm (auth_storm.py, paramiko) runs on the same 2-core machine, so it also competes for
+# CPU with both servers; it targets server1..server50 on berth (unknown ones cost a dummy
+# bcrypt) and root on sshd (PasswordAuthentication enabled for the storm).
+# Usage: bench/gateway/auth_echo.sh [samples] [storm_threads]
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+DIR=${DIR:-/tmp/berth-bench-auth}
+SAMPLES=${1:-400}
+THREADS=${2:-16}
+PROCS=${PROCS:-2}   # storm client processes (paramiko is GIL-bound: one core each at most)
+PY=/usr/bin/python3
+[ "${NO_ENV:-0}" = 1 ] || "$HERE/auth_env.sh" start
+SERVER=$(cat "$DIR/server")
+BP=${BERTH_PORT:-2297}; SP=${SSHD_PORT:-2298}
+# Let sshd take password attempts too (it still refuses them: wrong password).
+sed -i 's/^PasswordAuthentication no/PasswordAuthentication yes/' "$DIR/sshd_config"
+kill -HUP "$(cat "$DIR/sshd.pid")"; sleep 1
+USERS=$(seq -s, -f 'server%g' 1 50)
+STORM_SECS=$(( SAMPLES * 3 / 100 + 25 ))
+
+run() { # name port user storm_port storm_users
+  local idle storm
+  idle=$($PY "$HERE/auth_echo.py" "$2" "$3" "$DIR/id_ed25519" "$SAMPLES")
+  local pids=()
+  for i in $(seq 1 "$PROCS"); do
+    $PY "$HERE/auth_storm.py" "$4" "$5" "$THREADS" "$STORM_SECS" > "$DIR/storm-$1-$i.json" &
+    pids+=($!)
+  done
+  sleep 5
+  storm=$($PY "$HERE/auth_echo.py" "$2" "$3" "$DIR/id_ed25519" "$SAMPLES")
+  wait "${pids[@]}" || true
+  echo "$1 idle:  $idle"
+  echo "$1 storm: $storm   storm counts: $(cat "$DIR"/storm-"$1"-*.json | tr '\n' ' ')"
+}
+run berth "$BP" "$SERVER" "$BP" "$USERS"
+run sshd "$SP" root "$SP" root
+curl -s "http://127.0.0.1:${METRICS_PORT:-9497}/metrics" | grep -E "^berth_gateway_(auth_attempts_total|rate_limit_rejections_total|bans_total|bcrypt_seconds_count)" || true
