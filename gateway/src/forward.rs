@@ -94,7 +94,7 @@ pub async fn run(spec: Spec) {
     let (mut rd, wr) = stream.into_split();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = AtomicU64::new(0);
-    let in_task = tokio::spawn(pipe::pump_input(input, wr, conn.clone(), writer.id(), false, bytes_in.clone()));
+    let mut in_task = tokio::spawn(pipe::pump_input(input, wr, conn.clone(), writer.id(), false, bytes_in.clone()));
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         buf.reserve(64 * 1024);
@@ -104,8 +104,11 @@ pub async fn run(spec: Spec) {
         };
         if n == 0 {
             let _ = writer.eof().await;
-            // Wait for the client side to finish (or the channel to close).
-            closed.cancelled().await;
+            // Close once the client side is finished too (its EOF written out), or gone.
+            tokio::select! {
+                _ = &mut in_task => {}
+                _ = closed.cancelled() => {}
+            }
             break;
         }
         let chunk = buf.split().freeze();

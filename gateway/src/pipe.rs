@@ -87,21 +87,8 @@ pub async fn pump_input<W: AsyncWrite + Unpin>(
     if owed > 0 {
         credit(&handle, id, &mut owed);
     }
-    if end == InputEnd::SinkGone {
-        // Keep draining so the client never stalls on a full window; the bytes go nowhere.
-        while let Some(m) = input.recv().await {
-            if let Input::Data(b) = m {
-                let _ = handle.consumed(id, b.len() as u32);
-            }
-        }
-    } else if end == InputEnd::Eof {
-        // Data after EOF is a protocol violation; still keep the window honest.
-        while let Some(m) = input.recv().await {
-            if let Input::Data(b) = m {
-                let _ = handle.consumed(id, b.len() as u32);
-            }
-        }
-    }
+    // Dropping `input` now is safe: later data finds the queue closed and `Handler::data`
+    // returns its window at once, so the client never stalls on a full window.
     end
 }
 

@@ -97,6 +97,9 @@ impl GatewayHarness {
 
     pub async fn start_with(test: &str, opts: Options) -> Result<Self> {
         require_docker()?;
+        if let Ok(filter) = std::env::var("BERTH_TEST_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        }
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let tag: String = test
