@@ -44,6 +44,9 @@ pub struct Applied {
     pub elapsed: Duration,
     /// Bridge ports that were newly isolated.
     pub isolated: Vec<String>,
+    /// Why port isolation could not be set (e.g. /sys mounted read-only). Not fatal: the
+    /// bridge table still separates tenants for IPv4, IPv6 and ARP.
+    pub isolation_error: Option<String>,
 }
 
 /// berth's firewall for one tenant network.
@@ -162,12 +165,16 @@ impl Firewall {
             )
             .await?;
         let elapsed = start.elapsed();
-        let isolated = self.isolate()?;
+        let (isolated, isolation_error) = match self.isolate() {
+            Ok(ports) => (ports, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
         Ok(Applied {
             ruleset,
             l2,
             elapsed,
             isolated,
+            isolation_error,
         })
     }
 
@@ -356,5 +363,8 @@ fn log_applied(a: &Applied, what: &str) {
     );
     if !a.isolated.is_empty() {
         info!(ports = ?a.isolated, "isolated bridge ports");
+    }
+    if let Some(e) = &a.isolation_error {
+        warn!(error = %e, "bridge ports not isolated; tenant separation relies on the bridge table");
     }
 }

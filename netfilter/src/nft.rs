@@ -214,3 +214,95 @@ impl Nft {
             })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    //! A fake `nft` (a shell script) stands in for the real one: these tests never touch the
+    //! machine's ruleset.
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn fake_nft(dir: &std::path::Path, body: &str) -> String {
+        let path = dir.join("nft");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    #[tokio::test]
+    async fn missing_binary_is_named() {
+        let err = Nft::new("/nonexistent/nft")
+            .apply(&serde_json::json!({"nftables": []}), "apply")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, NftError::NotFound(_)));
+        assert!(err.to_string().contains("/nonexistent/nft"), "{err}");
+        assert!(err.to_string().contains("nftables package"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn stderr_is_reported_and_permission_is_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let nft = fake_nft(
+            dir.path(),
+            "cat >/dev/null; echo 'Error: Could not process rule: Operation not permitted' >&2; exit 1",
+        );
+        let err = Nft::new(nft)
+            .apply(&serde_json::json!({"nftables": []}), "apply x")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, NftError::PermissionDenied { .. }), "{err:?}");
+        assert!(err.to_string().contains("CAP_NET_ADMIN"), "{err}");
+
+        let nft = fake_nft(
+            dir.path(),
+            "cat >/dev/null; echo 'Error: syntax error near x' >&2; exit 1",
+        );
+        let err = Nft::new(nft)
+            .apply(&serde_json::json!({"nftables": []}), "apply x")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("syntax error near x"), "{err}");
+        assert!(err.to_string().contains("apply x"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn batch_goes_to_stdin_and_absent_tables_are_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = dir.path().join("seen");
+        let nft = fake_nft(
+            dir.path(),
+            &format!("echo \"$@\" >> {0}; cat >> {0}; exit 0", seen.display()),
+        );
+        Nft::new(nft)
+            .apply(&serde_json::json!({"nftables": [1]}), "apply")
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(&seen).unwrap();
+        assert!(text.contains("-j -f -"), "{text}");
+        assert!(text.contains(r#"{"nftables":[1]}"#), "{text}");
+
+        let nft = fake_nft(
+            dir.path(),
+            "echo 'Error: No such file or directory' >&2; exit 1",
+        );
+        assert!(
+            Nft::new(nft)
+                .list_table("inet", "berth")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let nft = fake_nft(
+            dir.path(),
+            r#"echo '{"nftables": [{"table": {"family": "inet", "name": "berth"}}]}'"#,
+        );
+        let objs = Nft::new(nft)
+            .list_table("inet", "berth")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(objs.len(), 1);
+    }
+}

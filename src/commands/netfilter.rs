@@ -69,6 +69,9 @@ pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
             if !a.isolated.is_empty() {
                 println!("isolated bridge ports: {}", a.isolated.join(" "));
             }
+            if let Some(e) = &a.isolation_error {
+                eprintln!("berth: warning: {e}; tenant separation relies on the bridge table");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Show {
