@@ -99,7 +99,10 @@ impl Config {
             ));
         }
         if self.window_size < 65536 {
-            return Err(format!("ssh.window_size must be at least 65536, got {}", self.window_size));
+            return Err(format!(
+                "ssh.window_size must be at least 65536, got {}",
+                self.window_size
+            ));
         }
         if !(4096..=262144).contains(&self.max_packet_size) {
             return Err(format!(
@@ -125,7 +128,10 @@ mod tests {
         assert_eq!(Config::default().validate(), Ok(()));
         let bad: Result<Config, _> = serde_json::from_str(r#"{"nope": 1}"#);
         assert!(bad.is_err_and(|e| e.to_string().contains("nope")));
-        let cfg = Config { server_id: "OpenSSH".into(), ..Default::default() };
+        let cfg = Config {
+            server_id: "OpenSSH".into(),
+            ..Default::default()
+        };
         assert!(cfg.validate().is_err());
     }
 }

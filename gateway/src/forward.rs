@@ -32,7 +32,15 @@ pub struct Spec {
 }
 
 pub async fn run(spec: Spec) {
-    let Spec { conn, closed, channel, reply, host, port, input } = spec;
+    let Spec {
+        conn,
+        closed,
+        channel,
+        reply,
+        host,
+        port,
+        input,
+    } = spec;
     let started = Instant::now();
     let _active = crate::metrics::session_opened(crate::metrics::SessionKind::DirectTcpip);
     let audit = |outcome: &str, detail: serde_json::Value| {
@@ -57,18 +65,31 @@ pub async fn run(spec: Spec) {
         Ok(t) => t,
         Err(e) => {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
-            audit("error", serde_json::json!({ "host": host, "port": port, "error": e.to_string() })).await;
+            audit(
+                "error",
+                serde_json::json!({ "host": host, "port": port, "error": e.to_string() }),
+            )
+            .await;
             return;
         }
     };
     let login = conn.login.server.login_name();
-    let dest = match (policy::forward_target(&host, &login, target.address), u16::try_from(port)) {
+    let dest = match (
+        policy::forward_target(&host, &login, target.address),
+        u16::try_from(port),
+    ) {
         (Some(ip), Ok(p)) if p != 0 => SocketAddr::new(ip, p),
         _ => {
             info!(server = %login, host = %host, port, "direct-tcpip refused: not the tenant's own container");
             crate::metrics::exec_error();
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
-            audit("rejected", serde_json::json!({ "host": host, "port": port })).await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            audit(
+                "rejected",
+                serde_json::json!({ "host": host, "port": port }),
+            )
+            .await;
             return;
         }
     };
@@ -78,12 +99,20 @@ pub async fn run(spec: Spec) {
         Ok(Err(e)) => {
             debug!(%dest, error = %e, "direct-tcpip connect failed");
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
-            audit("failure", serde_json::json!({ "host": host, "port": port, "error": e.to_string() })).await;
+            audit(
+                "failure",
+                serde_json::json!({ "host": host, "port": port, "error": e.to_string() }),
+            )
+            .await;
             return;
         }
         Err(_) => {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
-            audit("failure", serde_json::json!({ "host": host, "port": port, "error": "timeout" })).await;
+            audit(
+                "failure",
+                serde_json::json!({ "host": host, "port": port, "error": "timeout" }),
+            )
+            .await;
             return;
         }
     };
@@ -94,7 +123,14 @@ pub async fn run(spec: Spec) {
     let (mut rd, wr) = stream.into_split();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = AtomicU64::new(0);
-    let mut in_task = tokio::spawn(pipe::pump_input(input, wr, conn.clone(), writer.id(), false, bytes_in.clone()));
+    let mut in_task = tokio::spawn(pipe::pump_input(
+        input,
+        wr,
+        conn.clone(),
+        writer.id(),
+        false,
+        bytes_in.clone(),
+    ));
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         buf.reserve(64 * 1024);

@@ -54,7 +54,10 @@ enum ChanState {
     /// Session channel before shell/exec/subsystem.
     Pending(Box<Pending>),
     /// Running: a task owns the channel's writer and reads these queues.
-    Running { input: mpsc::UnboundedSender<Input>, ctl: Option<mpsc::UnboundedSender<Ctl>> },
+    Running {
+        input: mpsc::UnboundedSender<Input>,
+        ctl: Option<mpsc::UnboundedSender<Ctl>>,
+    },
     /// Nothing more will be accepted (failed start).
     Dead,
 }
@@ -68,7 +71,11 @@ struct ChanEntry {
 
 impl ChanEntry {
     fn new(state: ChanState, slot: Slot) -> Self {
-        Self { state, closed: CancellationToken::new().drop_guard(), _slot: slot }
+        Self {
+            state,
+            closed: CancellationToken::new().drop_guard(),
+            _slot: slot,
+        }
     }
     fn token(&self) -> CancellationToken {
         self.closed.token().clone()
@@ -134,7 +141,10 @@ impl ConnHandler {
         };
         let (in_tx, in_rx) = mpsc::unbounded_channel();
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-        entry.state = ChanState::Running { input: in_tx, ctl: Some(ctl_tx) };
+        entry.state = ChanState::Running {
+            input: in_tx,
+            ctl: Some(ctl_tx),
+        };
         let closed = entry.token();
         let _ = session.channel_success(id);
         let Pending { channel, pty, env } = *pending;
@@ -164,7 +174,12 @@ impl russh::server::Handler for ConnHandler {
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        match self.shared.gate.password(self.peer.ip(), user, password).await {
+        match self
+            .shared
+            .gate
+            .password(self.peer.ip(), user, password)
+            .await
+        {
             Some(login) => Ok(self.accept_login(login)),
             None => Ok(Auth::reject()),
         }
@@ -175,7 +190,12 @@ impl russh::server::Handler for ConnHandler {
         user: &str,
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        match self.shared.gate.public_key(self.peer.ip(), user, offer.public_key, false).await {
+        match self
+            .shared
+            .gate
+            .public_key(self.peer.ip(), user, offer.public_key, false)
+            .await
+        {
             Some(_) => Ok(Auth::Accept),
             None => Ok(Auth::reject()),
         }
@@ -186,7 +206,12 @@ impl russh::server::Handler for ConnHandler {
         user: &str,
         key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        match self.shared.gate.public_key(self.peer.ip(), user, key.public_key, true).await {
+        match self
+            .shared
+            .gate
+            .public_key(self.peer.ip(), user, key.public_key, true)
+            .await
+        {
             Some(login) => Ok(self.accept_login(login)),
             None => Ok(Auth::reject()),
         }
@@ -207,8 +232,12 @@ impl russh::server::Handler for ConnHandler {
             }),
             Some(mut answers) => {
                 let answer = answers.next().unwrap_or_default();
-                drop(answers);
-                match self.shared.gate.keyboard_interactive(self.peer.ip(), user, &answer).await {
+                match self
+                    .shared
+                    .gate
+                    .keyboard_interactive(self.peer.ip(), user, &answer)
+                    .await
+                {
                     Some(login) => Ok(self.accept_login(login)),
                     None => Ok(Auth::reject()),
                 }
@@ -221,7 +250,9 @@ impl russh::server::Handler for ConnHandler {
             p.authenticated();
         }
         self.authed.cancel();
-        let Some(login) = self.login.clone() else { return Ok(()) };
+        let Some(login) = self.login.clone() else {
+            return Ok(());
+        };
         info!(peer = %self.peer, server = %login.server.login_name(), owner = %login.owner, "authenticated");
         let conn = Conn::new(self.shared.clone(), login, self.peer, session.handle());
         conn.touch();
@@ -244,7 +275,11 @@ impl russh::server::Handler for ConnHandler {
         self.channels.insert(
             id,
             ChanEntry::new(
-                ChanState::Pending(Box::new(Pending { channel, pty: None, env: Vec::new() })),
+                ChanState::Pending(Box::new(Pending {
+                    channel,
+                    pty: None,
+                    env: Vec::new(),
+                })),
                 slot,
             ),
         );
@@ -268,7 +303,13 @@ impl russh::server::Handler for ConnHandler {
         };
         let id = channel.id();
         let (in_tx, in_rx) = mpsc::unbounded_channel();
-        let entry = ChanEntry::new(ChanState::Running { input: in_tx, ctl: None }, slot);
+        let entry = ChanEntry::new(
+            ChanState::Running {
+                input: in_tx,
+                ctl: None,
+            },
+            slot,
+        );
         let closed = entry.token();
         self.channels.insert(id, entry);
         tokio::spawn(forward::run(forward::Spec {
@@ -298,8 +339,10 @@ impl russh::server::Handler for ConnHandler {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(ChanEntry { state: ChanState::Running { input, .. }, .. }) =
-            self.channels.get(&channel)
+        if let Some(ChanEntry {
+            state: ChanState::Running { input, .. },
+            ..
+        }) = self.channels.get(&channel)
         {
             let _ = input.send(Input::Eof);
         }
@@ -313,11 +356,17 @@ impl russh::server::Handler for ConnHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         match self.channels.get(&channel) {
-            Some(ChanEntry { state: ChanState::Running { input, .. }, .. }) => {
+            Some(ChanEntry {
+                state: ChanState::Running { input, .. },
+                ..
+            }) => {
                 if let Some(conn) = &self.conn {
                     conn.touch();
                 }
-                if input.send(Input::Data(Bytes::copy_from_slice(data))).is_err() {
+                if input
+                    .send(Input::Data(Bytes::copy_from_slice(data)))
+                    .is_err()
+                {
                     // The consumer is gone: give the window back so the client is not stuck.
                     let _ = session.handle().consumed(channel, data.len() as u32);
                 }
@@ -354,9 +403,20 @@ impl russh::server::Handler for ConnHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         match self.channels.get_mut(&channel) {
-            Some(ChanEntry { state: ChanState::Pending(p), .. }) => {
-                let term = if term.is_empty() || !policy::env_value_ok(term) { "xterm" } else { term };
-                p.pty = Some(PtySpec { term: term.to_string(), cols: col_width, rows: row_height });
+            Some(ChanEntry {
+                state: ChanState::Pending(p),
+                ..
+            }) => {
+                let term = if term.is_empty() || !policy::env_value_ok(term) {
+                    "xterm"
+                } else {
+                    term
+                };
+                p.pty = Some(PtySpec {
+                    term: term.to_string(),
+                    cols: col_width,
+                    rows: row_height,
+                });
                 session.channel_success(channel)?;
             }
             _ => session.channel_failure(channel)?,
@@ -374,8 +434,12 @@ impl russh::server::Handler for ConnHandler {
         let allowed = policy::env_allowed(variable_name, &self.shared.cfg.env_allow)
             && policy::env_value_ok(variable_value);
         match self.channels.get_mut(&channel) {
-            Some(ChanEntry { state: ChanState::Pending(p), .. }) if allowed && p.env.len() < 64 => {
-                p.env.push((variable_name.to_string(), variable_value.to_string()));
+            Some(ChanEntry {
+                state: ChanState::Pending(p),
+                ..
+            }) if allowed && p.env.len() < 64 => {
+                p.env
+                    .push((variable_name.to_string(), variable_value.to_string()));
                 session.channel_success(channel)?;
             }
             _ => {
@@ -402,7 +466,9 @@ impl russh::server::Handler for ConnHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         match std::str::from_utf8(data) {
-            Ok(cmd) if !cmd.contains('\0') => self.start(channel, Program::Exec(cmd.into()), session),
+            Ok(cmd) if !cmd.contains('\0') => {
+                self.start(channel, Program::Exec(cmd.into()), session)
+            }
             _ => session.channel_failure(channel)?,
         }
         Ok(())
@@ -432,14 +498,23 @@ impl russh::server::Handler for ConnHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         match self.channels.get_mut(&channel) {
-            Some(ChanEntry { state: ChanState::Pending(p), .. }) => {
+            Some(ChanEntry {
+                state: ChanState::Pending(p),
+                ..
+            }) => {
                 if let Some(pty) = &mut p.pty {
                     pty.cols = col_width;
                     pty.rows = row_height;
                 }
             }
-            Some(ChanEntry { state: ChanState::Running { ctl: Some(ctl), .. }, .. }) => {
-                let _ = ctl.send(Ctl::Resize { cols: col_width, rows: row_height });
+            Some(ChanEntry {
+                state: ChanState::Running { ctl: Some(ctl), .. },
+                ..
+            }) => {
+                let _ = ctl.send(Ctl::Resize {
+                    cols: col_width,
+                    rows: row_height,
+                });
             }
             _ => {}
         }
@@ -470,8 +545,10 @@ impl russh::server::Handler for ConnHandler {
         if policy::signal_number(&name).is_none() {
             return Ok(());
         }
-        if let Some(ChanEntry { state: ChanState::Running { ctl: Some(ctl), .. }, .. }) =
-            self.channels.get(&channel)
+        if let Some(ChanEntry {
+            state: ChanState::Running { ctl: Some(ctl), .. },
+            ..
+        }) = self.channels.get(&channel)
         {
             let _ = ctl.send(Ctl::Signal(name));
         }
@@ -527,7 +604,11 @@ fn spawn_watchdog(conn: Arc<Conn>) {
                 info!(server = %conn.login.server.login_name(), "closing idle connection");
                 let _ = conn
                     .handle
-                    .disconnect(russh::Disconnect::ByApplication, "idle timeout".into(), "en".into())
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "idle timeout".into(),
+                        "en".into(),
+                    )
                     .await;
                 return;
             }

@@ -12,12 +12,14 @@ pub fn env_allowed(name: &str, extra: &[String]) -> bool {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         return false;
     }
-    BUILTIN_ENV.iter().copied().chain(extra.iter().map(String::as_str)).any(|pat| {
-        match pat.strip_suffix('*') {
+    BUILTIN_ENV
+        .iter()
+        .copied()
+        .chain(extra.iter().map(String::as_str))
+        .any(|pat| match pat.strip_suffix('*') {
             Some(prefix) => name.starts_with(prefix),
             None => name == pat,
-        }
-    })
+        })
 }
 
 /// True when an environment value is safe to pass (Docker takes `NAME=value` strings).
@@ -58,7 +60,12 @@ pub fn sh_quote(s: &str) -> String {
 /// the program's first `TIOCGWINSZ`.
 pub fn argv(program: &Program, sftp_paths: &[String], size: Option<(u32, u32)>) -> Vec<String> {
     let sh = |script: String, args: Vec<String>| {
-        let mut v = vec!["/bin/sh".to_string(), "-c".to_string(), script, "berth".to_string()];
+        let mut v = vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            script,
+            "berth".to_string(),
+        ];
         v.extend(args);
         v
     };
@@ -73,14 +80,16 @@ pub fn argv(program: &Program, sftp_paths: &[String], size: Option<(u32, u32)>) 
     let cd = cd.as_str();
     match program {
         Program::Shell => sh(
-            format!(
-                "{cd} if [ -x /bin/bash ]; then exec /bin/bash -l; else exec /bin/sh -l; fi"
-            ),
+            format!("{cd} if [ -x /bin/bash ]; then exec /bin/bash -l; else exec /bin/sh -l; fi"),
             vec![],
         ),
         Program::Exec(cmd) => sh(format!("{cd} exec /bin/sh -c \"$1\""), vec![cmd.clone()]),
         Program::Sftp => {
-            let list = sftp_paths.iter().map(|p| sh_quote(p)).collect::<Vec<_>>().join(" ");
+            let list = sftp_paths
+                .iter()
+                .map(|p| sh_quote(p))
+                .collect::<Vec<_>>()
+                .join(" ");
             let shown = sftp_paths.join(", ");
             let msg = sh_quote(&format!(
                 "berth: this server's image has no sftp-server (looked in {shown}); install openssh-sftp-server in the image"
@@ -140,10 +149,10 @@ pub enum Exit {
 
 pub fn classify_exit(code: i64, delivered: &[String]) -> Exit {
     for name in delivered {
-        if let Some(n) = signal_number(name) {
-            if code == 128 + i64::from(n) {
-                return Exit::Signal(name.clone());
-            }
+        if let Some(n) = signal_number(name)
+            && code == 128 + i64::from(n)
+        {
+            return Exit::Signal(name.clone());
         }
     }
     Exit::Status(u32::try_from(code).unwrap_or(255))
@@ -156,10 +165,25 @@ mod tests {
     #[test]
     fn env_allowlist() {
         let extra = vec!["EDITOR".to_string(), "GIT_*".to_string()];
-        for ok in ["LANG", "LC_ALL", "LC_CTYPE", "TERM", "EDITOR", "GIT_PROTOCOL"] {
+        for ok in [
+            "LANG",
+            "LC_ALL",
+            "LC_CTYPE",
+            "TERM",
+            "EDITOR",
+            "GIT_PROTOCOL",
+        ] {
             assert!(env_allowed(ok, &extra), "{ok}");
         }
-        for bad in ["PATH", "LD_PRELOAD", "EDITORX", "", "LC-ALL", "BASH_ENV", "LANGUAGE"] {
+        for bad in [
+            "PATH",
+            "LD_PRELOAD",
+            "EDITORX",
+            "",
+            "LC-ALL",
+            "BASH_ENV",
+            "LANGUAGE",
+        ] {
             assert!(!env_allowed(bad, &extra), "{bad}");
         }
         assert!(env_value_ok("en_US.UTF-8"));
@@ -171,7 +195,11 @@ mod tests {
         let a = argv(&Program::Exec("echo 'hi'; exit 3".into()), &[], None);
         assert_eq!(a[0], "/bin/sh");
         assert_eq!(a.last().map(String::as_str), Some("echo 'hi'; exit 3"));
-        let s = argv(&Program::Sftp, &["/usr/lib/openssh/sftp-server".into()], None);
+        let s = argv(
+            &Program::Sftp,
+            &["/usr/lib/openssh/sftp-server".into()],
+            None,
+        );
         assert!(s[2].contains("'/usr/lib/openssh/sftp-server'"));
         assert!(s[2].contains("no sftp-server"));
         assert!(argv(&Program::Shell, &[], None)[2].contains("bash -l"));
@@ -186,10 +214,25 @@ mod tests {
     #[test]
     fn forwarding_only_to_own_container() {
         let c: IpAddr = "172.19.2.5".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        for ok in ["localhost", "127.0.0.1", "::1", "[::1]", "172.19.2.5", "server5", "LOCALHOST."] {
+        for ok in [
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "[::1]",
+            "172.19.2.5",
+            "server5",
+            "LOCALHOST.",
+        ] {
             assert_eq!(forward_target(ok, "server5", c), Some(c), "{ok}");
         }
-        for bad in ["172.19.2.6", "10.0.0.1", "server6", "example.com", "169.254.169.254", "0.0.0.0"] {
+        for bad in [
+            "172.19.2.6",
+            "10.0.0.1",
+            "server6",
+            "example.com",
+            "169.254.169.254",
+            "0.0.0.0",
+        ] {
             assert_eq!(forward_target(bad, "server5", c), None, "{bad}");
         }
     }
@@ -198,7 +241,10 @@ mod tests {
     fn exit_mapping() {
         assert_eq!(classify_exit(42, &[]), Exit::Status(42));
         assert_eq!(classify_exit(130, &[]), Exit::Status(130));
-        assert_eq!(classify_exit(143, &["TERM".into()]), Exit::Signal("TERM".into()));
+        assert_eq!(
+            classify_exit(143, &["TERM".into()]),
+            Exit::Signal("TERM".into())
+        );
         assert_eq!(classify_exit(-1, &[]), Exit::Status(255));
     }
 }

@@ -190,7 +190,10 @@ impl Shared {
         *per_conn += 1;
         self.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
         self.stats.sessions_active.fetch_add(1, Ordering::Relaxed);
-        Some(Slot { shared: self.clone(), conn: conn.clone() })
+        Some(Slot {
+            shared: self.clone(),
+            conn: conn.clone(),
+        })
     }
 
     pub(crate) fn cached_exec_user(&self, container: &str) -> Option<String> {
@@ -215,18 +218,21 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.shared.per_server.lock() {
-            if let Some(n) = m.get_mut(&self.conn.login.server) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    m.remove(&self.conn.login.server);
-                }
+        if let Ok(mut m) = self.shared.per_server.lock()
+            && let Some(n) = m.get_mut(&self.conn.login.server)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.conn.login.server);
             }
         }
         if let Ok(mut c) = self.conn.channels.lock() {
             *c = c.saturating_sub(1);
         }
-        self.shared.stats.sessions_active.fetch_sub(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .sessions_active
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -269,7 +275,9 @@ impl Conn {
 
     pub fn idle_for(&self) -> Duration {
         let now = self.started.elapsed();
-        now.saturating_sub(Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed)))
+        now.saturating_sub(Duration::from_millis(
+            self.last_activity_ms.load(Ordering::Relaxed),
+        ))
     }
 
     /// The running container, started on first use (once per connection).
@@ -283,10 +291,10 @@ impl Conn {
                     t0.elapsed(),
                     r.as_ref().map(|t| t.started_now).map_err(|_| ()),
                 );
-                if let Ok(t) = &r {
-                    if t.started_now {
-                        info!(server = %self.login.server.login_name(), elapsed_ms = t0.elapsed().as_millis() as u64, "started stopped server on login");
-                    }
+                if let Ok(t) = &r
+                    && t.started_now
+                {
+                    info!(server = %self.login.server.login_name(), elapsed_ms = t0.elapsed().as_millis() as u64, "started stopped server on login");
                 }
                 r
             })

@@ -71,7 +71,10 @@ pub async fn run(spec: Spec) {
     if let Some(m) = detail.as_object_mut() {
         m.insert("bytes_in".into(), bi.into());
         m.insert("bytes_out".into(), bo.into());
-        m.insert("duration_ms".into(), (started.elapsed().as_millis() as u64).into());
+        m.insert(
+            "duration_ms".into(),
+            (started.elapsed().as_millis() as u64).into(),
+        );
     }
     conn.shared
         .backend
@@ -94,7 +97,17 @@ enum Outcome {
 }
 
 async fn run_inner(spec: Spec, bytes_in: Arc<AtomicU64>, bytes_out: Arc<AtomicU64>) -> Outcome {
-    let Spec { conn, id, writer, program, pty, env, input, mut ctl, closed } = spec;
+    let Spec {
+        conn,
+        id,
+        writer,
+        program,
+        pty,
+        env,
+        input,
+        mut ctl,
+        closed,
+    } = spec;
     let docker = conn.shared.backend.docker().clone();
 
     let target = match conn.target().await {
@@ -102,7 +115,10 @@ async fn run_inner(spec: Spec, bytes_in: Arc<AtomicU64>, bytes_out: Arc<AtomicU6
         Err(e) => return fail_target(&conn, &writer, e).await,
     };
     if conn.shared.cfg.start_note && conn.take_start_note() {
-        let note = format!("berth: {} was stopped; started it\r\n", conn.login.server.login_name());
+        let note = format!(
+            "berth: {} was stopped; started it\r\n",
+            conn.login.server.login_name()
+        );
         let _ = pipe::send(&writer, &conn, Some(1), Bytes::from(note), &bytes_out).await;
     }
     let user = exec_user(&conn, &docker, &target).await;
@@ -138,7 +154,11 @@ async fn run_inner(spec: Spec, bytes_in: Arc<AtomicU64>, bytes_out: Arc<AtomicU6
     let started = docker
         .start_exec(
             &exec_id,
-            Some(StartExecOptions { detach: false, tty, output_capacity: Some(64 * 1024) }),
+            Some(StartExecOptions {
+                detach: false,
+                tty,
+                output_capacity: Some(64 * 1024),
+            }),
         )
         .await;
     let (mut output, stdin) = match started {
@@ -148,7 +168,12 @@ async fn run_inner(spec: Spec, bytes_in: Arc<AtomicU64>, bytes_out: Arc<AtomicU6
         }
         Err(e) => return fail_exec(&conn, &writer, "start", e).await,
     };
-    let mut exec = Exec { docker: docker.clone(), id: exec_id, pid: None, signals: Vec::new() };
+    let mut exec = Exec {
+        docker: docker.clone(),
+        id: exec_id,
+        pid: None,
+        signals: Vec::new(),
+    };
     if let Some(p) = &pty {
         exec.resize(p.cols, p.rows).await;
     }
@@ -252,7 +277,10 @@ async fn run_inner(spec: Spec, bytes_in: Arc<AtomicU64>, bytes_out: Arc<AtomicU6
                 "SEGV" => russh::Sig::SEGV,
                 other => russh::Sig::Custom(other.to_string()),
             };
-            let _ = conn.handle.exit_signal_request(id, sig, false, String::new(), "en".into()).await;
+            let _ = conn
+                .handle
+                .exit_signal_request(id, sig, false, String::new(), "en".into())
+                .await;
         }
     }
     let _ = writer.close().await;
@@ -263,10 +291,15 @@ async fn fail_target(conn: &Conn, writer: &ChannelWriteHalf<Msg>, e: BackendErro
     let name = conn.login.server.login_name();
     let (line, fatal) = match &e {
         BackendError::Unavailable(_) => (
-            format!("berth: {name} is temporarily unavailable (container backend unreachable); please try again later\r\n"),
+            format!(
+                "berth: {name} is temporarily unavailable (container backend unreachable); please try again later\r\n"
+            ),
             true,
         ),
-        BackendError::Failed(_) => (format!("berth: {name} cannot be started right now\r\n"), false),
+        BackendError::Failed(_) => (
+            format!("berth: {name} cannot be started right now\r\n"),
+            false,
+        ),
     };
     warn!(server = %name, error = %e, "ensure_running failed");
     crate::metrics::exec_error();
@@ -278,7 +311,11 @@ async fn fail_target(conn: &Conn, writer: &ChannelWriteHalf<Msg>, e: BackendErro
     if fatal {
         let _ = conn
             .handle
-            .disconnect(russh::Disconnect::ByApplication, "backend unavailable".into(), "en".into())
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                "backend unavailable".into(),
+                "en".into(),
+            )
             .await;
     }
     Outcome::Failed(e.to_string())
@@ -317,7 +354,13 @@ async fn exec_user(conn: &Conn, docker: &Docker, target: &Target) -> String {
     if let Some(u) = conn.shared.cached_exec_user(&target.container_id) {
         return u;
     }
-    let user = match run_root(docker, &target.container_id, vec!["id".into(), "-u".into(), "tenant".into()]).await {
+    let user = match run_root(
+        docker,
+        &target.container_id,
+        vec!["id".into(), "-u".into(), "tenant".into()],
+    )
+    .await
+    {
         Some(0) => "tenant",
         _ => "root",
     };
@@ -358,7 +401,13 @@ async fn spawn_root(docker: &Docker, container: &str, cmd: Vec<String>) {
     match docker.create_exec(container, opts).await {
         Ok(r) => {
             let _ = docker
-                .start_exec(&r.id, Some(StartExecOptions { detach: true, ..Default::default() }))
+                .start_exec(
+                    &r.id,
+                    Some(StartExecOptions {
+                        detach: true,
+                        ..Default::default()
+                    }),
+                )
                 .await;
         }
         Err(e) => debug!(error = %e, "helper exec failed"),
@@ -400,7 +449,9 @@ impl Exec {
     }
 
     async fn signal(&mut self, name: &str, target: &Target) {
-        let Some(pid) = self.running_pid().await else { return };
+        let Some(pid) = self.running_pid().await else {
+            return;
+        };
         if policy::signal_number(name).is_none() {
             return;
         }
@@ -410,7 +461,9 @@ impl Exec {
     }
 
     async fn kill_if_running(&mut self, target: &Target) {
-        let Some(pid) = self.running_pid().await else { return };
+        let Some(pid) = self.running_pid().await else {
+            return;
+        };
         debug!(pid, "killing exec left behind by a closed channel");
         // HUP the whole session (what a terminal hangup does; nohup'd work survives), then KILL
         // the leader's process group if the leader ignored it.
@@ -438,7 +491,13 @@ impl Exec {
 }
 
 fn helper(script: &str, pid: u32) -> Vec<String> {
-    vec!["/bin/sh".into(), "-c".into(), script.into(), "berth".into(), pid.to_string()]
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        script.into(),
+        "berth".into(),
+        pid.to_string(),
+    ]
 }
 
 /// Maps a host PID to the innermost PID namespace's PID (`NSpid` in /proc/PID/status).

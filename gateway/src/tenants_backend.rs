@@ -52,7 +52,11 @@ impl Backend for TenantsBackend {
     }
 
     async fn ensure_running(&self, server: ServerId) -> Result<Target, BackendError> {
-        let r = self.provisioner.ensure_running(server).await.map_err(provision_error)?;
+        let r = self
+            .provisioner
+            .ensure_running(server)
+            .await
+            .map_err(provision_error)?;
         Ok(Target {
             server: r.id,
             container_id: r.container_id,
@@ -71,10 +75,11 @@ impl Backend for TenantsBackend {
             _ => AuditKind::Session,
         };
         let mut detail = record.detail;
-        if record.kind != "auth" && record.kind != "session" {
-            if let Some(m) = detail.as_object_mut() {
-                m.insert("kind".into(), record.kind.into());
-            }
+        if record.kind != "auth"
+            && record.kind != "session"
+            && let Some(m) = detail.as_object_mut()
+        {
+            m.insert("kind".into(), record.kind.into());
         }
         let event = AuditEvent {
             kind,

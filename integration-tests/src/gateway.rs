@@ -65,7 +65,11 @@ impl Default for Options {
         let mut ssh = gateway::Config::default();
         ssh.auth.bcrypt_dummy_cost = TEST_BCRYPT_COST;
         ssh.drain_timeout_secs = 5;
-        Self { ssh, create_server: true, image: test_image() }
+        Self {
+            ssh,
+            create_server: true,
+            image: test_image(),
+        }
     }
 }
 
@@ -98,7 +102,10 @@ impl GatewayHarness {
     pub async fn start_with(test: &str, opts: Options) -> Result<Self> {
         require_docker()?;
         if let Ok(filter) = std::env::var("BERTH_TEST_LOG") {
-            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .try_init();
         }
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
@@ -115,7 +122,10 @@ impl GatewayHarness {
             .await
             .context("open test store")?;
 
-        let mut tcfg = tenants::Config { image: opts.image.clone(), ..Default::default() };
+        let mut tcfg = tenants::Config {
+            image: opts.image.clone(),
+            ..Default::default()
+        };
         tcfg.name_prefix = prefix.clone();
 
         // A unique bridge network: retry other /24s when Docker reports an overlap.
@@ -148,14 +158,20 @@ impl GatewayHarness {
             }
         }
         let Some(provisioner) = provisioner else {
-            bail!("could not create a test network: {}", last_err.unwrap_or_default());
+            bail!(
+                "could not create a test network: {}",
+                last_err.unwrap_or_default()
+            );
         };
 
         let account = format!("acct{n}");
         let password = format!("pw-{pid}-{n}-correct horse");
         let hash = tenants::password::hash(&password, TEST_BCRYPT_COST)
             .map_err(|e| anyhow::anyhow!("hash: {e}"))?;
-        store.add_account(&account, Some(&hash)).await.context("add account")?;
+        store
+            .add_account(&account, Some(&hash))
+            .await
+            .context("add account")?;
         let key = dir.path().join("id_ed25519");
         let st = Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
@@ -166,9 +182,16 @@ impl GatewayHarness {
             bail!("ssh-keygen failed");
         }
         let pubkey = std::fs::read_to_string(key.with_extension("pub")).context("read pubkey")?;
-        store.add_key(&account, pubkey.trim()).await.context("add key")?;
+        store
+            .add_key(&account, pubkey.trim())
+            .await
+            .context("add key")?;
 
-        let mut me_guard = Cleanup { prefix: prefix.clone(), network: network.clone(), armed: true };
+        let mut me_guard = Cleanup {
+            prefix: prefix.clone(),
+            network: network.clone(),
+            armed: true,
+        };
         let server = if opts.create_server {
             let s = provisioner
                 .create_server(&account, ServerSpec::default())
@@ -197,7 +220,11 @@ impl GatewayHarness {
         let listener = TcpListener::bind("127.0.0.1:0").await.context("bind")?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(gateway::serve(shared.clone(), vec![listener], shutdown.clone()));
+        let task = tokio::spawn(gateway::serve(
+            shared.clone(),
+            vec![listener],
+            shutdown.clone(),
+        ));
         me_guard.armed = false;
         Ok(Self {
             addr,
@@ -218,7 +245,9 @@ impl GatewayHarness {
 
     /// `server<N>` of the harness's server.
     pub fn user(&self) -> String {
-        self.server.map(|s| s.login_name()).unwrap_or_else(|| "server0".into())
+        self.server
+            .map(|s| s.login_name())
+            .unwrap_or_else(|| "server0".into())
     }
 
     /// Container name of `id`.
@@ -229,13 +258,20 @@ impl GatewayHarness {
     /// Common OpenSSH client options: no host key checks, key auth with the test key, batch mode.
     pub fn ssh_opts(&self) -> Vec<String> {
         [
-            "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "LogLevel=ERROR",
-            "-o", "BatchMode=yes",
-            "-o", "IdentitiesOnly=yes",
-            "-o", "ConnectTimeout=20",
-            "-o", "PreferredAuthentications=publickey",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+            "PreferredAuthentications=publickey",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -246,7 +282,9 @@ impl GatewayHarness {
     /// `ssh -p PORT <opts> server<N>@127.0.0.1` — append `-T`/`-tt`, command, etc.
     pub fn ssh(&self) -> Command {
         let mut c = Command::new("ssh");
-        c.args(self.ssh_opts()).arg("-p").arg(self.addr.port().to_string());
+        c.args(self.ssh_opts())
+            .arg("-p")
+            .arg(self.addr.port().to_string());
         c.stdin(Stdio::null());
         c
     }
@@ -255,8 +293,12 @@ impl GatewayHarness {
     pub fn ssh_exec(&self, cmd: &str, stdin: &[u8]) -> Result<Output> {
         use std::io::Write;
         let mut c = self.ssh();
-        c.arg(format!("{}@127.0.0.1", self.user())).arg("--").arg(cmd);
-        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.arg(format!("{}@127.0.0.1", self.user()))
+            .arg("--")
+            .arg(cmd);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = c.spawn().context("spawn ssh")?;
         if let Some(mut si) = child.stdin.take() {
             let data = stdin.to_vec();
@@ -356,7 +398,12 @@ pub fn cleanup(prefix: &str, network: &str) {
         Command::new("docker")
             .args(what)
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let filter = format!("name=^/?{prefix}-");
@@ -371,7 +418,10 @@ pub fn cleanup(prefix: &str, network: &str) {
     }
     let vfilter = format!("name={prefix}-");
     let volumes = list(&["volume", "ls", "-q", "--filter", &vfilter]);
-    let volumes: Vec<_> = volumes.into_iter().filter(|v| v.starts_with(prefix)).collect();
+    let volumes: Vec<_> = volumes
+        .into_iter()
+        .filter(|v| v.starts_with(prefix))
+        .collect();
     if !volumes.is_empty() {
         let _ = Command::new("docker")
             .args(["volume", "rm", "-f"])
@@ -389,6 +439,13 @@ pub fn cleanup(prefix: &str, network: &str) {
 
 /// sha256 of a file, via `sha256sum`.
 pub fn sha256_file(p: &Path) -> Result<String> {
-    let o = Command::new("sha256sum").arg(p).output().context("sha256sum")?;
-    Ok(String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or("").to_string())
+    let o = Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .context("sha256sum")?;
+    Ok(String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string())
 }

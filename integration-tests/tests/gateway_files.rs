@@ -51,13 +51,20 @@ async fn sftp_put_get_ls_rename_rm_byte_identical() -> Result<()> {
             .output()
     })?;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "sftp failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "sftp failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("up.bin"), "ls missing the upload: {text}");
     assert_eq!(sha256_file(&src)?, sha256_file(&back)?);
     let id = h.server.context("server")?;
     let ls = h.docker_exec(id, &["ls", "-A", "/home/tenant"])?;
     let ls = String::from_utf8_lossy(&ls.stdout);
-    assert!(!ls.contains("moved.bin") && !ls.contains("up.bin"), "rm did not remove: {ls}");
+    assert!(
+        !ls.contains("moved.bin") && !ls.contains("up.bin"),
+        "rm did not remove: {ls}"
+    );
     Ok(())
 }
 
@@ -70,31 +77,51 @@ async fn scp_both_modes_and_rsync() -> Result<()> {
     let id = h.server.context("server")?;
     let remote_sum = |name: &str| -> Result<String> {
         let o = h.docker_exec(id, &["sha256sum", &format!("/home/tenant/{name}")])?;
-        Ok(String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or("").to_string())
+        Ok(String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string())
     };
     for (mode, name) in [(None, "scp-sftp.bin"), (Some("-O"), "scp-legacy.bin")] {
         let out = blocking(|| {
             let mut c = Command::new("scp");
-            c.args(h.ssh_opts()).arg("-P").arg(h.addr.port().to_string());
+            c.args(h.ssh_opts())
+                .arg("-P")
+                .arg(h.addr.port().to_string());
             if let Some(m) = mode {
                 c.arg(m);
             }
-            c.arg(&src).arg(format!("{}@127.0.0.1:{name}", h.user())).stdin(Stdio::null());
+            c.arg(&src)
+                .arg(format!("{}@127.0.0.1:{name}", h.user()))
+                .stdin(Stdio::null());
             c.output()
         })?;
-        assert!(out.status.success(), "scp {mode:?} up: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "scp {mode:?} up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(remote_sum(name)?, want, "scp {mode:?} upload differs");
         let back = h.path(&format!("{name}.back"));
         let out = blocking(|| {
             let mut c = Command::new("scp");
-            c.args(h.ssh_opts()).arg("-P").arg(h.addr.port().to_string());
+            c.args(h.ssh_opts())
+                .arg("-P")
+                .arg(h.addr.port().to_string());
             if let Some(m) = mode {
                 c.arg(m);
             }
-            c.arg(format!("{}@127.0.0.1:{name}", h.user())).arg(&back).stdin(Stdio::null());
+            c.arg(format!("{}@127.0.0.1:{name}", h.user()))
+                .arg(&back)
+                .stdin(Stdio::null());
             c.output()
         })?;
-        assert!(out.status.success(), "scp {mode:?} down: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "scp {mode:?} down: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(sha256_file(&back)?, want, "scp {mode:?} download differs");
     }
     // rsync -e ssh, both directions.
@@ -112,7 +139,11 @@ async fn scp_both_modes_and_rsync() -> Result<()> {
             .stdin(Stdio::null())
             .output()
     })?;
-    assert!(out.status.success(), "rsync up: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rsync up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(remote_sum("tree/sub/x.bin")?, want);
     let down = h.path("tree-back");
     let out = blocking(|| {
@@ -125,9 +156,16 @@ async fn scp_both_modes_and_rsync() -> Result<()> {
             .stdin(Stdio::null())
             .output()
     })?;
-    assert!(out.status.success(), "rsync down: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rsync down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(sha256_file(&down.join("sub/x.bin"))?, want);
-    assert_eq!(std::fs::read_to_string(down.join("y.txt"))?, "hello rsync\n");
+    assert_eq!(
+        std::fs::read_to_string(down.join("y.txt"))?,
+        "hello rsync\n"
+    );
     Ok(())
 }
 

@@ -20,7 +20,11 @@ const RSS_CEILING_KIB: u64 = 96 * 1024;
 const LATENCY_CEILING: Duration = Duration::from_secs(2);
 
 fn python() -> &'static str {
-    if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" }
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
 }
 
 /// Reads stdin after sleeping `stall` seconds; prints the byte count.
@@ -61,16 +65,23 @@ fn ping_latency(m: &Master) -> Result<Duration> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_gib_with_stalled_consumers_keeps_rss_bounded_and_channels_responsive() -> Result<()>
-{
+async fn one_gib_with_stalled_consumers_keeps_rss_bounded_and_channels_responsive() -> Result<()> {
     let h = GatewayHarness::start("flow").await?;
     let sock = h.path("ctl.sock");
     let target = format!("{}@127.0.0.1", h.user());
     let st = tokio::task::block_in_place(|| {
-        h.ssh().args(["-M", "-S"]).arg(&sock).args(["-f", "-N"]).arg(&target).status()
+        h.ssh()
+            .args(["-M", "-S"])
+            .arg(&sock)
+            .args(["-f", "-N"])
+            .arg(&target)
+            .status()
     })?;
     anyhow::ensure!(st.success(), "control master failed");
-    let m = Master { sock: sock.clone(), target: target.clone() };
+    let m = Master {
+        sock: sock.clone(),
+        target: target.clone(),
+    };
     // Warm up (first exec, user probe) before taking the baseline.
     tokio::task::block_in_place(|| ping_latency(&m))?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -128,15 +139,25 @@ async fn one_gib_with_stalled_consumers_keeps_rss_bounded_and_channels_responsiv
             "{name}: pipeline failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want, "{name}: byte count");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            want,
+            "{name}: byte count"
+        );
         let grown = peak.load(Ordering::Relaxed).saturating_sub(baseline);
         eprintln!(
             "{name}: 1 GiB in {took:?} ({:.0} MiB/s incl. 6 s stall), second-channel worst latency {worst:?}, RSS growth {} KiB",
             1024.0 / took.as_secs_f64(),
             grown
         );
-        assert!(worst < LATENCY_CEILING, "{name}: second channel took {worst:?}");
-        assert!(grown < RSS_CEILING_KIB, "{name}: gateway RSS grew by {grown} KiB");
+        assert!(
+            worst < LATENCY_CEILING,
+            "{name}: second channel took {worst:?}"
+        );
+        assert!(
+            grown < RSS_CEILING_KIB,
+            "{name}: gateway RSS grew by {grown} KiB"
+        );
     }
     stop.cancel();
     let _ = sampler.await;

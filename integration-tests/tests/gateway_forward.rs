@@ -28,7 +28,9 @@ fn serve_in(h: &GatewayHarness, id: tenants::ServerId) -> Result<()> {
 fn ssh_w(h: &GatewayHarness, dest: &str) -> Result<std::process::Output> {
     let mut c = h.ssh();
     c.arg("-W").arg(dest).arg(format!("{}@127.0.0.1", h.user()));
-    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let child = c.spawn()?;
     child.wait_with_output().context("ssh -W")
 }
@@ -80,7 +82,8 @@ async fn forward_reaches_own_container_only() -> Result<()> {
 
     // Another tenant's container: refused.
     let other = "other";
-    let hash = tenants::password::hash("x-other-password", 4).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hash =
+        tenants::password::hash("x-other-password", 4).map_err(|e| anyhow::anyhow!("{e}"))?;
     h.store.add_account(other, Some(&hash)).await?;
     let s2 = h
         .provisioner
@@ -94,7 +97,12 @@ async fn forward_reaches_own_container_only() -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("ensure: {e}"))?
         .address;
-    let own = h.provisioner.ensure_running(id).await.map_err(|e| anyhow::anyhow!("{e}"))?.address;
+    let own = h
+        .provisioner
+        .ensure_running(id)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .address;
     let host_gw = h.provisioner.network().gateway;
     for dest in [
         format!("{addr2}:8080"),
@@ -116,12 +124,20 @@ async fn forward_reaches_own_container_only() -> Result<()> {
     let events = h.store.audit_events(500).await?;
     let rejected = events
         .iter()
-        .filter(|e| e.event.method.as_deref() == Some("direct-tcpip") && e.event.outcome == "rejected")
+        .filter(|e| {
+            e.event.method.as_deref() == Some("direct-tcpip") && e.event.outcome == "rejected"
+        })
         .count();
-    assert_eq!(rejected, 5, "every foreign destination must be refused by policy");
+    assert_eq!(
+        rejected, 5,
+        "every foreign destination must be refused by policy"
+    );
     // The container's own address works too.
     let out = blocking(|| ssh_w(&h, &format!("{own}:8080")))?;
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from container\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from container\n"
+    );
     Ok(())
 }
 
@@ -130,13 +146,22 @@ async fn remote_forward_agent_and_x11_are_refused() -> Result<()> {
     let h = GatewayHarness::start("noremote").await?;
     let out = blocking(|| {
         h.ssh()
-            .args(["-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:0:127.0.0.1:9"])
+            .args([
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-R",
+                "127.0.0.1:0:127.0.0.1:9",
+            ])
             .arg(format!("{}@127.0.0.1", h.user()))
             .arg("echo should-not-run")
             .output()
     })?;
     assert!(!out.status.success(), "-R was accepted");
-    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("forward"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("forward")
+    );
     // Agent and X11 requests are refused but the session still works.
     let out = blocking(|| {
         h.ssh()
@@ -145,7 +170,11 @@ async fn remote_forward_agent_and_x11_are_refused() -> Result<()> {
             .arg("echo ${SSH_AUTH_SOCK:-no-agent} ${DISPLAY:-no-x11}")
             .output()
     })?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "no-agent no-x11\n");
     Ok(())
 }

@@ -11,7 +11,11 @@ use integration_tests::gateway::{GatewayHarness, sha256_file};
 
 /// The system Python (it has python3-paramiko); a pyenv shim on PATH may not.
 fn python() -> &'static str {
-    if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" }
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
 }
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -22,11 +26,19 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 async fn exec_exit_code_and_stderr_are_separate() -> Result<()> {
     let h = GatewayHarness::start("exec_exit").await?;
     let out = blocking(|| h.ssh_exec("echo out; echo err >&2; exit 42", b""))?;
-    assert_eq!(out.status.code(), Some(42), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(42),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
     let who = blocking(|| h.ssh_exec("id -un; pwd", b""))?;
-    assert_eq!(String::from_utf8_lossy(&who.stdout), "tenant\n/home/tenant\n");
+    assert_eq!(
+        String::from_utf8_lossy(&who.stdout),
+        "tenant\n/home/tenant\n"
+    );
     Ok(())
 }
 
@@ -46,7 +58,11 @@ async fn stdin_100_mib_checksum() -> Result<()> {
         c.stdin(std::fs::File::open(&file)?);
         c.output().context("ssh")
     })?;
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = String::from_utf8_lossy(&out.stdout);
     assert_eq!(got.split_whitespace().next(), Some(want.as_str()));
     Ok(())
@@ -65,8 +81,15 @@ async fn env_allowlist_passes_lang_and_lc_only() -> Result<()> {
             .arg("echo \"$LANG|$LC_TIME|${SECRET_TOKEN:-unset}\"");
         c.output().context("ssh")
     })?;
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "C.UTF-8|POSIX|unset\n");
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "C.UTF-8|POSIX|unset\n"
+    );
     Ok(())
 }
 
@@ -106,7 +129,11 @@ print("EXIT", ch.recv_exit_status())
             .output()
     })?;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "paramiko failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "paramiko failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("33 101"), "initial size missing: {text}");
     assert!(text.contains("TERM=xterm-256color"), "{text}");
     assert!(text.contains("\ntty\n"), "{text}");
@@ -153,17 +180,28 @@ async fn control_master_three_concurrent_sessions() -> Result<()> {
     let target = format!("{}@127.0.0.1", h.user());
     let st = blocking(|| {
         let mut c = h.ssh();
-        c.args(["-M", "-S"]).arg(&sock).args(["-f", "-N"]).arg(&target);
+        c.args(["-M", "-S"])
+            .arg(&sock)
+            .args(["-f", "-N"])
+            .arg(&target);
         c.status()
     })?;
     assert!(st.success(), "control master failed");
-    let _close = CloseMaster { sock: sock.clone(), target: target.clone() };
+    let _close = CloseMaster {
+        sock: sock.clone(),
+        target: target.clone(),
+    };
     let t0 = Instant::now();
     let children: Vec<_> = (0..3)
         .map(|i| {
             let mut c = Command::new("ssh");
-            c.arg("-S").arg(&sock).arg(&target).arg(format!("sleep 2; echo session-{i}"));
-            c.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+            c.arg("-S")
+                .arg(&sock)
+                .arg(&target)
+                .arg(format!("sleep 2; echo session-{i}"));
+            c.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .stdin(Stdio::null());
             c.spawn()
         })
         .collect::<Result<_, _>>()?;
@@ -173,10 +211,17 @@ async fn control_master_three_concurrent_sessions() -> Result<()> {
     }
     let took = t0.elapsed();
     for (i, o) in outs.iter().enumerate() {
-        assert!(o.status.success(), "session {i}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "session {i}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         assert_eq!(String::from_utf8_lossy(&o.stdout), format!("session-{i}\n"));
     }
-    assert!(took < Duration::from_secs(5), "sessions did not run concurrently: {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "sessions did not run concurrently: {took:?}"
+    );
     Ok(())
 }
 
@@ -208,7 +253,9 @@ async fn disconnect_kills_the_exec_but_not_setsid() -> Result<()> {
     let mut child = c.spawn()?;
     let running = |pat: &str| -> Result<bool> {
         let o = h.docker_exec(id, &["ps", "-eo", "args"])?;
-        Ok(String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == pat))
+        Ok(String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l.trim() == pat))
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while !blocking(|| running("sleep 4242"))? {
@@ -219,10 +266,16 @@ async fn disconnect_kills_the_exec_but_not_setsid() -> Result<()> {
     let _ = child.wait();
     let deadline = Instant::now() + Duration::from_secs(15);
     while blocking(|| running("sleep 4242"))? {
-        assert!(Instant::now() < deadline, "exec survived the client's disconnect");
+        assert!(
+            Instant::now() < deadline,
+            "exec survived the client's disconnect"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(blocking(|| running("sleep 4243"))?, "a setsid-detached process must survive");
+    assert!(
+        blocking(|| running("sleep 4243"))?,
+        "a setsid-detached process must survive"
+    );
     Ok(())
 }
 
@@ -230,16 +283,26 @@ async fn disconnect_kills_the_exec_but_not_setsid() -> Result<()> {
 async fn login_starts_a_stopped_server() -> Result<()> {
     let h = GatewayHarness::start("ondemand").await?;
     let id = h.server.context("server")?;
-    h.provisioner.stop(id).await.map_err(|e| anyhow::anyhow!("stop: {e}"))?;
+    h.provisioner
+        .stop(id)
+        .await
+        .map_err(|e| anyhow::anyhow!("stop: {e}"))?;
     let state = Command::new("docker")
         .args(["inspect", "-f", "{{.State.Running}}", &h.container(id)])
         .output()?;
     assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "false");
     let out = blocking(|| h.ssh_exec("echo up", b""))?;
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "up\n");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("was stopped; started it"), "no start note: {err:?}");
+    assert!(
+        err.contains("was stopped; started it"),
+        "no start note: {err:?}"
+    );
     // Second login: already running, no note.
     let out = blocking(|| h.ssh_exec("echo again", b""))?;
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
@@ -252,14 +315,21 @@ async fn shell_without_pty_reads_commands_from_stdin() -> Result<()> {
     let out = blocking(|| {
         let mut c = h.ssh();
         c.arg("-T").arg(format!("{}@127.0.0.1", h.user()));
-        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = c.spawn()?;
         if let Some(mut si) = child.stdin.take() {
             si.write_all(b"echo from-shell $((1+1))\nexit 7\n")?;
         }
         child.wait_with_output().context("ssh")
     })?;
-    assert_eq!(out.status.code(), Some(7), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("from-shell 2"));
     Ok(())
 }

@@ -37,8 +37,9 @@ pub async fn run_daemon(
         tracing::info!(%addr, "gateway listening");
         listeners.push(l);
     }
-    let backend: Arc<dyn gateway::Backend> =
-        Arc::new(gateway::tenants_backend::TenantsBackend::new(store, provisioner));
+    let backend: Arc<dyn gateway::Backend> = Arc::new(
+        gateway::tenants_backend::TenantsBackend::new(store, provisioner),
+    );
     let auth = gateway::auth::Authenticator::new(&ssh, backend.clone());
     let shared = gateway::Shared::new(
         ssh,
@@ -48,7 +49,9 @@ pub async fn run_daemon(
         Arc::new(gateway::Stats::default()),
     );
     let _ = ready.send(());
-    gateway::serve(shared, listeners, shutdown).await.context("gateway")?;
+    gateway::serve(shared, listeners, shutdown)
+        .await
+        .context("gateway")?;
     Ok(())
 }
 
