@@ -15,7 +15,8 @@ gap = (int(sys.argv[5]) if len(sys.argv) > 5 else 20) / 1000.0
 cmd = ["ssh", "-tt", "-p", port, "-i", key, "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
        "-o", "LogLevel=ERROR", "-o", "ControlMaster=no", "-o", "ControlPath=none",
-       "-o", "Ciphers=chacha20-poly1305@openssh.com", f"{user}@127.0.0.1", "cat"]
+       "-o", "Ciphers=chacha20-poly1305@openssh.com", "-o", "KexAlgorithms=curve25519-sha256",
+       "-o", "GSSAPIAuthentication=no", f"{user}@127.0.0.1", "cat"]
 p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
 out = p.stdout.fileno()
 

@@ -3,7 +3,7 @@
 #   - a berth gateway (`berth run gateway`) on 127.0.0.1:$BERTH_PORT with its own state dir,
 #     SQLite store, Docker network and one tenant server owned by `benchacct` (password + key);
 #   - an OpenSSH sshd on 127.0.0.1:$SSHD_PORT with its own config and host keys, key auth for
-#     root with the same client key.
+#     user `berthbench` (created if missing) with the same client key.
 # Usage: bench/gateway/auth_env.sh start|stop   (env: BERTH=path/to/berth, DIR=/tmp/berth-bench-auth)
 # Both servers use the same client key, the same cipher (default negotiation, chacha20-poly1305
 # on both) and Ed25519 host keys.
@@ -62,17 +62,23 @@ echo "$SERVER" > "$DIR/server"
 "$BERTH" run gateway >"$DIR/berth.log" 2>&1 &
 echo $! > "$DIR/berth.pid"
 
-# sshd with its own host key and config, key auth only, for root.
+# sshd with its own host key and config, key auth only, for a dedicated user with a stock
+# Debian home (bash reads ~/.bashrc for commands run by sshd; root's here loads pyenv and would
+# add ~250 ms that are not sshd's).
 ssh-keygen -q -t ed25519 -N '' -f "$DIR/sshd_host_ed25519_key"
-mkdir -p /root/.ssh && chmod 700 /root/.ssh
+id berthbench >/dev/null 2>&1 || useradd -m -s /bin/bash berthbench
+# A random password (Debian's default yescrypt hash), so storm guesses cost sshd a real verify.
+echo "berthbench:$(head -c 24 /dev/urandom | base64)" | chpasswd
 cp "$DIR/id_ed25519.pub" "$DIR/authorized_keys"
+chmod 755 "$DIR"; chmod 644 "$DIR/authorized_keys"
 cat > "$DIR/sshd_config" <<CFG
 Port $SSHD_PORT
 ListenAddress 127.0.0.1
 HostKey $DIR/sshd_host_ed25519_key
 PidFile $DIR/sshd.pid
 AuthorizedKeysFile $DIR/authorized_keys
-PermitRootLogin prohibit-password
+PermitRootLogin no
+AllowUsers berthbench
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no

@@ -185,7 +185,7 @@ static AUTH: [Family<3>; 3] = [
 const AUTH_METHODS: [&str; 3] = ["password", "publickey", "keyboard-interactive"];
 
 /// Refusals by the brute-force defence, by where they happened.
-pub static RATE_LIMITED: Family<8> = Family::new(
+pub static RATE_LIMITED: Family<9> = Family::new(
     "scope",
     [
         "connection_rate",
@@ -196,6 +196,7 @@ pub static RATE_LIMITED: Family<8> = Family::new(
         "ip_budget",
         "server_budget",
         "trusted_budget",
+        "bcrypt_queue",
     ],
 );
 /// Temporary bans started.

@@ -52,6 +52,9 @@ pub struct AuthConfig {
     pub trusted_for_secs: u64,
     /// Most bcrypt verifications running at once (0 = half the CPUs, at least 1).
     pub bcrypt_concurrency: usize,
+    /// Password attempts (from addresses without a recent success) that may wait for a bcrypt
+    /// slot; more are refused at once, so a distributed storm cannot queue without bound.
+    pub bcrypt_queue: usize,
     /// Cost of the dummy hash used for unknown servers; must equal the cost of real hashes
     /// (the store's cost) so that timing does not tell them apart.
     pub bcrypt_dummy_cost: u32,
@@ -83,6 +86,7 @@ impl Default for AuthConfig {
             trusted_attempts_interval_ms: 6_000,
             trusted_for_secs: 30 * 86_400,
             bcrypt_concurrency: 0,
+            bcrypt_queue: 64,
             bcrypt_dummy_cost: bcrypt::DEFAULT_COST,
             sweep_interval_secs: 60,
             host_keys: HostKeyConfig::default(),
@@ -148,6 +152,7 @@ impl AuthConfig {
                 self.trusted_attempts_interval_ms,
             ),
             ("ssh.auth.sweep_interval_secs", self.sweep_interval_secs),
+            ("ssh.auth.bcrypt_queue", self.bcrypt_queue as u64),
         ];
         for (key, value) in positive {
             if *value == 0 {

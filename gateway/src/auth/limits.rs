@@ -81,6 +81,8 @@ pub enum AttemptDenied {
     IpBudget,
     ServerBudget,
     TrustedBudget,
+    /// Too many attempts already wait for bcrypt (decided by the caller, not by `Limits`).
+    BcryptQueue,
 }
 
 impl AttemptDenied {
@@ -90,6 +92,7 @@ impl AttemptDenied {
             AttemptDenied::IpBudget => "ip_budget",
             AttemptDenied::ServerBudget => "server_budget",
             AttemptDenied::TrustedBudget => "trusted_budget",
+            AttemptDenied::BcryptQueue => "bcrypt_queue",
         }
     }
 }

@@ -42,7 +42,9 @@
 //! Design: decisions live in the pure [`limits::Limits`] state machine (injected clock,
 //! exhaustively unit-tested); this file does the IO around it — credentials from the
 //! [`Backend`], bcrypt on `spawn_blocking` behind a per-address queue and a global semaphore (so
-//! a storm from one address occupies at most one bcrypt slot and cannot starve other logins),
+//! a storm from one address occupies at most one bcrypt slot and cannot starve other logins; a
+//! distributed storm fills at most `bcrypt_queue` places, beyond which attempts are refused at
+//! once; an owner's usual address has its own slot and never waits behind the storm),
 //! audit records through a bounded queue (a slow database never delays a login; overflow is
 //! counted), structured log events on target `berth::auth` (rate-limited under storms).
 
@@ -199,6 +201,10 @@ struct Inner {
     backend: Arc<dyn Backend>,
     limits: Mutex<Limits<MonotonicClock>>,
     bcrypt_slots: Semaphore,
+    /// The usual-address lane: one verification at a time, never behind a storm.
+    trusted_slot: Semaphore,
+    /// Attempts waiting for `bcrypt_slots` (bounded by `bcrypt_queue`).
+    bcrypt_queued: std::sync::atomic::AtomicUsize,
     /// One queue per address with a verification in flight: an address waits for its own
     /// previous attempt before it may take a global slot.
     bcrypt_per_ip: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
@@ -241,6 +247,8 @@ impl Authenticator {
                 backend,
                 limits: Mutex::new(limits),
                 bcrypt_slots: Semaphore::new(slots),
+                trusted_slot: Semaphore::new(1),
+                bcrypt_queued: std::sync::atomic::AtomicUsize::new(0),
                 bcrypt_per_ip: Mutex::new(HashMap::new()),
                 dummy_hash: tokio::sync::OnceCell::new(),
                 audit_tx: OnceLock::new(),
@@ -445,9 +453,12 @@ impl Authenticator {
             Some(h) => h,
             None => self.dummy_hash().await,
         };
-        let matched = self
-            .bcrypt_verify(peer, &secret[..secret.len().min(BCRYPT_MAX_PASSWORD)], hash)
-            .await;
+        let trusted = parsed.is_some_and(|s| self.inner.limits().is_trusted(s, peer));
+        let secret = &secret[..secret.len().min(BCRYPT_MAX_PASSWORD)];
+        let Ok(matched) = self.bcrypt_verify(peer, secret, hash, trusted).await else {
+            self.refused(peer, user, parsed, method, AttemptDenied::BcryptQueue, None);
+            return Decision::Reject;
+        };
         let decision = match accept {
             Some((server, owner)) if matched => Decision::Accept { server, owner },
             Some(_) => {
@@ -612,8 +623,40 @@ impl Authenticator {
             .clone()
     }
 
-    /// One bcrypt verification on the blocking pool, queued per address then globally.
-    async fn bcrypt_verify(&self, peer: IpAddr, secret: &[u8], hash: String) -> bool {
+    /// One bcrypt verification on the blocking pool. Usual addresses (a recent success for
+    /// this server) use their own slot and skip the queue; everyone else queues per address,
+    /// then globally, and is refused at once when `bcrypt_queue` attempts already wait.
+    async fn bcrypt_verify(
+        &self,
+        peer: IpAddr,
+        secret: &[u8],
+        hash: String,
+        trusted: bool,
+    ) -> Result<bool, Busy> {
+        let secret = secret.to_vec();
+        let run = || async move {
+            self.inner
+                .bcrypt_runs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let started = Instant::now();
+            let verified = tokio::task::spawn_blocking(move || bcrypt::verify(secret, &hash))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(false);
+            metrics::BCRYPT_SECONDS.observe(started.elapsed());
+            verified
+        };
+        if trusted {
+            let Ok(_slot) = self.inner.trusted_slot.acquire().await else {
+                return Err(Busy);
+            };
+            return Ok(run().await);
+        }
+        let Some(waiting) = Waiting::enter(&self.inner.bcrypt_queued, self.inner.cfg.bcrypt_queue)
+        else {
+            return Err(Busy);
+        };
         let queue = {
             let mut map = self
                 .inner
@@ -624,26 +667,13 @@ impl Authenticator {
                 .or_insert_with(|| Arc::new(Semaphore::new(1)))
                 .clone()
         };
-        metrics::BCRYPT_WAITING.inc();
         let result = async {
             let _mine = queue.acquire().await.ok()?;
             let _slot = self.inner.bcrypt_slots.acquire().await.ok()?;
-            metrics::BCRYPT_WAITING.dec();
-            let secret = secret.to_vec();
-            self.inner
-                .bcrypt_runs
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let started = Instant::now();
-            let verified = tokio::task::spawn_blocking(move || bcrypt::verify(secret, &hash))
-                .await
-                .ok()?;
-            metrics::BCRYPT_SECONDS.observe(started.elapsed());
-            Some(verified.unwrap_or(false))
+            drop(waiting);
+            Some(run().await)
         }
         .await;
-        if result.is_none() {
-            metrics::BCRYPT_WAITING.dec();
-        }
         {
             let mut map = self
                 .inner
@@ -655,7 +685,7 @@ impl Authenticator {
                 map.remove(&peer);
             }
         }
-        result.unwrap_or(false)
+        result.ok_or(Busy)
     }
 
     fn audit(&self, record: AuditRecord) {
@@ -712,6 +742,35 @@ impl Inner {
         self.log_budget
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The bcrypt queue is full (or closed): refuse without verifying.
+#[derive(Debug, Clone, Copy)]
+struct Busy;
+
+/// One attempt waiting for a bcrypt slot (counted in `bcrypt_queued` and the metrics gauge).
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize, max: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let entered = count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        entered.then(|| {
+            metrics::BCRYPT_WAITING.inc();
+            Self(count)
+        })
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        metrics::BCRYPT_WAITING.dec();
     }
 }
 

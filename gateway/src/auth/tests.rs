@@ -619,3 +619,93 @@ mod parse_login_props {
         }
     }
 }
+
+fn storm_setup(cost: u32, queue: usize) -> (Authenticator, Arc<FakeBackend>) {
+    let (auth, be) = setup(AuthConfig {
+        bcrypt_dummy_cost: cost,
+        bcrypt_concurrency: 1,
+        bcrypt_queue: queue,
+        ip_attempts_burst: 1_000,
+        server_attempts_burst: 1_000,
+        ban_after_failures: 1_000,
+        ..AuthConfig::default()
+    });
+    let hash = bcrypt::hash("pw", cost).unwrap_or_else(|e| panic!("{e}"));
+    be.creds.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        1,
+        Credentials {
+            server: sid(1),
+            owner: "alice".into(),
+            login_allowed: true,
+            password_hash: Some(hash),
+            authorized_keys: vec![],
+        },
+    );
+    (auth, be)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_storm_does_not_delay_the_usual_address() {
+    let (auth, _be) = storm_setup(10, 1_000);
+    let owner = ip("192.0.2.77");
+    let t = Instant::now();
+    assert!(auth.password(owner, "server1", "pw").await.is_accept());
+    let alone = t.elapsed();
+    // 40 addresses, one guess each, all queued for the single bcrypt slot (~40 x alone).
+    let mut storm = Vec::new();
+    for i in 0..40u8 {
+        let auth = auth.clone();
+        storm.push(tokio::spawn(async move {
+            auth.password(IpAddr::from([198, 51, 100, i]), "server1", "guess")
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let t = Instant::now();
+    assert!(auth.password(owner, "server1", "pw").await.is_accept());
+    let during = t.elapsed();
+    for s in storm {
+        assert_eq!(s.await.ok(), Some(Decision::Reject));
+    }
+    assert!(
+        during < alone * 4 + Duration::from_millis(150),
+        "usual address took {during:?} during a distributed storm vs {alone:?} alone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bcrypt_queue_is_bounded() {
+    let (auth, be) = storm_setup(10, 3);
+    let mut storm = Vec::new();
+    for i in 0..20u8 {
+        let auth = auth.clone();
+        storm.push(tokio::spawn(async move {
+            auth.password(IpAddr::from([198, 51, 100, i]), "server1", "guess")
+                .await
+        }));
+    }
+    for s in storm {
+        assert_eq!(s.await.ok(), Some(Decision::Reject));
+    }
+    let runs = auth.bcrypt_runs();
+    assert!(
+        (1..20).contains(&runs),
+        "{runs} bcrypts for 20 attempts with a queue of 3"
+    );
+    let audits = be.wait_audits(20).await;
+    let busy = audits
+        .iter()
+        .filter(|a| a.detail["reason"] == "bcrypt_queue")
+        .count();
+    assert_eq!(
+        busy as u64 + runs,
+        20,
+        "every attempt is either verified or refused as busy"
+    );
+    assert!(
+        audits
+            .iter()
+            .filter(|a| a.detail["reason"] == "bcrypt_queue")
+            .all(|a| a.outcome == "rejected")
+    );
+}
