@@ -337,3 +337,61 @@ fn netfilter_errors_name_what_is_missing() -> Result<()> {
     ensure!(tables.stdout.is_empty(), "nothing may be applied");
     Ok(())
 }
+
+#[test]
+fn netfilter_bridge_table_alone_separates_tenants() -> Result<()> {
+    // Without port isolation, tenant ↔ tenant on the bridge rests on the bridge table only.
+    let tb = Testbed::new("brtab")?;
+    let dir = tempfile::tempdir()?;
+    let cfg = write_config(dir.path(), true, "isolate_ports = false\n")?;
+    let (code, out, err) = tb.berth(&cfg, &["netfilter", "apply"])?;
+    ensure!(code == 0, "apply failed ({code}): {out}{err}");
+    ensure!(
+        !isolated(&tb, "veth-t1")?,
+        "isolate_ports = false must leave ports alone"
+    );
+    let link_local = Probe::TcpLinkLocal(
+        "fe80::12".parse().unwrap_or(std::net::Ipv6Addr::LOCALHOST),
+        8080,
+    );
+    let blocked = [
+        tcp(T2_V4, 8080),
+        udp(T2_V4, 8053),
+        tcp("fd19:2::12", 8080),
+        udp("fd19:2::12", 8053),
+    ];
+    for on in [false, true] {
+        tb.set_br_netfilter(on)?;
+        if out.contains("bridge match meta") {
+            // `meta ibrname` matches every frame between two tenant ports.
+            let mut all_blocked = blocked.to_vec();
+            all_blocked.push(link_local.clone());
+            tb.expect(&tb.t1, "bridge table (meta)", &[], &all_blocked)?;
+        } else {
+            // FIXME: on kernels without CONFIG_NFT_BRIDGE_META (this CI kernel) the bridge table
+            // matches tenant addresses only, so with br_netfilter off link-local IPv6 between
+            // tenants gets through unless `isolate_ports` (the default) is on. With br_netfilter
+            // on, bridged IPv6 also crosses the inet forward chain, whose anti-spoof rule drops
+            // link-local sources. Asserting today's behaviour.
+            ensure!(out.contains("bridge match addresses"), "{out}");
+            if on {
+                let mut all_blocked = blocked.to_vec();
+                all_blocked.push(link_local.clone());
+                tb.expect(
+                    &tb.t1,
+                    "bridge table (addresses), br_netfilter on",
+                    &[],
+                    &all_blocked,
+                )?;
+            } else {
+                tb.expect(
+                    &tb.t1,
+                    "bridge table (addresses), br_netfilter off",
+                    &[link_local.clone()],
+                    &blocked,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
