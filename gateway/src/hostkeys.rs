@@ -445,4 +445,78 @@ mod tests {
         );
         Ok(())
     }
+
+    struct NoAuth;
+    impl russh::server::Handler for NoAuth {
+        type Error = russh::Error;
+    }
+
+    /// The real OpenSSH client negotiates each host key algorithm we claim to serve and sees
+    /// the key we loaded (RSA as rsa-sha2-512 and rsa-sha2-256, never SHA-1 only).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn openssh_negotiates_every_host_key_algorithm() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let tmp = tempfile::tempdir()?;
+        let keys = load_or_generate(tmp.path(), &cfg(tmp.path()))?;
+        let ed_fp = keys[0]
+            .public_key()
+            .fingerprint(HashAlg::Sha256)
+            .to_string();
+        let rsa_fp = keys[1]
+            .public_key()
+            .fingerprint(HashAlg::Sha256)
+            .to_string();
+        let config = std::sync::Arc::new(russh::server::Config {
+            keys,
+            ..Default::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let server = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let config = config.clone();
+                tokio::spawn(async move {
+                    if let Ok(session) = russh::server::run_stream(config, sock, NoAuth).await {
+                        let _ = session.await;
+                    }
+                });
+            }
+        });
+        for (alg, fp) in [
+            ("ssh-ed25519", &ed_fp),
+            ("rsa-sha2-512", &rsa_fp),
+            ("rsa-sha2-256", &rsa_fp),
+        ] {
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("ssh")
+                    .args(["-v", "-p", &port.to_string(), "-o", "BatchMode=yes"])
+                    .args([
+                        "-o",
+                        "StrictHostKeyChecking=no",
+                        "-o",
+                        "UserKnownHostsFile=/dev/null",
+                    ])
+                    .args([
+                        "-o",
+                        &format!("HostKeyAlgorithms={alg}"),
+                        "-o",
+                        "ConnectTimeout=10",
+                    ])
+                    .args(["nobody@127.0.0.1", "true"])
+                    .stdin(std::process::Stdio::null())
+                    .output()
+            })
+            .await??;
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(&format!("kex: host key algorithm: {alg}")),
+                "{alg}: {err}"
+            );
+            assert!(err.contains(fp.as_str()), "{alg}: expected {fp}: {err}");
+            // Authentication is refused (no methods accept), but the host key step completed.
+            assert!(err.contains("Permission denied"), "{alg}: {err}");
+        }
+        server.abort();
+        Ok(())
+    }
 }
