@@ -136,6 +136,15 @@ fn sock(addr: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
+/// Sends `msg` on an echo connection; true when it comes back.
+pub fn echo_ok(s: &mut TcpStream, msg: &[u8]) -> bool {
+    if s.write_all(msg).is_err() {
+        return false;
+    }
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf).is_ok() && buf == msg
+}
+
 /// True when the probe got the listener's "ok" back.
 fn run_probe(p: &Probe) -> bool {
     match p {
@@ -407,8 +416,11 @@ impl Testbed {
         // host: 2222 is the control plane (SSH gateway), 5000 an allowlisted cache, 53 the
         // resolver, 8053 some other UDP service.
         self.serve(&self.host, &[2222, 5000, 53], &[53, 8053])?;
-        // t2: a tenant's own services.
+        // t1 and t2: a tenant's own services.
+        self.serve(&self.t1, &[8080], &[8053])?;
         self.serve(&self.t2, &[8080], &[8053])?;
+        // out: a TCP echo service on the private address, for long-lived flows.
+        self.serve_echo(&self.out, 7)?;
         Ok(())
     }
 
@@ -452,6 +464,44 @@ impl Testbed {
             join(bound)??;
         }
         Ok(())
+    }
+
+    fn serve_echo(&self, ns: &str, port: u16) -> Result<()> {
+        let stop = self.stop.clone();
+        let bound = in_netns(ns, move || -> Result<()> {
+            let l = TcpListener::bind(SocketAddr::from(([0u16; 8], port)))?;
+            l.set_nonblocking(true)?;
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((mut s, _)) => {
+                            let _ = s.set_nonblocking(false);
+                            std::thread::spawn(move || {
+                                let mut buf = [0u8; 256];
+                                while let Ok(n) = s.read(&mut buf) {
+                                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            });
+            Ok(())
+        });
+        join(bound)?
+    }
+
+    /// Opens a TCP connection from inside `ns` (the socket stays in that namespace).
+    pub fn connect(&self, ns: &str, addr: SocketAddr) -> Result<TcpStream> {
+        let s = join(in_netns(ns, move || {
+            TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
+        }))?
+        .with_context(|| format!("connect {addr} from {ns}"))?;
+        s.set_read_timeout(Some(PROBE_TIMEOUT))?;
+        Ok(s)
     }
 
     /// Runs all probes from `ns` in parallel; returns (probe, reachable).

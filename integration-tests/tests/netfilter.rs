@@ -108,6 +108,23 @@ fn netfilter_blocks_every_leak_with_and_without_br_netfilter_and_docker_accept()
 
     tb.set_br_netfilter(false)?;
     tb.expect(&tb.t1, "br_netfilter off", &p.0, &p.1)?;
+
+    // Replies pass even to a denied address: a client on a private network may use a tenant's
+    // service (e.g. a published port); only what tenants initiate is filtered.
+    let from_private = |port| {
+        Probe::UdpFrom(
+            "10.0.0.10"
+                .parse()
+                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+            std::net::SocketAddr::from(([172, 19, 2, 11], port)),
+        )
+    };
+    tb.expect(
+        &tb.out,
+        "inbound from a private address",
+        &[from_private(8053)],
+        &[],
+    )?;
     tb.set_br_netfilter(true)?;
     tb.expect(&tb.t1, "br_netfilter on", &p.0, &p.1)?;
 
@@ -212,10 +229,23 @@ fn netfilter_run_restores_the_ruleset_after_a_flush() -> Result<()> {
     tb.expect(&tb.t1, "under berth run netfilter", &p.0, &p.1)?;
 
     // Someone flushes the whole ruleset (an admin, a Docker restart, iptables-restore…).
+    // Open a forbidden flow right after the flush; it must be cut once the ruleset is back.
     tb.host_nft(&["flush", "ruleset"])?;
+    let sneaky = tb
+        .connect(&tb.t1, "10.0.0.10:7".parse()?)
+        .ok()
+        .and_then(|mut s| echo_ok(&mut s, b"hello").then_some(s));
     let took = wait_check_ok(&tb, &cfg, Duration::from_secs(10))?;
     eprintln!("ruleset restored {took:?} after `nft flush ruleset`");
     tb.expect(&tb.t1, "after restore", &p.0, &p.1)?;
+    match sneaky {
+        // The flow worked inside the gap: it must be dead now that the ruleset is back.
+        Some(mut s) => ensure!(
+            !echo_ok(&mut s, b"still there?"),
+            "a flow to 10.0.0.10 opened during the gap survived the re-apply"
+        ),
+        None => eprintln!("no flow got through the gap; the restore was quicker"),
+    }
 
     // Only the bridge table goes away.
     tb.host_nft(&["delete", "table", "bridge", "berth"])?;

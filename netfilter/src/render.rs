@@ -11,6 +11,10 @@
 //!   in interval sets, so the rule count does not grow with the number of entries.
 //! - `table bridge T` — a `forward` chain at bridge `filter + priority` that drops frames
 //!   forwarded between two ports of the tenant bridge (tenant ↔ tenant without br_netfilter).
+//! - Established/related packets in the *reply* direction (answers to connections others opened
+//!   towards a tenant, or that the host opened) are accepted first. A tenant's own flows are
+//!   re-judged on every packet — a few set lookups — so a flow opened while the table was
+//!   missing (between a flush and the drift watch's re-apply) is cut as soon as it is back.
 //! - Every drop goes through a `drop_<reason>` chain: counter, rate-limited log with the
 //!   configured prefix and the reason, drop.
 //!
@@ -394,6 +398,15 @@ pub fn render(p: &Policy, net: &Network, l2: L2Match) -> Ruleset {
                     ct_state(),
                     Operator::IN,
                     Expression::List(vec![s("established"), s("related")]),
+                ),
+                m(
+                    Expression::Named(NamedExpression::CT(CT {
+                        key: "direction".into(),
+                        family: None,
+                        dir: None,
+                    })),
+                    Operator::EQ,
+                    s("reply"),
                 ),
                 accept(),
             ],
@@ -880,6 +893,8 @@ mod tests {
         let deny = position(&r, "@deny4");
         let deny6 = position(&r, "@deny6");
         assert!(est < spoof && spoof < tenant && tenant < allow && allow < deny && deny < deny6);
+        // Only replies skip the checks: a tenant's own established flows are re-judged.
+        assert!(r[est].contains(r#""right":"reply""#), "{}", r[est]);
         // Nothing in the forward path accepts without first passing the checks above, except
         // established traffic and the allowlist.
         for (i, rule) in r.iter().enumerate() {
