@@ -396,7 +396,35 @@ async fn failed_creates_leave_store_and_docker_consistent() {
             first_free = s.id.get();
         }
     }
-    // The failed attempt consumed its id: ids are never reused.
+    // DinD through a named runtime this engine does not have: the container create itself
+    // is refused (after the row and the volume were made) — both undone.
+    let mut rt_cfg: Config = env.prov.config().clone();
+    rt_cfg.dind = DindMode::Runtime;
+    rt_cfg.runtime = Some("berth-no-such-runtime".into());
+    let rt = Provisioner::connect(env.prov.network(), &rt_cfg, env.store.clone())
+        .await
+        .unwrap();
+    let e = rt
+        .create_server("dave", ServerSpec::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("runtime"), "{e}");
+    assert!(env.store.servers(true).await.unwrap().len() <= usize::from(first_free > 1));
+    let vols = docker(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name={}-", env.world.prefix),
+    ])
+    .unwrap();
+    assert_eq!(
+        vols.lines().count(),
+        usize::from(first_free > 1),
+        "volume left behind after {e}: {vols}"
+    );
+
+    // The failed attempts consumed their ids: ids are never reused.
     let s = env
         .prov
         .create_server("dave", ServerSpec::default())
