@@ -76,7 +76,7 @@ fn parse_cpus(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .parse()
         .map_err(|_| format!("invalid CPU count {s:?} (e.g. 0.5, 2)"))?;
-    if !v.is_finite() || v < 0.0 || v > 1024.0 {
+    if !v.is_finite() || !(0.0..=1024.0).contains(&v) {
         return Err(format!("CPU count {s} must be between 0 and 1024"));
     }
     Ok(v)

@@ -1022,3 +1022,79 @@ fn container_address(c: &ContainerInspectResponse, network: &str) -> Option<Ipv4
         .parse()
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{EndpointSettings, NetworkSettings};
+
+    #[test]
+    fn retryable_vs_final() {
+        let unavailable = ProvisionError::DockerUnavailable {
+            endpoint: "unix:///x".into(),
+            message: "gone".into(),
+        };
+        assert!(unavailable.is_retryable());
+        assert!(unavailable.to_string().contains("retry later"));
+        let docker = |status| ProvisionError::Docker {
+            action: "start container",
+            object: "c".into(),
+            status: Some(status),
+            message: "m".into(),
+        };
+        assert!(!docker(500).is_retryable());
+        assert!(!docker(409).is_retryable());
+        assert!(docker(503).is_retryable());
+        let id = ServerId::new(3).unwrap_or_else(|| unreachable!());
+        assert!(!ProvisionError::UnknownServer(id).is_retryable());
+        assert!(!ProvisionError::ImageMissing { image: "i".into() }.is_retryable());
+        // Store errors keep their own classification; server lookups become our variants.
+        let locked: ProvisionError = StoreError::Locked {
+            url: "sqlite:x".into(),
+        }
+        .into();
+        assert!(locked.is_retryable());
+        let unknown: ProvisionError = StoreError::UnknownServer(id).into();
+        assert!(matches!(unknown, ProvisionError::UnknownServer(_)));
+        let deleted: ProvisionError = StoreError::ServerDeleted(id).into();
+        assert!(matches!(deleted, ProvisionError::ServerDeleted(_)));
+    }
+
+    #[test]
+    fn address_on_the_tenant_network_only() {
+        let net = |ip: &str| EndpointSettings {
+            ip_address: Some(ip.into()),
+            ..Default::default()
+        };
+        let c = ContainerInspectResponse {
+            network_settings: Some(NetworkSettings {
+                networks: Some(HashMap::from([
+                    ("bridge".to_string(), net("172.17.0.2")),
+                    ("berth-tenants".to_string(), net("172.19.2.5")),
+                    ("empty".to_string(), net("")),
+                ])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            container_address(&c, "berth-tenants"),
+            Some(Ipv4Addr::new(172, 19, 2, 5))
+        );
+        assert_eq!(container_address(&c, "empty"), None);
+        assert_eq!(container_address(&c, "other"), None);
+        assert_eq!(
+            container_address(&ContainerInspectResponse::default(), "berth-tenants"),
+            None
+        );
+    }
+
+    #[test]
+    fn endpoint_prefers_config() {
+        let cfg = Config {
+            docker_host: Some("tcp://10.0.0.1:2375".into()),
+            ..Config::default()
+        };
+        assert_eq!(docker_endpoint(&cfg), "tcp://10.0.0.1:2375");
+    }
+}
