@@ -261,3 +261,80 @@ async fn cli_outages_have_their_own_exit_code() {
     let err = fails(&bad, &["account", "list"], None, 64);
     assert!(err.contains("memroy"), "{err}");
 }
+
+/// Drives `berth account add/passwd` through a real pseudo-terminal (util-linux `script`):
+/// the password is read with echo off, asked twice, and never appears in the transcript.
+#[test]
+fn cli_password_prompt_on_a_terminal() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    let db = TestDb::new(DbKind::Sqlite, "clipty").unwrap();
+    let world = DockerWorld::new("clipty", 0);
+    let cfg = write_cli_config(db.dir.path(), &db.url, &world, "").unwrap();
+    let bin = integration_tests::tenants::berth_bin().unwrap();
+
+    let run = |args: &str, answers: &[&str]| -> (i32, String) {
+        let cmd = format!("{} --config {} {args}", bin.display(), cfg.display());
+        let mut child = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("BERTH_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("util-linux `script` is needed for the terminal test");
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut transcript = String::new();
+        let mut stdin = child.stdin.take().unwrap();
+        for (i, answer) in answers.iter().enumerate() {
+            // Wait for the i-th prompt before typing (typing early would be echoed).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while transcript.matches(": ").count() <= i {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let chunk = rx.recv_timeout(left).expect("no password prompt");
+                transcript.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
+            stdin.flush().unwrap();
+        }
+        let status = child.wait().unwrap();
+        drop(stdin);
+        reader.join().unwrap();
+        while let Ok(chunk) = rx.try_recv() {
+            transcript.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        (status.code().unwrap_or(-1), transcript)
+    };
+
+    let (code, transcript) = run("account add tty-user", &["Tty-Secret-1", "Tty-Secret-1"]);
+    assert_eq!(code, 0, "{transcript}");
+    assert!(
+        transcript.contains("New password for tty-user"),
+        "{transcript}"
+    );
+    assert!(transcript.contains("Repeat"), "{transcript}");
+    assert!(
+        !transcript.contains("Tty-Secret-1"),
+        "password echoed: {transcript}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&cfg, &["account", "list", "--json"], None)).unwrap();
+    assert_eq!(list[0]["has_password"], true);
+
+    // A mismatched repeat changes nothing and exits 65.
+    let (code, transcript) = run("account passwd tty-user", &["Tty-Secret-2", "Tty-Secret-3"]);
+    assert_eq!(code, 65, "{transcript}");
+    assert!(transcript.contains("do not match"), "{transcript}");
+}
