@@ -45,6 +45,9 @@ names = ["no rules", "berth (default policy)", "berth (1000+1000 entries)", "ipt
 runs = [[float(x) for x in a.split()] for a in sys.argv[1:]]
 base_med, base_mean = statistics.median(runs[0]), statistics.mean(runs[0])
 for n, r in zip(names, runs):
-    print(f"{n:28s} median {statistics.median(r):6.2f} Gbit/s (x{statistics.median(r)/base_med:.3f})  mean {statistics.mean(r):6.2f} (x{statistics.mean(r)/base_mean:.3f})  min {min(r):.2f} max {max(r):.2f}")
+    # Ratio within each round (the modes of one round run back to back), then the median:
+    # cancels the slow drift of a shared machine's load better than ratios of totals.
+    paired = statistics.median(x / b for x, b in zip(r, runs[0]))
+    print(f"{n:28s} median {statistics.median(r):6.2f} Gbit/s (x{statistics.median(r)/base_med:.3f})  mean {statistics.mean(r):6.2f} (x{statistics.mean(r)/base_mean:.3f})  median of per-round ratios x{paired:.3f}  min {min(r):.2f} max {max(r):.2f}")
 PY
 rm -rf "$OUT"
