@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -66,7 +67,11 @@ struct ChanEntry {
     state: ChanState,
     /// Cancels the channel's task when the entry goes (channel close, disconnect).
     closed: DropGuard,
-    _slot: Slot,
+    /// Moves into the channel's task when it starts (released when the task ends).
+    slot: Option<Slot>,
+    /// Set when the channel's task has finished. russh forgets a channel once *we* have sent
+    /// CHANNEL_CLOSE and then never calls `channel_close`, so finished entries are pruned here.
+    finished: Arc<AtomicBool>,
 }
 
 impl ChanEntry {
@@ -74,11 +79,31 @@ impl ChanEntry {
         Self {
             state,
             closed: CancellationToken::new().drop_guard(),
-            _slot: slot,
+            slot: Some(slot),
+            finished: Arc::new(AtomicBool::new(false)),
         }
     }
     fn token(&self) -> CancellationToken {
         self.closed.token().clone()
+    }
+    fn finished_guard(&mut self) -> Finished {
+        Finished {
+            flag: self.finished.clone(),
+            _slot: self.slot.take(),
+        }
+    }
+}
+
+/// Held by a channel task: owns the channel's slot and marks the table entry finished when
+/// dropped.
+pub struct Finished {
+    flag: Arc<AtomicBool>,
+    _slot: Option<Slot>,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.flag.store(true, Ordering::Relaxed);
     }
 }
 
@@ -116,7 +141,9 @@ impl ConnHandler {
     }
 
     /// Reserves a slot for a new channel; `None` when unauthenticated or over a limit.
-    fn slot(&self) -> Option<Slot> {
+    fn slot(&mut self) -> Option<Slot> {
+        self.channels
+            .retain(|_, e| !e.finished.load(Ordering::Relaxed));
         let conn = self.conn.as_ref()?;
         self.shared.take_slot(conn)
     }
@@ -146,13 +173,14 @@ impl ConnHandler {
             ctl: Some(ctl_tx),
         };
         let closed = entry.token();
+        let finished = entry.finished_guard();
         let _ = session.channel_success(id);
         let Pending { channel, pty, env } = *pending;
         let (_read_half, writer) = channel.split();
         // The read half is dropped: russh's per-channel message queue is then closed and never
         // fills up (an undrained `Channel` freezes the whole connection after 100 messages).
         drop(_read_half);
-        tokio::spawn(session::run(session::Spec {
+        let spec = session::Spec {
             conn,
             id,
             writer,
@@ -162,7 +190,11 @@ impl ConnHandler {
             input: in_rx,
             ctl: ctl_rx,
             closed,
-        }));
+        };
+        tokio::spawn(async move {
+            let _finished = finished;
+            session::run(spec).await;
+        });
     }
 }
 
@@ -311,8 +343,10 @@ impl russh::server::Handler for ConnHandler {
             slot,
         );
         let closed = entry.token();
+        let mut entry = entry;
+        let finished = entry.finished_guard();
         self.channels.insert(id, entry);
-        tokio::spawn(forward::run(forward::Spec {
+        let spec = forward::Spec {
             conn,
             closed,
             channel,
@@ -320,7 +354,11 @@ impl russh::server::Handler for ConnHandler {
             host: host_to_connect.to_string(),
             port: port_to_connect,
             input: in_rx,
-        }));
+        };
+        tokio::spawn(async move {
+            let _finished = finished;
+            forward::run(spec).await;
+        });
         Ok(())
     }
 

@@ -15,5 +15,7 @@ pub mod session;
 pub mod tenants_backend;
 
 pub use backend::{AuditRecord, Backend, BackendError, Credentials, Target};
+/// Re-exported so backends outside this crate name the same Docker client type.
+pub use bollard;
 pub use config::Config;
 pub use server::{Gate, Login, Permit, Shared, Stats, serve};

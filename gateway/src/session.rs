@@ -309,14 +309,19 @@ async fn fail_target(conn: &Conn, writer: &ChannelWriteHalf<Msg>, e: BackendErro
     let _ = writer.eof().await;
     let _ = writer.close().await;
     if fatal {
-        let _ = conn
-            .handle
-            .disconnect(
-                russh::Disconnect::ByApplication,
-                "backend unavailable".into(),
-                "en".into(),
-            )
-            .await;
+        // Give the client a moment to print the line before the connection goes (OpenSSH
+        // drops buffered channel output when it reads a disconnect).
+        let handle = conn.handle.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = handle
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    "backend unavailable".into(),
+                    "en".into(),
+                )
+                .await;
+        });
     }
     Outcome::Failed(e.to_string())
 }

@@ -58,7 +58,13 @@ pub struct Options {
     pub create_server: bool,
     /// Image for created servers.
     pub image: String,
+    /// Wraps the real backend (fault injection: Docker down, slow starts, …).
+    pub wrap_backend: Option<BackendWrapper>,
 }
+
+/// See [`Options::wrap_backend`].
+pub type BackendWrapper =
+    Box<dyn FnOnce(Arc<dyn gateway::Backend>) -> Arc<dyn gateway::Backend> + Send>;
 
 impl Default for Options {
     fn default() -> Self {
@@ -69,6 +75,7 @@ impl Default for Options {
             ssh,
             create_server: true,
             image: test_image(),
+            wrap_backend: None,
         }
     }
 }
@@ -202,8 +209,11 @@ impl GatewayHarness {
             None
         };
 
-        let backend: Arc<dyn gateway::Backend> =
+        let mut backend: Arc<dyn gateway::Backend> =
             Arc::new(TenantsBackend::new(store.clone(), provisioner.clone()));
+        if let Some(wrap) = opts.wrap_backend {
+            backend = wrap(backend);
+        }
         let mut ssh = opts.ssh;
         ssh.auth.host_keys.ed25519 = Some(dir.path().join("ssh_host_ed25519_key"));
         ssh.auth.host_keys.enable_rsa = false;
