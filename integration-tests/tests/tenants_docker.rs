@@ -540,3 +540,60 @@ async fn watch_addresses_follows_docker_events() {
     wait(&mut rx, true).await;
     let _ = stop_tx.send(());
 }
+
+/// Two gateways sharing one PostgreSQL (two stores, two provisioners, no shared memory): ids
+/// stay unique and racing on-demand starts of a stopped or missing server still make exactly
+/// one container and one start (Docker's 409/304 answers are treated as success).
+#[tokio::test]
+async fn two_gateways_share_postgres() {
+    let env = TenantsEnv::new("twogw", DbKind::Postgres).await.unwrap();
+    let store2 = env.db.store().await.unwrap();
+    let prov2 = Provisioner::connect(env.prov.network(), env.prov.config(), store2.clone())
+        .await
+        .unwrap();
+    env.store.add_account("gina", None::<&str>).await.unwrap();
+
+    // Interleaved creates through both "gateways": distinct ids.
+    let (a, b) = tokio::join!(
+        env.prov.create_server("gina", ServerSpec::default()),
+        prov2.create_server("gina", ServerSpec::default())
+    );
+    let (a, b) = (a.unwrap().id, b.unwrap().id);
+    assert_ne!(a, b);
+    let name = env.world.container(a.get());
+
+    for phase in ["stopped", "missing"] {
+        if phase == "stopped" {
+            env.prov.stop(a).await.unwrap();
+        } else {
+            docker(&["rm", "-f", &name]).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let since = now();
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let p = if i % 2 == 0 {
+                env.prov.clone()
+            } else {
+                prov2.clone()
+            };
+            tasks.push(tokio::spawn(async move { p.ensure_running(a).await }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap().unwrap().container_id);
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let until = now() + 1;
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "{phase}: different containers {ids:?}");
+        let events = count_events(&env.prov, &name, since, until).await;
+        assert_eq!(events.get("start").copied(), Some(1), "{phase}: {events:?}");
+        assert_eq!(
+            events.get("create").copied().unwrap_or(0),
+            usize::from(phase == "missing"),
+            "{phase}: {events:?}"
+        );
+    }
+    store2.close().await;
+}

@@ -428,11 +428,20 @@ impl Provisioner {
 
     async fn start_container(&self, id: ServerId) -> Result<(), ProvisionError> {
         let name = self.inner.names.container(id);
-        self.inner
-            .docker
-            .start_container(&name, None)
-            .await
-            .map_err(|e| self.docker_err("start container", &name, e))
+        // When another process created the container concurrently, our create got 409 while
+        // the engine may not have registered the container yet: a start then answers 404 for
+        // a moment. Retry briefly instead of failing the login.
+        let mut attempt = 0;
+        loop {
+            match self.inner.docker.start_container(&name, None).await {
+                Ok(()) => return Ok(()),
+                Err(e) if is_not_found(&e) && attempt < 30 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(self.docker_err("start container", &name, e)),
+            }
+        }
     }
 
     fn running_from(
