@@ -115,6 +115,12 @@ async fn lifecycle(kind: DbKind) {
         Some(&std::net::IpAddr::V4(r2.address))
     );
 
+    // A paused container counts as running for Docker, not for a login: it is unpaused.
+    docker(&["pause", &name]).unwrap();
+    let rp = env.prov.ensure_running(id).await.unwrap();
+    assert!(rp.started_now);
+    assert_eq!(inspect(&name, "{{.State.Paused}}"), "false");
+
     // Restart keeps the container.
     let r3 = env.prov.restart(id).await.unwrap();
     assert_eq!(r3.container_id, r1.container_id);

@@ -615,6 +615,19 @@ impl Provisioner {
                 .await?;
         }
         match self.inspect(id).await? {
+            // Docker reports a paused container as running; exec into it would hang.
+            Some(c) if c.state.as_ref().and_then(|s| s.paused) == Some(true) => {
+                self.check_ours(id, &c)?;
+                let name = self.inner.names.container(id);
+                self.inner
+                    .docker
+                    .unpause_container(&name)
+                    .await
+                    .map_err(|e| self.docker_err("unpause container", &name, e))?;
+                self.audit(id, "unpause", "success", serde_json::Value::Null)
+                    .await;
+                self.running_from(id, &c, true)
+            }
             Some(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => {
                 self.check_ours(id, &c)?;
                 self.running_from(id, &c, false)
