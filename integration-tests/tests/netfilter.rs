@@ -417,7 +417,7 @@ fn netfilter_bridge_table_alone_separates_tenants() -> Result<()> {
                 tb.expect(
                     &tb.t1,
                     "bridge table (addresses), br_netfilter off",
-                    &[link_local.clone()],
+                    std::slice::from_ref(&link_local),
                     &blocked,
                 )?;
             }

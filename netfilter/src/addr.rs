@@ -361,6 +361,47 @@ mod tests {
         assert!(s.any6.is_empty());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn v4_with_port_roundtrips(a: std::net::Ipv4Addr, port in 1u16..) {
+            let e = parse_allow_entry(&format!("{a}:{port}")).unwrap();
+            proptest::prop_assert_eq!(e.net, IpNet::from(IpAddr::V4(a)));
+            proptest::prop_assert_eq!(e.port, Some(port));
+        }
+
+        #[test]
+        fn v6_with_port_roundtrips(a: std::net::Ipv6Addr, port in 1u16..) {
+            let e = parse_allow_entry(&format!("[{a}]:{port}")).unwrap();
+            proptest::prop_assert_eq!(e.net, IpNet::from(IpAddr::V6(a)));
+            proptest::prop_assert_eq!(e.port, Some(port));
+            let bare = parse_allow_entry(&a.to_string()).unwrap();
+            proptest::prop_assert_eq!(bare.port, None);
+        }
+
+        #[test]
+        fn arbitrary_input_never_panics(s in "\\PC{0,40}") {
+            let _ = parse_allow_entry(&s);
+            let _ = crate::config::parse_prefix(&s);
+        }
+
+        #[test]
+        fn deny_lists_with_extras_stay_disjoint(extra in proptest::collection::vec((0u32.., 8u8..=32), 0..50)) {
+            let extra: Vec<IpNet> = extra
+                .into_iter()
+                .map(|(a, l)| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a), l).unwrap().trunc()))
+                .collect();
+            let d = deny4(&extra);
+            for (i, a) in d.iter().enumerate() {
+                for b in &d[i + 1..] {
+                    proptest::prop_assert!(!a.contains(b) && !b.contains(a), "{} overlaps {}", a, b);
+                }
+            }
+            for e in &extra {
+                proptest::prop_assert!(covered(&d.iter().map(|n| IpNet::V4(*n)).collect::<Vec<_>>(), e.addr()));
+            }
+        }
+    }
+
     #[test]
     fn nat64_embeds() {
         assert_eq!(nat64(v4(10, 0, 0, 0, 8)).to_string(), "64:ff9b::a00:0/104");
