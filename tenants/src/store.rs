@@ -907,16 +907,28 @@ impl Store {
 
     /// Appends an audit event (also emitted on the `audit` tracing target).
     pub async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
-        tracing::info!(
-            target: "audit",
-            kind = event.kind.as_str(),
-            server = event.server.map(|s| s.get()),
-            account = event.account.as_deref(),
-            peer = event.peer.as_deref(),
-            method = event.method.as_deref(),
-            outcome = %event.outcome,
-            detail = %event.detail,
-        );
+        // Admin events come from the CLI, which prints its own outcome: keep them out of the
+        // operator's terminal (they are in the table regardless).
+        macro_rules! emit {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "audit",
+                    $level,
+                    kind = event.kind.as_str(),
+                    server = event.server.map(|s| s.get()),
+                    account = event.account.as_deref(),
+                    peer = event.peer.as_deref(),
+                    method = event.method.as_deref(),
+                    outcome = %event.outcome,
+                    detail = %event.detail,
+                )
+            };
+        }
+        if event.kind == AuditKind::Admin {
+            emit!(tracing::Level::DEBUG);
+        } else {
+            emit!(tracing::Level::INFO);
+        }
         let detail = if event.detail.is_null() {
             "{}".to_string()
         } else {
