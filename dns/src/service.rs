@@ -210,3 +210,51 @@ impl Service {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_file_nameservers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("resolv.conf");
+        std::fs::write(&p, "# x\nsearch lan\nnameserver 192.0.2.53\nnameserver ::1\nnameserver bogus\noptions ndots:1\n").unwrap();
+        let got = read_resolv_file(&p).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                "192.0.2.53:53".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        std::fs::write(&p, "search lan\n").unwrap();
+        assert!(
+            read_resolv_file(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("names no nameserver")
+        );
+        assert!(
+            read_resolv_file(&dir.path().join("missing"))
+                .unwrap_err()
+                .to_string()
+                .contains("resolv file")
+        );
+    }
+
+    #[tokio::test]
+    async fn binds_an_address_that_does_not_exist_yet() {
+        // IP_FREEBIND: the tenant gateway address may not be configured when berth starts.
+        // 192.0.2.1 (TEST-NET-1) is on no interface here.
+        let l = bind("192.0.2.1:0".parse().unwrap()).unwrap();
+        assert_eq!(
+            l.local_addr().unwrap().ip(),
+            "192.0.2.1".parse::<std::net::IpAddr>().unwrap()
+        );
+        assert_eq!(
+            l.tcp.local_addr().unwrap().port(),
+            l.local_addr().unwrap().port()
+        );
+    }
+}
