@@ -18,13 +18,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
+type Records = Arc<Mutex<HashMap<(Name, RecordType), Vec<Record>>>>;
+
 /// A tiny authoritative server for `test.` with records the test sets.
 /// Unknown names → NXDOMAIN with an SOA (TTL 300, MINIMUM 60); known name, other type → NODATA.
 pub struct FakeUpstream {
     pub addr: SocketAddr,
     queries: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
-    records: Arc<Mutex<HashMap<(Name, RecordType), Vec<Record>>>>,
+    records: Records,
     stop: CancellationToken,
 }
 
@@ -160,7 +162,7 @@ impl FakeUpstream {
 struct UpState {
     queries: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
-    records: Arc<Mutex<HashMap<(Name, RecordType), Vec<Record>>>>,
+    records: Records,
 }
 
 impl UpState {
