@@ -171,6 +171,23 @@ fn netfilter_blocks_every_leak_with_and_without_br_netfilter_and_docker_accept()
 
     let (code, out, _) = tb.berth(&cfg, &["netfilter", "show"])?;
     ensure!(code == 0 && out.contains("chain tenant_forward"), "{out}");
+    // The probes since the second apply were counted, per reason.
+    let dropped = |family: &str, reason: &str| -> u64 {
+        out.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 5 && f[0] == "#" && f[1] == family && f[2] == reason)
+                    .then(|| f[3].parse().unwrap_or(0))
+            })
+            .sum()
+    };
+    // (No bridge "tenant" drops here: isolated ports stop tenant frames before any hook.)
+    for (family, reason) in [("inet", "private"), ("inet", "host"), ("inet", "spoof")] {
+        ensure!(
+            dropped(family, reason) > 0,
+            "no {family} {reason} drops counted:\n{out}"
+        );
+    }
 
     // flush removes exactly our tables and the port isolation.
     let (code, out, err) = tb.berth(&cfg, &["netfilter", "flush"])?;

@@ -120,6 +120,47 @@ fn strip(v: &mut Value, top: bool) {
     }
 }
 
+/// Packets and bytes dropped for one reason in one of berth's tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropCounter {
+    pub family: String,
+    pub reason: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Reads the counters of the `drop_<reason>` chains out of a table listing.
+pub fn drop_counters(family: &str, objects: &[Value]) -> Vec<DropCounter> {
+    let mut out: Vec<DropCounter> = Vec::new();
+    for obj in objects {
+        let Some(rule) = obj.get("rule") else {
+            continue;
+        };
+        let Some(reason) = rule
+            .get("chain")
+            .and_then(Value::as_str)
+            .and_then(|c| c.strip_prefix("drop_"))
+        else {
+            continue;
+        };
+        let Some(exprs) = rule.get("expr").and_then(Value::as_array) else {
+            continue;
+        };
+        for e in exprs {
+            if let Some(c) = e.get("counter") {
+                let n = |k: &str| c.get(k).and_then(Value::as_u64).unwrap_or(0);
+                out.push(DropCounter {
+                    family: family.to_string(),
+                    reason: reason.to_string(),
+                    packets: n("packets"),
+                    bytes: n("bytes"),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// `None` when equal, else a unified-style listing of the differing lines.
 pub fn diff(expected: &[String], live: &[String]) -> Option<String> {
     if expected == live {
@@ -191,6 +232,28 @@ mod tests {
         let d = diff(&live_lines(&a), &live_lines(&b)).unwrap();
         assert!(d.contains("- rule inet t c #1: [{\"accept\":null}]"), "{d}");
         assert!(d.contains("+ rule inet t c #1: [{\"drop\":null}]"), "{d}");
+    }
+
+    #[test]
+    fn drop_counters_are_read_per_reason() {
+        let objs = vec![
+            json!({"rule": {"family": "inet", "table": "t", "chain": "drop_private",
+                   "expr": [{"counter": {"packets": 5, "bytes": 300}}, {"log": {"prefix": "x"}}]}}),
+            json!({"rule": {"family": "inet", "table": "t", "chain": "drop_private",
+                   "expr": [{"drop": null}]}}),
+            json!({"rule": {"family": "inet", "table": "t", "chain": "tenant_forward",
+                   "expr": [{"counter": {"packets": 9, "bytes": 9}}]}}),
+        ];
+        let c = drop_counters("inet", &objs);
+        assert_eq!(
+            c,
+            vec![DropCounter {
+                family: "inet".into(),
+                reason: "private".into(),
+                packets: 5,
+                bytes: 300
+            }]
+        );
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum Error {
     },
 }
 
+pub use crate::diff::DropCounter;
+
 /// What an apply did.
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -221,6 +223,20 @@ impl Firewall {
                     self.policy.table
                 )),
             }
+        }
+        Ok(out)
+    }
+
+    /// Drop counters per table family and reason (`drop_<reason>` chains), for `show` and
+    /// metrics. Missing tables give no entries.
+    pub async fn drop_counters(&self) -> Result<Vec<DropCounter>, Error> {
+        self.nft.preflight("read berth's counters")?;
+        let mut out = Vec::new();
+        for family in ["inet", "bridge"] {
+            let Some(objects) = self.nft.list_table(family, &self.policy.table).await? else {
+                continue;
+            };
+            out.extend(crate::diff::drop_counters(family, &objects));
         }
         Ok(out)
     }

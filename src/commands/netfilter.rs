@@ -99,6 +99,19 @@ pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
                     .await
                     .context("cannot show the netfilter ruleset")?
             );
+            let counters = fw
+                .drop_counters()
+                .await
+                .context("cannot read the netfilter drop counters")?;
+            if !counters.is_empty() {
+                println!("# drops since the last apply (table family, reason, packets, bytes)");
+                for c in counters {
+                    println!(
+                        "# {:<7} {:<8} {:>12} {:>14}",
+                        c.family, c.reason, c.packets, c.bytes
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check => match fw
