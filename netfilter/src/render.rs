@@ -599,15 +599,7 @@ pub fn render(p: &Policy, net: &Network, l2: L2Match) -> Ruleset {
     allow_rules(&mut b, inp);
     b.rule(inet, inp, vec![goto(Reason::Host)]);
 
-    for reason in [
-        Reason::Spoof,
-        Reason::Invalid,
-        Reason::Private,
-        Reason::Tenant,
-        Reason::Host,
-        Reason::Icmp,
-        Reason::Ipv6,
-    ] {
+    for reason in Reason::ALL {
         b.drop_chain(inet, reason, p);
     }
 
