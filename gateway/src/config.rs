@@ -30,6 +30,10 @@ pub struct Config {
     pub window_size: u32,
     /// Largest SSH packet payload we accept.
     pub max_packet_size: u32,
+    /// Replenish a channel's receive window only when its bytes have been written into the
+    /// container (bounded memory). `false` restores russh's acknowledge-on-receipt behaviour,
+    /// which lets a fast client fill the gateway's memory: a diagnostic switch, not a tuning knob.
+    pub consumption_window: bool,
     /// User inside the container; empty = `tenant` when the image has it, else `root`.
     pub exec_user: String,
     /// Working directory for execs; empty = the user's home directory.
@@ -66,6 +70,7 @@ impl Default for Config {
             server_id: "SSH-2.0-berth".into(),
             window_size: 8 * 1024 * 1024,
             max_packet_size: 65535,
+            consumption_window: true,
             exec_user: String::new(),
             exec_workdir: String::new(),
             env_allow: Vec::new(),

@@ -406,13 +406,13 @@ impl russh::server::Handler for ConnHandler {
                     .is_err()
                 {
                     // The consumer is gone: give the window back so the client is not stuck.
-                    let _ = session.handle().consumed(channel, data.len() as u32);
+                    crate::pipe::give_back(&self.shared, &session.handle(), channel, data.len());
                 }
             }
             _ => {
                 // Data before the program started (or after it failed): discard, but keep the
                 // window open.
-                let _ = session.handle().consumed(channel, data.len() as u32);
+                crate::pipe::give_back(&self.shared, &session.handle(), channel, data.len());
             }
         }
         Ok(())
@@ -425,7 +425,7 @@ impl russh::server::Handler for ConnHandler {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let _ = session.handle().consumed(channel, data.len() as u32);
+        crate::pipe::give_back(&self.shared, &session.handle(), channel, data.len());
         Ok(())
     }
 

@@ -42,14 +42,13 @@ pub async fn pump_input<W: AsyncWrite + Unpin>(
     keep_open: bool,
     counter: Arc<AtomicU64>,
 ) -> InputEnd {
-    let handle = conn.handle.clone();
     let mut owed = 0usize;
     let end = loop {
         let msg = match input.try_recv() {
             Ok(m) => m,
             Err(mpsc::error::TryRecvError::Empty) => {
                 if owed > 0 {
-                    credit(&handle, id, &mut owed);
+                    credit(&conn, id, &mut owed);
                 }
                 if sink.flush().await.is_err() {
                     break InputEnd::SinkGone;
@@ -72,7 +71,7 @@ pub async fn pump_input<W: AsyncWrite + Unpin>(
                 crate::metrics::bytes_to_container(n as u64);
                 owed += n;
                 if owed >= CREDIT_BATCH {
-                    credit(&handle, id, &mut owed);
+                    credit(&conn, id, &mut owed);
                 }
             }
             Input::Eof => {
@@ -85,17 +84,24 @@ pub async fn pump_input<W: AsyncWrite + Unpin>(
         }
     };
     if owed > 0 {
-        credit(&handle, id, &mut owed);
+        credit(&conn, id, &mut owed);
     }
     // Dropping `input` now is safe: later data finds the queue closed and `Handler::data`
     // returns its window at once, so the client never stalls on a full window.
     end
 }
 
-fn credit(handle: &Handle, id: ChannelId, owed: &mut usize) {
-    let n = u32::try_from(*owed).unwrap_or(u32::MAX);
-    let _ = handle.consumed(id, n);
+fn credit(conn: &Conn, id: ChannelId, owed: &mut usize) {
+    give_back(&conn.shared, &conn.handle, id, *owed);
     *owed = 0;
+}
+
+/// Returns `n` bytes of receive window to the client for channel `id` (no-op when russh
+/// replenishes on receipt, `consumption_window = false`).
+pub fn give_back(shared: &crate::server::Shared, handle: &Handle, id: ChannelId, n: usize) {
+    if shared.cfg.consumption_window && n > 0 {
+        let _ = handle.consumed(id, u32::try_from(n).unwrap_or(u32::MAX));
+    }
 }
 
 /// Sends one chunk to the client on stdout (`ext = None`) or stderr (`Some(1)`), waiting for this

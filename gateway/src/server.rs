@@ -156,7 +156,7 @@ impl Shared {
                 .then(|| Duration::from_secs(cfg.keepalive_interval_secs)),
             keepalive_max: cfg.keepalive_max,
             nodelay: true,
-            manual_window_adjust: true,
+            manual_window_adjust: cfg.consumption_window,
             ..Default::default()
         };
         gate.configure(&mut russh);

@@ -66,7 +66,11 @@ fn ping_latency(m: &Master) -> Result<Duration> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_gib_with_stalled_consumers_keeps_rss_bounded_and_channels_responsive() -> Result<()> {
-    let h = GatewayHarness::start("flow").await?;
+    // `BERTH_FLOW_UPSTREAM=1` runs the same test with russh's acknowledge-on-receipt window
+    // (`ssh.consumption_window = false`) to show that it fails without the patch.
+    let mut opts = integration_tests::gateway::Options::default();
+    opts.ssh.consumption_window = std::env::var_os("BERTH_FLOW_UPSTREAM").is_none();
+    let h = GatewayHarness::start_with("flow", opts).await?;
     let sock = h.path("ctl.sock");
     let target = format!("{}@127.0.0.1", h.user());
     let st = tokio::task::block_in_place(|| {
