@@ -168,3 +168,37 @@ impl AuthConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        assert_eq!(AuthConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let bad: Result<AuthConfig, _> = serde_json::from_str(r#"{"max_auth_attemps": 3}"#);
+        assert!(bad.is_err_and(|e| e.to_string().contains("max_auth_attemps")));
+        let nested: Result<AuthConfig, _> =
+            serde_json::from_str(r#"{"host_keys": {"ed25519_path": "/x"}}"#);
+        assert!(nested.is_err_and(|e| e.to_string().contains("ed25519_path")));
+        let partial: AuthConfig =
+            serde_json::from_str(r#"{"ban_base_secs": 5, "host_keys": {"rsa_bits": 4096}}"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(partial.ban_base_secs, 5);
+        assert_eq!(partial.host_keys.rsa_bits, 4096);
+        assert_eq!(partial.max_auth_attempts, AuthConfig::default().max_auth_attempts);
+        for (cfg, key) in [
+            (AuthConfig { ip_attempts_burst: 0, ..Default::default() }, "ip_attempts_burst"),
+            (AuthConfig { bcrypt_queue: 0, ..Default::default() }, "bcrypt_queue"),
+            (AuthConfig { ban_max_secs: 1, ..Default::default() }, "ban_max_secs"),
+            (AuthConfig { bcrypt_dummy_cost: 3, ..Default::default() }, "bcrypt_dummy_cost"),
+        ] {
+            let err = cfg.validate().err().unwrap_or_default();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+}
