@@ -190,12 +190,39 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(partial.ban_base_secs, 5);
         assert_eq!(partial.host_keys.rsa_bits, 4096);
-        assert_eq!(partial.max_auth_attempts, AuthConfig::default().max_auth_attempts);
+        assert_eq!(
+            partial.max_auth_attempts,
+            AuthConfig::default().max_auth_attempts
+        );
         for (cfg, key) in [
-            (AuthConfig { ip_attempts_burst: 0, ..Default::default() }, "ip_attempts_burst"),
-            (AuthConfig { bcrypt_queue: 0, ..Default::default() }, "bcrypt_queue"),
-            (AuthConfig { ban_max_secs: 1, ..Default::default() }, "ban_max_secs"),
-            (AuthConfig { bcrypt_dummy_cost: 3, ..Default::default() }, "bcrypt_dummy_cost"),
+            (
+                AuthConfig {
+                    ip_attempts_burst: 0,
+                    ..Default::default()
+                },
+                "ip_attempts_burst",
+            ),
+            (
+                AuthConfig {
+                    bcrypt_queue: 0,
+                    ..Default::default()
+                },
+                "bcrypt_queue",
+            ),
+            (
+                AuthConfig {
+                    ban_max_secs: 1,
+                    ..Default::default()
+                },
+                "ban_max_secs",
+            ),
+            (
+                AuthConfig {
+                    bcrypt_dummy_cost: 3,
+                    ..Default::default()
+                },
+                "bcrypt_dummy_cost",
+            ),
         ] {
             let err = cfg.validate().err().unwrap_or_default();
             assert!(err.contains(key), "{key}: {err}");
