@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side resolver benchmark: berth dns vs dnsmasq (Debian 2.90), same local upstream, one run.
 #
-#   bench/dns/run.sh            # DUR=15 s per measurement; needs root (binds :53 on 127.0.10.x)
+#   bench/dns/run.sh            # DUR=10 s per measurement, ROUNDS=3; needs root (binds :53 on 127.0.10.x)
 #
 # Upstream: a dnsmasq on 127.0.10.1 answering every *.bench.test A with 93.184.216.34, TTL 3600,
-# from --address (no cache, no forwarding). Candidates, each started fresh and alone:
+# from --address (no cache, no forwarding). Candidates (both running, measured in turn):
 #   berth   127.0.10.2  (release build of dns/examples/serve.rs: the dns crate's Service, no Docker)
 #   dnsmasq 127.0.10.3  (--cache-size=100000, domain-needed, bogus-priv, stop-dns-rebind)
 # Both have the same 100 local names (server1..100.berth.internal), the same safety switches on,
@@ -13,14 +13,15 @@
 #
 # Measurements (dnsperf 2.10, 1 client thread, -q 200 outstanding, -t 2 s timeout):
 #   hit   : 1 000 names, warmed once, then replayed for DUR s        → QPS, lost
-#   hit99 : same at a fixed 10 000 QPS with -v                         → p50/p99 latency
+#   p99   : same at a fixed 10 000 QPS with -v                         → p50/p99 latency
 #   local : server<N>.berth.internal for DUR s                         → QPS, lost
+#   (hit, p99, local: ROUNDS=3 interleaved rounds, medians; both servers run side by side)
 #   miss  : cache filled with 100 000 names (-Q 10000), then DUR s of
 #           never-seen names, -q 50 -t 5 (so a slow server is measured,
 #           not just timed out)                                        → QPS, lost
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DUR=${DUR:-15}
+DUR=${DUR:-10}
 UP=127.0.10.1
 BERTH=127.0.10.2
 DNSMASQ=127.0.10.3
@@ -72,28 +73,23 @@ pct() { # file with one latency (s) a line → "p50 p99" in ms
         printf "%.3f %.3f\n", a[int(NR*0.50)+1]*1000, a[int(NR*0.99)]*1000}'
 }
 
-run_candidate() { # name addr
-    local name=$1 addr=$2 out
-    echo "== $name" >&2
-    perf "$addr" "$W/hit.txt" -n 1 >/dev/null
-    out=$(perf "$addr" "$W/hit.txt" -l "$DUR")
-    echo "$out" >"$W/$name.hit.log"
-    HIT_QPS[$name]=$(echo "$out" | field 'Queries per second')
-    HIT_LOST[$name]=$(echo "$out" | lost)
-    perf "$addr" "$W/hit.txt" -l 10 -Q 10000 -v | awk '/^> /{print $NF}' >"$W/$name.lat"
-    HIT_PCT[$name]=$(pct "$W/$name.lat")
-
-    perf "$addr" "$W/fill.txt" -n 1 -Q 10000 >"$W/$name.fill.log"
-    FILL_LOST[$name]=$(lost <"$W/$name.fill.log")
-    out=$(perf "$addr" "$W/miss.txt" -l "$DUR")
-    echo "$out" >"$W/$name.miss.log"
-    MISS_QPS[$name]=$(echo "$out" | field 'Queries per second')
-    MISS_LOST[$name]=$(echo "$out" | lost)
-
-    out=$(perf "$addr" "$W/local.txt" -l "$DUR")
-    echo "$out" >"$W/$name.local.log"
-    LOCAL_QPS[$name]=$(echo "$out" | field 'Queries per second')
-    LOCAL_LOST[$name]=$(echo "$out" | lost)
+# One measurement on one server; appends "qps lost%" (or "p50 p99") to $W/<tag>.<name>.
+measure() { # tag name addr
+    local tag=$1 name=$2 addr=$3 out
+    case $tag in
+    hit) out=$(perf "$addr" "$W/hit.txt" -l "$DUR") ;;
+    local) out=$(perf "$addr" "$W/local.txt" -l "$DUR") ;;
+    p99)
+        perf "$addr" "$W/hit.txt" -l "$DUR" -Q 10000 -v | awk '/^> /{print $NF}' >"$W/lat"
+        pct "$W/lat" >>"$W/$tag.$name"
+        return
+        ;;
+    esac
+    echo "$out" >>"$W/$tag.$name.log"
+    echo "$(echo "$out" | field 'Queries per second') $(echo "$out" | grep -m1 'Queries lost' | sed -E 's/.*\((.*)%\).*/\1/')" >>"$W/$tag.$name"
+}
+median() { # file column → median value of that column
+    awk -v c="$2" '{print $c}' "$1" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
 }
 
 wait_ready() { # addr log
@@ -105,39 +101,59 @@ wait_ready() { # addr log
     return 1
 }
 
-declare -A HIT_QPS HIT_LOST HIT_PCT FILL_LOST MISS_QPS MISS_LOST LOCAL_QPS LOCAL_LOST
-
 SERVE_PRINT_METRICS=1 "$BIN" "$W/berth.toml" --servers 100 2>"$W/berth.log" &
 BPID=$!
 PIDS+=($BPID)
-wait_ready $BERTH "$W/berth.log"
-run_candidate berth $BERTH
-kill $BPID; wait $BPID 2>/dev/null || true
-grep -E "^berth_dns_cache_(entries|evictions) |^berth_dns_upstream_queries_total " "$W/berth.log" >&2 || true
-
 dnsmasq -k --conf-file=/dev/null --no-resolv --no-hosts --addn-hosts="$W/hosts" --server=$UP \
     --listen-address=$DNSMASQ --bind-interfaces --port=53 --cache-size=100000 --dns-forward-max=1024 \
     --domain-needed --bogus-priv --stop-dns-rebind --log-facility=- --pid-file="$W/dm.pid" 2>"$W/dm.log" &
 DPID=$!
 PIDS+=($DPID)
+wait_ready $BERTH "$W/berth.log"
 wait_ready $DNSMASQ "$W/dm.log"
-run_candidate dnsmasq $DNSMASQ
-kill -USR1 $DPID # cache statistics into dm.log (insertions, evictions of live entries)
+
+# Hits, tail latency and local names: ROUNDS interleaved rounds (berth, dnsmasq, berth, ...) so
+# background load hits both alike; the table shows medians.
+ROUNDS=${ROUNDS:-3}
+perf $BERTH "$W/hit.txt" -n 1 >/dev/null
+perf $DNSMASQ "$W/hit.txt" -n 1 >/dev/null
+for r in $(seq 1 "$ROUNDS"); do
+    for tag in hit p99 local; do
+        echo "round $r: $tag" >&2
+        measure $tag berth $BERTH
+        measure $tag dnsmasq $DNSMASQ
+    done
+done
+
+# Misses with a full cache last: this is where dnsmasq stalls, and it does not recover quickly.
+for c in "berth $BERTH" "dnsmasq $DNSMASQ"; do
+    set -- $c
+    echo "fill + miss: $1" >&2
+    perf "$2" "$W/fill.txt" -n 1 -Q 10000 >"$W/fill.$1.log"
+    out=$(dnsperf -s "$2" -d "$W/miss.txt" -c 1 -q 50 -t 5 -l "$DUR" 2>&1)
+    echo "$out" >"$W/miss.$1.log"
+    echo "$(echo "$out" | field 'Queries per second') $(echo "$out" | lost)" >"$W/miss.$1"
+done
+
+kill -USR1 $DPID # cache statistics into dm.log (insertions that evicted live entries)
 sleep 0.5
 grep -E "cache size|queries forwarded" "$W/dm.log" >&2 || true
-kill $DPID; wait $DPID 2>/dev/null || true
+kill $BPID $DPID
+wait $BPID $DPID 2>/dev/null || true
+grep -E "^berth_dns_cache_(entries|evictions) |^berth_dns_upstream_queries_total " "$W/berth.log" >&2 || true
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "-" }'; }
-read -r bp50 bp99 <<<"${HIT_PCT[berth]}"
-read -r dp50 dp99 <<<"${HIT_PCT[dnsmasq]}"
+m() { median "$W/$1.$2" "$3"; }
 echo
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ); DUR=$DUR s, $ROUNDS rounds, medians"
 echo
 echo "| measurement | berth | dnsmasq 2.90 | berth / dnsmasq |"
 echo "|---|---|---|---|"
-echo "| cache-hit QPS (lost) | ${HIT_QPS[berth]} (${HIT_LOST[berth]}) | ${HIT_QPS[dnsmasq]} (${HIT_LOST[dnsmasq]}) | $(ratio "${HIT_QPS[berth]}" "${HIT_QPS[dnsmasq]}") |"
-echo "| cache-hit p50 / p99 ms at 10k QPS | $bp50 / $bp99 | $dp50 / $dp99 | p99 dnsmasq/berth $(ratio "$dp99" "$bp99") |"
-echo "| fill 100 000 names at 10k QPS: lost | ${FILL_LOST[berth]} | ${FILL_LOST[dnsmasq]} | |"
-echo "| cache-miss QPS, full 100 000-entry cache (lost) | ${MISS_QPS[berth]} (${MISS_LOST[berth]}) | ${MISS_QPS[dnsmasq]} (${MISS_LOST[dnsmasq]}) | $(ratio "${MISS_QPS[berth]}" "${MISS_QPS[dnsmasq]}") |"
-echo "| local-name QPS (lost) | ${LOCAL_QPS[berth]} (${LOCAL_LOST[berth]}) | ${LOCAL_QPS[dnsmasq]} (${LOCAL_LOST[dnsmasq]}) | $(ratio "${LOCAL_QPS[berth]}" "${LOCAL_QPS[dnsmasq]}") |"
+echo "| cache-hit QPS (lost %) | $(m hit berth 1) ($(m hit berth 2)) | $(m hit dnsmasq 1) ($(m hit dnsmasq 2)) | $(ratio "$(m hit berth 1)" "$(m hit dnsmasq 1)") |"
+echo "| cache-hit p50 / p99 ms at 10k QPS | $(m p99 berth 1) / $(m p99 berth 2) | $(m p99 dnsmasq 1) / $(m p99 dnsmasq 2) | p99 dnsmasq/berth $(ratio "$(m p99 dnsmasq 2)" "$(m p99 berth 2)") |"
+echo "| local-name QPS (lost %) | $(m local berth 1) ($(m local berth 2)) | $(m local dnsmasq 1) ($(m local dnsmasq 2)) | $(ratio "$(m local berth 1)" "$(m local dnsmasq 1)") |"
+echo "| fill 100 000 names at 10k QPS: lost | $(lost <"$W/fill.berth.log") | $(lost <"$W/fill.dnsmasq.log") | |"
+read -r bq bl <<<"$(cat "$W/miss.berth")"
+read -r dq dl <<<"$(cat "$W/miss.dnsmasq")"
+echo "| cache-miss QPS, full 100 000-entry cache (lost) | $bq ($bl) | $dq ($dl) | $(ratio "$bq" "$dq") |"
 if [[ -n ${KEEP:-} ]]; then cp -r "$W" "$KEEP"; echo "logs kept in $KEEP"; fi
