@@ -306,6 +306,9 @@ fn cli_password_prompt_on_a_terminal() {
                 let chunk = rx.recv_timeout(left).expect("no password prompt");
                 transcript.push_str(&String::from_utf8_lossy(&chunk));
             }
+            // rpassword prints the prompt, then turns echo off: give it that moment (a human
+            // typing ahead of the prompt would see an echo too — that is the terminal, not us).
+            std::thread::sleep(Duration::from_millis(500));
             stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
             stdin.flush().unwrap();
         }
