@@ -153,6 +153,20 @@ impl FakeUpstream {
         }
     }
 
+    /// Replaces every record of `owner`'s type with one address.
+    pub fn set_a(&self, owner: &str, ttl: u32, ip: &str) {
+        let t = if ip.contains(':') {
+            RecordType::AAAA
+        } else {
+            RecordType::A
+        };
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(name(owner), t));
+        self.add_a(owner, ttl, ip);
+    }
+
     pub fn add_txt(&self, owner: &str, ttl: u32, text: &str) {
         self.add(owner, ttl, RData::TXT(TXT::new(vec![text.to_string()])));
     }

@@ -310,6 +310,49 @@ async fn upstream_down_serves_stale_and_bounded_servfail() {
 }
 
 #[tokio::test]
+async fn slow_refresh_serves_stale_then_updates_in_background() {
+    let up = FakeUpstream::start().await;
+    let mut cfg = test_config(&[up.addr]);
+    cfg.stale_wait_ms = 200;
+    cfg.upstream_timeout_ms = 1500;
+    cfg.query_timeout_ms = 2000;
+    let b = Berth::start(cfg).await;
+    up.add_a("moving.test.", 1, "192.0.2.1");
+    assert_eq!(
+        dig(b.addr, &["moving.test", "A"]).await.data(),
+        vec!["192.0.2.1"]
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // The upstream now answers slower than stale_wait_ms (200) but within the attempt timeout
+    // (1500), with a new address and a long TTL.
+    up.set_delay(Duration::from_millis(700));
+    up.set_a("moving.test.", 300, "192.0.2.2");
+    let t = Instant::now();
+    let r = dig(b.addr, &["moving.test", "A"]).await;
+    assert_eq!(r.data(), vec!["192.0.2.1"], "stale answer first: {}", r.raw);
+    assert!(
+        t.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        t.elapsed()
+    );
+    // The refresh kept running after the client got its stale answer.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let before = up.queries();
+    let r = dig(b.addr, &["moving.test", "A"]).await;
+    assert_eq!(
+        r.data(),
+        vec!["192.0.2.2"],
+        "refreshed in the background: {}",
+        r.raw
+    );
+    assert_eq!(
+        up.queries(),
+        before,
+        "served from the refreshed cache entry"
+    );
+}
+
+#[tokio::test]
 async fn failover_to_second_upstream() {
     let dead = FakeUpstream::start().await;
     dead.stop();
