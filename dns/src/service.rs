@@ -47,7 +47,11 @@ fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket
             s.set_freebind_v6(true)?;
         }
     }
-    s.set_reuse_address(true)?;
+    // SO_REUSEADDR only for TCP (restart while old connections sit in TIME_WAIT); on UDP it
+    // would let a second socket bind the same address and steal queries.
+    if ty == Type::STREAM {
+        s.set_reuse_address(true)?;
+    }
     s.set_nonblocking(true)?;
     Ok(s)
 }
