@@ -157,6 +157,9 @@ impl Shared {
             keepalive_max: cfg.keepalive_max,
             nodelay: true,
             manual_window_adjust: cfg.consumption_window,
+            // Messages queued from channel tasks to the session loop (default 10): more lets the
+            // output pumps of a channel keep the loop busy while it encrypts.
+            event_buffer_size: 64,
             ..Default::default()
         };
         gate.configure(&mut russh);
