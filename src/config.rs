@@ -49,7 +49,9 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9477".into() }
+        Self {
+            listen: "127.0.0.1:9477".into(),
+        }
     }
 }
 
@@ -99,12 +101,13 @@ impl Config {
         if let Some(dir) = std::env::var_os("BERTH_STATE_DIR").filter(|v| !v.is_empty()) {
             cfg.state_dir = PathBuf::from(dir);
         }
-        if let Ok(url) = std::env::var("BERTH_DATABASE_URL") {
-            if !url.is_empty() {
-                cfg.database_url = Some(url);
-            }
+        if let Ok(url) = std::env::var("BERTH_DATABASE_URL")
+            && !url.is_empty()
+        {
+            cfg.database_url = Some(url);
         }
-        cfg.validate().map_err(|e| ConfigError(format!("{source}: {e}")))?;
+        cfg.validate()
+            .map_err(|e| ConfigError(format!("{source}: {e}")))?;
         Ok((cfg, source))
     }
 
@@ -130,6 +133,10 @@ impl Config {
             ));
         }
         self.network.validate()?;
+        self.ssh.validate()?;
+        self.dns.validate()?;
+        self.tenants.validate()?;
+        self.netfilter.validate()?;
         Ok(())
     }
 
@@ -146,6 +153,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -68,7 +68,10 @@ fn route(head: &[u8]) -> (&'static str, String) {
             ("200 OK", out)
         }
         "/healthz" => ("200 OK", "ok\n".into()),
-        _ => ("404 Not Found", "not found: try /metrics or /healthz\n".into()),
+        _ => (
+            "404 Not Found",
+            "not found: try /metrics or /healthz\n".into(),
+        ),
     }
 }
 
@@ -80,7 +83,10 @@ mod tests {
     fn routes() {
         assert_eq!(route(b"GET /healthz HTTP/1.1\r\n\r\n").0, "200 OK");
         assert_eq!(route(b"GET /nope HTTP/1.1\r\n\r\n").0, "404 Not Found");
-        assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n").0, "405 Method Not Allowed");
+        assert_eq!(
+            route(b"POST /metrics HTTP/1.1\r\n\r\n").0,
+            "405 Method Not Allowed"
+        );
         assert_eq!(route(b"").0, "405 Method Not Allowed");
     }
 }

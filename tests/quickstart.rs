@@ -3,6 +3,8 @@
 //! its own Docker objects), systemd's READY=1 on a NOTIFY_SOCKET we listen on, an `ssh` login
 //! into the demo server with the printed password, then SIGTERM and a clean exit 0.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;

@@ -1,6 +1,8 @@
 //! `berth run` when a component cannot start: one clear line naming the cause, a non-zero exit,
 //! and never a gateway serving tenants whose egress filter failed to apply.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

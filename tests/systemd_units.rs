@@ -2,6 +2,8 @@
 //! verify` and keep an exposure score of "OK" or better (≤ 3.0) under
 //! `systemd-analyze security --offline=true`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -38,8 +38,12 @@ fn redact(cfg: &Config) -> Config {
 
 pub fn redact_url(url: &str) -> String {
     // scheme://user:password@host/... → scheme://user:<secret>@host/...
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_string() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
     match userinfo.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:<secret>@{host}"),
         None => url.to_string(),
@@ -54,6 +58,9 @@ mod tests {
             super::redact_url("postgres://berth:hunter2@db/berth"),
             "postgres://berth:<secret>@db/berth"
         );
-        assert_eq!(super::redact_url("sqlite:///var/lib/berth/berth.db"), "sqlite:///var/lib/berth/berth.db");
+        assert_eq!(
+            super::redact_url("sqlite:///var/lib/berth/berth.db"),
+            "sqlite:///var/lib/berth/berth.db"
+        );
     }
 }

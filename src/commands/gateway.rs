@@ -30,7 +30,14 @@ pub async fn run_daemon(
         tracing::info!(key = %fp, "gateway host key");
     }
     let mut listeners = Vec::new();
-    for addr in &ssh.listen {
+    // Socket activation (systemd/berth-gateway.socket) replaces [ssh] listen.
+    for l in crate::commands::activation::inherited_tcp_listeners()? {
+        let addr = l.local_addr().context("gateway: inherited socket")?;
+        tracing::info!(%addr, "gateway listening (socket-activated)");
+        listeners.push(tokio::net::TcpListener::from_std(l).context("gateway: inherited socket")?);
+    }
+    let activated = !listeners.is_empty();
+    for addr in ssh.listen.iter().filter(|_| !activated) {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("gateway: cannot listen on {addr} (ssh.listen)"))?;

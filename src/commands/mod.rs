@@ -1,6 +1,7 @@
 //! One file per subcommand; each exposes its clap args and an async `run`.
 
 pub mod account;
+pub mod activation;
 pub mod config;
 pub mod demo;
 pub mod dns;

@@ -158,6 +158,18 @@ async fn ensure_tenant_network(cfg: &Config) {
         let store = tenants::Store::connect(&cfg.database_url()).await?;
         let prov = tenants::Provisioner::connect(&cfg.network, &cfg.tenants, store).await?;
         prov.ensure_network().await?;
+        // Start-up reconcile: report, never delete. Missing containers are recreated on demand.
+        let report = prov.reconcile().await?;
+        tracing::info!(
+            present = report.present.len(),
+            missing = report.missing.len(),
+            stopped = report.stopped.len(),
+            unknown = report.unknown.len(),
+            "reconcile"
+        );
+        for c in &report.unknown {
+            tracing::warn!(container = %c.name, reason = %c.reason, "berth-labelled container unknown to the store (left alone)");
+        }
         anyhow::Ok(())
     }
     .await;
