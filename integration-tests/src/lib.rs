@@ -1,5 +1,5 @@
 //! placeholder
-pub mod gateway;
 pub mod dns;
-pub mod tenants;
+pub mod gateway;
 pub mod netfilter;
+pub mod tenants;
