@@ -202,7 +202,7 @@ impl russh::server::Handler for ConnHandler {
     type Error = russh::Error;
 
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(Auth::reject())
+        Ok(crate::auth::rejection())
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
@@ -213,7 +213,7 @@ impl russh::server::Handler for ConnHandler {
             .await
         {
             Some(login) => Ok(self.accept_login(login)),
-            None => Ok(Auth::reject()),
+            None => Ok(crate::auth::rejection()),
         }
     }
 
@@ -229,7 +229,7 @@ impl russh::server::Handler for ConnHandler {
             .await
         {
             Some(_) => Ok(Auth::Accept),
-            None => Ok(Auth::reject()),
+            None => Ok(crate::auth::rejection()),
         }
     }
 
@@ -245,7 +245,7 @@ impl russh::server::Handler for ConnHandler {
             .await
         {
             Some(login) => Ok(self.accept_login(login)),
-            None => Ok(Auth::reject()),
+            None => Ok(crate::auth::rejection()),
         }
     }
 
@@ -271,7 +271,7 @@ impl russh::server::Handler for ConnHandler {
                     .await
                 {
                     Some(login) => Ok(self.accept_login(login)),
-                    None => Ok(Auth::reject()),
+                    None => Ok(crate::auth::rejection()),
                 }
             }
         }

@@ -377,7 +377,21 @@ async fn run_connection(shared: Arc<Shared>, sock: tokio::net::TcpStream, peer: 
     let cfg = shared.russh.clone();
     let deadline = shared.deadline.clone();
     let fut = async move {
-        let session = match russh::server::run_stream(cfg, sock, handler).await {
+        // The login grace time covers the handshake too: a client that connects and never
+        // sends its banner must not keep an unauthenticated slot.
+        let started = russh::server::run_stream(cfg, sock, handler);
+        let started = match grace {
+            Some(at) => match tokio::time::timeout_at(at, started).await {
+                Ok(r) => r,
+                Err(_) => {
+                    crate::metrics::handshake(false);
+                    debug!(%peer, "login grace time expired during the handshake");
+                    return;
+                }
+            },
+            None => started.await,
+        };
+        let session = match started {
             Ok(s) => s,
             Err(e) => {
                 crate::metrics::handshake(false);

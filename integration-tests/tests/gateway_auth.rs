@@ -263,11 +263,10 @@ async fn password_keyboard_interactive_and_key_logins() -> Result<()> {
 /// A mistyped password retried on the same connection (OpenSSH asks again, askpass answers
 /// wrong then right).
 ///
-/// FIXME(sessions area): today the Handler answers a failed password with `Auth::reject()`, and
-/// russh then stops offering "password" on that connection, so the retry never happens and the
-/// client gives up with "Permission denied (publickey,keyboard-interactive)". The fix is to
-/// return `gateway::auth::rejection()` (keeps every method on offer); then flip this test to
-/// expect success.
+/// Failed attempts now keep every method on offer (`auth::rejection()`), so the failure list
+/// includes `password`. FIXME: OpenSSH 9.2 still does not call askpass a second time on this
+/// connection (seen with `ssh -v`: one `read_passphrase`, then "Permission denied"); the cause
+/// is not found yet. Today's behaviour is asserted; flip to success-only once fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn password_retry_on_the_same_connection() -> Result<()> {
     logs();
@@ -310,21 +309,20 @@ async fn password_retry_on_the_same_connection() -> Result<()> {
             .stdin(Stdio::null())
             .output()
     })?;
-    let err = String::from_utf8_lossy(&out.stderr);
     if out.status.success() {
-        // Fixed upstream of this test: the retry worked.
         assert_eq!(String::from_utf8_lossy(&out.stdout), "retried\n");
     } else {
+        let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("Permission denied (publickey,keyboard-interactive)"),
-            "unexpected failure: {}",
+            err.contains("Permission denied (publickey,password,keyboard-interactive)"),
+            "a failed password must keep every method on offer: {}",
             text(&out)
         );
-        assert!(
-            counter.exists(),
-            "the first (wrong) answer was not even asked for"
-        );
     }
+    assert!(
+        counter.exists(),
+        "the first (wrong) answer was never asked for"
+    );
     Ok(())
 }
 
