@@ -22,31 +22,8 @@ use tokio_util::sync::CancellationToken;
 /// bcrypt cost for fixtures (the dummy hash uses the same cost so timing stays equal).
 pub const TEST_BCRYPT_COST: u32 = 4;
 
-/// The tenant image tests run (`BERTH_TEST_IMAGE` overrides).
-pub fn test_image() -> String {
-    std::env::var("BERTH_TEST_IMAGE")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "berth/tenant:bookworm".into())
-}
-
-/// Fails with a clear message when Docker or the test image is missing.
-pub fn require_docker() -> Result<()> {
-    let ok = Command::new("docker")
-        .args(["image", "inspect", &test_image()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        bail!(
-            "gateway tests need a running dockerd and the image {} (run scripts/test, or `berth image build`)",
-            test_image()
-        );
-    }
-    Ok(())
-}
+// One definition of the test image and the Docker precondition, shared with the tenants tests.
+pub use crate::tenants::{require_docker, test_image};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 

@@ -38,7 +38,7 @@ pub fn require_docker() -> Result<()> {
         .unwrap_or(false);
     if !ok {
         bail!(
-            "tenants tests need a running dockerd and the image {} (run scripts/test --setup-only, or `berth image build`)",
+            "these tests need a running dockerd and the image {} (run scripts/test --setup-only, or `berth image build`)",
             test_image()
         );
     }
