@@ -23,6 +23,7 @@ pub struct Config {
     pub tenants: tenants::Config,
     pub netfilter: netfilter::Config,
     pub metrics: MetricsConfig,
+    pub publish: PublishConfig,
 }
 
 impl Default for Config {
@@ -36,22 +37,96 @@ impl Default for Config {
             tenants: Default::default(),
             netfilter: Default::default(),
             metrics: Default::default(),
+            publish: Default::default(),
         }
     }
 }
 
+/// Where each process serves its metrics. One process serves one endpoint, chosen by the
+/// components it runs, so the split deployment (one unit per component) never has two units
+/// fighting over one port: a process running the gateway (including plain `berth run`) uses
+/// `listen`; one running dns but no gateway uses `dns_listen`; one running only netfilter —
+/// whose unit allows no IP sockets at all — writes `netfilter_textfile` (Prometheus text format,
+/// for node_exporter's textfile collector). Empty strings disable.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Prometheus `/metrics` and `/healthz`; empty string disables.
+    /// Prometheus `/metrics` and `/healthz` of the gateway's process (or of the all-in-one one).
     pub listen: String,
+    /// `/metrics` and `/healthz` of a resolver running without the gateway (`berth run dns`).
+    pub dns_listen: String,
+    /// File the netfilter-only process rewrites (atomically) every `textfile_interval_secs`.
+    pub netfilter_textfile: String,
+    pub textfile_interval_secs: u64,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9477".into(),
+            dns_listen: "127.0.0.1:9478".into(),
+            netfilter_textfile: "/run/berth-netfilter/metrics.prom".into(),
+            textfile_interval_secs: 15,
         }
+    }
+}
+
+impl MetricsConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        for (key, value) in [("listen", &self.listen), ("dns_listen", &self.dns_listen)] {
+            if !value.is_empty() && value.parse::<std::net::SocketAddr>().is_err() {
+                return Err(format!(
+                    "metrics.{key} {value:?} must be ADDRESS:PORT (or \"\" to disable)"
+                ));
+            }
+        }
+        if !self.listen.is_empty() && self.listen == self.dns_listen {
+            return Err(format!(
+                "metrics.listen and metrics.dns_listen are both {}: the gateway and the resolver units would fight over it",
+                self.listen
+            ));
+        }
+        if !self.netfilter_textfile.is_empty() && !self.netfilter_textfile.starts_with('/') {
+            return Err(format!(
+                "metrics.netfilter_textfile {:?} must be an absolute path",
+                self.netfilter_textfile
+            ));
+        }
+        if self.textfile_interval_secs == 0 {
+            return Err("metrics.textfile_interval_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the gateway's process publishes for processes that have no store and no Docker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// Hosts-format file (`ADDRESS server<N>.<domain> server<N>`) the process running the
+    /// gateway rewrites atomically whenever a tenant's address changes; a resolver running
+    /// without the gateway (`berth run dns`, the split deployment) serves its local zone from
+    /// it instead of opening the store. Empty disables both sides.
+    pub hosts_file: String,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            hosts_file: "/run/berth/hosts".into(),
+        }
+    }
+}
+
+impl PublishConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        if !self.hosts_file.is_empty() && !self.hosts_file.starts_with('/') {
+            return Err(format!(
+                "publish.hosts_file {:?} must be an absolute path",
+                self.hosts_file
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -82,21 +157,51 @@ impl std::fmt::Display for ConfigError {
 }
 impl std::error::Error for ConfigError {}
 
+/// `$CREDENTIALS_DIRECTORY/berth.toml`. systemd sets the variable only for a unit with
+/// credentials; a berth unit's only credential is the config, so a directory without it (or one
+/// that cannot be looked into) is a broken unit, reported as such instead of read as "no config".
+fn credential_path(dir: &Path) -> Result<Option<PathBuf>> {
+    let path = dir.join("berth.toml");
+    match std::fs::metadata(&path) {
+        Ok(_) => Ok(Some(path)),
+        Err(e) => Err(ConfigError(format!(
+            "cannot read config credential {}: {e} (the unit needs LoadCredential=berth.toml:/etc/berth/berth.toml)",
+            path.display()
+        ))
+        .into()),
+    }
+}
+
 impl Config {
     /// Loads from an explicit path (must exist), else a systemd credential named `berth.toml`
     /// (`LoadCredential=`, how the unprivileged units receive the root-only file), else the
     /// default path if it exists, else defaults. Env overrides are applied last.
+    ///
+    /// Only a default path that does not exist falls back to the built-in defaults: a file that
+    /// exists but cannot be read (permissions, a credential directory without `berth.toml`) is
+    /// an error, so a unit never silently serves a configuration nobody wrote.
     pub fn load(explicit: Option<&Path>) -> Result<(Self, Source)> {
-        let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
-            .map(|d| PathBuf::from(d).join("berth.toml"))
-            .filter(|p| p.exists());
+        let credential = match std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
+            Some(dir) if explicit.is_none() => credential_path(Path::new(&dir))?,
+            _ => None,
+        };
         let (mut cfg, source) = match explicit.map(Path::to_path_buf).or(credential) {
             Some(p) => (Self::from_file(&p)?, Source::File(p)),
-            None if Path::new(DEFAULT_CONFIG_PATH).exists() => (
-                Self::from_file(Path::new(DEFAULT_CONFIG_PATH))?,
-                Source::File(DEFAULT_CONFIG_PATH.into()),
-            ),
-            None => (Self::default(), Source::Defaults),
+            None => match std::fs::metadata(DEFAULT_CONFIG_PATH) {
+                Ok(_) => (
+                    Self::from_file(Path::new(DEFAULT_CONFIG_PATH))?,
+                    Source::File(DEFAULT_CONFIG_PATH.into()),
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    (Self::default(), Source::Defaults)
+                }
+                Err(e) => {
+                    return Err(ConfigError(format!(
+                        "cannot read config file {DEFAULT_CONFIG_PATH}: {e} (pass --config PATH or set BERTH_CONFIG)"
+                    ))
+                    .into());
+                }
+            },
         };
         if let Some(dir) = std::env::var_os("BERTH_STATE_DIR").filter(|v| !v.is_empty()) {
             cfg.state_dir = PathBuf::from(dir);
@@ -137,6 +242,8 @@ impl Config {
         self.dns.validate()?;
         self.tenants.validate()?;
         self.netfilter.validate()?;
+        self.metrics.validate()?;
+        self.publish.validate()?;
         Ok(())
     }
 

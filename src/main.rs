@@ -3,6 +3,7 @@
 
 mod commands;
 mod config;
+mod hostsfile;
 mod metrics_http;
 
 use std::path::PathBuf;

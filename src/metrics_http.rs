@@ -1,18 +1,31 @@
 //! A deliberately tiny HTTP/1.x responder for `/metrics` and `/healthz`: two GET routes do not
-//! justify an HTTP framework in a security product's dependency tree.
+//! justify an HTTP framework in a security product's dependency tree. Also the textfile form of
+//! the same text (node_exporter's textfile collector) for a process that may not open an IP
+//! socket (`berth-netfilter.service`), and the netfilter drop-counter poller both forms render.
 
-use std::time::Duration;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
+/// The components this process runs: `/metrics` renders exactly these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    pub gateway: bool,
+    pub dns: bool,
+    pub netfilter: bool,
+}
+
+pub async fn serve(listener: TcpListener, parts: Parts, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => { tokio::spawn(handle(stream)); }
+                Ok((stream, _)) => { tokio::spawn(handle(stream, parts)); }
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -22,7 +35,120 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
     }
 }
 
-async fn handle(mut stream: TcpStream) {
+/// Rewrites `path` (atomically, 0644) with this process's metrics every `every` until shutdown.
+pub async fn write_textfile(
+    path: PathBuf,
+    parts: Parts,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut last_error = None;
+    loop {
+        let mut out = String::new();
+        render(&mut out, parts);
+        match crate::hostsfile::write_atomically(&path, &out) {
+            Ok(()) => last_error = None,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if last_error.as_ref() != Some(&msg) {
+                    tracing::warn!(error = %msg, "cannot write the metrics textfile");
+                    last_error = Some(msg);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The last netfilter scrape, rendered; `None` until the first read.
+static NETFILTER: Mutex<Option<String>> = Mutex::new(None);
+
+/// Reads berth's drop counters from the kernel every `every` (reading runs `nft`, so a scrape
+/// never does) until shutdown.
+pub async fn poll_netfilter(fw: netfilter::Firewall, every: Duration, shutdown: CancellationToken) {
+    loop {
+        let text = match fw.drop_counters().await {
+            Ok(counters) => render_netfilter(&counters, true),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the netfilter drop counters");
+                render_netfilter(&[], false)
+            }
+        };
+        if let Ok(mut slot) = NETFILTER.lock() {
+            *slot = Some(text);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn render_netfilter(counters: &[netfilter::diff::DropCounter], ok: bool) -> String {
+    let mut out = String::new();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "# HELP berth_netfilter_counters_up 1 when the last read of berth's nftables counters succeeded.\n# TYPE berth_netfilter_counters_up gauge\nberth_netfilter_counters_up {}",
+        u8::from(ok)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP berth_netfilter_counters_read_timestamp_seconds When the counters were last read.\n# TYPE berth_netfilter_counters_read_timestamp_seconds gauge\nberth_netfilter_counters_read_timestamp_seconds {now}"
+    );
+    for (name, help) in [
+        (
+            "packets",
+            "Packets berth's egress filter dropped, per table family and reason.",
+        ),
+        (
+            "bytes",
+            "Bytes berth's egress filter dropped, per table family and reason.",
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP berth_netfilter_dropped_{name}_total {help}\n# TYPE berth_netfilter_dropped_{name}_total counter"
+        );
+        for c in counters {
+            let v = if name == "packets" {
+                c.packets
+            } else {
+                c.bytes
+            };
+            let _ = writeln!(
+                out,
+                "berth_netfilter_dropped_{name}_total{{family=\"{}\",reason=\"{}\"}} {v}",
+                c.family, c.reason
+            );
+        }
+    }
+    out
+}
+
+/// This process's metrics, Prometheus text format.
+pub fn render(out: &mut String, parts: Parts) {
+    if parts.gateway {
+        crate::commands::gateway::render_metrics(out);
+    }
+    if parts.dns {
+        crate::commands::dns::render_metrics(out);
+    }
+    if parts.netfilter
+        && let Ok(slot) = NETFILTER.lock()
+        && let Some(text) = slot.as_ref()
+    {
+        out.push_str(text);
+    }
+}
+
+async fn handle(mut stream: TcpStream, parts: Parts) {
     let mut buf = [0u8; 2048];
     let mut len = 0;
     // Read until the end of the request head (or 2 KiB, or 5 s): enough for a GET line.
@@ -43,7 +169,7 @@ async fn handle(mut stream: TcpStream) {
     if read.is_err() {
         return;
     }
-    let (status, body) = route(&buf[..len]);
+    let (status, body) = route(&buf[..len], parts);
     let resp = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -52,19 +178,18 @@ async fn handle(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
-fn route(head: &[u8]) -> (&'static str, String) {
+fn route(head: &[u8], parts: Parts) -> (&'static str, String) {
     let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
-    let mut parts = line.split(' ');
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let mut words = line.split(' ');
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     if method != "GET" {
         return ("405 Method Not Allowed", "only GET\n".into());
     }
     match path {
         "/metrics" => {
             let mut out = String::new();
-            crate::commands::gateway::render_metrics(&mut out);
-            crate::commands::dns::render_metrics(&mut out);
+            render(&mut out, parts);
             ("200 OK", out)
         }
         "/healthz" => ("200 OK", "ok\n".into()),
@@ -77,7 +202,16 @@ fn route(head: &[u8]) -> (&'static str, String) {
 
 #[cfg(test)]
 mod tests {
-    use super::route;
+    use super::{Parts, render_netfilter};
+
+    fn route(head: &[u8]) -> (&'static str, String) {
+        let parts = Parts {
+            gateway: false,
+            dns: true,
+            netfilter: false,
+        };
+        super::route(head, parts)
+    }
 
     #[test]
     fn routes() {
@@ -88,5 +222,29 @@ mod tests {
             "405 Method Not Allowed"
         );
         assert_eq!(route(b"").0, "405 Method Not Allowed");
+    }
+
+    #[test]
+    fn netfilter_counters_render() {
+        let c = netfilter::diff::DropCounter {
+            family: "inet".into(),
+            reason: "private".into(),
+            packets: 5,
+            bytes: 300,
+        };
+        let text = render_netfilter(&[c], true);
+        assert!(text.contains("berth_netfilter_counters_up 1\n"), "{text}");
+        assert!(
+            text.contains(
+                "berth_netfilter_dropped_packets_total{family=\"inet\",reason=\"private\"} 5\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "berth_netfilter_dropped_bytes_total{family=\"inet\",reason=\"private\"} 300\n"
+            ),
+            "{text}"
+        );
     }
 }

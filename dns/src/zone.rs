@@ -5,6 +5,10 @@
 //! on a writer and a change is visible to the very next query — local names are never cached, so
 //! a new server resolves immediately and a removed one stops resolving immediately. This module
 //! knows nothing about Docker or the database.
+//!
+//! [`render_hosts`] / [`parse_hosts`] are the hosts-file form of the same map: the process that
+//! has Docker publishes it, a resolver that has neither Docker nor the store (the split systemd
+//! deployment) follows it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -119,9 +123,90 @@ impl LocalZone {
     }
 }
 
+/// The hosts-file form of a zone: one line per address, `ADDRESS server<N>.<domain> server<N>`,
+/// sorted by server. What the gateway's process publishes for a resolver in another process.
+pub fn render_hosts(map: &BTreeMap<ServerId, Vec<IpAddr>>, domain: &str) -> String {
+    let domain = domain.trim_matches('.');
+    let mut out = String::from("# berth tenant addresses; written by the gateway, do not edit\n");
+    for (id, addrs) in map {
+        for a in addrs {
+            if domain.is_empty() {
+                out.push_str(&format!("{a} {id}\n"));
+            } else {
+                out.push_str(&format!("{a} {id}.{domain} {id}\n"));
+            }
+        }
+    }
+    out
+}
+
+/// Reads a hosts-format text back into a zone map. Only names of the form `server<N>` or
+/// `server<N>.<anything>` count (the zone serves `server<N>.<domain>` only); other names,
+/// comments and malformed lines are skipped and counted, never fatal, so one bad line cannot
+/// blank the zone.
+pub fn parse_hosts(text: &str) -> (BTreeMap<ServerId, Vec<IpAddr>>, usize) {
+    let mut map: BTreeMap<ServerId, Vec<IpAddr>> = BTreeMap::new();
+    let mut skipped = 0;
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let Some(Ok(ip)) = fields.next().map(str::parse::<IpAddr>) else {
+            skipped += 1;
+            continue;
+        };
+        let id = fields.find_map(|name| {
+            let label = name.split('.').next().unwrap_or_default();
+            tenants::parse_login(label)
+        });
+        match id {
+            Some(id) => {
+                let addrs = map.entry(id).or_default();
+                if !addrs.contains(&ip) {
+                    addrs.push(ip);
+                }
+            }
+            None => skipped += 1,
+        }
+    }
+    (map, skipped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_roundtrip_and_tolerance() {
+        let a: IpAddr = "172.19.2.5".parse().unwrap();
+        let v6: IpAddr = "fd00::5".parse().unwrap();
+        let b: IpAddr = "172.19.2.9".parse().unwrap();
+        let map = BTreeMap::from([(id(5), vec![a, v6]), (id(9), vec![b])]);
+        let text = render_hosts(&map, "berth.internal.");
+        assert!(
+            text.contains("172.19.2.5 server5.berth.internal server5\n"),
+            "{text}"
+        );
+        assert_eq!(parse_hosts(&text), (map.clone(), 0));
+        assert_eq!(parse_hosts(&render_hosts(&map, "")), (map, 0));
+
+        let cases = [
+            ("", 0, 0),
+            ("# only a comment\n\n", 0, 0),
+            ("172.19.2.5 server5.x # trailing\n", 1, 0),
+            ("not-an-ip server5\n", 0, 1),
+            ("172.19.2.5 gateway.local\n", 0, 1),
+            ("172.19.2.5 server05\n172.19.2.6 server0\n", 0, 2),
+            ("172.19.2.5\n", 0, 1),
+            ("172.19.2.5 server5\n172.19.2.5 server5.d\n", 1, 0),
+        ];
+        for (text, servers, skipped) in cases {
+            let (map, n) = parse_hosts(text);
+            assert_eq!((map.len(), n), (servers, skipped), "{text:?}");
+        }
+    }
 
     fn id(n: u32) -> ServerId {
         ServerId::new(n).unwrap()

@@ -1,12 +1,17 @@
-//! The `dns` component of `berth run`: binds `[dns] listen`, feeds the local zone from the
-//! tenants crate (Docker events), reloads the blocklist on SIGHUP, serves until shutdown.
+//! The `dns` component of `berth run`: binds `[dns] listen`, feeds the local zone, reloads the
+//! blocklist on SIGHUP, serves until shutdown.
 //!
-//! The resolver itself lives in the `dns` crate and knows nothing about Docker; this file is the
-//! glue. If Docker or the store are unreachable the resolver still serves (forwarding works, the
-//! local zone is empty) and the feed retries in the background.
+//! The local zone's feed depends on the process ([`ZoneFeed`]): next to the gateway it follows
+//! the tenants crate (Docker events) directly; alone (`berth-dns.service`, which has neither the
+//! store nor the Docker socket) it follows the hosts file the gateway's process publishes and
+//! never opens the store. The resolver itself lives in the `dns` crate and knows nothing about
+//! Docker; this file is the glue. If the feed is unavailable the resolver still serves
+//! (forwarding works, the local zone keeps its last state) and the feed retries in the
+//! background.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -34,9 +39,32 @@ pub fn tenant_nets(cfg: &Config) -> Vec<IpNet> {
     nets
 }
 
+/// Where the local zone's addresses come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZoneFeed {
+    /// The store and Docker events (the process also runs the gateway).
+    Tenants,
+    /// The hosts file the gateway's process publishes (`[publish] hosts_file`).
+    HostsFile(PathBuf),
+    /// No local names (`[publish] hosts_file = ""` in a resolver-only process).
+    Off,
+}
+
+impl ZoneFeed {
+    /// The feed for a process that runs the resolver, with or without the gateway beside it.
+    pub fn for_process(cfg: &Config, with_gateway: bool) -> Self {
+        match (with_gateway, cfg.publish.hosts_file.as_str()) {
+            (true, _) => ZoneFeed::Tenants,
+            (false, "") => ZoneFeed::Off,
+            (false, path) => ZoneFeed::HostsFile(PathBuf::from(path)),
+        }
+    }
+}
+
 /// Runs the component until `shutdown` fires; sends on `ready` once it really serves.
 pub async fn run_daemon(
     cfg: &Config,
+    feed: ZoneFeed,
     shutdown: CancellationToken,
     ready: oneshot::Sender<()>,
 ) -> Result<()> {
@@ -55,13 +83,30 @@ pub async fn run_daemon(
         *slot = Some(svc.clone());
     }
 
-    tokio::spawn(feed_zone_from_tenants(cfg.clone(), zone, shutdown.clone()));
+    match &feed {
+        ZoneFeed::Tenants => {
+            tokio::spawn(feed_zone_from_tenants(cfg.clone(), zone, shutdown.clone()));
+        }
+        ZoneFeed::HostsFile(path) => {
+            tokio::spawn(crate::hostsfile::follow(
+                path.clone(),
+                zone,
+                shutdown.clone(),
+            ));
+        }
+        ZoneFeed::Off => {
+            tracing::warn!(
+                "[publish] hosts_file is empty: the local zone stays empty in a resolver without the gateway"
+            )
+        }
+    }
     spawn_sighup_reload(svc.clone(), shutdown.clone());
 
     tracing::info!(
         listen = ?cfg.dns.listen,
         upstreams = ?cfg.dns.upstreams,
         domain = %cfg.dns.domain,
+        feed = ?feed,
         "dns resolver serving"
     );
     let _ = ready.send(());

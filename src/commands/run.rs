@@ -3,8 +3,12 @@
 //! Order: netfilter first (a gateway must never serve tenants whose egress filter failed to
 //! apply), then the resolver, then the gateway. Each component's `run_daemon` reports readiness
 //! on a oneshot; systemd hears READY=1 only when every requested component really serves.
-//! Deliberately not here: any component logic — this file only sequences, signals and serves
-//! `/metrics`.
+//!
+//! Which process does what in the split deployment (one unit per component) is decided here:
+//! only a process running the gateway touches the store and Docker (tenant network, reconcile,
+//! the published hosts file); a resolver without the gateway follows that file; each process
+//! serves metrics on its own endpoint (`config::MetricsConfig`). Deliberately not here: any
+//! component logic — this file only sequences, signals and serves `/metrics`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -58,13 +62,29 @@ pub async fn run(path: Option<&Path>, args: Args) -> Result<ExitCode> {
     if args.demo {
         crate::commands::demo::prepare(&cfg).await?;
     }
-    if wanted
-        .iter()
-        .any(|c| matches!(c, Component::Dns | Component::Gateway))
-    {
+    let with_gateway = wanted.contains(&Component::Gateway);
+    if with_gateway {
+        // A resolver alone needs no bridge (it binds with IP_FREEBIND) and has no store.
         ensure_tenant_network(&cfg).await;
+        if !cfg.publish.hosts_file.is_empty() {
+            tokio::spawn(crate::hostsfile::publish(cfg.clone(), shutdown.clone()));
+        }
     }
-    let metrics = spawn_metrics(&cfg, shutdown.clone()).await?;
+    let parts = crate::metrics_http::Parts {
+        gateway: with_gateway,
+        dns: wanted.contains(&Component::Dns),
+        netfilter: wanted.contains(&Component::Netfilter),
+    };
+    if parts.netfilter {
+        let fw = commands::netfilter::firewall(&cfg)?;
+        let every = Duration::from_secs(cfg.metrics.textfile_interval_secs);
+        tokio::spawn(crate::metrics_http::poll_netfilter(
+            fw,
+            every,
+            shutdown.clone(),
+        ));
+    }
+    let metrics = spawn_metrics(&cfg, parts, shutdown.clone()).await?;
 
     let mut running: Vec<(Component, JoinHandle<Result<()>>)> = Vec::new();
     let mut failed = false;
@@ -72,7 +92,7 @@ pub async fn run(path: Option<&Path>, args: Args) -> Result<ExitCode> {
         if shutdown.is_cancelled() {
             break;
         }
-        match start(comp, &cfg, shutdown.clone()).await {
+        match start(comp, &cfg, with_gateway, shutdown.clone()).await {
             Ok(handle) => {
                 tracing::info!(component = comp.name(), "component ready");
                 running.push((comp, handle));
@@ -195,6 +215,7 @@ fn order(requested: &[Component]) -> Vec<Component> {
 async fn start(
     comp: Component,
     cfg: &Config,
+    with_gateway: bool,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<Result<()>>> {
     let (ready_tx, ready_rx) = oneshot::channel();
@@ -202,7 +223,10 @@ async fn start(
     let mut handle = tokio::spawn(async move {
         match comp {
             Component::Gateway => commands::gateway::run_daemon(&cfg, shutdown, ready_tx).await,
-            Component::Dns => commands::dns::run_daemon(&cfg, shutdown, ready_tx).await,
+            Component::Dns => {
+                let feed = commands::dns::ZoneFeed::for_process(&cfg, with_gateway);
+                commands::dns::run_daemon(&cfg, feed, shutdown, ready_tx).await
+            }
             Component::Netfilter => commands::netfilter::run_daemon(&cfg, shutdown, ready_tx).await,
         }
     });
@@ -282,24 +306,38 @@ fn spawn_watchdog(shutdown: CancellationToken) {
     });
 }
 
-/// `/metrics` (Prometheus text) and `/healthz` on `[metrics] listen`.
+/// This process's metrics endpoint (see `config::MetricsConfig`): `/metrics` (Prometheus text)
+/// and `/healthz` on `[metrics] listen` when it runs the gateway, on `[metrics] dns_listen` when
+/// it runs the resolver without the gateway; a netfilter-only process (its unit allows no IP
+/// socket) rewrites `[metrics] netfilter_textfile` instead.
 async fn spawn_metrics(
     cfg: &Config,
+    parts: crate::metrics_http::Parts,
     shutdown: CancellationToken,
 ) -> Result<Option<JoinHandle<()>>> {
-    if cfg.metrics.listen.is_empty() {
+    let (addr, key) = if parts.gateway {
+        (&cfg.metrics.listen, "[metrics] listen")
+    } else if parts.dns {
+        (&cfg.metrics.dns_listen, "[metrics] dns_listen")
+    } else {
+        if cfg.metrics.netfilter_textfile.is_empty() {
+            return Ok(None);
+        }
+        let path = std::path::PathBuf::from(&cfg.metrics.netfilter_textfile);
+        let every = Duration::from_secs(cfg.metrics.textfile_interval_secs);
+        tracing::info!(file = %path.display(), "metrics textfile");
+        return Ok(Some(tokio::spawn(crate::metrics_http::write_textfile(
+            path, parts, every, shutdown,
+        ))));
+    };
+    if addr.is_empty() {
         return Ok(None);
     }
-    let listener = tokio::net::TcpListener::bind(&cfg.metrics.listen)
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| {
-            format!(
-                "cannot listen for metrics on {} ([metrics] listen)",
-                cfg.metrics.listen
-            )
-        })?;
-    tracing::info!(listen = %cfg.metrics.listen, "metrics endpoint up");
+        .with_context(|| format!("cannot listen for metrics on {addr} ({key})"))?;
+    tracing::info!(listen = %addr, "metrics endpoint up");
     Ok(Some(tokio::spawn(crate::metrics_http::serve(
-        listener, shutdown,
+        listener, parts, shutdown,
     ))))
 }
