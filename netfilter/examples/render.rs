@@ -1,7 +1,12 @@
 //! Prints the apply batch (nft JSON) for the default tenant network, optionally with N extra
 //! deny prefixes and N allowlist entries — used by bench/netfilter to time `nft -j -f`.
 //!
-//! cargo run -p netfilter --example render -- [--entries N] [--l2 meta|addresses] [--check-lines]
+//! cargo run -p netfilter --example render -- [--entries N] [--ports N] [--l2 meta|addresses]
+//!     [--check-lines] [--apply-check]
+//!
+//! `--ports N` adds N synthetic port bindings; `--apply-check` (root, in a scratch netns) applies
+//! the batch, times a port-map update transaction, and diffs the kernel's listing against the
+//! rendered lines.
 
 use std::process::ExitCode;
 
@@ -11,6 +16,8 @@ fn main() -> ExitCode {
     let mut entries = 0u32;
     let mut l2 = L2Match::Addresses;
     let mut lines = false;
+    let mut ports: Option<u32> = None;
+    let mut apply_check = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -22,6 +29,8 @@ fn main() -> ExitCode {
                 }
             }
             "--check-lines" => lines = true,
+            "--ports" => ports = args.next().and_then(|v| v.parse().ok()),
+            "--apply-check" => apply_check = true,
             _ => {
                 eprintln!("usage: render [--entries N] [--l2 meta|addresses] [--check-lines]");
                 return ExitCode::from(2);
@@ -80,7 +89,22 @@ fn main() -> ExitCode {
             }
         };
     }
-    let rs = render(&policy, &net, l2);
+    let bindings: Option<Vec<netfilter::bindings::PortBinding>> = ports.map(|n| {
+        (0..n)
+            .map(|i| netfilter::bindings::PortBinding {
+                port: format!("bvp{i}"),
+                mac: netfilter::bindings::Mac([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
+                ipv4: vec![std::net::Ipv4Addr::from(0x0a00_0000 + i)],
+                ipv6: vec![std::net::Ipv6Addr::from(
+                    0xfd19_0002_u128 << 96 | u128::from(i),
+                )],
+            })
+            .collect()
+    });
+    let rs = render(&policy, &net, l2, bindings.as_deref());
+    if apply_check {
+        return apply_and_check(&rs, &policy, &net, l2, bindings.as_deref());
+    }
     if lines {
         for l in netfilter::diff::expected_lines(&rs.objects) {
             println!("{l}");
@@ -98,4 +122,70 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Applies `rs`, then re-renders with the first port dropped and applies that as a port-map
+/// update; prints both timings and any difference between the kernel's listing and the render.
+fn apply_and_check(
+    rs: &netfilter::Ruleset,
+    policy: &netfilter::Policy,
+    net: &Network,
+    l2: L2Match,
+    bindings: Option<&[netfilter::bindings::PortBinding]>,
+) -> ExitCode {
+    use netfilter::render::to_nft_json;
+    let Ok(rt) = tokio::runtime::Runtime::new() else {
+        return ExitCode::from(1);
+    };
+    let nft = netfilter::nft::Nft::new("nft");
+    let live = |nft: &netfilter::nft::Nft| -> Result<Vec<String>, String> {
+        let mut objs = Vec::new();
+        for fam in ["inet", "bridge"] {
+            if let Some(o) = rt
+                .block_on(nft.list_table(fam, &policy.table))
+                .map_err(|e| e.to_string())?
+            {
+                objs.extend(o);
+            }
+        }
+        Ok(netfilter::diff::live_lines(&objs))
+    };
+    let t = std::time::Instant::now();
+    if let Err(e) = rt.block_on(nft.apply(&to_nft_json(&rs.apply_batch()), "apply")) {
+        eprintln!("render: {e}");
+        return ExitCode::from(1);
+    }
+    println!("full apply: {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    let mut status = ExitCode::SUCCESS;
+    let mut compare = |rs: &netfilter::Ruleset, what: &str| match live(&nft) {
+        Ok(l) => match netfilter::diff::diff(&netfilter::diff::expected_lines(&rs.objects), &l) {
+            None => println!("{what}: live == rendered"),
+            Some(d) => {
+                println!("{what}: live differs:\n{d}");
+                status = ExitCode::from(1);
+            }
+        },
+        Err(e) => {
+            eprintln!("render: {e}");
+            status = ExitCode::from(1);
+        }
+    };
+    compare(rs, "after full apply");
+    if let Some(b) = bindings.filter(|b| !b.is_empty()) {
+        let next = render(policy, net, l2, Some(&b[1..]));
+        let Some(batch) = next.ports_update_batch(rs) else {
+            return ExitCode::from(1);
+        };
+        let t = std::time::Instant::now();
+        if let Err(e) = rt.block_on(nft.apply(&to_nft_json(&batch), "update")) {
+            eprintln!("render: {e}");
+            return ExitCode::from(1);
+        }
+        println!(
+            "port-map update: {:.1} ms",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+        compare(&next, "after port-map update");
+    }
+    status
 }

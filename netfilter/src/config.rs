@@ -63,6 +63,15 @@ pub struct Config {
     pub isolate_ports: bool,
     /// The `nft` executable (looked up in PATH when not absolute).
     pub nft: String,
+    /// The port map: a JSON file of tenant endpoints (see `netfilter::bindings::PortsFile`)
+    /// the process with Docker access rewrites atomically. Each bridge port leading into a
+    /// listed tenant's namespace may then claim only that tenant's MAC and addresses (ARP, ND,
+    /// IP source); ports of the tenant bridge that are not listed get nothing. Followed every
+    /// `ports_poll_ms` by `berth run netfilter`. Empty disables port binding (anti-spoofing is
+    /// then only "source inside the tenant subnet").
+    pub ports_file: String,
+    /// How often the netfilter daemon re-reads the port map and the bridge's ports.
+    pub ports_poll_ms: u64,
 }
 
 impl Default for Config {
@@ -81,6 +90,8 @@ impl Default for Config {
             bridge_match: BridgeMatch::Auto,
             isolate_ports: true,
             nft: "nft".into(),
+            ports_file: "/run/berth/ports.json".into(),
+            ports_poll_ms: 500,
         }
     }
 }
@@ -148,6 +159,18 @@ impl Config {
         }
         if self.check_interval_secs == 0 {
             return Err("netfilter.check_interval_secs must be at least 1".into());
+        }
+        if !self.ports_file.is_empty() && !self.ports_file.starts_with('/') {
+            return Err(format!(
+                "netfilter.ports_file {:?} must be an absolute path (or \"\" to disable port binding)",
+                self.ports_file
+            ));
+        }
+        if !(50..=60_000).contains(&self.ports_poll_ms) {
+            return Err(format!(
+                "netfilter.ports_poll_ms {} must be between 50 and 60000",
+                self.ports_poll_ms
+            ));
         }
         if self.nft.is_empty() {
             return Err("netfilter.nft must name the nft executable".into());
@@ -283,6 +306,20 @@ mod tests {
                 },
                 "check_interval_secs",
             ),
+            (
+                Config {
+                    ports_file: "run/ports.json".into(),
+                    ..Default::default()
+                },
+                "netfilter.ports_file",
+            ),
+            (
+                Config {
+                    ports_poll_ms: 0,
+                    ..Default::default()
+                },
+                "netfilter.ports_poll_ms",
+            ),
         ];
         for (cfg, key) in cases {
             let err = cfg.policy().unwrap_err();
@@ -313,6 +350,8 @@ monitor = false
 bridge_match = "addresses"
 isolate_ports = false
 nft = "/usr/sbin/nft"
+ports_file = ""
+ports_poll_ms = 1000
 "#;
         let cfg: Config = toml::from_str(text).unwrap();
         let p = cfg.policy().unwrap();

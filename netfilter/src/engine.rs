@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nftables::batch::Batch;
@@ -17,6 +18,7 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tracing::{error, info, warn};
 
+use crate::bindings::{PortBinding, PortsFile, normalize};
 use crate::config::{BridgeMatch, Config, Policy};
 use crate::diff::{diff, expected_lines, live_lines};
 use crate::nft::{Nft, NftError};
@@ -34,6 +36,8 @@ pub enum Error {
         bridge: String,
         source: std::io::Error,
     },
+    #[error("cannot read the port map {path}: {reason}")]
+    PortMap { path: String, reason: String },
 }
 
 pub use crate::diff::DropCounter;
@@ -62,6 +66,18 @@ pub struct Firewall {
     interval: Duration,
     monitor: bool,
     sysfs: PathBuf,
+    ports_file: Option<PathBuf>,
+    ports_poll: Duration,
+    /// The port map last loaded (normalized); rendered into every apply.
+    bindings: Arc<Mutex<Vec<PortBinding>>>,
+}
+
+/// What loading the port map found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortMap {
+    pub bindings: Vec<PortBinding>,
+    /// Endpoints or bindings that could not be used, with why (for logs).
+    pub problems: Vec<String>,
 }
 
 impl Firewall {
@@ -76,7 +92,97 @@ impl Firewall {
             interval: Duration::from_secs(cfg.check_interval_secs),
             monitor: cfg.monitor,
             sysfs: PathBuf::from("/sys"),
+            ports_file: (!cfg.ports_file.is_empty()).then(|| PathBuf::from(&cfg.ports_file)),
+            ports_poll: Duration::from_millis(cfg.ports_poll_ms),
+            bindings: Arc::new(Mutex::new(Vec::new())),
         })
+    }
+
+    /// Whether port binding is on (a `ports_file` is configured).
+    pub fn binds_ports(&self) -> bool {
+        self.ports_file.is_some()
+    }
+
+    fn current_bindings(&self) -> Option<Vec<PortBinding>> {
+        self.ports_file.as_ref()?;
+        Some(match self.bindings.lock() {
+            Ok(b) => b.clone(),
+            Err(p) => p.into_inner().clone(),
+        })
+    }
+
+    /// Reads the port map file and asks the kernel which bridge ports lead into each listed
+    /// namespace; stores and returns the bindings. A missing file is an empty map (no tenant
+    /// port bound yet: deny by default). Without port binding configured: empty, nothing read.
+    pub async fn load_ports(&self) -> Result<PortMap, Error> {
+        let Some(path) = self.ports_file.clone() else {
+            return Ok(PortMap::default());
+        };
+        let bridge = self.net.bridge.clone();
+        let shown = path.display().to_string();
+        let map = tokio::task::spawn_blocking(move || -> Result<PortMap, String> {
+            let file = match std::fs::read_to_string(&path) {
+                Ok(t) => PortsFile::parse(&t)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => PortsFile::default(),
+                Err(e) => return Err(e.to_string()),
+            };
+            let r = crate::netns::resolve(&bridge, &file.endpoints)
+                .map_err(|e| format!("rtnetlink: {e}"))?;
+            let (bindings, mut problems) = normalize(r.bindings);
+            problems.extend(
+                r.unresolved
+                    .into_iter()
+                    .map(|(name, why)| format!("{name}: {why}")),
+            );
+            Ok(PortMap { bindings, problems })
+        })
+        .await
+        .map_err(|e| Error::PortMap {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?
+        .map_err(|reason| Error::PortMap {
+            path: shown,
+            reason,
+        })?;
+        self.set_bindings(map.bindings.clone());
+        Ok(map)
+    }
+
+    /// Replaces the stored port map (tests and in-process feeds); applied by the next apply or
+    /// [`Self::update_ports`].
+    pub fn set_bindings(&self, bindings: Vec<PortBinding>) {
+        let (b, _) = normalize(bindings);
+        match self.bindings.lock() {
+            Ok(mut g) => *g = b,
+            Err(p) => *p.into_inner() = b,
+        }
+    }
+
+    /// Moves the live per-port chains from `previous` to the stored port map in one
+    /// transaction that touches nothing else; falls back to a full apply when that
+    /// transaction is refused (e.g. the live table predates port binding). Returns the new
+    /// ruleset.
+    pub async fn update_ports(&self, previous: &Ruleset, l2: L2Match) -> Result<Ruleset, Error> {
+        let ruleset = render(
+            &self.policy,
+            &self.net,
+            l2,
+            self.current_bindings().as_deref(),
+        );
+        if let Some(batch) = ruleset.ports_update_batch(previous) {
+            match self
+                .nft
+                .apply(&to_nft_json(&batch), "update berth's port bindings")
+                .await
+            {
+                Ok(()) => return Ok(ruleset),
+                Err(e) => {
+                    warn!(error = %e, "incremental port update refused; re-applying everything")
+                }
+            }
+        }
+        Ok(self.apply().await?.ruleset)
     }
 
     pub fn table(&self) -> &str {
@@ -146,19 +252,32 @@ impl Firewall {
     /// The ruleset config renders to, with the bridge match resolved against this kernel.
     pub async fn render(&self) -> Result<Ruleset, Error> {
         let l2 = self.l2_match().await?;
-        Ok(render(&self.policy, &self.net, l2))
+        self.load_ports().await?;
+        Ok(render(
+            &self.policy,
+            &self.net,
+            l2,
+            self.current_bindings().as_deref(),
+        ))
     }
 
     /// The ruleset for an explicit bridge match, without asking the kernel.
+    /// The stored port map is used as is (see [`Self::load_ports`]).
     pub fn render_with(&self, l2: L2Match) -> Ruleset {
-        render(&self.policy, &self.net, l2)
+        render(
+            &self.policy,
+            &self.net,
+            l2,
+            self.current_bindings().as_deref(),
+        )
     }
 
-    /// Replaces berth's tables in one transaction, then isolates the bridge's ports.
+    /// Replaces berth's tables in one transaction (with the port map as the file says now),
+    /// then isolates the bridge's ports.
     pub async fn apply(&self) -> Result<Applied, Error> {
         self.nft.preflight("apply berth's ruleset")?;
+        let ruleset = self.render().await?;
         let l2 = self.l2_match().await?;
-        let ruleset = render(&self.policy, &self.net, l2);
         let start = Instant::now();
         self.nft
             .apply(
@@ -269,6 +388,11 @@ impl Firewall {
     ) -> Result<(), Error> {
         let applied = self.apply().await?;
         log_applied(&applied, "applied");
+        let mut last = applied.ruleset.clone();
+        let l2 = applied.l2;
+        let mut last_problems: Vec<String> = Vec::new();
+        let mut ports_ticker = tokio::time::interval(self.ports_poll);
+        ports_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let expected = expected_lines(&applied.ruleset.objects);
         let mut baseline = self.live_lines().await?;
         if let Some(d) = diff(&expected, &baseline) {
@@ -291,6 +415,43 @@ impl Firewall {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = ticker.tick() => {}
+                _ = ports_ticker.tick(), if self.ports_file.is_some() => {
+                    let before = self.current_bindings();
+                    match self.load_ports().await {
+                        Ok(map) => {
+                            if map.problems != last_problems {
+                                for p in &map.problems {
+                                    warn!(problem = %p, "port map entry not bound");
+                                }
+                                last_problems = map.problems;
+                            }
+                        }
+                        Err(e) => {
+                            error!(error = %e, "cannot load the port map; keeping the last one");
+                            continue;
+                        }
+                    }
+                    if self.current_bindings() == before {
+                        continue;
+                    }
+                    let start = Instant::now();
+                    match self.update_ports(&last, l2).await {
+                        Ok(rs) => {
+                            info!(
+                                ports = ?rs.port_chains().unwrap_or_default(),
+                                elapsed_ms = %format!("{:.1}", start.elapsed().as_secs_f64() * 1000.0),
+                                "port bindings updated"
+                            );
+                            last = rs;
+                            match self.live_lines().await {
+                                Ok(l) => baseline = l,
+                                Err(e) => error!(error = %e, "cannot read back berth's ruleset"),
+                            }
+                        }
+                        Err(e) => error!(error = %e, "cannot update port bindings"),
+                    }
+                    continue;
+                }
                 line = next_line(&mut monitor) => {
                     if line.is_none() {
                         warn!("nft monitor ended; drift is detected by polling only");
@@ -307,6 +468,7 @@ impl Firewall {
                         match self.apply().await {
                             Ok(a) => {
                                 log_applied(&a, "re-applied");
+                                last = a.ruleset.clone();
                                 match self.live_lines().await {
                                     Ok(l) => baseline = l,
                                     Err(e) => {

@@ -8,9 +8,11 @@
 //! This crate knows nothing about Docker, SQL or the other berth crates.
 
 pub mod addr;
+pub mod bindings;
 pub mod config;
 pub mod diff;
 pub mod engine;
+pub mod netns;
 pub mod nft;
 pub mod ports;
 pub mod render;

@@ -38,6 +38,7 @@ use nftables::stmt::{
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::addr::{allow_sets, deny4, deny6};
+use crate::bindings::PortBinding;
 use crate::config::Policy;
 
 /// The tenant network as this crate needs it (converted from `[network]` by the binary).
@@ -79,10 +80,12 @@ pub enum Reason {
     Icmp,
     /// IPv6 while the tenant network has no IPv6.
     Ipv6,
+    /// A frame from a tenant bridge port that is in no port binding (bridge table only).
+    Unbound,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Spoof,
         Reason::Invalid,
         Reason::Private,
@@ -90,6 +93,7 @@ impl Reason {
         Reason::Host,
         Reason::Icmp,
         Reason::Ipv6,
+        Reason::Unbound,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -100,6 +104,7 @@ impl Reason {
             Reason::Host => "host",
             Reason::Icmp => "icmp",
             Reason::Ipv6 => "ipv6",
+            Reason::Unbound => "unbound",
         }
     }
     pub fn chain(self) -> String {
@@ -298,7 +303,9 @@ fn dport(port: u16) -> Statement<'static> {
 }
 
 /// Renders the full ruleset. Pure and deterministic: the same inputs give byte-identical JSON.
-pub fn render(p: &Policy, net: &Network, l2: L2Match) -> Ruleset {
+/// `ports` is the port map (see [`crate::bindings`]); `None` renders no per-port chains (port
+/// binding disabled: anti-spoofing is then only "source inside the tenant subnet").
+pub fn render(p: &Policy, net: &Network, l2: L2Match, ports: Option<&[PortBinding]>) -> Ruleset {
     let mut b = Builder {
         table: p.table.clone(),
         objects_sets: Vec::new(),
@@ -600,7 +607,9 @@ pub fn render(p: &Policy, net: &Network, l2: L2Match) -> Ruleset {
     b.rule(inet, inp, vec![goto(Reason::Host)]);
 
     for reason in Reason::ALL {
-        b.drop_chain(inet, reason, p);
+        if reason != Reason::Unbound {
+            b.drop_chain(inet, reason, p);
+        }
     }
 
     // The bridge table: tenant ↔ tenant on the same bridge, with or without br_netfilter.
@@ -662,6 +671,11 @@ pub fn render(p: &Policy, net: &Network, l2: L2Match) -> Ruleset {
         }
     }
     b.drop_chain(bridge, Reason::Tenant, p);
+    if let Some(ports) = ports {
+        port_rules(&mut b, p, net, l2, ports);
+        b.drop_chain(bridge, Reason::Spoof, p);
+        b.drop_chain(bridge, Reason::Unbound, p);
+    }
 
     let mut objects = vec![
         NfListObject::Table(Table {
@@ -681,6 +695,316 @@ pub fn render(p: &Policy, net: &Network, l2: L2Match) -> Ruleset {
     Ruleset {
         table: p.table.clone(),
         objects,
+    }
+}
+
+/// The bridge-port binding chains (layout in the module docs of [`crate::bindings`]):
+/// - `ports`, a base chain at bridge `prerouting` (every frame entering the bridge from a port,
+///   whether it is then forwarded or delivered to the host): dispatches by input port to that
+///   port's chain; a frame from a tenant-bridge port with no binding goes to `drop_unbound`
+///   (with bridge meta support: every such frame; without it the bridge of a port is unknown
+///   here, so only frames claiming a tenant-subnet address are dropped).
+/// - `port_common`: what no tenant port may send whatever its binding — non-IP/ARP ethertypes
+///   (VLAN tags included), non-Ethernet/IPv4 ARP, router advertisements and redirects, ND
+///   messages with more than one option or an option other than the one link-layer address
+///   option, and anything but DAD/MLD from the unspecified address.
+/// - `port_<ifname>`: the port's own MAC as Ethernet and ARP sender, its own IPv4 as ARP
+///   sender and IP source, its own IPv6 (or the link-local its MAC implies) as IPv6 source and
+///   NA target, its own MAC in the ND link-layer option.
+fn port_rules(b: &mut Builder, p: &Policy, net: &Network, l2: L2Match, ports: &[PortBinding]) {
+    let bridge = NfFamily::Bridge;
+    b.chain(
+        bridge,
+        "ports",
+        Some((NfHook::Prerouting, -200 + p.priority)),
+    );
+    b.chain(bridge, "port_common", None);
+    if l2 == L2Match::Meta {
+        b.rule(
+            bridge,
+            "ports",
+            vec![
+                m(
+                    meta(MetaKey::Ibridgename),
+                    Operator::NEQ,
+                    s(net.bridge.clone()),
+                ),
+                Statement::Return(None),
+            ],
+        );
+    }
+    if !ports.is_empty() {
+        b.rule(
+            bridge,
+            "ports",
+            vec![Statement::VerdictMap(nftables::stmt::VerdictMap {
+                key: meta(MetaKey::Iifname),
+                data: Expression::Named(NamedExpression::Set(
+                    ports
+                        .iter()
+                        .map(|pb| {
+                            SetItem::Mapping(
+                                s(pb.port.clone()),
+                                Expression::Verdict(nftables::expr::Verdict::Goto(JumpTarget {
+                                    target: pb.chain().into(),
+                                })),
+                            )
+                        })
+                        .collect(),
+                )),
+            })],
+        );
+    }
+    match l2 {
+        L2Match::Meta => b.rule(bridge, "ports", vec![goto(Reason::Unbound)]),
+        L2Match::Addresses => {
+            let mut claims = vec![
+                (payload("arp", "saddr ip"), prefix(IpNet::V4(net.subnet))),
+                (payload("ip", "saddr"), prefix(IpNet::V4(net.subnet))),
+            ];
+            if let Some(sub6) = net.subnet6 {
+                claims.push((payload("ip6", "saddr"), prefix(IpNet::V6(sub6))));
+            }
+            for (left, right) in claims {
+                b.rule(
+                    bridge,
+                    "ports",
+                    vec![m(left, Operator::EQ, right), goto(Reason::Unbound)],
+                );
+            }
+        }
+    }
+
+    // port_common.
+    let pc = "port_common";
+    let num = |v: u32| Expression::Number(v);
+    let raw = |offset: u32, len: u32| {
+        Expression::Named(NamedExpression::Payload(Payload::PayloadRaw(
+            nftables::expr::PayloadRaw {
+                base: nftables::expr::PayloadBase::TH,
+                offset,
+                len,
+            },
+        )))
+    };
+    let unspec = || s("::");
+    b.rule(
+        bridge,
+        pc,
+        vec![
+            m(
+                payload("ether", "type"),
+                Operator::NEQ,
+                anon_set(&["ip", "arp", "ip6"]),
+            ),
+            goto(Reason::Spoof),
+        ],
+    );
+    b.rule(
+        bridge,
+        pc,
+        vec![
+            m(payload("arp", "htype"), Operator::NEQ, num(1)),
+            goto(Reason::Spoof),
+        ],
+    );
+    b.rule(
+        bridge,
+        pc,
+        vec![
+            m(payload("arp", "ptype"), Operator::NEQ, s("ip")),
+            goto(Reason::Spoof),
+        ],
+    );
+    b.rule(
+        bridge,
+        pc,
+        vec![
+            m(payload("arp", "hlen"), Operator::NEQ, num(6)),
+            goto(Reason::Spoof),
+        ],
+    );
+    b.rule(
+        bridge,
+        pc,
+        vec![
+            m(payload("arp", "plen"), Operator::NEQ, num(4)),
+            goto(Reason::Spoof),
+        ],
+    );
+    b.rule(
+        bridge,
+        pc,
+        vec![
+            m(
+                payload("icmpv6", "type"),
+                Operator::EQ,
+                anon_set(&["nd-router-advert", "nd-redirect"]),
+            ),
+            goto(Reason::Spoof),
+        ],
+    );
+    // nft lists the set in numeric order (131, 135, 143).
+    b.rule(
+        bridge,
+        pc,
+        vec![
+            m(payload("ip6", "saddr"), Operator::EQ, unspec()),
+            m(
+                payload("icmpv6", "type"),
+                Operator::NEQ,
+                anon_set(&[
+                    "mld-listener-report",
+                    "nd-neighbor-solicit",
+                    "mld2-listener-report",
+                ]),
+            ),
+            goto(Reason::Spoof),
+        ],
+    );
+    let nd = || {
+        m(
+            payload("icmpv6", "type"),
+            Operator::EQ,
+            anon_set(&["nd-neighbor-solicit", "nd-neighbor-advert"]),
+        )
+    };
+    let ip6_len = || payload("ip6", "length");
+    // At most one option (24 bytes of NS/NA, plus one 8-byte option)…
+    b.rule(
+        bridge,
+        pc,
+        vec![
+            nd(),
+            m(payload("ip6", "saddr"), Operator::NEQ, unspec()),
+            m(
+                ip6_len(),
+                Operator::NEQ,
+                Expression::Named(NamedExpression::Set(vec![
+                    SetItem::Element(num(24)),
+                    SetItem::Element(num(32)),
+                ])),
+            ),
+            goto(Reason::Spoof),
+        ],
+    );
+    // …and that option is the link-layer address one (type 1 in NS, 2 in NA; length 1).
+    for (ty, opt) in [
+        ("nd-neighbor-solicit", 0x0101u32),
+        ("nd-neighbor-advert", 0x0201),
+    ] {
+        let mut rule = vec![m(payload("icmpv6", "type"), Operator::EQ, s(ty))];
+        if ty == "nd-neighbor-solicit" {
+            rule.push(m(payload("ip6", "saddr"), Operator::NEQ, unspec()));
+        }
+        rule.push(m(ip6_len(), Operator::EQ, num(32)));
+        rule.push(m(raw(192, 16), Operator::NEQ, num(opt)));
+        rule.push(goto(Reason::Spoof));
+        b.rule(bridge, pc, rule);
+    }
+
+    // One chain per port.
+    for pb in ports {
+        let chain = pb.chain();
+        b.chain(bridge, &chain, None);
+        let mac = s(pb.mac.to_string());
+        let mut rules: Vec<Vec<Statement<'static>>> = vec![
+            vec![jump("port_common")],
+            vec![
+                m(payload("ether", "saddr"), Operator::NEQ, mac.clone()),
+                goto(Reason::Spoof),
+            ],
+            vec![
+                m(payload("arp", "saddr ether"), Operator::NEQ, mac),
+                goto(Reason::Spoof),
+            ],
+        ];
+        let mut arp_ips: Vec<Ipv4Addr> = pb.ipv4.clone();
+        arp_ips.push(Ipv4Addr::UNSPECIFIED); // ARP probes (RFC 5227) claim nothing
+        arp_ips.sort();
+        arp_ips.dedup();
+        rules.push(vec![
+            m(
+                payload("arp", "saddr ip"),
+                Operator::NEQ,
+                values(arp_ips.iter().map(|a| a.to_string())),
+            ),
+            goto(Reason::Spoof),
+        ]);
+        if pb.ipv4.is_empty() {
+            rules.push(vec![
+                m(payload("ether", "type"), Operator::EQ, s("ip")),
+                goto(Reason::Spoof),
+            ]);
+        } else {
+            let mut v4 = pb.ipv4.clone();
+            v4.sort();
+            rules.push(vec![
+                m(
+                    payload("ip", "saddr"),
+                    Operator::NEQ,
+                    values(v4.iter().map(|a| a.to_string())),
+                ),
+                goto(Reason::Spoof),
+            ]);
+        }
+        let mut own6: Vec<Ipv6Addr> = pb.ipv6.clone();
+        own6.push(pb.mac.link_local());
+        own6.sort();
+        own6.dedup();
+        let mut src6 = own6.clone();
+        src6.push(Ipv6Addr::UNSPECIFIED);
+        src6.sort();
+        rules.push(vec![
+            m(
+                payload("ip6", "saddr"),
+                Operator::NEQ,
+                values(src6.iter().map(|a| a.to_string())),
+            ),
+            goto(Reason::Spoof),
+        ]);
+        rules.push(vec![
+            m(
+                payload("icmpv6", "type"),
+                Operator::EQ,
+                s("nd-neighbor-advert"),
+            ),
+            m(
+                raw(64, 128),
+                Operator::NEQ,
+                values(own6.iter().map(|a| format!("{:#x}", u128::from(*a)))),
+            ),
+            goto(Reason::Spoof),
+        ]);
+        // The link-layer option's address (48 bits, compared as 16 + 32 so both fit the
+        // numbers nft lists back).
+        let mb = pb.mac.0;
+        let hi = u32::from(u16::from_be_bytes([mb[0], mb[1]]));
+        let lo = u32::from_be_bytes([mb[2], mb[3], mb[4], mb[5]]);
+        for (off, len, v) in [(208u32, 16u32, hi), (224, 32, lo)] {
+            rules.push(vec![
+                nd(),
+                m(payload("ip6", "saddr"), Operator::NEQ, unspec()),
+                m(ip6_len(), Operator::EQ, num(32)),
+                m(raw(off, len), Operator::NEQ, num(v)),
+                goto(Reason::Spoof),
+            ]);
+        }
+        for r in rules {
+            b.rule(bridge, &chain, r);
+        }
+    }
+}
+
+/// One value as itself, several as an anonymous set (the way nft lists them back).
+fn values(v: impl Iterator<Item = String>) -> Expression<'static> {
+    let mut v: Vec<Expression<'static>> = v.map(s).collect();
+    if v.len() == 1 {
+        v.remove(0)
+    } else {
+        Expression::Named(NamedExpression::Set(
+            v.into_iter().map(SetItem::Element).collect(),
+        ))
     }
 }
 
@@ -709,6 +1033,70 @@ impl Ruleset {
             batch.add(o.clone());
         }
         batch.to_nftables()
+    }
+
+    /// Names of the per-port chains (`port_<ifname>`) in the bridge table; `None` when the
+    /// ruleset was rendered without port binding.
+    pub fn port_chains(&self) -> Option<Vec<String>> {
+        let mut has_dispatch = false;
+        let mut out = Vec::new();
+        for o in &self.objects {
+            if let NfListObject::Chain(c) = o
+                && c.family == NfFamily::Bridge
+            {
+                if c.name == "ports" {
+                    has_dispatch = true;
+                } else if c.name.starts_with("port_") && c.name != "port_common" {
+                    out.push(c.name.to_string());
+                }
+            }
+        }
+        has_dispatch.then_some(out)
+    }
+
+    /// One transaction that moves the live per-port chains from `previous` to `self` and
+    /// touches nothing else (counters of the drop chains and the whole `inet` table stay):
+    /// flush the dispatch chain, delete the old port chains, add the new ones and the new
+    /// dispatch rules. `None` when either side has no port binding (a full apply is needed).
+    pub fn ports_update_batch(&self, previous: &Ruleset) -> Option<Nftables<'static>> {
+        let old = previous.port_chains()?;
+        let new = self.port_chains()?;
+        let chain = |name: &str| Chain {
+            family: NfFamily::Bridge,
+            table: self.table.clone().into(),
+            name: name.to_string().into(),
+            newname: None,
+            handle: None,
+            _type: None,
+            hook: None,
+            prio: None,
+            dev: None,
+            policy: None,
+        };
+        let mut batch = Batch::new();
+        batch.add_cmd(nftables::schema::NfCmd::Flush(
+            nftables::schema::FlushObject::Chain(chain("ports")),
+        ));
+        for name in &old {
+            batch.add_cmd(nftables::schema::NfCmd::Flush(
+                nftables::schema::FlushObject::Chain(chain(name)),
+            ));
+        }
+        for name in &old {
+            batch.delete(NfListObject::Chain(chain(name)));
+        }
+        for name in &new {
+            batch.add(NfListObject::Chain(chain(name)));
+        }
+        for o in &self.objects {
+            if let NfListObject::Rule(r) = o
+                && r.family == NfFamily::Bridge
+                && (r.chain == "ports" || new.iter().any(|n| *n == r.chain))
+            {
+                batch.add(o.clone());
+            }
+        }
+        Some(batch.to_nftables())
     }
 
     pub fn rule_count(&self) -> usize {
@@ -821,7 +1209,7 @@ mod tests {
     #[test]
     fn golden_default_ipv4_only() {
         let p = Config::default().policy().unwrap();
-        let rs = render(&p, &net(false), L2Match::Addresses);
+        let rs = render(&p, &net(false), L2Match::Addresses, None);
         golden(
             "default-ipv4.txt",
             &(expected_lines(&rs.objects).join("\n") + "\n"),
@@ -839,18 +1227,132 @@ mod tests {
             extra_deny: vec!["45.0.0.0/24".into()],
             ..Default::default()
         };
-        let rs = render(&cfg.policy().unwrap(), &net(true), L2Match::Meta);
+        let rs = render(&cfg.policy().unwrap(), &net(true), L2Match::Meta, None);
         golden(
             "dual-stack-allowlist.txt",
             &(expected_lines(&rs.objects).join("\n") + "\n"),
         );
     }
 
+    fn bindings() -> Vec<PortBinding> {
+        vec![
+            PortBinding {
+                port: "vethA".into(),
+                mac: "02:42:ac:13:02:05".parse().unwrap(),
+                ipv4: vec!["172.19.2.5".parse().unwrap()],
+                ipv6: vec!["fd19:2::5".parse().unwrap()],
+            },
+            PortBinding {
+                port: "vethB".into(),
+                mac: "02:42:ac:13:02:06".parse().unwrap(),
+                ipv4: vec!["172.19.2.6".parse().unwrap()],
+                ipv6: vec![],
+            },
+        ]
+    }
+
+    #[test]
+    fn golden_port_bindings() {
+        let p = Config::default().policy().unwrap();
+        let rs = render(&p, &net(true), L2Match::Addresses, Some(&bindings()));
+        let lines: Vec<String> = expected_lines(&rs.objects)
+            .into_iter()
+            .filter(|l| l.starts_with("rule bridge") || l.starts_with("chain bridge"))
+            .collect();
+        golden("port-bindings.txt", &(lines.join("\n") + "\n"));
+        let meta = render(&p, &net(true), L2Match::Meta, Some(&bindings()));
+        let r = rules_of(&meta, NfFamily::Bridge, "ports");
+        assert!(
+            r[0].contains("ibrname") && r[0].contains("return"),
+            "{r:#?}"
+        );
+        assert!(r.last().unwrap().contains("drop_unbound"), "{r:#?}");
+    }
+
+    #[test]
+    fn every_port_chain_checks_mac_arp_ip_and_nd() {
+        let p = Config::default().policy().unwrap();
+        let rs = render(&p, &net(true), L2Match::Addresses, Some(&bindings()));
+        let a = rules_of(&rs, NfFamily::Bridge, "port_vethA");
+        assert!(a[0].contains("port_common"));
+        for needle in [
+            r#""field":"saddr","protocol":"ether"}},"op":"!=","right":"02:42:ac:13:02:05""#,
+            r#""saddr ether","protocol":"arp"}},"op":"!=","right":"02:42:ac:13:02:05""#,
+            r#"{"set":["0.0.0.0","172.19.2.5"]}"#,
+            r#""protocol":"ip"}},"op":"!=","right":"172.19.2.5""#,
+            r#"{"set":["::","fd19:2::5","fe80::42:acff:fe13:205"]}"#,
+            r#"{"set":["0xfd190002000000000000000000000005","0xfe800000000000000042acfffe130205"]}"#,
+        ] {
+            assert!(
+                a.iter().any(|r| r.contains(needle)),
+                "{needle} missing in {a:#?}"
+            );
+        }
+        // Every rule but the first sends to drop_spoof: a port chain never accepts.
+        assert!(
+            a[1..]
+                .iter()
+                .all(|r| r.contains("drop_spoof") && !r.contains("accept"))
+        );
+        // No IPv4 bound: IPv4 from the port is refused outright.
+        let mut b = bindings();
+        b[1].ipv4.clear();
+        let rs = render(&p, &net(true), L2Match::Addresses, Some(&b));
+        let r = rules_of(&rs, NfFamily::Bridge, "port_vethB");
+        assert!(
+            r.iter()
+                .any(|r| r.contains(r#""right":"ip"}},{"goto":{"target":"drop_spoof"}}"#)),
+            "{r:#?}"
+        );
+        // Without port binding there is no dispatch chain.
+        assert!(
+            render(&p, &net(true), L2Match::Meta, None)
+                .port_chains()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn ports_update_touches_only_port_chains() {
+        let p = Config::default().policy().unwrap();
+        let before = render(&p, &net(false), L2Match::Addresses, Some(&bindings()[..1]));
+        let after = render(&p, &net(false), L2Match::Addresses, Some(&bindings()[1..]));
+        let batch = to_nft_json(&after.ports_update_batch(&before).unwrap());
+        let cmds: Vec<String> = batch["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert!(
+            cmds[0].starts_with(r#"{"flush":{"chain":{"family":"bridge""#)
+                && cmds[0].contains(r#""name":"ports""#)
+        );
+        assert!(
+            cmds.iter()
+                .any(|c| c.starts_with(r#"{"delete":{"chain""#) && c.contains("port_vethA"))
+        );
+        assert!(
+            cmds.iter()
+                .any(|c| c.starts_with(r#"{"add":{"chain""#) && c.contains("port_vethB"))
+        );
+        for c in &cmds {
+            assert!(!c.contains(r#""family":"inet""#), "{c}");
+            assert!(!c.contains("drop_") || c.contains(r#""rule""#), "{c}");
+            assert!(!c.contains("port_common\",\"newname"), "{c}");
+        }
+        assert!(
+            after
+                .ports_update_batch(&render(&p, &net(false), L2Match::Addresses, None))
+                .is_none()
+        );
+    }
+
     #[test]
     fn deterministic() {
         let p = Config::default().policy().unwrap();
-        let a = to_nft_json(&render(&p, &net(true), L2Match::Meta).apply_batch());
-        let b = to_nft_json(&render(&p, &net(true), L2Match::Meta).apply_batch());
+        let a = to_nft_json(&render(&p, &net(true), L2Match::Meta, None).apply_batch());
+        let b = to_nft_json(&render(&p, &net(true), L2Match::Meta, None).apply_batch());
         assert_eq!(a, b);
     }
 
@@ -864,7 +1366,12 @@ mod tests {
                 cfg.allow
                     .push(format!("46.{}.{}.7:{}", i / 100, (i % 100) * 2, 1000 + i));
             }
-            let rs = render(&cfg.policy().unwrap(), &net(false), L2Match::Addresses);
+            let rs = render(
+                &cfg.policy().unwrap(),
+                &net(false),
+                L2Match::Addresses,
+                None,
+            );
             (rs.rule_count(), rs.element_count())
         };
         let (r1, e1) = count(1);
@@ -876,7 +1383,7 @@ mod tests {
     #[test]
     fn forward_order_is_conntrack_spoof_tenant_allow_deny() {
         let p = Config::default().policy().unwrap();
-        let rs = render(&p, &net(true), L2Match::Meta);
+        let rs = render(&p, &net(true), L2Match::Meta, None);
         let r = rules_of(&rs, NfFamily::INet, "tenant_forward");
         let est = position(&r, "established");
         let spoof = position(&r, "drop_spoof");
@@ -902,7 +1409,7 @@ mod tests {
     #[test]
     fn input_only_lets_resolver_icmp_nd_and_allowlist_through() {
         let p = Config::default().policy().unwrap();
-        let rs = render(&p, &net(true), L2Match::Meta);
+        let rs = render(&p, &net(true), L2Match::Meta, None);
         let r = rules_of(&rs, NfFamily::INet, "tenant_input");
         assert!(r.last().unwrap().contains("drop_host"), "{r:#?}");
         for rule in &r {
@@ -926,7 +1433,7 @@ mod tests {
     #[test]
     fn ipv6_off_drops_ipv6() {
         let p = Config::default().policy().unwrap();
-        let rs = render(&p, &net(false), L2Match::Addresses);
+        let rs = render(&p, &net(false), L2Match::Addresses, None);
         for chain in ["tenant_forward", "tenant_input"] {
             let r = rules_of(&rs, NfFamily::INet, chain);
             let v6drop = position(&r, "drop_ipv6");
@@ -942,7 +1449,7 @@ mod tests {
     fn bridge_table_matches_the_bridge() {
         let p = Config::default().policy().unwrap();
         let meta = rules_of(
-            &render(&p, &net(false), L2Match::Meta),
+            &render(&p, &net(false), L2Match::Meta, None),
             NfFamily::Bridge,
             "forward",
         );
@@ -953,7 +1460,7 @@ mod tests {
             meta[0]
         );
         let addr = rules_of(
-            &render(&p, &net(true), L2Match::Addresses),
+            &render(&p, &net(true), L2Match::Addresses, None),
             NfFamily::Bridge,
             "forward",
         );
@@ -970,7 +1477,7 @@ mod tests {
         }
         .policy()
         .unwrap();
-        let rs = render(&p, &net(false), L2Match::Meta);
+        let rs = render(&p, &net(false), L2Match::Meta, None);
         let mut hooks = 0;
         for o in &rs.objects {
             match o {
@@ -1002,7 +1509,8 @@ mod tests {
         }
         .policy()
         .unwrap();
-        let json = to_nft_json(&render(&p, &net(false), L2Match::Meta).apply_batch()).to_string();
+        let json =
+            to_nft_json(&render(&p, &net(false), L2Match::Meta, None).apply_batch()).to_string();
         assert!(!json.contains("\"log\""));
         assert!(json.contains("\"counter\""));
         let p = Config {
@@ -1011,14 +1519,15 @@ mod tests {
         }
         .policy()
         .unwrap();
-        let json = to_nft_json(&render(&p, &net(false), L2Match::Meta).apply_batch()).to_string();
+        let json =
+            to_nft_json(&render(&p, &net(false), L2Match::Meta, None).apply_batch()).to_string();
         assert!(json.contains("xyz private: "));
     }
 
     #[test]
     fn apply_batch_replaces_both_tables_first() {
         let p = Config::default().policy().unwrap();
-        let batch = to_nft_json(&render(&p, &net(false), L2Match::Meta).apply_batch());
+        let batch = to_nft_json(&render(&p, &net(false), L2Match::Meta, None).apply_batch());
         let cmds = batch["nftables"].as_array().unwrap();
         let head: Vec<String> = cmds[..4].iter().map(|c| c.to_string()).collect();
         assert!(
