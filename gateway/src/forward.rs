@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use russh::ChannelOpenFailure;
 use russh::server::{ChannelOpenHandle, Msg};
-use russh::{Channel, ChannelOpenFailure};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -24,7 +24,8 @@ use crate::server::Conn;
 pub struct Spec {
     pub conn: Arc<Conn>,
     pub closed: CancellationToken,
-    pub channel: Channel<Msg>,
+    /// The read half was dropped at open (see `handler::Pending`).
+    pub writer: russh::ChannelWriteHalf<Msg>,
     pub reply: ChannelOpenHandle,
     pub host: String,
     pub port: u32,
@@ -35,7 +36,7 @@ pub async fn run(spec: Spec) {
     let Spec {
         conn,
         closed,
-        channel,
+        writer,
         reply,
         host,
         port,
@@ -118,8 +119,6 @@ pub async fn run(spec: Spec) {
     };
     let _ = stream.set_nodelay(true);
     reply.accept().await;
-    let (read_half, writer) = channel.split();
-    drop(read_half);
     let (mut rd, wr) = stream.into_split();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = AtomicU64::new(0);

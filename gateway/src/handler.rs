@@ -20,7 +20,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info};
 
 use crate::policy::{self, Program};
-use crate::server::{Conn, Login, Permit, Shared, Slot};
+use crate::server::{Conn, Login, PermitCell, Shared, Slot};
 use crate::{forward, session};
 
 /// Bytes from the client for one channel.
@@ -37,6 +37,9 @@ pub enum Ctl {
     Signal(String),
 }
 
+/// Control requests (resize, signal) that may wait for a running channel's task.
+const CTL_QUEUE: usize = 16;
+
 /// Terminal requested with `pty-req`.
 #[derive(Debug, Clone)]
 pub struct PtySpec {
@@ -45,8 +48,12 @@ pub struct PtySpec {
     pub rows: u32,
 }
 
+/// A session channel before its program starts. Only the write half of russh's `Channel` is
+/// kept: the read half is dropped at open, so russh's per-channel queue is closed and a client
+/// sending hundreds of requests or data packets before `exec` can never fill it (a full queue
+/// blocks the whole connection's loop). Requests are answered from the handler callbacks.
 struct Pending {
-    channel: Channel<Msg>,
+    writer: russh::ChannelWriteHalf<Msg>,
     pty: Option<PtySpec>,
     env: Vec<(String, String)>,
 }
@@ -57,7 +64,9 @@ enum ChanState {
     /// Running: a task owns the channel's writer and reads these queues.
     Running {
         input: mpsc::UnboundedSender<Input>,
-        ctl: Option<mpsc::UnboundedSender<Ctl>>,
+        /// Bounded: resize and signal requests beyond [`CTL_QUEUE`] waiting ones are refused,
+        /// so a flood of `window-change` cannot grow memory while Docker is slow.
+        ctl: Option<mpsc::Sender<Ctl>>,
     },
     /// Nothing more will be accepted (failed start).
     Dead,
@@ -110,8 +119,10 @@ impl Drop for Finished {
 pub struct ConnHandler {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    permit: Option<Box<dyn Permit>>,
+    permit: PermitCell,
     authed: CancellationToken,
+    /// Who authenticated, for the connection task's audit of how the connection ended.
+    authed_as: Arc<std::sync::OnceLock<Login>>,
     conn: Option<Arc<Conn>>,
     login: Option<Login>,
     channels: HashMap<ChannelId, ChanEntry>,
@@ -121,14 +132,16 @@ impl ConnHandler {
     pub fn new(
         shared: Arc<Shared>,
         peer: SocketAddr,
-        permit: Box<dyn Permit>,
+        permit: PermitCell,
         authed: CancellationToken,
+        authed_as: Arc<std::sync::OnceLock<Login>>,
     ) -> Self {
         Self {
             shared,
             peer,
-            permit: Some(permit),
+            permit,
             authed,
+            authed_as,
             conn: None,
             login: None,
             channels: HashMap::new(),
@@ -167,7 +180,7 @@ impl ConnHandler {
             }
         };
         let (in_tx, in_rx) = mpsc::unbounded_channel();
-        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let (ctl_tx, ctl_rx) = mpsc::channel(CTL_QUEUE);
         entry.state = ChanState::Running {
             input: in_tx,
             ctl: Some(ctl_tx),
@@ -175,11 +188,7 @@ impl ConnHandler {
         let closed = entry.token();
         let finished = entry.finished_guard();
         let _ = session.channel_success(id);
-        let Pending { channel, pty, env } = *pending;
-        let (_read_half, writer) = channel.split();
-        // The read half is dropped: russh's per-channel message queue is then closed and never
-        // fills up (an undrained `Channel` freezes the whole connection after 100 messages).
-        drop(_read_half);
+        let Pending { writer, pty, env } = *pending;
         let spec = session::Spec {
             conn,
             id,
@@ -278,13 +287,12 @@ impl russh::server::Handler for ConnHandler {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
-        if let Some(p) = self.permit.take() {
-            p.authenticated();
-        }
+        self.permit.authenticated();
         self.authed.cancel();
         let Some(login) = self.login.clone() else {
             return Ok(());
         };
+        let _ = self.authed_as.set(login.clone());
         info!(peer = %self.peer, server = %login.server.login_name(), owner = %login.owner, "authenticated");
         let conn = Conn::new(self.shared.clone(), login, self.peer, session.handle());
         conn.touch();
@@ -304,11 +312,13 @@ impl russh::server::Handler for ConnHandler {
             return Ok(());
         };
         let id = channel.id();
+        let (read_half, writer) = channel.split();
+        drop(read_half);
         self.channels.insert(
             id,
             ChanEntry::new(
                 ChanState::Pending(Box::new(Pending {
-                    channel,
+                    writer,
                     pty: None,
                     env: Vec::new(),
                 })),
@@ -334,6 +344,8 @@ impl russh::server::Handler for ConnHandler {
             return Ok(());
         };
         let id = channel.id();
+        let (read_half, writer) = channel.split();
+        drop(read_half);
         let (in_tx, in_rx) = mpsc::unbounded_channel();
         let entry = ChanEntry::new(
             ChanState::Running {
@@ -349,7 +361,7 @@ impl russh::server::Handler for ConnHandler {
         let spec = forward::Spec {
             conn,
             closed,
-            channel,
+            writer,
             reply,
             host: host_to_connect.to_string(),
             port: port_to_connect,
@@ -549,7 +561,8 @@ impl russh::server::Handler for ConnHandler {
                 state: ChanState::Running { ctl: Some(ctl), .. },
                 ..
             }) => {
-                let _ = ctl.send(Ctl::Resize {
+                // A full queue drops this resize; the terminal's next resize corrects it.
+                let _ = ctl.try_send(Ctl::Resize {
                     cols: col_width,
                     rows: row_height,
                 });
@@ -588,7 +601,7 @@ impl russh::server::Handler for ConnHandler {
             ..
         }) = self.channels.get(&channel)
         {
-            let _ = ctl.send(Ctl::Signal(name));
+            let _ = ctl.try_send(Ctl::Signal(name));
         }
         Ok(())
     }

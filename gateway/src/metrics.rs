@@ -203,6 +203,9 @@ pub static RATE_LIMITED: Family<9> = Family::new(
 pub static BANS: Counter = Counter::new();
 /// Connections closed because login grace time ran out.
 pub static LOGIN_GRACE_EXPIRED: Counter = Counter::new();
+/// Connections cut because the client broke the protocol's limits, by kind.
+pub static PROTOCOL_VIOLATIONS: Family<2> =
+    Family::new("kind", ["window_exceeded", "pre_exec_flood"]);
 /// bcrypt verifications (real or dummy) and how long each took, queueing excluded.
 pub static BCRYPT_SECONDS: Histogram = Histogram::new();
 /// bcrypt verifications waiting for a slot right now.
@@ -229,6 +232,22 @@ pub static ENSURE_RUNNING: Family<3> = Family::new("result", ["running", "starte
 
 // ---------------------------------------------------------------------------------------------
 // Helpers for the session code.
+
+/// Why a connection was cut for breaking the protocol's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    /// The client sent more channel data than the window we granted.
+    WindowExceeded,
+    /// The client flooded a channel with requests before (or while) its program started.
+    PreExecFlood,
+}
+
+pub fn protocol_violation(v: Violation) {
+    PROTOCOL_VIOLATIONS.inc(match v {
+        Violation::WindowExceeded => 0,
+        Violation::PreExecFlood => 1,
+    });
+}
 
 /// Auth outcome for [`auth_outcome`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -403,6 +422,11 @@ pub fn render(out: &mut String) {
         "Connections closed because the login grace time ran out.",
         "counter",
         LOGIN_GRACE_EXPIRED.get(),
+    );
+    PROTOCOL_VIOLATIONS.render(
+        out,
+        "berth_gateway_protocol_violations_total",
+        "Connections cut because the client ignored the protocol's limits (channel window, request floods).",
     );
     BCRYPT_SECONDS.render(
         out,

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -371,65 +372,126 @@ async fn run_connection(shared: Arc<Shared>, sock: tokio::net::TcpStream, peer: 
     };
     let _active = crate::metrics::connection_opened();
     let _ = sock.set_nodelay(true);
+    // The pre-auth deadline is enforced from out here, not inside russh's state machine: a
+    // stalled key exchange, a half-sent packet or a stream of SSH_MSG_IGNORE cannot extend it.
+    // On expiry the socket is shut down through a duplicate of its descriptor (the session task
+    // then sees EOF/EPIPE whatever it is waiting for) and the unauthenticated slot is released
+    // here at once, without waiting for that task.
     let grace = permit.grace_deadline();
+    let killer = sock.as_fd().try_clone_to_owned().ok();
+    let permit = PermitCell::new(permit);
     let authed = CancellationToken::new();
-    let handler = ConnHandler::new(shared.clone(), peer, permit, authed.clone());
+    let login = Arc::new(std::sync::OnceLock::new());
+    let handler = ConnHandler::new(
+        shared.clone(),
+        peer,
+        permit.clone(),
+        authed.clone(),
+        login.clone(),
+    );
     let cfg = shared.russh.clone();
     let deadline = shared.deadline.clone();
-    let fut = async move {
-        // The login grace time covers the handshake too: a client that connects and never
-        // sends its banner must not keep an unauthenticated slot.
-        let started = russh::server::run_stream(cfg, sock, handler);
-        let started = match grace {
-            Some(at) => match tokio::time::timeout_at(at, started).await {
-                Ok(r) => r,
-                Err(_) => {
-                    crate::metrics::handshake(false);
-                    debug!(%peer, "login grace time expired during the handshake");
-                    return;
-                }
-            },
-            None => started.await,
-        };
-        let session = match started {
+    let work = async move {
+        let session = match russh::server::run_stream(cfg, sock, handler).await {
             Ok(s) => s,
             Err(e) => {
                 crate::metrics::handshake(false);
                 debug!(%peer, error = %e, "ssh handshake failed");
-                return;
+                return None;
             }
         };
         let handle = session.handle();
         tokio::pin!(session);
-        let grace_expired = async {
-            match grace {
-                Some(at) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(at) => {}
-                        _ = authed.cancelled() => std::future::pending::<()>().await,
-                    }
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
         tokio::select! {
-            r = &mut session => {
-                if let Err(e) = r { debug!(%peer, error = %e, "connection ended with error"); }
-            }
-            _ = grace_expired => {
-                debug!(%peer, "login grace time expired");
-                let _ = handle
-                    .disconnect(russh::Disconnect::ByApplication, "login grace time expired".into(), "en".into())
-                    .await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
-            }
+            r = &mut session => r.err(),
             _ = deadline.cancelled() => {
-                let _ = handle
-                    .disconnect(russh::Disconnect::ByApplication, "berth gateway is shutting down".into(), "en".into())
-                    .await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    handle.disconnect(
+                        russh::Disconnect::ByApplication,
+                        "berth gateway is shutting down".into(),
+                        "en".into(),
+                    ),
+                )
+                .await;
                 let _ = tokio::time::timeout(Duration::from_secs(3), &mut session).await;
+                None
             }
         }
     };
-    fut.await;
+    let pre_auth_expired = async {
+        match grace {
+            Some(at) => tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = authed.cancelled() => std::future::pending::<()>().await,
+            },
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let ended = tokio::select! {
+        e = work => e,
+        _ = pre_auth_expired => {
+            crate::metrics::LOGIN_GRACE_EXPIRED.inc();
+            debug!(%peer, "login grace time expired before authentication: closing");
+            None
+        }
+    };
+    // Whatever ended the connection, the socket is closed now: the session task may still be
+    // unwinding (it owns the stream), but the peer sees the close immediately.
+    if let Some(fd) = killer {
+        let _ = std::net::TcpStream::from(fd).shutdown(std::net::Shutdown::Both);
+    }
+    permit.release();
+    if let Some(e) = ended {
+        match e {
+            russh::Error::WindowExceeded => {
+                crate::metrics::protocol_violation(crate::metrics::Violation::WindowExceeded);
+                let who = login.get();
+                warn!(%peer, server = who.map(|l| l.server.login_name()), "client sent more than the channel window allows: disconnected");
+                shared
+                    .backend
+                    .audit(crate::backend::AuditRecord {
+                        kind: "session",
+                        server: who.map(|l| l.server),
+                        account: who.map(|l| l.owner.clone()),
+                        peer: Some(peer.ip()),
+                        method: None,
+                        outcome: "protocol_violation".into(),
+                        detail: serde_json::json!({ "violation": "window_exceeded" }),
+                    })
+                    .await;
+            }
+            e => debug!(%peer, error = %e, "connection ended with error"),
+        }
+    }
+}
+
+/// The connection's unauthenticated slot, shared by the connection task (which drops it at
+/// the pre-auth deadline) and the handler (which hands it back on successful auth).
+#[derive(Clone)]
+pub struct PermitCell(Arc<Mutex<Option<Box<dyn Permit>>>>);
+
+impl PermitCell {
+    fn new(p: Box<dyn Permit>) -> Self {
+        Self(Arc::new(Mutex::new(Some(p))))
+    }
+
+    fn take(&self) -> Option<Box<dyn Permit>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// The connection authenticated: its slot no longer counts as unauthenticated.
+    pub fn authenticated(&self) {
+        if let Some(p) = self.take() {
+            p.authenticated();
+        }
+    }
+
+    /// Frees the slot (no-op after [`PermitCell::authenticated`]).
+    pub fn release(&self) {
+        drop(self.take());
+    }
 }

@@ -35,7 +35,7 @@ pub struct Spec {
     pub pty: Option<PtySpec>,
     pub env: Vec<(String, String)>,
     pub input: mpsc::UnboundedReceiver<Input>,
-    pub ctl: mpsc::UnboundedReceiver<Ctl>,
+    pub ctl: mpsc::Receiver<Ctl>,
     /// Cancelled when the client closes the channel or the connection goes away.
     pub closed: CancellationToken,
 }

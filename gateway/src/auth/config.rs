@@ -60,6 +60,12 @@ pub struct AuthConfig {
     pub bcrypt_dummy_cost: u32,
     /// Seconds between sweeps of idle limiter state (`retain_recent`).
     pub sweep_interval_secs: u64,
+    /// Per-source limits (caps, connection rate, attempt budgets, bans, queues) count every
+    /// IPv4 address in the same `/source_prefix_v4` as one source.
+    pub source_prefix_v4: u8,
+    /// Likewise for IPv6: one subscriber usually holds a whole /64 (or more), so counting single
+    /// addresses would give an attacker an unlimited supply of sources.
+    pub source_prefix_v6: u8,
     pub host_keys: HostKeyConfig,
 }
 
@@ -89,6 +95,8 @@ impl Default for AuthConfig {
             bcrypt_queue: 64,
             bcrypt_dummy_cost: bcrypt::DEFAULT_COST,
             sweep_interval_secs: 60,
+            source_prefix_v4: 32,
+            source_prefix_v6: 64,
             host_keys: HostKeyConfig::default(),
         }
     }
@@ -158,6 +166,18 @@ impl AuthConfig {
             if *value == 0 {
                 return Err(format!("{key} must be greater than 0"));
             }
+        }
+        if !(1..=32).contains(&self.source_prefix_v4) {
+            return Err(format!(
+                "ssh.auth.source_prefix_v4 must be between 1 and 32, got {}",
+                self.source_prefix_v4
+            ));
+        }
+        if !(1..=128).contains(&self.source_prefix_v6) {
+            return Err(format!(
+                "ssh.auth.source_prefix_v6 must be between 1 and 128, got {}",
+                self.source_prefix_v6
+            ));
         }
         if self.ban_max_secs < self.ban_base_secs {
             return Err("ssh.auth.ban_max_secs must be at least ssh.auth.ban_base_secs".into());

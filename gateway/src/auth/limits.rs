@@ -120,6 +120,39 @@ pub struct Params {
     pub ban_max: Duration,
     pub ban_forget: Duration,
     pub trusted_for: Duration,
+    pub source_prefix_v4: u8,
+    pub source_prefix_v6: u8,
+}
+
+/// The key per-source limits count under: `ip` masked to its source prefix (/32 and /64 by
+/// default), with IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) treated as the IPv4 address.
+pub fn source_key(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpAddr {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let keep = u32::from(v4_prefix.min(32));
+            let mask = if keep == 0 {
+                0
+            } else {
+                u32::MAX << (32 - keep)
+            };
+            IpAddr::V4((bits & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let keep = u32::from(v6_prefix.min(128));
+            let mask = if keep == 0 {
+                0
+            } else {
+                u128::MAX << (128 - keep)
+            };
+            IpAddr::V6((bits & mask).into())
+        }
+    }
 }
 
 fn quota(burst: u32, interval_ms: u64) -> Quota {
@@ -149,6 +182,8 @@ impl Params {
             ban_max: Duration::from_secs(cfg.ban_max_secs.max(cfg.ban_base_secs)),
             ban_forget: Duration::from_secs(cfg.ban_forget_secs),
             trusted_for: Duration::from_secs(cfg.trusted_for_secs),
+            source_prefix_v4: cfg.source_prefix_v4,
+            source_prefix_v6: cfg.source_prefix_v6,
         }
     }
 }
@@ -227,12 +262,18 @@ impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
         self.clock.now()
     }
 
+    /// Every public entry point keys its state by this, never by the raw address.
+    fn src(&self, ip: IpAddr) -> IpAddr {
+        source_key(ip, self.p.source_prefix_v4, self.p.source_prefix_v6)
+    }
+
     fn within(&self, then: Nanos, span: Duration) -> bool {
         self.now().duration_since(then) < Nanos::from(span)
     }
 
     /// True while `ip` serves a ban.
     pub fn is_banned(&self, ip: IpAddr) -> bool {
+        let ip = self.src(ip);
         let now = self.now();
         self.strikes
             .get(&ip)
@@ -241,6 +282,7 @@ impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
     }
 
     fn trusted_ip(&self, ip: IpAddr) -> bool {
+        let ip = self.src(ip);
         self.trusted_ips
             .get(&ip)
             .is_some_and(|t| self.within(*t, self.p.trusted_for))
@@ -248,6 +290,7 @@ impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
 
     /// True when `ip` logged in to `server` successfully within `trusted_for`.
     pub fn is_trusted(&self, server: ServerId, ip: IpAddr) -> bool {
+        let ip = self.src(ip);
         self.trusted
             .get(&(server, ip))
             .is_some_and(|t| self.within(*t, self.p.trusted_for))
@@ -256,10 +299,19 @@ impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
     /// Accept-time check; on `Ok` the connection holds one unauthenticated slot until
     /// [`Limits::release`].
     pub fn admit(&mut self, ip: IpAddr) -> Result<(), AdmitDenied> {
-        if self.is_banned(ip) && !self.trusted_ip(ip) {
+        let ip = self.src(ip);
+        let trusted = self.trusted_ip(ip);
+        if self.is_banned(ip) && !trusted {
             return Err(AdmitDenied::Banned);
         }
-        if self.unauthenticated >= self.p.max_unauthenticated {
+        // Sources with a recent successful login may use a reserve of a quarter of the cap
+        // beyond it: stalled handshakes from many addresses fill the cap, not the owners' way in.
+        let cap = if trusted {
+            self.p.max_unauthenticated + (self.p.max_unauthenticated / 4).max(1)
+        } else {
+            self.p.max_unauthenticated
+        };
+        if self.unauthenticated >= cap {
             return Err(AdmitDenied::UnauthenticatedCap);
         }
         let per_ip = self.unauthenticated_per_ip.get(&ip).copied().unwrap_or(0);
@@ -276,6 +328,7 @@ impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
 
     /// Gives back the unauthenticated slot taken by a successful [`Limits::admit`].
     pub fn release(&mut self, ip: IpAddr) {
+        let ip = self.src(ip);
         self.unauthenticated = self.unauthenticated.saturating_sub(1);
         if let Some(n) = self.unauthenticated_per_ip.get_mut(&ip) {
             *n = n.saturating_sub(1);
@@ -303,6 +356,7 @@ impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
         server: Option<ServerId>,
         method: Method,
     ) -> Result<(), AttemptDenied> {
+        let ip = self.src(ip);
         if let Some(s) = server.filter(|s| self.is_trusted(*s, ip)) {
             if method.is_secret() && self.trusted_attempts.check_key(&(s, ip)).is_err() {
                 return Err(AttemptDenied::TrustedBudget);
@@ -334,6 +388,7 @@ impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
         method: Method,
         success: bool,
     ) -> Recorded {
+        let ip = self.src(ip);
         let now = self.now();
         if success {
             if let Some(s) = server {
@@ -523,6 +578,88 @@ mod tests {
         // Releasing more than was taken never underflows.
         l.release(ip(9));
         assert_eq!(l.unauthenticated(), 0);
+    }
+
+    #[test]
+    fn source_key_masks_to_the_configured_prefix() {
+        let cases: &[(&str, u8, u8, &str)] = &[
+            ("192.0.2.77", 32, 64, "192.0.2.77"),
+            ("192.0.2.77", 24, 64, "192.0.2.0"),
+            ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 32, 64, "2001:db8:1:2::"),
+            ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 32, 48, "2001:db8:1::"),
+            (
+                "2001:db8:1:2:aaaa:bbbb:cccc:dddd",
+                32,
+                128,
+                "2001:db8:1:2:aaaa:bbbb:cccc:dddd",
+            ),
+            // IPv4-mapped IPv6 (a dual-stack listener) counts as the IPv4 source.
+            ("::ffff:192.0.2.77", 32, 64, "192.0.2.77"),
+            ("::ffff:192.0.2.77", 16, 64, "192.0.0.0"),
+        ];
+        for (input, v4, v6, want) in cases {
+            let got = source_key(input.parse().unwrap(), *v4, *v6);
+            assert_eq!(got, want.parse::<IpAddr>().unwrap(), "{input} /{v4} /{v6}");
+        }
+    }
+
+    #[test]
+    fn one_ipv6_slash64_is_one_source() {
+        let (mut l, _) = limits(&cfg());
+        let a: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:0:1:ffff::2".parse().unwrap();
+        let other: IpAddr = "2001:db8:0:2::1".parse().unwrap();
+        assert_eq!(l.admit(a), Ok(()));
+        assert_eq!(l.admit(b), Ok(()));
+        // Per-source cap is 2 in `cfg()`: a third address of the same /64 is refused…
+        let c: IpAddr = "2001:db8:0:1:1234::9".parse().unwrap();
+        assert_eq!(l.admit(c), Err(AdmitDenied::UnauthenticatedCapPerIp));
+        // …while the next /64 is a different source.
+        assert_eq!(l.admit(other), Ok(()));
+        // Releasing by any address of the prefix frees the prefix's slot.
+        l.release(c);
+        assert_eq!(l.admit(a), Ok(()));
+        // Failures from many addresses of one /64 add up to one ban.
+        let (mut l, _) = limits(&cfg());
+        let n = cfg().ban_after_failures;
+        for i in 0..n {
+            let addr = IpAddr::V6(std::net::Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0,
+                7,
+                0,
+                0,
+                0,
+                i as u16 + 1,
+            ));
+            let _ = l.check_attempt(addr, None, Method::Password);
+            l.record(addr, None, Method::Password, false);
+        }
+        let fresh: IpAddr = "2001:db8:0:7:dead::beef".parse().unwrap();
+        assert!(l.is_banned(fresh));
+        assert!(!l.is_banned("2001:db8:0:8::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_full_cap_still_admits_a_recently_successful_source() {
+        let (mut l, _) = limits(&AuthConfig {
+            max_unauthenticated_per_ip: 100,
+            connections_per_ip_burst: 100,
+            ..cfg()
+        });
+        let owner = ip(200);
+        let s = server(1);
+        assert_eq!(l.check_attempt(owner, Some(s), Method::Password), Ok(()));
+        l.record(owner, Some(s), Method::Password, true);
+        for a in 1..=4 {
+            assert_eq!(l.admit(ip(a)), Ok(()));
+        }
+        assert_eq!(l.admit(ip(5)), Err(AdmitDenied::UnauthenticatedCap));
+        // The reserve (a quarter of the cap of 4 = 1) is the trusted source's only.
+        assert_eq!(l.admit(owner), Ok(()));
+        assert_eq!(l.admit(owner), Err(AdmitDenied::UnauthenticatedCap));
+        assert_eq!(l.admit(ip(6)), Err(AdmitDenied::UnauthenticatedCap));
     }
 
     #[test]

@@ -657,6 +657,12 @@ impl Authenticator {
         else {
             return Err(Busy);
         };
+        // Queued per source prefix (see `limits::source_key`), like every other per-source limit.
+        let peer = limits::source_key(
+            peer,
+            self.inner.cfg.source_prefix_v4,
+            self.inner.cfg.source_prefix_v6,
+        );
         let queue = {
             let mut map = self
                 .inner

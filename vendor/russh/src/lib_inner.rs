@@ -119,6 +119,10 @@ pub enum Error {
     #[error("Inconsistent state of the protocol")]
     Inconsistent,
 
+    /// BERTH PATCH: the peer sent channel data beyond the window we granted (RFC 4254 §5.2).
+    #[error("Peer sent more data than the channel window allows")]
+    WindowExceeded,
+
     /// The client is not yet authenticated.
     #[error("Not yet authenticated")]
     NotAuthenticated,

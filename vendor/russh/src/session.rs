@@ -303,11 +303,17 @@ impl Encrypted {
     }
 
     /// BERTH PATCH: subtract received bytes from the window we granted, without replenishing.
-    pub fn consume_window(&mut self, channel: ChannelId, len: usize) {
+    /// Data beyond that window is a protocol violation (RFC 4254 §5.2: the recipient may
+    /// disconnect): `Err(Error::WindowExceeded)`, and nothing is subtracted.
+    pub fn consume_window(&mut self, channel: ChannelId, len: usize) -> Result<(), crate::Error> {
         if let Some(channel) = self.channels.get_mut(&channel) {
-            let len = u32::try_from(len).unwrap_or(u32::MAX);
-            channel.sender_window_size = channel.sender_window_size.saturating_sub(len);
+            let len = u32::try_from(len).map_err(|_| crate::Error::WindowExceeded)?;
+            channel.sender_window_size = channel
+                .sender_window_size
+                .checked_sub(len)
+                .ok_or(crate::Error::WindowExceeded)?;
         }
+        Ok(())
     }
 
     /// BERTH PATCH: grant `amount` more bytes of window to the peer (CHANNEL_WINDOW_ADJUST).

@@ -1491,9 +1491,10 @@ impl Session {
 
                 #[allow(clippy::collapsible_if)]
                 if self.common.config.manual_window_adjust {
-                    // BERTH PATCH: consume only; `Handle::consumed` grants it back.
+                    // BERTH PATCH: consume only; `Handle::consumed` grants it back. Data
+                    // beyond the granted window ends the session before it reaches anyone.
                     if let Some(ref mut enc) = self.common.encrypted {
-                        enc.consume_window(channel_num, data.len());
+                        enc.consume_window(channel_num, data.len())?;
                     }
                 } else if let Some(ref mut enc) = self.common.encrypted {
                     if enc.adjust_window_size(channel_num, &data, target)? {
