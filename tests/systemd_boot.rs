@@ -141,13 +141,14 @@ fn ensure_image() -> String {
         let _ = std::os::unix::fs::symlink("/dev/null", root.join("etc/systemd/system").join(unit));
     }
     let _ = std::fs::write(root.join("etc/hostname"), "berth-systemd-test\n");
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .arg("-C")
         .arg(&root)
         .args(["-c", "."])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn tar");
+    let tar_out = tar.stdout.take().expect("tar stdout");
     let out = run(Command::new("docker")
         .args([
             "import",
@@ -158,10 +159,11 @@ fn ensure_image() -> String {
             "-",
             &image,
         ])
-        .stdin(tar.stdout.expect("tar stdout")));
+        .stdin(tar_out));
+    let tarred = tar.wait().expect("wait for tar");
     assert!(
-        out.status.success(),
-        "docker import failed: {}",
+        out.status.success() && tarred.success(),
+        "tar | docker import failed ({tarred}): {}",
         text(&out.stderr)
     );
     image
