@@ -34,6 +34,13 @@ pub const PUBLIC_V4: &str = "45.45.45.45";
 pub const PUBLIC_V6: &str = "2a10:ffff::44";
 /// A source address outside the tenant subnet, configured on t1 for the anti-spoof check.
 pub const SPOOF_V4: &str = "11.9.9.9";
+/// The tenants' MACs (their link-local addresses are the EUI-64 ones the kernel derives).
+pub const T1_MAC: &str = "02:00:00:00:00:11";
+pub const T2_MAC: &str = "02:00:00:00:00:12";
+pub const T1_LL: &str = "fe80::ff:fe00:11";
+pub const T2_LL: &str = "fe80::ff:fe00:12";
+pub const T1_V6: &str = "fd19:2::11";
+pub const T2_V6: &str = "fd19:2::12";
 
 /// Addresses held by the outside namespace that tenants must not reach.
 pub const DENIED_OUTSIDE: &[&str] = &[
@@ -254,30 +261,20 @@ impl Testbed {
             "nodad",
         ])?;
         sh(&["ip", "-n", h, "link", "set", "berth0", "up"])?;
-        for (ns, port, v4, v6, ll) in [
-            (
-                t1,
-                "veth-t1",
-                "172.19.2.11/24",
-                "fd19:2::11/64",
-                "fe80::11/64",
-            ),
-            (
-                t2,
-                "veth-t2",
-                "172.19.2.12/24",
-                "fd19:2::12/64",
-                "fe80::12/64",
-            ),
+        for (ns, port, v4, v6, mac) in [
+            (t1, "veth-t1", "172.19.2.11/24", "fd19:2::11/64", T1_MAC),
+            (t2, "veth-t2", "172.19.2.12/24", "fd19:2::12/64", T2_MAC),
         ] {
             sh(&[
                 "ip", "-n", h, "link", "add", port, "type", "veth", "peer", "name", "eth0",
                 "netns", ns,
             ])?;
             sh(&["ip", "-n", h, "link", "set", port, "master", "berth0", "up"])?;
+            // A fixed MAC, set before the link comes up so the kernel derives the EUI-64
+            // link-local address from it (the only link-local a bound port may use).
+            sh(&["ip", "-n", ns, "link", "set", "eth0", "address", mac])?;
             sh(&["ip", "-n", ns, "addr", "add", v4, "dev", "eth0"])?;
             sh(&["ip", "-n", ns, "addr", "add", v6, "dev", "eth0", "nodad"])?;
-            sh(&["ip", "-n", ns, "addr", "add", ll, "dev", "eth0", "nodad"])?;
             sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
             sh(&["ip", "-n", ns, "route", "add", "default", "via", GW_V4])?;
             sh(&[
@@ -642,18 +639,230 @@ pub fn berth_bin() -> Result<PathBuf> {
     crate::tenants::berth_bin()
 }
 
+/// The port map for the testbed: `tenants` among "t1", "t2", each by its netns file (the
+/// way the binary publishes Docker's `SandboxKey`).
+pub fn ports_json(tb: &Testbed, tenants: &[&str]) -> String {
+    let mut eps = Vec::new();
+    for t in tenants {
+        let (ns, mac, v4, v6) = match *t {
+            "t1" => (&tb.t1, T1_MAC, T1_V4, T1_V6),
+            _ => (&tb.t2, T2_MAC, T2_V4, T2_V6),
+        };
+        eps.push(format!(
+            r#"{{"name":"{t}","netns":"/run/netns/{ns}","mac":"{mac}","ipv4":["{v4}"],"ipv6":["{v6}"]}}"#
+        ));
+    }
+    format!("{{\"endpoints\":[{}]}}\n", eps.join(","))
+}
+
+/// Writes `ports.json` next to the config atomically (write + rename, as the publisher does).
+pub fn write_ports(dir: &Path, json: &str) -> Result<()> {
+    let tmp = dir.join(".ports.json.tmp");
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, dir.join("ports.json"))?;
+    Ok(())
+}
+
 /// A berth config for the testbed's tenant network, with `extra` appended to `[netfilter]`.
+/// The port map is `DIR/ports.json`; write it with [`write_ports`] (absent: no port bound).
 pub fn write_config(dir: &Path, ipv6: bool, netfilter_extra: &str) -> Result<PathBuf> {
     let v6 = if ipv6 {
         "subnet6 = \"fd19:2::/64\"\ngateway6 = \"fd19:2::1\"\n"
     } else {
         ""
     };
+    let ports = if netfilter_extra.contains("ports_file") {
+        String::new()
+    } else {
+        format!("ports_file = \"{}/ports.json\"\n", dir.display())
+    };
     let text = format!(
-        "state_dir = \"{dir}\"\n[metrics]\nlisten = \"\"\n[network]\nbridge = \"berth0\"\nsubnet = \"172.19.2.0/24\"\ngateway = \"172.19.2.1\"\n{v6}[netfilter]\nallow = [\"10.0.0.10:8443\", \"11.0.0.1:5000\"]\n{netfilter_extra}",
+        "state_dir = \"{dir}\"\n[metrics]\nlisten = \"\"\n[network]\nbridge = \"berth0\"\nsubnet = \"172.19.2.0/24\"\ngateway = \"172.19.2.1\"\n{v6}[netfilter]\nallow = [\"10.0.0.10:8443\", \"11.0.0.1:5000\"]\n{ports}{netfilter_extra}",
         dir = dir.display()
     );
     let path = dir.join("berth.toml");
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// Hand-built Ethernet frames for the port-binding tests (what a hostile tenant with a raw
+/// socket can send), and a sender that puts them on `eth0` inside a namespace.
+pub mod frames {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use anyhow::{Context, Result, bail};
+
+    pub fn mac(s: &str) -> [u8; 6] {
+        let mut m = [0u8; 6];
+        for (i, p) in s.split(':').enumerate().take(6) {
+            m[i] = u8::from_str_radix(p, 16).unwrap_or(0);
+        }
+        m
+    }
+
+    fn ether(dst: [u8; 6], src: [u8; 6], ty: u16) -> Vec<u8> {
+        let mut f = Vec::with_capacity(64);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&ty.to_be_bytes());
+        f
+    }
+
+    fn sum16(data: &[u8], mut acc: u32) -> u32 {
+        for c in data.chunks(2) {
+            let w = if c.len() == 2 {
+                u16::from_be_bytes([c[0], c[1]])
+            } else {
+                u16::from_be_bytes([c[0], 0])
+            };
+            acc += u32::from(w);
+        }
+        acc
+    }
+
+    fn fold(mut acc: u32) -> u16 {
+        while acc > 0xffff {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        !(acc as u16)
+    }
+
+    /// An ARP packet (op 1 request, 2 reply) with the given sender/target fields.
+    pub fn arp(eth_src: [u8; 6], op: u16, sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+        let mut f = ether([0xff; 6], eth_src, 0x0806);
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4]);
+        f.extend_from_slice(&op.to_be_bytes());
+        f.extend_from_slice(&sha);
+        f.extend_from_slice(&spa.octets());
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&tpa.octets());
+        f
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ipv6(
+        eth_src: [u8; 6],
+        eth_dst: [u8; 6],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        nh: u8,
+        hlim: u8,
+        payload: &mut [u8],
+        csum_at: usize,
+    ) -> Vec<u8> {
+        // Upper-layer checksum over the pseudo-header and payload.
+        let mut acc = sum16(&src.octets(), 0);
+        acc = sum16(&dst.octets(), acc);
+        acc = sum16(&(payload.len() as u32).to_be_bytes(), acc);
+        acc = sum16(&[0, 0, 0, nh], acc);
+        payload[csum_at] = 0;
+        payload[csum_at + 1] = 0;
+        let c = fold(sum16(payload, acc));
+        payload[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+        let mut f = ether(eth_dst, eth_src, 0x86dd);
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        f.push(nh);
+        f.push(hlim);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// An unsolicited neighbour advertisement to all nodes (override flag set) claiming
+    /// `target` is at `tlla`.
+    pub fn unsolicited_na(
+        eth_src: [u8; 6],
+        src: Ipv6Addr,
+        target: Ipv6Addr,
+        tlla: [u8; 6],
+    ) -> Vec<u8> {
+        let mut p = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+        p.extend_from_slice(&target.octets());
+        p.extend_from_slice(&[2, 1]);
+        p.extend_from_slice(&tlla);
+        let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+        ipv6(
+            eth_src,
+            [0x33, 0x33, 0, 0, 0, 1],
+            src,
+            all_nodes,
+            58,
+            255,
+            &mut p,
+            2,
+        )
+    }
+
+    /// A UDP datagram over IPv4 from `src` to `dst:dport`, sent to `eth_dst`.
+    pub fn udp4(
+        eth_src: [u8; 6],
+        eth_dst: [u8; 6],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        dport: u16,
+    ) -> Vec<u8> {
+        let payload = b"spoof";
+        let total = (20 + 8 + payload.len()) as u16;
+        let mut ip = vec![0x45, 0];
+        ip.extend_from_slice(&total.to_be_bytes());
+        ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
+        ip.extend_from_slice(&src.octets());
+        ip.extend_from_slice(&dst.octets());
+        let c = fold(sum16(&ip, 0));
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut f = ether(eth_dst, eth_src, 0x0800);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&40000u16.to_be_bytes());
+        f.extend_from_slice(&dport.to_be_bytes());
+        f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]); // no checksum (allowed for IPv4)
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// A UDP datagram over IPv6 from `src` to `dst:dport`, sent to `eth_dst`.
+    pub fn udp6(
+        eth_src: [u8; 6],
+        eth_dst: [u8; 6],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        dport: u16,
+    ) -> Vec<u8> {
+        let mut p = Vec::new();
+        p.extend_from_slice(&40000u16.to_be_bytes());
+        p.extend_from_slice(&dport.to_be_bytes());
+        p.extend_from_slice(&13u16.to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(b"spoof");
+        ipv6(eth_src, eth_dst, src, dst, 17, 64, &mut p, 6)
+    }
+
+    /// Sends each frame `times` times on `eth0` inside namespace `ns` (a raw AF_PACKET socket
+    /// in a short Python program: what any tenant process with CAP_NET_RAW can do).
+    pub fn send(ns: &str, frames: &[Vec<u8>], times: usize) -> Result<()> {
+        const PROG: &str = "import socket,sys\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\ns.bind(('eth0',0))\nn=int(sys.argv[1])\nfor _ in range(n):\n  for h in sys.argv[2:]:\n    s.send(bytes.fromhex(h))\n";
+        let hex: Vec<String> = frames
+            .iter()
+            .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "python3",
+                "-c",
+                PROG,
+                &times.to_string(),
+            ])
+            .args(&hex)
+            .output()
+            .context("run python3 in the tenant namespace")?;
+        if !out.status.success() {
+            bail!("raw send failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
 }

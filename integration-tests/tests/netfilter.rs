@@ -34,10 +34,7 @@ fn paths(ipv6: bool) -> (Vec<Probe>, Vec<Probe>) {
         tcp(T2_V4, 8080),
         udp(T2_V4, 8053),
         tcp("fd19:2::12", 8080),
-        Probe::TcpLinkLocal(
-            "fe80::12".parse().unwrap_or(std::net::Ipv6Addr::LOCALHOST),
-            8080,
-        ),
+        Probe::TcpLinkLocal(T2_LL.parse().unwrap_or(std::net::Ipv6Addr::LOCALHOST), 8080),
         // A source outside the tenant subnet.
         Probe::UdpFrom(
             SPOOF_V4
@@ -93,6 +90,7 @@ fn netfilter_blocks_every_leak_with_and_without_br_netfilter_and_docker_accept()
     let tb = Testbed::new("leaks")?;
     let dir = tempfile::tempdir()?;
     let cfg = write_config(dir.path(), true, "")?;
+    write_ports(dir.path(), &ports_json(&tb, &["t1", "t2"]))?;
     let p = paths(true);
 
     // Without berth's rules every path answers: each "blocked" below is the ruleset's doing.
@@ -182,7 +180,8 @@ fn netfilter_blocks_every_leak_with_and_without_br_netfilter_and_docker_accept()
             .sum()
     };
     // (No bridge "tenant" drops here: isolated ports stop tenant frames before any hook.)
-    for (family, reason) in [("inet", "private"), ("inet", "host"), ("inet", "spoof")] {
+    // A foreign source is stopped at the bridge port now (its own address only).
+    for (family, reason) in [("inet", "private"), ("inet", "host"), ("bridge", "spoof")] {
         ensure!(
             dropped(family, reason) > 0,
             "no {family} {reason} drops counted:\n{out}"
@@ -213,6 +212,7 @@ fn netfilter_ipv6_off_drops_all_tenant_ipv6() -> Result<()> {
     let tb = Testbed::new("nov6")?;
     let dir = tempfile::tempdir()?;
     let cfg = write_config(dir.path(), false, "")?;
+    write_ports(dir.path(), &ports_json(&tb, &["t1", "t2"]))?;
     let p = paths(false);
     tb.expect(&tb.t1, "baseline without rules", &all(&p), &[])?;
     let (code, out, err) = tb.berth(&cfg, &["netfilter", "apply"])?;
@@ -240,6 +240,7 @@ fn netfilter_run_restores_the_ruleset_after_a_flush() -> Result<()> {
     let mut tb = Testbed::new("drift")?;
     let dir = tempfile::tempdir()?;
     let cfg = write_config(dir.path(), true, "check_interval_secs = 2\n")?;
+    write_ports(dir.path(), &ports_json(&tb, &["t1", "t2"]))?;
     let p = paths(true);
     let pid = tb.spawn_daemon(&cfg)?;
     wait_check_ok(&tb, &cfg, Duration::from_secs(30)).context("daemon never applied")?;
@@ -391,16 +392,15 @@ fn netfilter_bridge_table_alone_separates_tenants() -> Result<()> {
     let tb = Testbed::new("brtab")?;
     let dir = tempfile::tempdir()?;
     let cfg = write_config(dir.path(), true, "isolate_ports = false\n")?;
+    write_ports(dir.path(), &ports_json(&tb, &["t1", "t2"]))?;
     let (code, out, err) = tb.berth(&cfg, &["netfilter", "apply"])?;
     ensure!(code == 0, "apply failed ({code}): {out}{err}");
     ensure!(
         !isolated(&tb, "veth-t1")?,
         "isolate_ports = false must leave ports alone"
     );
-    let link_local = Probe::TcpLinkLocal(
-        "fe80::12".parse().unwrap_or(std::net::Ipv6Addr::LOCALHOST),
-        8080,
-    );
+    let link_local =
+        Probe::TcpLinkLocal(T2_LL.parse().unwrap_or(std::net::Ipv6Addr::LOCALHOST), 8080);
     let blocked = [
         tcp(T2_V4, 8080),
         udp(T2_V4, 8053),
@@ -440,5 +440,310 @@ fn netfilter_bridge_table_alone_separates_tenants() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The host's neighbour entry for `ip` on the tenant bridge: its link-layer address.
+fn neigh(tb: &Testbed, ip: &str) -> Result<Option<String>> {
+    let out = sh(&[
+        "ip", "-n", &tb.host, "-j", "neigh", "show", "to", ip, "dev", "berth0",
+    ])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j neigh")?;
+    Ok(v.as_array()
+        .and_then(|a| a.first())
+        .and_then(|e| e.get("lladdr"))
+        .and_then(|l| l.as_str())
+        .map(str::to_string))
+}
+
+/// The bridge port the host's forwarding database has `mac` on.
+fn fdb_port(tb: &Testbed, mac: &str) -> Result<Option<String>> {
+    let out = sh(&[
+        "bridge", "-n", &tb.host, "-j", "fdb", "show", "br", "berth0",
+    ])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bridge -j fdb")?;
+    Ok(v.as_array().and_then(|a| {
+        a.iter()
+            .find(|e| e.get("mac").and_then(|m| m.as_str()) == Some(mac))
+            .and_then(|e| e.get("ifname"))
+            .and_then(|i| i.as_str())
+            .map(str::to_string)
+    }))
+}
+
+/// Packets counted by the `drop_<reason>` chain of berth's bridge table (0 when absent).
+fn bridge_drops(tb: &Testbed, reason: &str) -> u64 {
+    let Ok(out) = tb.host_nft(&[
+        "-j",
+        "list",
+        "chain",
+        "bridge",
+        "berth",
+        &format!("drop_{reason}"),
+    ]) else {
+        return 0;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) else {
+        return 0;
+    };
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("rule")?.get("expr")?.as_array().cloned())
+        .flatten()
+        .filter_map(|e| e.get("counter")?.get("packets")?.as_u64())
+        .sum()
+}
+
+/// The host talks to t2 over IPv4 and IPv6, so its neighbour cache holds t2's MAC for both.
+fn host_reaches_t2(tb: &Testbed) -> Result<()> {
+    for a in [format!("{T2_V4}:8080"), format!("[{T2_V6}]:8080")] {
+        let mut s = tb.connect(&tb.host, a.parse()?)?;
+        let mut buf = [0u8; 3];
+        std::io::Read::read_exact(&mut s, &mut buf).with_context(|| format!("host → {a}"))?;
+    }
+    Ok(())
+}
+
+/// What t1 sends to take over t2's addresses (and, once, t2's MAC).
+fn spoofed_frames(host_mac: [u8; 6]) -> Vec<(&'static str, Vec<u8>)> {
+    use frames::*;
+    let (t1, t2) = (mac(T1_MAC), mac(T2_MAC));
+    let ip = |s: &str| {
+        s.parse::<std::net::Ipv4Addr>()
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
+    };
+    let ip6 = |s: &str| {
+        s.parse::<std::net::Ipv6Addr>()
+            .unwrap_or(std::net::Ipv6Addr::UNSPECIFIED)
+    };
+    vec![
+        (
+            "arp request claiming t2's ip",
+            arp(t1, 1, t1, ip(T2_V4), ip(GW_V4)),
+        ),
+        (
+            "gratuitous arp reply for t2's ip",
+            arp(t1, 2, t1, ip(T2_V4), ip(T2_V4)),
+        ),
+        ("arp from t2's mac", arp(t2, 1, t1, ip(T1_V4), ip(GW_V4))),
+        (
+            "unsolicited na for t2's ipv6",
+            unsolicited_na(t1, ip6(T1_LL), ip6(T2_V6), t1),
+        ),
+        (
+            "na for t1's own ipv6 at t2's mac",
+            unsolicited_na(t1, ip6(T1_LL), ip6(T1_V6), t2),
+        ),
+        (
+            "udp from t2's ipv4",
+            udp4(t1, host_mac, ip(T2_V4), ip(GW_V4), 53),
+        ),
+        (
+            "udp from t2's ipv6",
+            udp6(t1, host_mac, ip6(T2_V6), ip6(GW_V6), 53),
+        ),
+    ]
+}
+
+#[test]
+fn netfilter_port_binding_stops_arp_nd_and_source_spoofing() -> Result<()> {
+    let tb = Testbed::new("bind")?;
+    let host_mac = {
+        let out = sh(&["ip", "-n", &tb.host, "-j", "link", "show", "berth0"])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        frames::mac(v[0]["address"].as_str().unwrap_or_default())
+    };
+    let frames = spoofed_frames(host_mac);
+    let t1_sends = |which: &[&str], times: usize| -> Result<()> {
+        let f: Vec<Vec<u8>> = frames
+            .iter()
+            .filter(|(n, _)| which.is_empty() || which.contains(n))
+            .map(|(_, f)| f.clone())
+            .collect();
+        frames::send(&tb.t1, &f, times)
+    };
+
+    // Control: with port binding off (anti-spoofing by subnet only), the same frames do
+    // poison the host's neighbour cache — so this test can see poisoning when it happens.
+    let open_dir = tempfile::tempdir()?;
+    let open_cfg = write_config(open_dir.path(), true, "ports_file = \"\"\n")?;
+    let (code, out, err) = tb.berth(&open_cfg, &["netfilter", "apply"])?;
+    ensure!(code == 0, "apply failed ({code}): {out}{err}");
+    host_reaches_t2(&tb)?;
+    ensure!(
+        neigh(&tb, T2_V4)?.as_deref() == Some(T2_MAC),
+        "no neighbour entry for t2"
+    );
+    t1_sends(
+        &[
+            "arp request claiming t2's ip",
+            "unsolicited na for t2's ipv6",
+        ],
+        1,
+    )?;
+    std::thread::sleep(Duration::from_millis(200));
+    ensure!(
+        neigh(&tb, T2_V4)?.as_deref() == Some(T1_MAC),
+        "control: spoofed ARP did not poison the host ({:?}); the test cannot see poisoning",
+        neigh(&tb, T2_V4)?
+    );
+    ensure!(
+        neigh(&tb, T2_V6)?.as_deref() == Some(T1_MAC),
+        "control: unsolicited NA did not poison the host ({:?})",
+        neigh(&tb, T2_V6)?
+    );
+
+    // Port binding on: each port may claim only its own MAC and addresses.
+    let dir = tempfile::tempdir()?;
+    let cfg = write_config(dir.path(), true, "")?;
+    write_ports(dir.path(), &ports_json(&tb, &["t1", "t2"]))?;
+    let (code, out, err) = tb.berth(&cfg, &["netfilter", "apply"])?;
+    ensure!(code == 0, "apply failed ({code}): {out}{err}");
+    let (code, out, err) = tb.berth(&cfg, &["netfilter", "check"])?;
+    ensure!(code == 0, "check after apply ({code}): {out}{err}");
+    sh(&["ip", "-n", &tb.host, "neigh", "flush", "dev", "berth0"])?;
+    host_reaches_t2(&tb)?;
+    ensure!(
+        neigh(&tb, T2_V4)?.as_deref() == Some(T2_MAC),
+        "t2 not relearnt"
+    );
+    ensure!(
+        neigh(&tb, T2_V6)?.as_deref() == Some(T2_MAC),
+        "t2 (v6) not relearnt"
+    );
+    ensure!(
+        fdb_port(&tb, T2_MAC)?.as_deref() == Some("veth-t2"),
+        "fdb before"
+    );
+
+    let before = bridge_drops(&tb, "spoof");
+    const TIMES: usize = 5;
+    t1_sends(&[], TIMES)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let dropped = bridge_drops(&tb, "spoof") - before;
+    ensure!(
+        dropped >= (frames.len() * TIMES) as u64,
+        "bridge drop_spoof counted {dropped}, expected at least {}",
+        frames.len() * TIMES
+    );
+    ensure!(
+        neigh(&tb, T2_V4)?.as_deref() == Some(T2_MAC),
+        "host's ARP entry for t2 poisoned: {:?}",
+        neigh(&tb, T2_V4)?
+    );
+    ensure!(
+        neigh(&tb, T2_V6)?.as_deref() == Some(T2_MAC),
+        "host's ND entry for t2 poisoned: {:?}",
+        neigh(&tb, T2_V6)?
+    );
+    ensure!(
+        fdb_port(&tb, T2_MAC)?.as_deref() == Some("veth-t2"),
+        "bridge learnt t2's MAC on {:?}",
+        fdb_port(&tb, T2_MAC)?
+    );
+    // t2 is untouched: the host reaches it, it reaches the resolver over both families.
+    host_reaches_t2(&tb)?;
+    let t2_paths = [
+        tcp(GW_V4, 53),
+        udp(GW_V4, 53),
+        tcp(GW_V6, 53),
+        udp(GW_V6, 53),
+    ];
+    tb.expect(&tb.t2, "t2 after t1's spoofing", &t2_paths, &[])?;
+    // t1's own claims still pass (its ARP for itself is not a drop), and it works normally.
+    let own = frames::arp(
+        frames::mac(T1_MAC),
+        1,
+        frames::mac(T1_MAC),
+        T1_V4.parse()?,
+        GW_V4.parse()?,
+    );
+    let before = bridge_drops(&tb, "spoof");
+    frames::send(&tb.t1, &[own], 3)?;
+    std::thread::sleep(Duration::from_millis(200));
+    ensure!(
+        bridge_drops(&tb, "spoof") == before,
+        "t1's own ARP was dropped"
+    );
+    tb.expect(&tb.t1, "t1 after its spoofing", &t2_paths, &[])?;
+
+    // A port that is not in the map gets nothing (t1 unlisted), the listed one keeps working.
+    write_ports(dir.path(), &ports_json(&tb, &["t2"]))?;
+    let (code, out, err) = tb.berth(&cfg, &["netfilter", "apply"])?;
+    ensure!(code == 0, "apply failed ({code}): {out}{err}");
+    let before = bridge_drops(&tb, "unbound");
+    tb.expect(&tb.t1, "t1 unbound", &[], &[tcp(GW_V4, 53), udp(GW_V6, 53)])?;
+    ensure!(
+        bridge_drops(&tb, "unbound") > before,
+        "no unbound drops counted"
+    );
+    tb.expect(&tb.t2, "t2 with t1 unbound", &t2_paths, &[])?;
+    Ok(())
+}
+
+/// `berth run netfilter` follows the port map file: a tenant added to it is bound (and can
+/// talk) within the poll interval, one removed loses its port, and the update is one
+/// transaction that leaves the drop counters of the inet table alone.
+#[test]
+fn netfilter_daemon_follows_the_port_map() -> Result<()> {
+    let mut tb = Testbed::new("pmap")?;
+    let dir = tempfile::tempdir()?;
+    let cfg = write_config(dir.path(), true, "ports_poll_ms = 200\n")?;
+    write_ports(dir.path(), &ports_json(&tb, &["t2"]))?;
+    tb.spawn_daemon(&cfg)?;
+    wait_check_ok(&tb, &cfg, Duration::from_secs(10))?;
+    let dns = [tcp(GW_V4, 53), udp(GW_V6, 53)];
+    tb.expect(&tb.t1, "t1 before it is listed", &[], &dns)?;
+    // Count something in the inet table, to see that port updates leave it alone.
+    tb.expect(&tb.t2, "t2 to the control plane", &[], &[tcp(GW_V4, 2222)])?;
+    let host_drops = |tb: &Testbed| -> Result<u64> {
+        let (_, out, _) = tb.berth(&cfg, &["netfilter", "show"])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 5 && f[1] == "inet" && f[2] == "host")
+                    .then(|| f[3].parse().unwrap_or(0))
+            })
+            .sum())
+    };
+    let host_before = host_drops(&tb)?;
+    ensure!(host_before > 0, "no inet host drops counted");
+
+    let start = Instant::now();
+    write_ports(dir.path(), &ports_json(&tb, &["t1", "t2"]))?;
+    let mut bound = None;
+    while start.elapsed() < Duration::from_secs(5) {
+        if tb
+            .probe(&tb.t1, &[tcp(GW_V4, 53)])?
+            .iter()
+            .all(|(_, ok)| *ok)
+        {
+            bound = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let Some(took) = bound else {
+        bail!("t1 not bound within 5 s of being listed");
+    };
+    eprintln!(
+        "port map update took effect after {:.0} ms",
+        took.as_secs_f64() * 1000.0
+    );
+    tb.expect(&tb.t1, "t1 listed", &dns, &[])?;
+    ensure!(
+        host_drops(&tb)? >= host_before,
+        "the port update reset the inet table's counters"
+    );
+
+    write_ports(dir.path(), &ports_json(&tb, &["t1"]))?;
+    std::thread::sleep(Duration::from_millis(1000));
+    tb.expect(&tb.t2, "t2 delisted", &[], &dns)?;
+    tb.expect(&tb.t1, "t1 still listed", &dns, &[])?;
+    let (code, out, err) = tb.berth(&cfg, &["netfilter", "check"])?;
+    ensure!(code == 0, "check after updates ({code}): {out}{err}");
     Ok(())
 }
