@@ -580,6 +580,10 @@ mod tests {
         assert_eq!(l.unauthenticated(), 0);
     }
 
+    fn addr(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
     #[test]
     fn source_key_masks_to_the_configured_prefix() {
         let cases: &[(&str, u8, u8, &str)] = &[
@@ -598,21 +602,21 @@ mod tests {
             ("::ffff:192.0.2.77", 16, 64, "192.0.0.0"),
         ];
         for (input, v4, v6, want) in cases {
-            let got = source_key(input.parse().unwrap(), *v4, *v6);
-            assert_eq!(got, want.parse::<IpAddr>().unwrap(), "{input} /{v4} /{v6}");
+            let got = source_key(addr(input), *v4, *v6);
+            assert_eq!(got, addr(want), "{input} /{v4} /{v6}");
         }
     }
 
     #[test]
     fn one_ipv6_slash64_is_one_source() {
         let (mut l, _) = limits(&cfg());
-        let a: IpAddr = "2001:db8:0:1::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:0:1:ffff::2".parse().unwrap();
-        let other: IpAddr = "2001:db8:0:2::1".parse().unwrap();
+        let a = addr("2001:db8:0:1::1");
+        let b = addr("2001:db8:0:1:ffff::2");
+        let other = addr("2001:db8:0:2::1");
         assert_eq!(l.admit(a), Ok(()));
         assert_eq!(l.admit(b), Ok(()));
         // Per-source cap is 2 in `cfg()`: a third address of the same /64 is refused…
-        let c: IpAddr = "2001:db8:0:1:1234::9".parse().unwrap();
+        let c = addr("2001:db8:0:1:1234::9");
         assert_eq!(l.admit(c), Err(AdmitDenied::UnauthenticatedCapPerIp));
         // …while the next /64 is a different source.
         assert_eq!(l.admit(other), Ok(()));
@@ -636,9 +640,9 @@ mod tests {
             let _ = l.check_attempt(addr, None, Method::Password);
             l.record(addr, None, Method::Password, false);
         }
-        let fresh: IpAddr = "2001:db8:0:7:dead::beef".parse().unwrap();
+        let fresh = addr("2001:db8:0:7:dead::beef");
         assert!(l.is_banned(fresh));
-        assert!(!l.is_banned("2001:db8:0:8::1".parse().unwrap()));
+        assert!(!l.is_banned(addr("2001:db8:0:8::1")));
     }
 
     #[test]
