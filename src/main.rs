@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod hostsfile;
 mod metrics_http;
+mod portmap;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -237,7 +237,10 @@ pub fn resolve(bridge: &str, endpoints: &[Endpoint]) -> io::Result<Resolved> {
         if let Some(path) = &e.netns {
             match std::fs::File::open(path) {
                 Ok(f) => match nl.nsid(NETNSA_FD, f.as_raw_fd() as u32) {
-                    Ok(v) => id = v,
+                    Ok(v) => {
+                        id = v;
+                        why = format!("{}: no link of ours leads there", path.display());
+                    }
                     Err(err) => why = format!("{}: {err}", path.display()),
                 },
                 Err(err) => why = format!("{}: {err}", path.display()),
@@ -247,7 +250,10 @@ pub fn resolve(bridge: &str, endpoints: &[Endpoint]) -> io::Result<Resolved> {
             && let Some(pid) = e.pid
         {
             match nl.nsid(NETNSA_PID, pid) {
-                Ok(v) => id = v,
+                Ok(v) => {
+                    id = v;
+                    why = format!("pid {pid}: no link of ours leads to its namespace");
+                }
                 Err(err) => why = format!("pid {pid}: {err}"),
             }
         }

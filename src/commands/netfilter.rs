@@ -78,6 +78,12 @@ pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
             rendered: true,
             bridge_match,
         } => {
+            if fw.binds_ports() {
+                let map = fw.load_ports().await.context("cannot load the port map")?;
+                for p in &map.problems {
+                    eprintln!("berth: warning: port map: {p}");
+                }
+            }
             let ruleset = match bridge_match.as_deref() {
                 Some("meta") => fw.render_with(L2Match::Meta),
                 Some(_) => fw.render_with(L2Match::Addresses),

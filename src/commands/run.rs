@@ -69,6 +69,10 @@ pub async fn run(path: Option<&Path>, args: Args) -> Result<ExitCode> {
         if !cfg.publish.hosts_file.is_empty() {
             tokio::spawn(crate::hostsfile::publish(cfg.clone(), shutdown.clone()));
         }
+        // netfilter's port map (per-port address binding); see src/portmap.rs.
+        if !cfg.netfilter.ports_file.is_empty() {
+            tokio::spawn(crate::portmap::publish(cfg.clone(), shutdown.clone()));
+        }
     }
     let parts = crate::metrics_http::Parts {
         gateway: with_gateway,

@@ -65,7 +65,7 @@ pub use name::{ACCOUNT_NAME_RULE, ServerId, parse_login, parse_server_ref, valid
 pub use password::PasswordError;
 pub use provision::{
     ContainerStatus, DockerError, ForeignContainer, ProvisionError, Provisioner, ReconcileReport,
-    RunningServer,
+    RunningServer, ServerEndpoint,
 };
 pub use store::{
     Account, AuditEvent, AuditKind, AuditRecord, AuthorizedKey, Backend, DesiredState, Server,

@@ -111,6 +111,20 @@ impl From<StoreError> for ProvisionError {
     }
 }
 
+/// One running server's attachment to the tenant network, as Docker reports it (see
+/// [`Provisioner::server_endpoints`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerEndpoint {
+    pub server: ServerId,
+    /// Docker's handle on the container's network namespace (`/var/run/docker/netns/<id>`).
+    pub sandbox_key: Option<String>,
+    /// The container's init process as the host sees it.
+    pub pid: Option<u32>,
+    pub mac: String,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<std::net::Ipv6Addr>,
+}
+
 /// A server whose container is running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningServer {
@@ -889,6 +903,64 @@ impl Provisioner {
             .filter(|c| c.state == "running")
             .filter_map(|c| Some((c.server?, IpAddr::V4(c.address?))))
             .collect())
+    }
+
+    /// What the host needs to bind each running server's bridge port to its own addresses
+    /// (netfilter's port map): the network namespace Docker holds for it (`SandboxKey`), its
+    /// init's pid, and the MAC and addresses Docker assigned on the tenant network. All of it
+    /// comes from Docker, none from inside the container. Servers Docker gives no MAC on the
+    /// tenant network are left out.
+    pub async fn server_endpoints(&self) -> Result<Vec<ServerEndpoint>, ProvisionError> {
+        let mut out = Vec::new();
+        for c in self.list_ours(false).await? {
+            let Some(server) = c.server.filter(|_| c.state == "running") else {
+                continue;
+            };
+            let info = match self
+                .inner
+                .docker
+                .inspect_container(&c.container_id, None)
+                .await
+            {
+                Ok(i) => i,
+                // Gone between the list and the inspect: it is not running any more.
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => continue,
+                Err(e) => return Err(self.docker_err("inspect container", &c.name, e)),
+            };
+            let ns = info.network_settings.as_ref();
+            let ep = ns
+                .and_then(|n| n.networks.as_ref())
+                .and_then(|n| n.get(&self.inner.net.name));
+            let Some(mac) = ep
+                .and_then(|e| e.mac_address.clone())
+                .filter(|m| !m.is_empty())
+            else {
+                continue;
+            };
+            out.push(ServerEndpoint {
+                server,
+                sandbox_key: ns
+                    .and_then(|n| n.sandbox_key.clone())
+                    .filter(|k| !k.is_empty()),
+                pid: info
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.pid)
+                    .and_then(|p| u32::try_from(p).ok())
+                    .filter(|p| *p > 0),
+                mac,
+                ipv4: ep
+                    .and_then(|e| e.ip_address.as_deref())
+                    .and_then(|a| a.parse().ok()),
+                ipv6: ep
+                    .and_then(|e| e.global_ipv6_address.as_deref())
+                    .and_then(|a| a.parse().ok()),
+            });
+        }
+        out.sort_by_key(|e| e.server);
+        Ok(out)
     }
 
     /// Follows [`Self::server_addresses`] through Docker events (container start/die/destroy,
