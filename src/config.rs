@@ -299,6 +299,34 @@ listen = "127.0.0.1:9477"
     }
 
     #[test]
+    fn credential_without_config_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = credential_path(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("berth.toml") && err.contains("LoadCredential"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("berth.toml"), "").unwrap();
+        assert_eq!(
+            credential_path(dir.path()).unwrap(),
+            Some(dir.path().join("berth.toml"))
+        );
+    }
+
+    #[test]
+    fn metrics_endpoints_must_differ() {
+        let mut cfg = Config::default();
+        cfg.validate().unwrap();
+        cfg.metrics.dns_listen = cfg.metrics.listen.clone();
+        assert!(cfg.validate().unwrap_err().contains("fight"));
+        cfg.metrics.dns_listen = "localhost".into();
+        assert!(cfg.validate().unwrap_err().contains("dns_listen"));
+        cfg.metrics.dns_listen = String::new();
+        cfg.publish.hosts_file = "run/hosts".into();
+        assert!(cfg.validate().unwrap_err().contains("hosts_file"));
+    }
+
+    #[test]
     fn defaults_roundtrip() {
         let cfg = Config::default();
         let text = cfg.to_toml().unwrap();

@@ -680,6 +680,9 @@ textfile_interval_secs = 2
             "{unit}:\n{log}"
         );
     }
+    // ReadWritePaths=/sys/devices/virtual/net is enough for bridge-port isolation.
+    let log = journal("berth-netfilter.service");
+    assert!(!log.contains("cannot isolate"), "netfilter:\n{log}");
     eprintln!(
         "systemd boot test passed in {:.1}s",
         t0.elapsed().as_secs_f64()
