@@ -50,7 +50,7 @@ mount --make-rshared /
 mount -o remount,rw /sys
 mount -o remount,rw /sys/fs/cgroup 2>/dev/null || true
 for dir in /sys/fs/cgroup/*; do
-  [ -d "$dir" ] && [ ! -L "$dir" ] || continue
+  [ -d "$dir" ] && [ ! -L "$dir" ] && mountpoint -q "$dir" || continue
   name=$(basename "$dir")
   case "$name" in
     systemd) opts=none,name=systemd ;;
@@ -437,6 +437,10 @@ fn units_boot_and_serve_under_systemd() {
         state.trim()
     );
 
+    // No docker.service here (Docker is the host's, reached through its socket): the units
+    // must not require one.
+    assert_eq!(show("docker.service", "LoadState"), "not-found");
+
     // Install the way `make install` does.
     exec_ok(&["make", "-C", repo, "install-files", &format!("BIN={bin}")]);
     for unit in SERVICES
@@ -548,6 +552,17 @@ textfile_interval_secs = 2
             text(&exec(&["cat", "/run/berth-netfilter/metrics.prom"]).stdout)
                 .contains("berth_netfilter_counters_up 1")
         },
+    );
+    // Readable by a node_exporter that is not the dynamic user.
+    assert_eq!(
+        exec_ok(&[
+            "stat",
+            "-c",
+            "%a",
+            "/run/berth-netfilter",
+            "/run/berth-netfilter/metrics.prom"
+        ]),
+        "755\n644\n"
     );
     // The filter: berth's own tables under the configured name, in the host's namespace.
     let tables = text(&run(Command::new("nft").args(["list", "tables"])).stdout);
