@@ -49,6 +49,29 @@ impl Program {
     }
 }
 
+/// A root helper that makes the SSH login name (`server<N>`) a passwd alias of the exec user
+/// inside the container: same uid, gid, home and shell, appended after the real entry (so
+/// `id`, `whoami` and uid lookups still name the real user). Tools that expand `~<ssh user>`
+/// (Ansible's remote temp dir) or run `getent passwd <ssh user>` then find the login user's
+/// home. Idempotent; changes nothing when the name already exists or the user has no entry.
+/// Uses only `sh` and `awk` (present in Debian minbase and busybox).
+pub fn login_alias_argv(login: &str, user: &str) -> Vec<String> {
+    const SCRIPT: &str = r#"f=/etc/passwd
+awk -F: -v n="$1" '$1 == n { found = 1 } END { exit !found }' "$f" && exit 0
+line=$(awk -F: -v u="$2" '$1 == u { print; exit }' "$f")
+[ -n "$line" ] || exit 1
+printf '%s:%s
+' "$1" "${line#*:}" >> "$f""#;
+    vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        SCRIPT.to_string(),
+        "berth-login-alias".to_string(),
+        login.to_string(),
+        user.to_string(),
+    ]
+}
+
 /// Quotes one word for POSIX `sh`.
 pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -161,6 +184,44 @@ pub fn classify_exit(code: i64, delivered: &[String]) -> Exit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn login_alias_appends_the_users_entry_under_the_login_name() {
+        let dir = std::env::temp_dir().join(format!("berth-alias-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let passwd = dir.join("passwd");
+        let original =
+            "root:x:0:0:root:/root:/bin/bash\ntenant:x:1000:1000::/home/tenant:/bin/bash\n";
+        let run = |login: &str, user: &str| {
+            let mut argv = login_alias_argv(login, user);
+            argv[2] = argv[2].replace("f=/etc/passwd", &format!("f={}", passwd.display()));
+            std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .status()
+                .map(|s| s.code())
+                .unwrap_or_else(|e| panic!("sh: {e}"))
+        };
+        let read = || std::fs::read_to_string(&passwd).unwrap_or_default();
+        std::fs::write(&passwd, original).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(run("server12", "tenant"), Some(0));
+        assert_eq!(
+            read(),
+            format!("{original}server12:x:1000:1000::/home/tenant:/bin/bash\n")
+        );
+        // Idempotent.
+        assert_eq!(run("server12", "tenant"), Some(0));
+        assert_eq!(read().matches("server12:").count(), 1);
+        // root works the same way; an unknown user changes nothing and fails.
+        assert_eq!(run("server13", "root"), Some(0));
+        assert!(read().ends_with("server13:x:0:0:root:/root:/bin/bash\n"));
+        let before = read();
+        assert_eq!(run("server14", "nobody-here"), Some(1));
+        assert_eq!(read(), before);
+        // A prefix of an existing name is not that name.
+        assert_eq!(run("server1", "tenant"), Some(0));
+        assert!(read().contains("\nserver1:x:1000:"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn env_allowlist() {

@@ -130,6 +130,11 @@ async fn run_inner(spec: Spec, bytes_in: Arc<AtomicU64>, bytes_out: Arc<AtomicU6
         env_list.push(format!("TERM={}", p.term));
     }
     env_list.push(format!("BERTH_SERVER={}", conn.login.server.login_name()));
+    // Docker exec sets HOME from the user's passwd entry but not USER/LOGNAME (sshd sets all
+    // three); tools such as Ansible and `ssh-agent`-style scripts read them.
+    env_list.retain(|e| !e.starts_with("USER=") && !e.starts_with("LOGNAME="));
+    env_list.push(format!("USER={user}"));
+    env_list.push(format!("LOGNAME={user}"));
     let argv = policy::argv(
         &program,
         &conn.shared.cfg.sftp_server_paths,
@@ -351,26 +356,41 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// The in-container user: configured, else `tenant` when the image has it, else `root`.
+/// Found once per container (per gateway process); the same time the login name is made a
+/// passwd alias of that user ([`policy::login_alias_argv`]).
 async fn exec_user(conn: &Conn, docker: &Docker, target: &Target) -> String {
-    let cfg = &conn.shared.cfg.exec_user;
-    if !cfg.is_empty() {
-        return cfg.clone();
-    }
     if let Some(u) = conn.shared.cached_exec_user(&target.container_id) {
         return u;
     }
-    let user = match run_root(
-        docker,
-        &target.container_id,
-        vec!["id".into(), "-u".into(), "tenant".into()],
-    )
-    .await
-    {
-        Some(0) => "tenant",
-        _ => "root",
+    let cfg = &conn.shared.cfg.exec_user;
+    let user = if !cfg.is_empty() {
+        cfg.clone()
+    } else {
+        match run_root(
+            docker,
+            &target.container_id,
+            vec!["id".into(), "-u".into(), "tenant".into()],
+        )
+        .await
+        {
+            Some(0) => "tenant".to_string(),
+            _ => "root".to_string(),
+        }
     };
-    conn.shared.cache_exec_user(&target.container_id, user);
-    user.to_string()
+    let login = conn.login.server.login_name();
+    if login != user {
+        let code = run_root(
+            docker,
+            &target.container_id,
+            policy::login_alias_argv(&login, &user),
+        )
+        .await;
+        if code != Some(0) {
+            debug!(server = %login, user = %user, ?code, "could not add the login name as a passwd alias");
+        }
+    }
+    conn.shared.cache_exec_user(&target.container_id, &user);
+    user
 }
 
 /// Runs a short helper command as root in the container; returns its exit code.

@@ -333,3 +333,63 @@ async fn shell_without_pty_reads_commands_from_stdin() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stdout).contains("from-shell 2"));
     Ok(())
 }
+
+/// The SSH login name means the login user inside the container: `~server<N>` and
+/// `getent passwd server<N>` resolve to the exec user's entry and home, `id -un` still names the
+/// real user, and USER/LOGNAME/HOME agree in exec, shell and sftp sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn login_name_resolves_to_the_login_user_everywhere() -> Result<()> {
+    let h = GatewayHarness::start("loginalias").await?;
+    let login = h.user();
+    let script = format!(
+        "echo \"$USER $LOGNAME $HOME\"; id -un; echo ~{login}; getent passwd {login} | cut -d: -f3,6"
+    );
+    let want = "tenant tenant /home/tenant\ntenant\n/home/tenant\n1000:/home/tenant\n";
+    let exec = blocking(|| h.ssh_exec(&script, b""))?;
+    assert_eq!(
+        String::from_utf8_lossy(&exec.stdout),
+        want,
+        "exec; stderr: {}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
+    let shell = blocking(|| {
+        let mut c = h.ssh();
+        c.arg("-T").arg(format!("{login}@127.0.0.1"));
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn()?;
+        if let Some(mut si) = child.stdin.take() {
+            si.write_all(format!("{script}\nexit\n").as_bytes())?;
+        }
+        child.wait_with_output().context("ssh")
+    })?;
+    assert_eq!(String::from_utf8_lossy(&shell.stdout), want, "shell");
+    // The alias is added once, after the real entry.
+    let passwd = h.docker_exec(
+        h.server.context("server")?,
+        &["grep", "-c", &format!("^{login}:"), "/etc/passwd"],
+    )?;
+    assert_eq!(String::from_utf8_lossy(&passwd.stdout), "1\n");
+    // sftp starts in the login user's home.
+    let batch = h.path("pwd.batch");
+    std::fs::write(&batch, "pwd\n")?;
+    let sftp = blocking(|| {
+        Command::new("sftp")
+            .args(h.ssh_opts())
+            .arg("-P")
+            .arg(h.addr.port().to_string())
+            .arg("-b")
+            .arg(&batch)
+            .arg(format!("{login}@127.0.0.1"))
+            .stdin(Stdio::null())
+            .output()
+    })?;
+    assert!(
+        String::from_utf8_lossy(&sftp.stdout).contains("/home/tenant"),
+        "sftp pwd: {} {}",
+        String::from_utf8_lossy(&sftp.stdout),
+        String::from_utf8_lossy(&sftp.stderr)
+    );
+    Ok(())
+}

@@ -34,8 +34,11 @@ impl Variant {
     }
 }
 
-/// Packages on top of minbase. `openssh-sftp-server` is what the gateway runs for SFTP;
-/// netcat and python3-minimal are used by the test suite and cost little.
+/// Packages on top of minbase. `openssh-sftp-server` is what the gateway runs for SFTP; full
+/// `python3` (the standard library, not `python3-minimal`), `rsync`, `tar`, `gzip`, `findutils`,
+/// `sed` and `getent` (libc-bin) are what config-management tools (Ansible's modules, its
+/// `synchronize`) and remote editors expect on a server; C.UTF-8 is built into glibc.
+/// netcat is used by the test suite and costs little.
 pub fn packages(variant: Variant) -> Vec<&'static str> {
     let mut p = vec![
         "bash",
@@ -46,7 +49,12 @@ pub fn packages(variant: Variant) -> Vec<&'static str> {
         "openssh-sftp-server",
         "rsync",
         "netcat-openbsd",
-        "python3-minimal",
+        "python3",
+        "tar",
+        "gzip",
+        "findutils",
+        "sed",
+        "libc-bin",
         "less",
     ];
     if variant == Variant::Dind {
@@ -476,7 +484,11 @@ mod tests {
             "rsync",
             "ca-certificates",
             "netcat-openbsd",
-            "python3-minimal",
+            "python3",
+            "tar",
+            "gzip",
+            "findutils",
+            "libc-bin",
         ] {
             assert!(base.contains(&p), "{p}");
         }
