@@ -204,8 +204,7 @@ pub static BANS: Counter = Counter::new();
 /// Connections closed because login grace time ran out.
 pub static LOGIN_GRACE_EXPIRED: Counter = Counter::new();
 /// Connections cut because the client broke the protocol's limits, by kind.
-pub static PROTOCOL_VIOLATIONS: Family<2> =
-    Family::new("kind", ["window_exceeded", "pre_exec_flood"]);
+pub static PROTOCOL_VIOLATIONS: Family<1> = Family::new("kind", ["window_exceeded"]);
 /// bcrypt verifications (real or dummy) and how long each took, queueing excluded.
 pub static BCRYPT_SECONDS: Histogram = Histogram::new();
 /// bcrypt verifications waiting for a slot right now.
@@ -238,14 +237,11 @@ pub static ENSURE_RUNNING: Family<3> = Family::new("result", ["running", "starte
 pub enum Violation {
     /// The client sent more channel data than the window we granted.
     WindowExceeded,
-    /// The client flooded a channel with requests before (or while) its program started.
-    PreExecFlood,
 }
 
 pub fn protocol_violation(v: Violation) {
     PROTOCOL_VIOLATIONS.inc(match v {
         Violation::WindowExceeded => 0,
-        Violation::PreExecFlood => 1,
     });
 }
 
