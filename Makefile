@@ -11,7 +11,8 @@ BIN ?= target/release/berth
 build:
 	cargo build --release --locked
 
-install: build install-files
+install: build
+	$(MAKE) install-files
 
 install-files:
 	install -D -m 0755 $(BIN) $(PREFIX)/bin/berth
