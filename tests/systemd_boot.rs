@@ -454,6 +454,21 @@ fn units_boot_and_serve_under_systemd() {
         "600"
     );
 
+    // No config at all: every unit refuses to start, none falls back to the defaults.
+    exec_ok(&["mv", "/etc/berth/berth.toml", "/etc/berth/berth.toml.off"]);
+    for unit in SERVICES {
+        let out = exec(&["systemctl", "start", unit]);
+        assert!(!out.status.success(), "{unit} started without a config");
+        let _ = exec(&["systemctl", "stop", unit]);
+        let _ = exec(&["systemctl", "reset-failed", unit]);
+    }
+    let log = journal("berth-gateway.service");
+    assert!(
+        log.contains("cannot read config file /etc/berth/berth.toml"),
+        "gateway:\n{log}"
+    );
+    exec_ok(&["mv", "/etc/berth/berth.toml.off", "/etc/berth/berth.toml"]);
+
     // The credential really reaches the dynamic users: a config with an unknown key must stop
     // the start with an error naming the key (the old fallback to defaults would have started).
     write_file(
@@ -469,6 +484,11 @@ fn units_boot_and_serve_under_systemd() {
             log.contains("listne"),
             "{unit}: the error does not name the bad key:\n{log}"
         );
+        // Exit 64 (config error) is not retried: the unit stays failed instead of looping.
+        assert_eq!(show(unit, "ExecMainStatus"), "64", "{unit}");
+        std::thread::sleep(Duration::from_secs(3)); // longer than RestartSec
+        assert_eq!(show(unit, "ActiveState"), "failed", "{unit}");
+        assert_eq!(show(unit, "NRestarts"), "0", "{unit}");
         let _ = exec(&["systemctl", "reset-failed", unit]);
     }
     let _ = exec(&[
