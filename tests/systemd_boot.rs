@@ -691,6 +691,11 @@ textfile_interval_secs = 2
     );
     exec_ok(&["systemctl", "daemon-reload"]);
     exec_ok(&["systemctl", "stop", "berth-gateway.service"]);
+    // Its runtime directory (and the hosts file) went with it; the resolver keeps the last
+    // addresses rather than forgetting every tenant while the gateway is down.
+    exec_ok(&["test", "!", "-e", "/run/berth/hosts"]);
+    std::thread::sleep(Duration::from_millis(1500)); // more than the follower's poll
+    assert_eq!(dig(&format!("server1.{DOMAIN}")), ip);
     exec_ok(&["systemctl", "start", "berth-gateway.socket"]);
     assert_eq!(show("berth-gateway.service", "ActiveState"), "inactive");
     assert_eq!(ssh.run(socket_port, "echo activated").trim(), "activated");
