@@ -4,6 +4,10 @@
 //! 81 QPS at 100 000 entries): here an insert into a full cache drops the least recently used
 //! entry in constant time. Entries outlive their TTL by `stale_max` so they can be served stale
 //! when every upstream fails (RFC 8767); nothing here talks to the network, and time is passed in.
+//!
+//! Bounded twice: in entries and in estimated bytes ([`entry_cost`]), because a zone an attacker
+//! controls can answer with 64 KiB per name — 100 000 such entries would be 6 GiB. Answers above
+//! a per-entry cap are served but never cached.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -118,6 +122,8 @@ struct Entry {
     answer: Arc<Answer>,
     stored: Instant,
     ttl: u32,
+    /// What this entry is charged against the byte budget (see [`entry_cost`]).
+    cost: usize,
 }
 
 /// Result of a lookup.
@@ -131,24 +137,81 @@ pub enum Lookup {
 }
 
 #[derive(Debug)]
+struct Inner {
+    lru: LruCache<Key, Entry>,
+    bytes: usize,
+}
+
+/// Default byte budget: 64 MiB.
+pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
+/// Default per-entry cap: answers estimated above 16 KiB are served but not cached.
+pub const DEFAULT_MAX_ENTRY_BYTES: usize = 16 << 10;
+
+/// Bookkeeping per entry besides its records: the key, the entry and answer structs, the Arc
+/// header and the LRU's node and table slot (hashlink: two links, the hash, the slot).
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<Key>()
+    + std::mem::size_of::<Entry>()
+    + std::mem::size_of::<Answer>()
+    + 2 * std::mem::size_of::<usize>()
+    + 4 * std::mem::size_of::<usize>();
+
+/// What an entry costs: [`ENTRY_OVERHEAD`] plus the query name, plus per record its struct
+/// and its wire form (owner name and rdata: what its heap parts hold, give or take). `None`
+/// when a record cannot be encoded (never cached).
+pub fn entry_cost(key: &Key, a: &Answer) -> Option<usize> {
+    use hickory_proto::serialize::binary::BinEncodable;
+    let mut cost = ENTRY_OVERHEAD + key.name.len();
+    for r in a.answers.iter().chain(&a.authorities).chain(&a.additionals) {
+        cost += std::mem::size_of::<Record>() + r.to_bytes().ok()?.len();
+    }
+    Some(cost)
+}
+
+/// The answer cache, bounded in entries and in (estimated) bytes.
+#[derive(Debug)]
 pub struct Cache {
-    lru: Option<Mutex<LruCache<Key, Entry>>>,
+    inner: Option<Mutex<Inner>>,
+    capacity: usize,
+    max_bytes: usize,
+    max_entry_bytes: usize,
     stale_max: Duration,
     evictions: AtomicU64,
+    oversized: AtomicU64,
 }
 
 impl Cache {
-    /// `capacity == 0` disables caching.
+    /// `capacity == 0` disables caching. Byte limits are the defaults
+    /// ([`DEFAULT_MAX_BYTES`], [`DEFAULT_MAX_ENTRY_BYTES`]); see [`Self::with_byte_limits`].
     pub fn new(capacity: usize, stale_max: Duration) -> Self {
         Self {
-            lru: (capacity > 0).then(|| Mutex::new(LruCache::new(capacity))),
+            inner: (capacity > 0).then(|| {
+                Mutex::new(Inner {
+                    lru: LruCache::new_unbounded(),
+                    bytes: 0,
+                })
+            }),
+            capacity,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
             stale_max,
             evictions: AtomicU64::new(0),
+            oversized: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> Option<std::sync::MutexGuard<'_, LruCache<Key, Entry>>> {
-        let m = self.lru.as_ref()?;
+    /// Bounds the estimated bytes of all entries (`max_bytes`) and of one entry
+    /// (`max_entry_bytes`; larger answers are not cached). 0 disables caching.
+    pub fn with_byte_limits(mut self, max_bytes: usize, max_entry_bytes: usize) -> Self {
+        if max_bytes == 0 || max_entry_bytes == 0 {
+            self.inner = None;
+        }
+        self.max_bytes = max_bytes;
+        self.max_entry_bytes = max_entry_bytes.min(max_bytes);
+        self
+    }
+
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, Inner>> {
+        let m = self.inner.as_ref()?;
         Some(match m.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -157,10 +220,10 @@ impl Cache {
 
     pub fn lookup(&self, key: &Key, now: Instant) -> Lookup {
         let (answer, stored, ttl) = {
-            let Some(mut lru) = self.lock() else {
+            let Some(mut inner) = self.lock() else {
                 return Lookup::Miss;
             };
-            let Some(e) = lru.get(key) else {
+            let Some(e) = inner.lru.get(key) else {
                 return Lookup::Miss;
             };
             (e.answer.clone(), e.stored, e.ttl)
@@ -173,41 +236,68 @@ impl Cache {
         if age < Duration::from_secs(u64::from(ttl)) + self.stale_max {
             return Lookup::Stale(answer);
         }
-        if let Some(mut lru) = self.lock() {
-            lru.remove(key);
+        if let Some(mut inner) = self.lock()
+            && let Some(e) = inner.lru.remove(key)
+        {
+            inner.bytes -= e.cost;
         }
         Lookup::Miss
     }
 
-    /// Stores an answer for `ttl` seconds (see [`TtlPolicy::apply`]).
+    /// Stores an answer for `ttl` seconds (see [`TtlPolicy::apply`]), evicting least recently
+    /// used entries until both the entry count and the byte budget hold. An answer above the
+    /// per-entry cap is not stored (and drops an older entry for the same key).
     pub fn insert(&self, key: Key, answer: Arc<Answer>, ttl: u32, now: Instant) {
-        let Some(mut lru) = self.lock() else {
+        let cost = entry_cost(&key, &answer);
+        let Some(mut inner) = self.lock() else {
             return;
         };
-        let full = lru.len() >= lru.capacity() && !lru.contains_key(&key);
-        lru.insert(
+        if let Some(old) = inner.lru.remove(&key) {
+            inner.bytes -= old.cost;
+        }
+        let Some(cost) = cost.filter(|c| *c <= self.max_entry_bytes) else {
+            self.oversized.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        while inner.lru.len() >= self.capacity || inner.bytes + cost > self.max_bytes {
+            let Some((_, e)) = inner.lru.remove_lru() else {
+                break;
+            };
+            inner.bytes -= e.cost;
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        inner.bytes += cost;
+        inner.lru.insert(
             key,
             Entry {
                 answer,
                 stored: now,
                 ttl,
+                cost,
             },
         );
-        if full {
-            self.evictions.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     pub fn len(&self) -> usize {
-        self.lock().map_or(0, |l| l.len())
+        self.lock().map_or(0, |i| i.lru.len())
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Estimated bytes held (the sum of [`entry_cost`] over entries).
+    pub fn bytes(&self) -> usize {
+        self.lock().map_or(0, |i| i.bytes)
+    }
+
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Answers not cached because they were above the per-entry cap.
+    pub fn oversized(&self) -> u64 {
+        self.oversized.load(Ordering::Relaxed)
     }
 }
 
@@ -347,6 +437,124 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    fn txt_answer(name: &str, records: usize, len: usize) -> Answer {
+        use hickory_proto::rr::rdata::TXT;
+        let n = Name::from_ascii(name).unwrap();
+        Answer {
+            rcode: ResponseCode::NoError,
+            answers: (0..records)
+                .map(|i| {
+                    Record::from_rdata(
+                        n.clone(),
+                        60,
+                        // Character-strings hold at most 255 bytes each.
+                        RData::TXT(TXT::new(
+                            format!("{i:0len$}")
+                                .as_bytes()
+                                .chunks(255)
+                                .map(|c| String::from_utf8_lossy(c).into_owned())
+                                .collect(),
+                        )),
+                    )
+                })
+                .collect(),
+            authorities: vec![],
+            additionals: vec![],
+        }
+    }
+
+    #[test]
+    fn entry_cost_of_a_typical_answer() {
+        // One A record for a short name: the figure docs/security-tenant-net-dns.md quotes.
+        let cost = entry_cost(&key("a.example."), &a_answer(60)).unwrap();
+        assert!((150..=600).contains(&cost), "{cost}");
+        // A 64 KiB answer (an attacker's zone over TCP) costs at least its wire size.
+        let big = txt_answer("big.example.", 256, 250);
+        assert!(entry_cost(&key("big.example."), &big).unwrap() > 64_000);
+    }
+
+    #[test]
+    fn oversized_answers_are_not_cached() {
+        let c = Cache::new(100, Duration::ZERO).with_byte_limits(1 << 20, 16 << 10);
+        let t0 = Instant::now();
+        c.insert(key("a."), Arc::new(a_answer(60)), 60, t0);
+        let big = Arc::new(txt_answer("big.example.", 256, 250));
+        c.insert(key("big.example."), big.clone(), 60, t0);
+        assert_eq!(c.lookup(&key("big.example."), t0), Lookup::Miss);
+        assert_eq!(c.oversized(), 1);
+        // A key whose new answer is too big loses its old (smaller) one too.
+        c.insert(key("a."), big, 60, t0);
+        assert_eq!(c.lookup(&key("a."), t0), Lookup::Miss);
+        assert_eq!((c.len(), c.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn byte_budget_evicts_least_recently_used_until_under() {
+        let small = Arc::new(a_answer(60));
+        let unit = entry_cost(&key("a."), &small).unwrap();
+        let c = Cache::new(1000, Duration::ZERO).with_byte_limits(3 * unit, 3 * unit);
+        let t0 = Instant::now();
+        for s in ["a.", "b.", "c."] {
+            c.insert(key(s), small.clone(), 60, t0);
+        }
+        assert_eq!(c.bytes(), 3 * unit);
+        assert!(matches!(c.lookup(&key("a."), t0), Lookup::Fresh(_)));
+        c.insert(key("d."), small.clone(), 60, t0);
+        assert_eq!(
+            c.lookup(&key("b."), t0),
+            Lookup::Miss,
+            "b was least recently used"
+        );
+        assert_eq!((c.len(), c.bytes(), c.evictions()), (3, 3 * unit, 1));
+        // An entry worth about two small ones pushes out the two oldest (c, then a).
+        let medium = (1..2 * unit)
+            .rev()
+            .map(|len| txt_answer("m.", 1, len))
+            .find(|a| entry_cost(&key("m."), a).unwrap() <= 2 * unit)
+            .map(Arc::new)
+            .unwrap();
+        let mcost = entry_cost(&key("m."), &medium).unwrap();
+        assert!(mcost > unit && mcost <= 2 * unit, "{mcost} vs {unit}");
+        c.insert(key("m."), medium, 60, t0);
+        assert_eq!(c.lookup(&key("c."), t0), Lookup::Miss);
+        assert_eq!(c.lookup(&key("a."), t0), Lookup::Miss);
+        assert!(matches!(c.lookup(&key("d."), t0), Lookup::Fresh(_)));
+        assert_eq!(c.bytes(), unit + mcost);
+        // Replacing an entry does not count it twice; expiry gives its bytes back.
+        c.insert(key("d."), small.clone(), 1, t0);
+        assert_eq!(c.bytes(), unit + mcost);
+        assert_eq!(
+            c.lookup(&key("d."), t0 + Duration::from_secs(2)),
+            Lookup::Miss
+        );
+        assert_eq!(c.bytes(), mcost);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn bytes_stay_under_budget_and_add_up(ops in proptest::collection::vec((0u8..40, 0usize..12, 1usize..400), 1..200)) {
+            let c = Cache::new(25, Duration::ZERO).with_byte_limits(8_000, 3_000);
+            let t0 = Instant::now();
+            let mut expect_costs = std::collections::HashMap::new();
+            for (k, n, len) in ops {
+                let name = format!("n{k}.");
+                let a = txt_answer(&name, n, len);
+                let cost = entry_cost(&key(&name), &a).unwrap();
+                c.insert(key(&name), Arc::new(a), 60, t0);
+                expect_costs.insert(name, cost);
+                proptest::prop_assert!(c.bytes() <= 8_000);
+                proptest::prop_assert!(c.len() <= 25);
+            }
+            // The byte count is the sum of what is actually held.
+            let held: usize = expect_costs
+                .iter()
+                .filter(|(name, _)| matches!(c.lookup(&key(name), t0), Lookup::Fresh(_)))
+                .map(|(_, cost)| cost)
+                .sum();
+            proptest::prop_assert_eq!(held, c.bytes());
+        }
     }
 
     #[test]

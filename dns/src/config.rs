@@ -38,6 +38,11 @@ pub struct Config {
     pub local_ttl: u32,
     /// Cache capacity in entries (one entry = one name/type/class); 0 disables the cache.
     pub cache_size: usize,
+    /// Cache budget in (estimated) bytes: least recently used entries are evicted until the
+    /// cache is under it, whatever the entry count (a hostile zone can answer 64 KiB a name).
+    pub cache_max_bytes: usize,
+    /// Answers estimated above this many bytes are served but never cached.
+    pub cache_max_entry_bytes: usize,
     /// Clamp for positive TTLs, seconds.
     pub min_ttl: u32,
     pub max_ttl: u32,
@@ -92,6 +97,8 @@ impl Default for Config {
             domain: "berth.internal".into(),
             local_ttl: 5,
             cache_size: 100_000,
+            cache_max_bytes: crate::cache::DEFAULT_MAX_BYTES,
+            cache_max_entry_bytes: crate::cache::DEFAULT_MAX_ENTRY_BYTES,
             min_ttl: 0,
             max_ttl: 86_400,
             negative_ttl_max: 3_600,
@@ -147,6 +154,12 @@ impl Config {
         }
         if self.max_inflight == 0 {
             return Err("dns.max_inflight must be positive".into());
+        }
+        if self.cache_size > 0 && self.cache_max_entry_bytes > self.cache_max_bytes {
+            return Err(format!(
+                "dns.cache_max_entry_bytes {} is larger than dns.cache_max_bytes {}",
+                self.cache_max_entry_bytes, self.cache_max_bytes
+            ));
         }
         if self.rate_limit_qps > 0 && self.rate_limit_burst == 0 {
             return Err(

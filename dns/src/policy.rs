@@ -174,28 +174,22 @@ pub fn is_private_reverse(name: &Name) -> bool {
     private_nets().iter().any(|p| p.contains(&net))
 }
 
-/// The ranges rebind protection and bogus-priv treat as private.
+/// The ranges rebind protection and bogus-priv treat as private: netfilter's built-in deny
+/// lists (`netfilter::addr`), the one list both share — RFC 1918 and other special-purpose
+/// IPv4 (198.18.0.0/15, multicast 224.0.0.0/4 and 240/4 included), ULA, link-local, multicast
+/// ff00::/8, IPv4-mapped, 6to4 (2002::/16, which embeds any IPv4), local-use NAT64
+/// (64:ff9b:1::/48) and the well-known NAT64 form (64:ff9b::/96) of every denied IPv4 range.
+/// A name that resolves into any of them would let a tenant's browser or client reach what
+/// the firewall forbids it to address directly.
 pub fn private_nets() -> &'static [IpNet] {
     use std::sync::OnceLock;
     static NETS: OnceLock<Vec<IpNet>> = OnceLock::new();
     NETS.get_or_init(|| {
-        [
-            "0.0.0.0/8",
-            "10.0.0.0/8",
-            "100.64.0.0/10",
-            "127.0.0.0/8",
-            "169.254.0.0/16",
-            "172.16.0.0/12",
-            "192.168.0.0/16",
-            "255.255.255.255/32",
-            "::/128",
-            "::1/128",
-            "fc00::/7",
-            "fe80::/10",
-        ]
-        .iter()
-        .filter_map(|s| s.parse().ok())
-        .collect()
+        netfilter::addr::deny4(&[])
+            .into_iter()
+            .map(IpNet::V4)
+            .chain(netfilter::addr::deny6(&[]).into_iter().map(IpNet::V6))
+            .collect()
     })
 }
 
@@ -430,6 +424,44 @@ mod tests {
         ];
         let mut copy = answers.clone();
         assert_eq!(strip_rebind(&mut answers, &q, &[]), 4);
+        // The shared deny list: benchmarking, multicast, NAT64 and 6to4 embeddings of private
+        // ranges are stripped; public addresses and NAT64 of public ones are kept.
+        for (ip, private) in [
+            ("198.18.0.1", true),
+            ("198.19.255.254", true),
+            ("224.0.0.251", true),
+            ("239.1.2.3", true),
+            ("ff02::1", true),
+            ("ff0e::1", true),
+            ("64:ff9b::a00:1", true),
+            ("64:ff9b::c0a8:101", true),
+            ("64:ff9b::7f00:1", true),
+            ("64:ff9b::a9fe:a9fe", true),
+            ("64:ff9b:1::1", true),
+            ("2002:a00:1::1", true),
+            ("2002:c0a8:101::1", true),
+            ("::ffff:192.168.1.1", true),
+            ("100.64.0.1", true),
+            ("93.184.216.34", false),
+            ("1.1.1.1", false),
+            ("64:ff9b::808:808", false),
+            ("2606:4700::1111", false),
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(is_private(ip), private, "{ip}");
+            let mut one = vec![match ip {
+                IpAddr::V4(a) => rec(RData::A(A(a))),
+                IpAddr::V6(a) => rec(RData::AAAA(AAAA(a))),
+            }];
+            assert_eq!(
+                strip_rebind(&mut one, &q, &[]),
+                usize::from(private),
+                "{ip}"
+            );
+        }
+        // …and the reverse zones of those ranges are never forwarded (bogus-priv).
+        assert!(is_private_reverse(&n("1.0.18.198.in-addr.arpa.")));
+        assert!(!is_private_reverse(&n("1.1.1.1.in-addr.arpa.")));
         assert_eq!(answers.len(), 2);
         assert_eq!(strip_rebind(&mut copy, &q, &[n("example.")]), 0);
     }

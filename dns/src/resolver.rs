@@ -145,7 +145,8 @@ impl Resolver {
             cache: Cache::new(
                 cfg.cache_size,
                 Duration::from_secs(u64::from(cfg.stale_max_secs)),
-            ),
+            )
+            .with_byte_limits(cfg.cache_max_bytes, cfg.cache_max_entry_bytes),
             ttl: TtlPolicy {
                 min_ttl: cfg.min_ttl,
                 max_ttl: cfg.max_ttl,
