@@ -31,6 +31,9 @@ pub struct Target {
     pub address: IpAddr,
     /// True when this call had to start (or recreate) the container.
     pub started_now: bool,
+    /// The server's login user when the backend knows it; `None`: `tenant` if the image has
+    /// it, else `root`.
+    pub user: Option<String>,
 }
 
 /// One audit record (never a password).

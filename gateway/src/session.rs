@@ -355,7 +355,8 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// The in-container user: configured, else `tenant` when the image has it, else `root`.
+/// The in-container user: `[ssh] exec_user` when set (one user for every server), else the
+/// server's login user, else `tenant` when the image has it, else `root`.
 /// Found once per container (per gateway process); the same time the login name is made a
 /// passwd alias of that user ([`policy::login_alias_argv`]).
 async fn exec_user(conn: &Conn, docker: &Docker, target: &Target) -> String {
@@ -365,6 +366,8 @@ async fn exec_user(conn: &Conn, docker: &Docker, target: &Target) -> String {
     let cfg = &conn.shared.cfg.exec_user;
     let user = if !cfg.is_empty() {
         cfg.clone()
+    } else if let Some(u) = &target.user {
+        u.clone()
     } else {
         match run_root(
             docker,

@@ -62,6 +62,7 @@ impl Backend for TenantsBackend {
             container_id: r.container_id,
             address: r.address.into(),
             started_now: r.started_now,
+            user: r.user,
         })
     }
 

@@ -393,3 +393,41 @@ async fn login_name_resolves_to_the_login_user_everywhere() -> Result<()> {
     );
     Ok(())
 }
+
+/// A server whose login user is root: the tenant is root inside (can run apt), the login name
+/// is root's alias; switched back to `tenant`, the next login is unprivileged again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn login_user_per_server_root_and_back() -> Result<()> {
+    let h = GatewayHarness::start("rootuser").await?;
+    let id = h.server.context("server")?;
+    let change = |user: &str| tenants::ServerChange {
+        user: Some(user.to_string()),
+        ..Default::default()
+    };
+    let (_, applied) = h
+        .provisioner
+        .set_server(id, change("root"))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(applied, tenants::Applied::Recreated);
+    let login = h.user();
+    let out = blocking(|| {
+        h.ssh_exec(
+            &format!("id -u; echo $USER $HOME; getent passwd {login} | cut -d: -f3; apt-get check >/dev/null && echo apt-ok"),
+            b"",
+        )
+    })?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0\nroot /root\n0\napt-ok\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    h.provisioner
+        .set_server(id, change("tenant"))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let out = blocking(|| h.ssh_exec("id -un; apt-get check 2>/dev/null || echo apt-denied", b""))?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "tenant\napt-denied\n");
+    Ok(())
+}

@@ -341,3 +341,164 @@ fn cli_password_prompt_on_a_terminal() {
     assert_eq!(code, 65, "{transcript}");
     assert!(transcript.contains("do not match"), "{transcript}");
 }
+
+/// `server set` changes limits live and the image/user by recreating the container with its
+/// data volume; `--user` picks who logs in; bad values and images without the user are clear
+/// errors that leave Docker and the store as they were.
+async fn set_and_user(kind: DbKind) {
+    require_docker().unwrap();
+    let db = TestDb::new(kind, "cliset").unwrap();
+    let world = DockerWorld::new("cliset", 0);
+    let cfg = write_cli_config(db.dir.path(), &db.url, &world, "").unwrap();
+    let cfg = cfg.as_path();
+    ok(cfg, &["account", "add", "erin", "--no-password"], None);
+    let inspect = |n: u32, fmt: &str| docker(&["inspect", "-f", fmt, &world.container(n)]).unwrap();
+    let exec = |n: u32, cmd: &str| {
+        docker(&["exec", &world.container(n), "sh", "-c", cmd]).unwrap_or_else(|e| format!("{e}"))
+    };
+
+    // Default user: the config's (tenant), recorded on the container, owning the volume.
+    let out = ok(cfg, &["server", "create", "--owner", "erin"], None);
+    let name = out.lines().last().unwrap().to_string();
+    let n: u32 = name.trim_start_matches("server").parse().unwrap();
+    assert_eq!(
+        inspect(n, "{{index .Config.Labels \"berth.user\"}}"),
+        "tenant"
+    );
+    assert_eq!(exec(n, "stat -c %U /apps"), "tenant");
+    exec(n, "echo keep-me > /apps/data.txt");
+    let id_before = inspect(n, "{{.Id}}");
+
+    // Limits change live: same container, new limits, `show` agrees.
+    let out = ok(
+        cfg,
+        &[
+            "server", "set", &name, "--memory", "300m", "--cpus", "0.25", "--pids", "99",
+        ],
+        None,
+    );
+    assert!(out.contains("changed live"), "{out}");
+    assert_eq!(inspect(n, "{{.Id}}"), id_before);
+    assert_eq!(
+        inspect(n, "{{.HostConfig.Memory}}"),
+        (300u64 << 20).to_string()
+    );
+    assert_eq!(inspect(n, "{{.HostConfig.NanoCpus}}"), "250000000");
+    assert_eq!(inspect(n, "{{.HostConfig.PidsLimit}}"), "99");
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(cfg, &["server", "show", &name, "--json"], None)).unwrap();
+    assert_eq!(show["memory"], 300u64 << 20, "{show}");
+    assert_eq!(show["pids"], 99, "{show}");
+    // Lifting the PIDs limit is live; lifting the memory limit needs a new container (docker
+    // update cannot unset it), data kept.
+    ok(cfg, &["server", "set", &name, "--pids", "0"], None);
+    assert_eq!(inspect(n, "{{.Id}}"), id_before);
+    assert!(
+        ["0", "-1", "<nil>"].contains(&inspect(n, "{{.HostConfig.PidsLimit}}").as_str()),
+        "pids limit not lifted"
+    );
+    let out = ok(cfg, &["server", "set", &name, "--memory", "0"], None);
+    assert!(out.contains("recreated"), "{out}");
+    assert_eq!(inspect(n, "{{.HostConfig.Memory}}"), "0");
+    assert_eq!(exec(n, "cat /apps/data.txt"), "keep-me");
+    let id_before = inspect(n, "{{.Id}}");
+
+    // The user changes by recreating; the data volume survives.
+    let out = ok(cfg, &["server", "set", &name, "--user", "root"], None);
+    assert!(out.contains("recreated, data volume kept"), "{out}");
+    assert_ne!(inspect(n, "{{.Id}}"), id_before);
+    assert_eq!(
+        inspect(n, "{{index .Config.Labels \"berth.user\"}}"),
+        "root"
+    );
+    assert_eq!(exec(n, "cat /apps/data.txt"), "keep-me");
+    let show = ok(cfg, &["server", "show", &name], None);
+    assert!(show.contains("user:      root"), "{show}");
+
+    // A new image (another tag of the test image) recreates too, data kept.
+    let alt = format!(
+        "{}-alt-{}",
+        integration_tests::tenants::test_image(),
+        world.prefix
+    );
+    docker(&["tag", &integration_tests::tenants::test_image(), &alt]).unwrap();
+    let out = ok(cfg, &["server", "set", &name, "--image", &alt], None);
+    assert!(out.contains("recreated"), "{out}");
+    assert_eq!(inspect(n, "{{.Config.Image}}"), alt);
+    assert_eq!(exec(n, "cat /apps/data.txt"), "keep-me");
+
+    // Bad values: clear errors, nothing changed.
+    let id_now = inspect(n, "{{.Id}}");
+    let err = fails(
+        cfg,
+        &["server", "set", &name, "--user", "Bad User"],
+        None,
+        2,
+    );
+    assert!(err.contains("invalid user"), "{err}");
+    let err = fails(cfg, &["server", "set", &name], None, 64);
+    assert!(err.contains("nothing to change"), "{err}");
+    let err = fails(
+        cfg,
+        &["server", "set", &name, "--image", "berth-test/nope:missing"],
+        None,
+        66,
+    );
+    assert!(err.contains("berth image build"), "{err}");
+    // A user the image does not have: refused, and the server is back as it was.
+    let err = fails(cfg, &["server", "set", &name, "--user", "ghost"], None, 65);
+    assert!(err.contains("has no user ghost"), "{err}");
+    assert_eq!(
+        inspect(n, "{{index .Config.Labels \"berth.user\"}}"),
+        "root"
+    );
+    assert_eq!(inspect(n, "{{.State.Running}}"), "true");
+    assert_eq!(exec(n, "cat /apps/data.txt"), "keep-me");
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(cfg, &["server", "show", &name, "--json"], None)).unwrap();
+    assert_eq!(show["user"], "root", "{show}");
+    assert_eq!(inspect(n, "{{.Config.Image}}"), alt);
+    let _ = id_now;
+
+    // create --user: a user missing from the image leaves no container, volume or live row.
+    let before = ok(cfg, &["server", "list", "--json"], None);
+    let err = fails(
+        cfg,
+        &["server", "create", "--owner", "erin", "--user", "ghost"],
+        None,
+        65,
+    );
+    assert!(err.contains("has no user ghost"), "{err}");
+    assert_eq!(ok(cfg, &["server", "list", "--json"], None), before);
+    // A non-root user whose home is not the volume's owner gets the volume (never root's).
+    let out = ok(
+        cfg,
+        &["server", "create", "--owner", "erin", "--user", "nobody"],
+        None,
+    );
+    let m: u32 = out
+        .lines()
+        .last()
+        .unwrap()
+        .trim_start_matches("server")
+        .parse()
+        .unwrap();
+    assert_eq!(exec(m, "stat -c %U /apps"), "nobody");
+    assert!(
+        docker(&["inspect", &world.container(n + 1)]).is_err(),
+        "the failed create left a container behind"
+    );
+    ok(cfg, &["server", "rm", &format!("{m}"), "--purge"], None);
+    ok(cfg, &["server", "rm", &name, "--purge"], None);
+    let _ = docker(&["rmi", &alt]);
+}
+
+#[tokio::test]
+async fn cli_server_set_and_user_sqlite() {
+    set_and_user(DbKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn cli_server_set_and_user_postgres() {
+    set_and_user(DbKind::Postgres).await;
+}

@@ -28,6 +28,7 @@ async fn lifecycle(kind: DbKind) {
         memory: Some(300 << 20),
         nano_cpus: Some(250_000_000),
         pids: Some(77),
+        user: None,
     };
     let server = env.prov.create_server("alice", spec).await.unwrap();
     let id = server.id;

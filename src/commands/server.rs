@@ -1,4 +1,5 @@
-//! `berth server …`: create, list, inspect, start, stop, restart and delete tenant servers.
+//! `berth server …`: create, list, inspect, change, start, stop, restart and delete tenant
+//! servers.
 //!
 //! A server is named `server<N>` or plain `N` everywhere. `create` prints `server<N>` as its
 //! last line so scripts can capture it. Exit codes as in [`super::account::exit`].
@@ -8,8 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use tenants::{
-    AuditEvent, AuditKind, ByteSize, ContainerStatus, DockerError, ProvisionError, Provisioner,
-    Server, ServerId, ServerSpec, Store, StoreError,
+    Applied, AuditEvent, AuditKind, ByteSize, ContainerStatus, DockerError, ProvisionError,
+    Provisioner, Server, ServerChange, ServerId, ServerSpec, Store, StoreError,
 };
 
 use super::account::{audit, exit, fail, open_store, print_table, store_error};
@@ -33,6 +34,29 @@ pub enum Cmd {
         /// PIDs limit (default: [tenants] pids; 0 = unlimited).
         #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
         pids: Option<i64>,
+        /// Login user inside the container: root or a user the image has (default: [tenants] user).
+        #[arg(long, value_parser = parse_user)]
+        user: Option<String>,
+    },
+    /// Change a server: limits apply live; --image and --user recreate the container with its
+    /// data volume intact.
+    Set {
+        server: String,
+        /// Image to run (recreates the container).
+        #[arg(long)]
+        image: Option<String>,
+        /// Memory limit, e.g. 512m, 2g; 0 = unlimited (live).
+        #[arg(long, value_parser = parse_size)]
+        memory: Option<ByteSize>,
+        /// CPU limit in CPUs, e.g. 0.5, 2; 0 = unlimited (live).
+        #[arg(long, value_parser = parse_cpus)]
+        cpus: Option<f64>,
+        /// PIDs limit; 0 = unlimited (live).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+        pids: Option<i64>,
+        /// Login user: root or a user the image has (recreates the container).
+        #[arg(long, value_parser = parse_user)]
+        user: Option<String>,
     },
     /// List servers with their container state and address.
     List {
@@ -72,6 +96,16 @@ fn parse_size(s: &str) -> Result<ByteSize, String> {
     ByteSize::parse(s)
 }
 
+fn parse_user(s: &str) -> Result<String, String> {
+    if tenants::spec::valid_user(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "invalid user {s:?}: use root or a login name of [a-z0-9_-] starting with a letter or _"
+        ))
+    }
+}
+
 fn parse_cpus(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .parse()
@@ -95,6 +129,7 @@ pub(crate) fn provision_error(e: ProvisionError) -> anyhow::Error {
     let code = match &e {
         ProvisionError::UnknownServer(_) | ProvisionError::ServerDeleted(_) => exit::NOUSER,
         ProvisionError::ImageMissing { .. } => exit::NOINPUT,
+        ProvisionError::UserMissing { .. } | ProvisionError::Invalid(_) => exit::DATAERR,
         ProvisionError::NetworkConflict { .. } | ProvisionError::Leftover { .. } => exit::CANTCREAT,
         ProvisionError::Store(s) => match s.as_ref() {
             StoreError::UnknownAccount(_) => exit::NOUSER,
@@ -203,6 +238,7 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
             memory,
             cpus,
             pids,
+            user,
         } => {
             // Fail on the store's answers before touching Docker.
             match store.account(&owner).await.map_err(store_error)? {
@@ -218,6 +254,7 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 memory: memory.map(|m| m.0),
                 nano_cpus: cpus.map(tenants::spec::cpus_to_nano),
                 pids,
+                user,
             };
             let server = prov
                 .create_server(&owner, spec)
@@ -245,6 +282,43 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 running.address
             );
             println!("{}", server.id.login_name());
+        }
+        Cmd::Set {
+            server,
+            image,
+            memory,
+            cpus,
+            pids,
+            user,
+        } => {
+            let id = server_ref(&server)?;
+            let change = ServerChange {
+                image,
+                memory: memory.map(|m| m.0),
+                nano_cpus: cpus.map(tenants::spec::cpus_to_nano),
+                pids,
+                user,
+            };
+            if change == ServerChange::default() {
+                return Err(fail(
+                    exit::USAGE,
+                    "nothing to change: give at least one of --image, --memory, --cpus, --pids, --user",
+                ));
+            }
+            let prov = connect(cfg, store).await?;
+            let (s, applied) = prov.set_server(id, change).await.map_err(provision_error)?;
+            admin(store, id, "server set").await;
+            let (mem, cpus, pids) = limits_text(cfg, &s);
+            let how = match applied {
+                Applied::Unchanged => "unchanged",
+                Applied::Live => "changed live",
+                Applied::Recreated => "recreated, data volume kept",
+            };
+            println!(
+                "{id} {how}: image {}, user {}, memory {mem}, cpus {cpus}, pids {pids}",
+                tenants::spec::image(&cfg.tenants, &s),
+                tenants::spec::login_user(&cfg.tenants, &s)
+            );
         }
         Cmd::List { all, json } => {
             let servers = store.servers(all).await.map_err(store_error)?;
@@ -340,6 +414,10 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                     cfg.tenants.volume_mount
                 );
                 println!("image:     {}", v.image_effective);
+                println!(
+                    "user:      {}",
+                    tenants::spec::login_user(&cfg.tenants, &v.server)
+                );
                 println!("limits:    memory {mem}, cpus {cpus}, pids {pids}");
                 println!(
                     "created:   {}",

@@ -75,8 +75,12 @@ pub struct Config {
     pub name_prefix: String,
     /// Where the per-server data volume is mounted inside the container.
     pub volume_mount: String,
-    /// The non-root user tenants run as (exec user for shells, commands and SFTP).
+    /// The login user for servers that do not name their own (`server create --user`): the exec
+    /// user for shells, commands and SFTP. `root` makes tenants root inside their container.
     pub user: String,
+    /// Set `no-new-privileges` on tenant containers (no setuid escalation, e.g. no `sudo`). A
+    /// separate choice from the login user: a root login needs no escalation either way.
+    pub no_new_privileges: bool,
     /// Default memory limit, e.g. "1g", "512m", or a byte count; "0" = unlimited.
     pub memory: ByteSize,
     /// Default CPU limit in CPUs (fractions allowed); 0 = unlimited.
@@ -102,6 +106,7 @@ impl Default for Config {
             name_prefix: "berth".into(),
             volume_mount: "/apps".into(),
             user: "tenant".into(),
+            no_new_privileges: true,
             memory: ByteSize(1 << 30),
             cpus: 1.0,
             pids: 1024,
@@ -150,8 +155,11 @@ impl Config {
                 "tenants.dind = \"runtime\" needs tenants.runtime (e.g. \"sysbox-runc\")".into(),
             );
         }
-        if self.user.is_empty() {
-            return Err("tenants.user must not be empty".into());
+        if !crate::spec::valid_user(&self.user) {
+            return Err(format!(
+                "tenants.user {:?} must be root or a login name of [a-z0-9_-] starting with a letter or _",
+                self.user
+            ));
         }
         Ok(())
     }

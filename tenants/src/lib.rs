@@ -64,8 +64,8 @@ pub use config::{ByteSize, Config, DindMode, NetworkConfig, RestartPolicy};
 pub use name::{ACCOUNT_NAME_RULE, ServerId, parse_login, parse_server_ref, valid_account_name};
 pub use password::PasswordError;
 pub use provision::{
-    ContainerStatus, DockerError, ForeignContainer, ProvisionError, Provisioner, ReconcileReport,
-    RunningServer, ServerEndpoint,
+    Applied, ContainerStatus, DockerError, ForeignContainer, ProvisionError, Provisioner,
+    ReconcileReport, RunningServer, ServerChange, ServerEndpoint,
 };
 pub use store::{
     Account, AuditEvent, AuditKind, AuditRecord, AuthorizedKey, Backend, DesiredState, Server,

@@ -10,7 +10,9 @@
 //! future); across processes it relies on Docker's own idempotence (create → 409, start of a
 //! running container → 304), so several gateways may race safely.
 //!
-//! Deliberately not here: exec (the gateway drives `docker()` itself) and firewalling.
+//! Deliberately not here: session execs (the gateway drives `docker()` itself) and
+//! firewalling. The only execs here are root helpers at create/recreate time (does the login
+//! user exist in the image, does it own the data volume).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -33,6 +35,16 @@ use crate::config::{Config, NetworkConfig};
 use crate::name::ServerId;
 use crate::spec::{self, ExistingNetwork, LABEL_INSTANCE, LABEL_MANAGED, LABEL_SERVER, Names};
 use crate::store::{AuditEvent, AuditKind, DesiredState, Server, ServerSpec, Store, StoreError};
+
+fn check_user_name(u: &str) -> Result<(), ProvisionError> {
+    if spec::valid_user(u) {
+        Ok(())
+    } else {
+        Err(ProvisionError::Invalid(format!(
+            "user {u:?} must be root or a login name of [a-z0-9_-] starting with a letter or _"
+        )))
+    }
+}
 
 /// Connecting to the engine failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +92,12 @@ pub enum ProvisionError {
         status: Option<u16>,
         message: String,
     },
+    #[error(
+        "image {image} has no user {user}; choose one it has (e.g. --user root) or build the image with that user"
+    )]
+    UserMissing { user: String, image: String },
+    #[error("{0}")]
+    Invalid(String),
     #[error("{server} is running but has no address on network {network}")]
     NoAddress { server: ServerId, network: String },
     #[error(transparent)]
@@ -134,6 +152,31 @@ pub struct RunningServer {
     pub address: Ipv4Addr,
     /// True when this call (or the single flight it joined) started or recreated it.
     pub started_now: bool,
+    /// The login user recorded on the container (`None` for containers made before berth
+    /// recorded it: the gateway then picks `tenant` or `root` itself).
+    pub user: Option<String>,
+}
+
+/// What `server set` changes; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerChange {
+    pub image: Option<String>,
+    pub memory: Option<u64>,
+    pub nano_cpus: Option<i64>,
+    pub pids: Option<i64>,
+    pub user: Option<String>,
+}
+
+/// How `server set` applied a change.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Applied {
+    /// Nothing differed from the current settings.
+    Unchanged,
+    /// Limits changed on the existing container (or it had none; the next start uses them).
+    Live,
+    /// The container was recreated with its data volume intact.
+    Recreated,
 }
 
 /// What Docker says about one server's container.
@@ -470,12 +513,247 @@ impl Provisioner {
                 network: self.inner.net.name.clone(),
             }
         })?;
+        let user = c
+            .config
+            .as_ref()
+            .and_then(|cfg| cfg.labels.as_ref())
+            .and_then(|l| l.get(spec::LABEL_USER))
+            .cloned();
         Ok(RunningServer {
             id,
             container_id: c.id.clone().unwrap_or_default(),
             address,
             started_now,
+            user,
         })
+    }
+
+    /// Runs `argv` as root in server `id`'s (running) container; its exit code.
+    async fn exec_root(&self, id: ServerId, argv: Vec<String>) -> Result<i64, ProvisionError> {
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        let name = self.inner.names.container(id);
+        let opts = CreateExecOptions::<String> {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(argv),
+            user: Some("root".into()),
+            ..Default::default()
+        };
+        let exec = self
+            .inner
+            .docker
+            .create_exec(&name, opts)
+            .await
+            .map_err(|e| self.docker_err("exec in", &name, e))?;
+        match self.inner.docker.start_exec(&exec.id, None).await {
+            Ok(StartExecResults::Attached { mut output, .. }) => {
+                while output.next().await.is_some() {}
+            }
+            Ok(StartExecResults::Detached) => {}
+            Err(e) => return Err(self.docker_err("exec in", &name, e)),
+        }
+        for _ in 0..200 {
+            let i = self
+                .inner
+                .docker
+                .inspect_exec(&exec.id)
+                .await
+                .map_err(|e| self.docker_err("inspect exec in", &name, e))?;
+            if i.running != Some(true) {
+                return Ok(i.exit_code.unwrap_or(-1));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err(ProvisionError::Internal(format!(
+            "a helper command in {name} did not finish within 5 s"
+        )))
+    }
+
+    /// The server's login user must exist in its image, and a non-root user must own the data
+    /// volume (Docker seeds a new volume with the image's directory, which may be root's).
+    async fn prepare_user(&self, server: &Server) -> Result<(), ProvisionError> {
+        let user = spec::login_user(&self.inner.cfg, server).to_string();
+        let exists = self
+            .exec_root(
+                server.id,
+                vec!["id".into(), "-u".into(), "--".into(), user.clone()],
+            )
+            .await?;
+        if exists != 0 {
+            return Err(ProvisionError::UserMissing {
+                user,
+                image: spec::image(&self.inner.cfg, server).to_string(),
+            });
+        }
+        if user != "root" {
+            let script = r#"[ "$(stat -c %u "$2")" = "$(id -u "$1")" ] || chown -- "$1": "$2""#;
+            let code = self
+                .exec_root(
+                    server.id,
+                    vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        script.into(),
+                        "berth-volume-owner".into(),
+                        user.clone(),
+                        self.inner.cfg.volume_mount.clone(),
+                    ],
+                )
+                .await?;
+            if code != 0 {
+                return Err(ProvisionError::Internal(format!(
+                    "cannot give {} to {user} in {} (exit {code})",
+                    self.inner.cfg.volume_mount, server.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes a server after it exists. Limits change on the running container (`docker
+    /// update`); lifting a memory or CPU limit, or an image or login-user change, recreates the container with its data volume
+    /// intact (and starts it again when it should run). The store is updated only once Docker
+    /// has taken the change; on a failed recreate the old settings are restored and the old
+    /// container recreated from them.
+    pub async fn set_server(
+        &self,
+        id: ServerId,
+        change: ServerChange,
+    ) -> Result<(Server, Applied), ProvisionError> {
+        let server = self.live_server(id).await?;
+        if let Some(u) = &change.user {
+            check_user_name(u)?;
+        }
+        let mut new = server.clone();
+        let spec = &mut new.spec;
+        if let Some(i) = &change.image {
+            spec.image = Some(i.clone());
+        }
+        if let Some(m) = change.memory {
+            spec.memory = Some(m);
+        }
+        if let Some(c) = change.nano_cpus {
+            spec.nano_cpus = Some(c);
+        }
+        if let Some(p) = change.pids {
+            spec.pids = Some(p);
+        }
+        if let Some(u) = &change.user {
+            spec.user = Some(u.clone());
+        }
+        let cfg = &self.inner.cfg;
+        let (old_l, new_l) = (
+            spec::effective_limits(cfg, &server),
+            spec::effective_limits(cfg, &new),
+        );
+        // `docker update` reads 0 as "leave as is" for memory and CPUs, so lifting one of those
+        // limits needs a new container.
+        let lifted = (old_l.memory > 0 && new_l.memory == 0)
+            || (old_l.nano_cpus > 0 && new_l.nano_cpus == 0);
+        let recreate = lifted
+            || spec::image(cfg, &new) != spec::image(cfg, &server)
+            || spec::login_user(cfg, &new) != spec::login_user(cfg, &server);
+        let limits_changed =
+            spec::effective_limits(cfg, &new) != spec::effective_limits(cfg, &server);
+        if !recreate && !limits_changed {
+            if new.spec != server.spec {
+                self.inner.store.set_server_spec(id, &new.spec).await?;
+            }
+            return Ok((new, Applied::Unchanged));
+        }
+        let detail = serde_json::json!({
+            "image": spec::image(cfg, &new),
+            "user": spec::login_user(cfg, &new),
+            "limits": {
+                "memory": spec::effective_limits(cfg, &new).memory,
+                "nano_cpus": spec::effective_limits(cfg, &new).nano_cpus,
+                "pids": spec::effective_limits(cfg, &new).pids,
+            },
+        });
+        if !recreate {
+            let name = self.inner.names.container(id);
+            if self.inspect(id).await?.is_some() {
+                let l = spec::effective_limits(cfg, &new);
+                let memory = i64::try_from(l.memory).unwrap_or(i64::MAX);
+                // Docker's "unlimited" is 0 for memory/CPU and -1 for PIDs; swap follows memory
+                // (-1 = unlimited swap when memory is unlimited).
+                let body = bollard::models::ContainerUpdateBody {
+                    memory: Some(memory),
+                    memory_swap: Some(if memory > 0 { memory } else { -1 }),
+                    nano_cpus: Some(l.nano_cpus),
+                    pids_limit: Some(if l.pids > 0 { l.pids } else { -1 }),
+                    ..Default::default()
+                };
+                self.inner
+                    .docker
+                    .update_container(&name, body)
+                    .await
+                    .map_err(|e| self.docker_err("update container", &name, e))?;
+            }
+            self.inner.store.set_server_spec(id, &new.spec).await?;
+            self.audit(id, "set", "success", detail).await;
+            tracing::info!(server = %id, "changed limits live");
+            return Ok((new, Applied::Live));
+        }
+        self.check_image(spec::image(cfg, &new)).await?;
+        match self.recreate_with(&new).await {
+            Ok(()) => {
+                self.audit(id, "set", "success", detail).await;
+                tracing::info!(server = %id, "recreated with new settings, volume kept");
+                Ok((new, Applied::Recreated))
+            }
+            Err(e) => {
+                tracing::warn!(server = %id, error = %e, "recreate failed; restoring the old settings");
+                if let Err(se) = self.inner.store.set_server_spec(id, &server.spec).await {
+                    tracing::error!(server = %id, error = %se, "cannot restore the old settings");
+                }
+                if let Err(re) = self.recreate_with(&server).await {
+                    tracing::error!(server = %id, error = %re, "cannot recreate the old container");
+                }
+                self.audit(
+                    id,
+                    "set",
+                    "failure",
+                    serde_json::json!({ "error": e.to_string() }),
+                )
+                .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Replaces server `new.id`'s container with one made from `new` (volume kept), records
+    /// `new`'s spec, and starts it when it should run.
+    async fn recreate_with(&self, new: &Server) -> Result<(), ProvisionError> {
+        let id = new.id;
+        let name = self.inner.names.container(id);
+        if let Some(c) = self.inspect(id).await? {
+            self.check_ours(id, &c)?;
+            let opts = RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            };
+            match self.inner.docker.remove_container(&name, Some(opts)).await {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(self.docker_err("remove container", &name, e)),
+            }
+        }
+        self.inner.store.set_server_spec(id, &new.spec).await?;
+        self.create_container(new).await?;
+        self.start_container(id).await?;
+        let prepared = self.prepare_user(new).await;
+        if new.desired == DesiredState::Stopped {
+            let t = i32::try_from(self.inner.cfg.stop_timeout_secs).unwrap_or(i32::MAX);
+            let opts = StopContainerOptions {
+                t: Some(t),
+                ..Default::default()
+            };
+            if let Err(e) = self.inner.docker.stop_container(&name, Some(opts)).await {
+                tracing::warn!(server = %id, error = %e, "cannot stop the recreated container");
+            }
+        }
+        prepared
     }
 
     async fn audit(&self, id: ServerId, method: &str, outcome: &str, detail: serde_json::Value) {
@@ -502,6 +780,9 @@ impl Provisioner {
             .image
             .clone()
             .unwrap_or_else(|| self.inner.cfg.image.clone());
+        if let Some(u) = &spec.user {
+            check_user_name(u)?;
+        }
         self.check_image(&image).await?;
         self.ensure_network().await?;
         let server = self.inner.store.insert_server(owner, &spec).await?;
@@ -526,6 +807,7 @@ impl Provisioner {
             self.create_container(&server).await?;
             made_container = true;
             self.start_container(id).await?;
+            self.prepare_user(&server).await?;
             Ok(())
         }
         .await;

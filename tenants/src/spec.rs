@@ -20,6 +20,8 @@ pub const LABEL_OWNER: &str = "berth.owner";
 pub const LABEL_MANAGED: &str = "berth.managed";
 /// The `name_prefix` of the berth instance that made the object.
 pub const LABEL_INSTANCE: &str = "berth.instance";
+/// The login user inside the container (the gateway's exec user for this server).
+pub const LABEL_USER: &str = "berth.user";
 
 /// Docker object names for one berth instance (`tenants.name_prefix`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +98,22 @@ pub fn cpus_to_nano(cpus: f64) -> i64 {
     }
 }
 
+/// The login user of a server: its own, else `[tenants] user`.
+pub fn login_user<'a>(cfg: &'a Config, server: &'a Server) -> &'a str {
+    server.spec.user.as_deref().unwrap_or(&cfg.user)
+}
+
+/// A user name `server create --user` and `server set --user` accept: `root` or a POSIX-ish
+/// login name (what `useradd` accepts by default), nothing a shell or passwd line could misread.
+pub fn valid_user(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-".contains(c))
+}
+
 /// The image a server runs.
 pub fn image<'a>(cfg: &'a Config, server: &'a Server) -> &'a str {
     server.spec.image.as_deref().unwrap_or(&cfg.image)
@@ -143,14 +161,20 @@ pub fn container_body(
         }]),
         privileged: privileged.then_some(true),
         runtime,
-        // No setuid escalation inside tenants; a nested engine needs it, so not in DinD mode.
-        security_opt: (cfg.dind == DindMode::Off).then(|| vec!["no-new-privileges".to_string()]),
+        // No setuid escalation inside tenants (an explicit `[tenants] no_new_privileges`); a
+        // nested engine needs it, so never in DinD mode.
+        security_opt: (cfg.no_new_privileges && cfg.dind == DindMode::Off)
+            .then(|| vec!["no-new-privileges".to_string()]),
         ..Default::default()
     };
     ContainerCreateBody {
         image: Some(image(cfg, server).to_string()),
         hostname: Some(server.id.login_name()),
-        labels: Some(labels(names, server.id, &server.owner)),
+        labels: Some({
+            let mut l = labels(names, server.id, &server.owner);
+            l.insert(LABEL_USER.to_string(), login_user(cfg, server).to_string());
+            l
+        }),
         tty: Some(false),
         open_stdin: Some(false),
         attach_stdin: Some(false),
@@ -354,6 +378,7 @@ mod tests {
             memory: Some(256 << 20),
             nano_cpus: Some(cpus_to_nano(0.5)),
             pids: Some(64),
+            user: None,
         };
         let body = container_body(&cfg, &net, &names, &server(2, spec));
         assert_eq!(body.image.as_deref(), Some("ubuntu:24.04"));

@@ -189,6 +189,9 @@ pub struct ServerSpec {
     pub nano_cpus: Option<i64>,
     /// PIDs limit (0 = unlimited).
     pub pids: Option<i64>,
+    /// The login user inside the container (`root` or a name the image has).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// A server row.
@@ -743,8 +746,8 @@ impl Store {
         let memory = spec.memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
         let res: Result<(i64,), sqlx::Error> = with_pool!(self, p => sqlx::query_as(
             "INSERT INTO servers (owner_id, owner_name, image, memory_bytes, nano_cpus, pids_limit, \
-                                  desired_state, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7) RETURNING id",
+                                  desired_state, created_at, login_user) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8) RETURNING id",
         )
         .bind(owner_id)
         .bind(owner)
@@ -753,6 +756,7 @@ impl Store {
         .bind(spec.nano_cpus)
         .bind(spec.pids)
         .bind(created)
+        .bind(spec.user.as_deref())
         .fetch_one(p)
         .await);
         let (id,) = match res {
@@ -787,7 +791,7 @@ impl Store {
     pub async fn server(&self, id: ServerId) -> Result<Option<Server>, StoreError> {
         let row: Option<ServerRow> = with_pool!(self, p => sqlx::query_as(
             "SELECT id, owner_name, image, memory_bytes, nano_cpus, pids_limit, desired_state, \
-                    created_at, deleted_at FROM servers WHERE id = $1",
+                    created_at, deleted_at, login_user FROM servers WHERE id = $1",
         )
         .bind(i64::from(id.get()))
         .fetch_optional(p)
@@ -800,13 +804,36 @@ impl Store {
     pub async fn servers(&self, include_deleted: bool) -> Result<Vec<Server>, StoreError> {
         let rows: Vec<ServerRow> = with_pool!(self, p => sqlx::query_as(
             "SELECT id, owner_name, image, memory_bytes, nano_cpus, pids_limit, desired_state, \
-                    created_at, deleted_at FROM servers WHERE ($1 OR deleted_at IS NULL) ORDER BY id",
+                    created_at, deleted_at, login_user FROM servers WHERE ($1 OR deleted_at IS NULL) ORDER BY id",
         )
         .bind(include_deleted)
         .fetch_all(p)
         .await)
         .map_err(|e| self.err(e))?;
         rows.into_iter().map(server_from_row).collect()
+    }
+
+    /// Replaces a live server's spec (image, limits, login user).
+    pub async fn set_server_spec(&self, id: ServerId, spec: &ServerSpec) -> Result<(), StoreError> {
+        let memory = spec.memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+        let n = with_pool!(self, p => sqlx::query(
+            "UPDATE servers SET image = $1, memory_bytes = $2, nano_cpus = $3, pids_limit = $4, \
+                    login_user = $5 WHERE id = $6 AND deleted_at IS NULL",
+        )
+        .bind(spec.image.as_deref())
+        .bind(memory)
+        .bind(spec.nano_cpus)
+        .bind(spec.pids)
+        .bind(spec.user.as_deref())
+        .bind(i64::from(id.get()))
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| self.err(e))?;
+        if n == 0 {
+            return Err(self.missing_server(id).await);
+        }
+        Ok(())
     }
 
     /// Records whether a live server should be running.
@@ -1005,10 +1032,11 @@ type ServerRow = (
     String,
     i64,
     Option<i64>,
+    Option<String>,
 );
 
 fn server_from_row(r: ServerRow) -> Result<Server, StoreError> {
-    let (id, owner, image, memory, nano_cpus, pids, desired, created, deleted) = r;
+    let (id, owner, image, memory, nano_cpus, pids, desired, created, deleted, user) = r;
     Ok(Server {
         id: server_id(id)?,
         owner,
@@ -1017,6 +1045,7 @@ fn server_from_row(r: ServerRow) -> Result<Server, StoreError> {
             memory: memory.map(|m| u64::try_from(m).unwrap_or(0)),
             nano_cpus,
             pids,
+            user,
         },
         desired: if desired == "stopped" {
             DesiredState::Stopped

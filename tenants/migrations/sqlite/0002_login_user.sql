@@ -1,0 +1,2 @@
+-- The login user inside the server's container (NULL: [tenants] user, else the image's default).
+ALTER TABLE servers ADD COLUMN login_user TEXT;
