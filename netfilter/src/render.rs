@@ -1054,13 +1054,31 @@ impl Ruleset {
         has_dispatch.then_some(out)
     }
 
+    /// The rules of one chain of the bridge table, in order.
+    fn bridge_rules(&self, chain: &str) -> Vec<&Rule<'static>> {
+        self.objects
+            .iter()
+            .filter_map(|o| match o {
+                NfListObject::Rule(r) if r.family == NfFamily::Bridge && r.chain == chain => {
+                    Some(r)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// One transaction that moves the live per-port chains from `previous` to `self` and
     /// touches nothing else (counters of the drop chains and the whole `inet` table stay):
-    /// flush the dispatch chain, delete the old port chains, add the new ones and the new
-    /// dispatch rules. `None` when either side has no port binding (a full apply is needed).
+    /// flush the dispatch chain, delete the chains of ports that left or changed, add those of
+    /// ports that came or changed, re-add the dispatch rules. A server starting or stopping
+    /// costs one chain plus the dispatch rule, whatever the number of other ports. `None` when
+    /// either side has no port binding (a full apply is needed).
     pub fn ports_update_batch(&self, previous: &Ruleset) -> Option<Nftables<'static>> {
         let old = previous.port_chains()?;
         let new = self.port_chains()?;
+        let same = |name: &String| {
+            old.contains(name) && previous.bridge_rules(name) == self.bridge_rules(name)
+        };
         let chain = |name: &str| Chain {
             family: NfFamily::Bridge,
             table: self.table.clone().into(),
@@ -1073,25 +1091,30 @@ impl Ruleset {
             dev: None,
             policy: None,
         };
+        let gone: Vec<&String> = old
+            .iter()
+            .filter(|n| !new.contains(n) || !same(n))
+            .collect();
+        let added: Vec<&String> = new.iter().filter(|n| !same(n)).collect();
         let mut batch = Batch::new();
         batch.add_cmd(nftables::schema::NfCmd::Flush(
             nftables::schema::FlushObject::Chain(chain("ports")),
         ));
-        for name in &old {
+        for name in &gone {
             batch.add_cmd(nftables::schema::NfCmd::Flush(
                 nftables::schema::FlushObject::Chain(chain(name)),
             ));
         }
-        for name in &old {
+        for name in &gone {
             batch.delete(NfListObject::Chain(chain(name)));
         }
-        for name in &new {
+        for name in &added {
             batch.add(NfListObject::Chain(chain(name)));
         }
         for o in &self.objects {
             if let NfListObject::Rule(r) = o
                 && r.family == NfFamily::Bridge
-                && (r.chain == "ports" || new.iter().any(|n| *n == r.chain))
+                && (r.chain == "ports" || added.iter().any(|n| **n == r.chain))
             {
                 batch.add(o.clone());
             }
@@ -1346,6 +1369,11 @@ mod tests {
                 .ports_update_batch(&render(&p, &net(false), L2Match::Addresses, None))
                 .is_none()
         );
+        // A port that did not change is left alone: only the newcomer's chain is added.
+        let both = render(&p, &net(false), L2Match::Addresses, Some(&bindings()));
+        let batch = to_nft_json(&both.ports_update_batch(&before).unwrap()).to_string();
+        assert!(!batch.contains(r#""chain":"port_vethA""#), "{batch}");
+        assert!(batch.contains(r#""name":"port_vethB""#), "{batch}");
     }
 
     #[test]
