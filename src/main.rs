@@ -105,8 +105,12 @@ fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    // Colours only on a terminal: under systemd stderr is the journal, where escape codes
+    // end up verbatim in every line and break grep.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -200,16 +200,38 @@ impl Drop for Cleanup {
                 "berth-*",
             ]);
             eprintln!("--- journal of berth units ---\n{}", text(&out.stdout));
+            let state = docker(&["inspect", "-f", "{{json .State}}", BOX]);
+            let logs = docker(&["logs", "--tail", "30", BOX]);
+            eprintln!(
+                "--- container state ---\n{}\n--- container output ---\n{}{}",
+                text(&state.stdout),
+                text(&logs.stdout),
+                text(&logs.stderr)
+            );
         }
         Self::sweep();
     }
 }
 
+/// runc occasionally fails to join the container ("OCI runtime exec failed: … setns …",
+/// exit 126) while systemd inside reorganises its cgroups; nothing ran, so it is retried.
+fn exec_failed_to_start(out: &Output) -> bool {
+    out.status.code() == Some(126) && text(&out.stderr).contains("OCI runtime exec failed")
+}
+
 /// `docker exec` into the systemd container.
 fn exec(args: &[&str]) -> Output {
-    let mut cmd = Command::new("docker");
-    cmd.args(["exec", BOX]).args(args);
-    run(&mut cmd)
+    let mut attempt = 0;
+    loop {
+        let mut cmd = Command::new("docker");
+        cmd.args(["exec", BOX]).args(args);
+        let out = run(&mut cmd);
+        attempt += 1;
+        if !exec_failed_to_start(&out) || attempt == 5 {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn exec_ok(args: &[&str]) -> String {
@@ -225,6 +247,17 @@ fn exec_ok(args: &[&str]) -> String {
 }
 
 fn exec_stdin(args: &[&str], input: &[u8]) -> Output {
+    for _ in 0..4 {
+        let out = exec_stdin_once(args, input);
+        if !exec_failed_to_start(&out) {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    exec_stdin_once(args, input)
+}
+
+fn exec_stdin_once(args: &[&str], input: &[u8]) -> Output {
     let mut child = Command::new("docker")
         .args(["exec", "-i", BOX])
         .args(args)
@@ -233,12 +266,8 @@ fn exec_stdin(args: &[&str], input: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn docker exec");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input)
-        .expect("write stdin");
+    // A broken pipe here means the exec never started; its status says so.
+    let _ = child.stdin.take().expect("stdin").write_all(input);
     child.wait_with_output().expect("docker exec")
 }
 
@@ -381,6 +410,11 @@ fn units_boot_and_serve_under_systemd() {
         "tenant image {} is missing: scripts/test builds it",
         tenant_image()
     );
+    // One run at a time on a machine: the names, subnet and resolver address are fixed (so a
+    // killed run's leftovers can be swept), and developers share one Docker. A second run
+    // waits here instead of sweeping the first one's container away.
+    let lock = std::fs::File::create("/tmp/berth-systemd-boot.lock").expect("create lock file");
+    lock.lock().expect("lock /tmp/berth-systemd-boot.lock");
     let image = ensure_image();
     Cleanup::sweep();
     let _cleanup = Cleanup;
@@ -732,6 +766,13 @@ textfile_interval_secs = 2
         log.contains("cannot isolate") && log.contains("Permission denied"),
         "netfilter's port isolation changed (fixed? flip this assertion):\n{log}"
     );
+    // What the units warned about, for whoever reads the test log (`--nocapture`).
+    let warnings = exec_ok(&[
+        "sh",
+        "-c",
+        "journalctl --no-pager -o cat -u 'berth-*' | grep -E ' (WARN|ERROR) ' | sed -E 's/^[^ ]+ +//' | sort | uniq -c | sort -rn | head -20",
+    ]);
+    eprintln!("--- berth units' warnings (count, message) ---\n{warnings}");
     eprintln!(
         "systemd boot test passed in {:.1}s",
         t0.elapsed().as_secs_f64()
