@@ -106,6 +106,9 @@ pub struct Metrics {
     pub blocklist_entries: AtomicU64,
     pub cache_entries: AtomicU64,
     pub cache_evictions: AtomicU64,
+    pub cache_bytes: AtomicU64,
+    pub cache_oversized: AtomicU64,
+    pub ratelimit_evictions: AtomicU64,
 }
 
 impl Metrics {
@@ -229,6 +232,21 @@ impl Metrics {
                 "berth_dns_cache_evictions",
                 "Entries evicted to make room (cumulative).",
                 self.cache_evictions.load(Ordering::Relaxed),
+            ),
+            (
+                "berth_dns_cache_bytes",
+                "Estimated bytes held by the cache (bounded by dns.cache_max_bytes).",
+                self.cache_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "berth_dns_cache_oversized",
+                "Answers not cached for exceeding dns.cache_max_entry_bytes (cumulative).",
+                self.cache_oversized.load(Ordering::Relaxed),
+            ),
+            (
+                "berth_dns_ratelimit_evictions",
+                "Clients dropped from the full rate-limit table, least recently seen first (cumulative).",
+                self.ratelimit_evictions.load(Ordering::Relaxed),
             ),
             (
                 "berth_dns_blocklist_entries",

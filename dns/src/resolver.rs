@@ -198,6 +198,15 @@ impl Resolver {
         self.metrics
             .cache_evictions
             .store(self.cache.evictions(), Relaxed);
+        self.metrics
+            .cache_bytes
+            .store(self.cache.bytes() as u64, Relaxed);
+        self.metrics
+            .cache_oversized
+            .store(self.cache.oversized(), Relaxed);
+        self.metrics
+            .ratelimit_evictions
+            .store(self.ratelimit.evictions(), Relaxed);
     }
 
     /// Joins or starts the upstream flight for `key`; `None` when the in-flight cap is reached.
