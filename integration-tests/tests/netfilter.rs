@@ -679,6 +679,24 @@ fn netfilter_port_binding_stops_arp_nd_and_source_spoofing() -> Result<()> {
         bridge_drops(&tb, "unbound") > before,
         "no unbound drops counted"
     );
+    // Even what claims no tenant-subnet address (a link-local NA, which bridge tables without
+    // `meta ibrname` cannot attribute to a bridge) is dropped: the kernel lists the port on
+    // the tenant bridge, so it is named in the dispatch map as unbound.
+    let before = bridge_drops(&tb, "unbound");
+    let ll_na = frames::unsolicited_na(
+        frames::mac(T1_MAC),
+        T1_LL.parse()?,
+        T2_LL.parse()?,
+        frames::mac(T1_MAC),
+    );
+    frames::send(&tb.t1, &[ll_na], 5)?;
+    std::thread::sleep(Duration::from_millis(200));
+    ensure!(
+        bridge_drops(&tb, "unbound") >= before + 5,
+        "link-local NA from an unbound port not dropped ({} → {})",
+        before,
+        bridge_drops(&tb, "unbound")
+    );
     tb.expect(&tb.t2, "t2 with t1 unbound", &t2_paths, &[])?;
     Ok(())
 }

@@ -23,7 +23,7 @@ use crate::config::{BridgeMatch, Config, Policy};
 use crate::diff::{diff, expected_lines, live_lines};
 use crate::nft::{Nft, NftError};
 use crate::ports;
-use crate::render::{L2Match, Network, Ruleset, delete_batch, render, to_nft_json};
+use crate::render::{L2Match, Network, Ruleset, delete_batch, to_nft_json};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -68,14 +68,17 @@ pub struct Firewall {
     sysfs: PathBuf,
     ports_file: Option<PathBuf>,
     ports_poll: Duration,
-    /// The port map last loaded (normalized); rendered into every apply.
-    bindings: Arc<Mutex<Vec<PortBinding>>>,
+    /// The port map last loaded (normalized) and the bridge's ports without a binding;
+    /// rendered into every apply.
+    bindings: Arc<Mutex<(Vec<PortBinding>, Vec<String>)>>,
 }
 
 /// What loading the port map found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortMap {
     pub bindings: Vec<PortBinding>,
+    /// Ports of the tenant bridge with no binding (they get nothing).
+    pub unbound: Vec<String>,
     /// Endpoints or bindings that could not be used, with why (for logs).
     pub problems: Vec<String>,
 }
@@ -94,7 +97,7 @@ impl Firewall {
             sysfs: PathBuf::from("/sys"),
             ports_file: (!cfg.ports_file.is_empty()).then(|| PathBuf::from(&cfg.ports_file)),
             ports_poll: Duration::from_millis(cfg.ports_poll_ms),
-            bindings: Arc::new(Mutex::new(Vec::new())),
+            bindings: Arc::new(Mutex::new((Vec::new(), Vec::new()))),
         })
     }
 
@@ -103,12 +106,23 @@ impl Firewall {
         self.ports_file.is_some()
     }
 
-    fn current_bindings(&self) -> Option<Vec<PortBinding>> {
+    fn current_state(&self) -> Option<(Vec<PortBinding>, Vec<String>)> {
         self.ports_file.as_ref()?;
         Some(match self.bindings.lock() {
             Ok(b) => b.clone(),
             Err(p) => p.into_inner().clone(),
         })
+    }
+
+    fn render_current(&self, l2: L2Match) -> Ruleset {
+        let state = self.current_state();
+        crate::render::render_full(
+            &self.policy,
+            &self.net,
+            l2,
+            state.as_ref().map(|(b, _)| b.as_slice()),
+            state.as_ref().map_or(&[][..], |(_, u)| u.as_slice()),
+        )
     }
 
     /// Reads the port map file and asks the kernel which bridge ports lead into each listed
@@ -134,7 +148,16 @@ impl Firewall {
                     .into_iter()
                     .map(|(name, why)| format!("{name}: {why}")),
             );
-            Ok(PortMap { bindings, problems })
+            let unbound = r
+                .bridge_ports
+                .into_iter()
+                .filter(|p| !bindings.iter().any(|b| b.port == *p))
+                .collect();
+            Ok(PortMap {
+                bindings,
+                unbound,
+                problems,
+            })
         })
         .await
         .map_err(|e| Error::PortMap {
@@ -145,7 +168,11 @@ impl Firewall {
             path: shown,
             reason,
         })?;
-        self.set_bindings(map.bindings.clone());
+        let (b, _) = normalize(map.bindings.clone());
+        match self.bindings.lock() {
+            Ok(mut g) => *g = (b, map.unbound.clone()),
+            Err(p) => *p.into_inner() = (b, map.unbound.clone()),
+        }
         Ok(map)
     }
 
@@ -154,8 +181,8 @@ impl Firewall {
     pub fn set_bindings(&self, bindings: Vec<PortBinding>) {
         let (b, _) = normalize(bindings);
         match self.bindings.lock() {
-            Ok(mut g) => *g = b,
-            Err(p) => *p.into_inner() = b,
+            Ok(mut g) => g.0 = b,
+            Err(p) => p.into_inner().0 = b,
         }
     }
 
@@ -164,12 +191,7 @@ impl Firewall {
     /// transaction is refused (e.g. the live table predates port binding). Returns the new
     /// ruleset.
     pub async fn update_ports(&self, previous: &Ruleset, l2: L2Match) -> Result<Ruleset, Error> {
-        let ruleset = render(
-            &self.policy,
-            &self.net,
-            l2,
-            self.current_bindings().as_deref(),
-        );
+        let ruleset = self.render_current(l2);
         if let Some(batch) = ruleset.ports_update_batch(previous) {
             match self
                 .nft
@@ -253,23 +275,13 @@ impl Firewall {
     pub async fn render(&self) -> Result<Ruleset, Error> {
         let l2 = self.l2_match().await?;
         self.load_ports().await?;
-        Ok(render(
-            &self.policy,
-            &self.net,
-            l2,
-            self.current_bindings().as_deref(),
-        ))
+        Ok(self.render_current(l2))
     }
 
     /// The ruleset for an explicit bridge match, without asking the kernel.
     /// The stored port map is used as is (see [`Self::load_ports`]).
     pub fn render_with(&self, l2: L2Match) -> Ruleset {
-        render(
-            &self.policy,
-            &self.net,
-            l2,
-            self.current_bindings().as_deref(),
-        )
+        self.render_current(l2)
     }
 
     /// Replaces berth's tables in one transaction (with the port map as the file says now),
@@ -416,7 +428,7 @@ impl Firewall {
                 _ = &mut shutdown => break,
                 _ = ticker.tick() => {}
                 _ = ports_ticker.tick(), if self.ports_file.is_some() => {
-                    let before = self.current_bindings();
+                    let before = self.current_state();
                     match self.load_ports().await {
                         Ok(map) => {
                             if map.problems != last_problems {
@@ -431,7 +443,7 @@ impl Firewall {
                             continue;
                         }
                     }
-                    if self.current_bindings() == before {
+                    if self.current_state() == before {
                         continue;
                     }
                     let start = Instant::now();

@@ -215,6 +215,8 @@ pub struct Resolved {
     pub bindings: Vec<PortBinding>,
     /// Endpoints whose namespace has no port on the bridge (yet), with the reason.
     pub unresolved: Vec<(String, String)>,
+    /// Every port of the bridge (bound or not).
+    pub bridge_ports: Vec<String>,
 }
 
 /// The bridge ports of `bridge` that lead into each endpoint's namespace, bound to the
@@ -231,6 +233,12 @@ pub fn resolve(bridge: &str, endpoints: &[Endpoint]) -> io::Result<Resolved> {
             .collect();
         return Ok(out);
     };
+    out.bridge_ports = links
+        .iter()
+        .filter(|l| l.master == Some(br))
+        .map(|l| l.name.clone())
+        .collect();
+    out.bridge_ports.sort();
     for e in endpoints {
         let mut id = None;
         let mut why = String::from("no network namespace given");

@@ -306,6 +306,19 @@ fn dport(port: u16) -> Statement<'static> {
 /// `ports` is the port map (see [`crate::bindings`]); `None` renders no per-port chains (port
 /// binding disabled: anti-spoofing is then only "source inside the tenant subnet").
 pub fn render(p: &Policy, net: &Network, l2: L2Match, ports: Option<&[PortBinding]>) -> Ruleset {
+    render_full(p, net, l2, ports, &[])
+}
+
+/// [`render`], plus the tenant-bridge ports known to have no binding (`unbound`, from the
+/// kernel's port list): they get an explicit `drop_unbound` entry in the dispatch map, which
+/// matters where bridge meta expressions are missing and a port's bridge is otherwise unknown.
+pub fn render_full(
+    p: &Policy,
+    net: &Network,
+    l2: L2Match,
+    ports: Option<&[PortBinding]>,
+    unbound: &[String],
+) -> Ruleset {
     let mut b = Builder {
         table: p.table.clone(),
         objects_sets: Vec::new(),
@@ -672,7 +685,7 @@ pub fn render(p: &Policy, net: &Network, l2: L2Match, ports: Option<&[PortBindin
     }
     b.drop_chain(bridge, Reason::Tenant, p);
     if let Some(ports) = ports {
-        port_rules(&mut b, p, net, l2, ports);
+        port_rules(&mut b, p, net, l2, ports, unbound);
         b.drop_chain(bridge, Reason::Spoof, p);
         b.drop_chain(bridge, Reason::Unbound, p);
     }
@@ -711,7 +724,14 @@ pub fn render(p: &Policy, net: &Network, l2: L2Match, ports: Option<&[PortBindin
 /// - `port_<ifname>`: the port's own MAC as Ethernet and ARP sender, its own IPv4 as ARP
 ///   sender and IP source, its own IPv6 (or the link-local its MAC implies) as IPv6 source and
 ///   NA target, its own MAC in the ND link-layer option.
-fn port_rules(b: &mut Builder, p: &Policy, net: &Network, l2: L2Match, ports: &[PortBinding]) {
+fn port_rules(
+    b: &mut Builder,
+    p: &Policy,
+    net: &Network,
+    l2: L2Match,
+    ports: &[PortBinding],
+    unbound: &[String],
+) {
     let bridge = NfFamily::Bridge;
     b.chain(
         bridge,
@@ -733,20 +753,32 @@ fn port_rules(b: &mut Builder, p: &Policy, net: &Network, l2: L2Match, ports: &[
             ],
         );
     }
-    if !ports.is_empty() {
+    let mut targets: Vec<(String, String)> = ports
+        .iter()
+        .map(|pb| (pb.port.clone(), pb.chain()))
+        .collect();
+    targets.extend(
+        unbound
+            .iter()
+            .filter(|u| crate::bindings::valid_ifname(u) && !ports.iter().any(|pb| pb.port == **u))
+            .map(|u| (u.clone(), Reason::Unbound.chain())),
+    );
+    targets.sort();
+    targets.dedup();
+    if !targets.is_empty() {
         b.rule(
             bridge,
             "ports",
             vec![Statement::VerdictMap(nftables::stmt::VerdictMap {
                 key: meta(MetaKey::Iifname),
                 data: Expression::Named(NamedExpression::Set(
-                    ports
-                        .iter()
-                        .map(|pb| {
+                    targets
+                        .into_iter()
+                        .map(|(port, chain)| {
                             SetItem::Mapping(
-                                s(pb.port.clone()),
+                                s(port),
                                 Expression::Verdict(nftables::expr::Verdict::Goto(JumpTarget {
-                                    target: pb.chain().into(),
+                                    target: chain.into(),
                                 })),
                             )
                         })
@@ -1326,6 +1358,24 @@ mod tests {
             r.iter()
                 .any(|r| r.contains(r#""right":"ip"}},{"goto":{"target":"drop_spoof"}}"#)),
             "{r:#?}"
+        );
+        // Known-unbound ports of the bridge are sent to drop_unbound by name.
+        let rs = render_full(
+            &p,
+            &net(true),
+            L2Match::Addresses,
+            Some(&bindings()),
+            &["vethZ".into(), "vethA".into(), "bad.name".into()],
+        );
+        let d = rules_of(&rs, NfFamily::Bridge, "ports");
+        assert!(
+            d[0].contains(r#"["vethZ",{"goto":{"target":"drop_unbound"}}]"#),
+            "{d:#?}"
+        );
+        assert!(!d[0].contains("bad.name"), "{d:#?}");
+        assert!(
+            !d[0].contains(r#"["vethA",{"goto":{"target":"drop_unbound"#),
+            "{d:#?}"
         );
         // Without port binding there is no dispatch chain.
         assert!(
