@@ -66,6 +66,20 @@ pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
                 },
                 a.elapsed.as_secs_f64() * 1000.0
             );
+            if let Some(ports) = a.ruleset.port_chains() {
+                println!(
+                    "bridge ports bound to their own addresses: {}",
+                    if ports.is_empty() {
+                        "none (every tenant port gets nothing)".to_string()
+                    } else {
+                        ports
+                            .iter()
+                            .map(|c| c.trim_start_matches("port_"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    }
+                );
+            }
             if !a.isolated.is_empty() {
                 println!("isolated bridge ports: {}", a.isolated.join(" "));
             }
