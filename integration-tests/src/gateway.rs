@@ -37,6 +37,8 @@ pub struct Options {
     pub image: String,
     /// Wraps the real backend (fault injection: Docker down, slow starts, …).
     pub wrap_backend: Option<BackendWrapper>,
+    /// `[tenants] dind` for the harness's servers.
+    pub dind: tenants::DindMode,
 }
 
 /// See [`Options::wrap_backend`].
@@ -53,6 +55,7 @@ impl Default for Options {
             create_server: true,
             image: test_image(),
             wrap_backend: None,
+            dind: tenants::DindMode::Off,
         }
     }
 }
@@ -108,6 +111,7 @@ impl GatewayHarness {
 
         let mut tcfg = tenants::Config {
             image: opts.image.clone(),
+            dind: opts.dind,
             ..Default::default()
         };
         tcfg.name_prefix = prefix.clone();

@@ -190,6 +190,10 @@ pub enum DindMode {
     Off,
     Privileged,
     Runtime,
+    /// Without `--privileged`: SYS_ADMIN, NET_ADMIN, SYS_PTRACE and MKNOD, a private cgroup
+    /// namespace, seccomp and AppArmor unconfined; the image's init remounts cgroups read-write.
+    /// Not a security boundary against a hostile tenant (see docs/SECURITY.md).
+    Caps,
 }
 
 /// A byte count written as Docker does: `512m`, `1g`, `1.5g`, `2048k`, or plain bytes.

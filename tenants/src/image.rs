@@ -60,6 +60,7 @@ pub fn packages(variant: Variant) -> Vec<&'static str> {
     if variant == Variant::Dind {
         p.extend([
             "docker.io",
+            "docker-compose",
             "iptables",
             "kmod",
             "e2fsprogs",
@@ -74,12 +75,44 @@ pub fn packages(variant: Variant) -> Vec<&'static str> {
 pub const TENANT_UID: u32 = 1000;
 
 /// Starts a nested dockerd for DinD images, then stays up like the base image.
-const DIND_INIT: &str = "#!/bin/sh\n\
-# berth DinD entry point: start the nested engine, then idle (tini is PID 1 and reaps).\n\
-if command -v dockerd >/dev/null; then\n\
-  dockerd >/var/log/dockerd.log 2>&1 &\n\
-fi\n\
-exec sleep infinity\n";
+const DIND_INIT: &str = r#"#!/bin/sh
+# berth DinD entry point: give the nested engine writable cgroups (only needed in the "caps"
+# mode; privileged and sysbox containers have them), start dockerd with its data on the
+# server's volume, then idle (tini is PID 1 and reaps).
+cgroups_rw() {
+  if [ "$(stat -f -c %T /sys/fs/cgroup 2>/dev/null)" = "cgroup2fs" ]; then
+    # cgroup v2 (a private cgroup namespace shows only our subtree): remount read-write.
+    mount -o remount,rw /sys/fs/cgroup 2>/dev/null
+    return 0
+  fi
+  # cgroup v1: Docker mounts every hierarchy read-only; mount each one again read-write (the
+  # private cgroup namespace makes the fresh mount show only this container's subtree).
+  mount -o remount,rw /sys/fs/cgroup 2>/dev/null
+  for dir in /sys/fs/cgroup/*; do
+    [ -d "$dir" ] && [ ! -L "$dir" ] && mountpoint -q "$dir" || continue
+    name=$(basename "$dir")
+    case "$name" in
+      systemd) opts=none,name=systemd ;;
+      unified) continue ;;
+      *) opts=$name ;;
+    esac
+    umount "$dir" && mount -t cgroup -o "$opts" cgroup "$dir"
+  done
+}
+if command -v dockerd >/dev/null; then
+  # Idempotent; fails quietly where cgroups are already writable or cannot be remounted
+  # (privileged, sysbox), and dockerd then says what it lacks in /var/log/dockerd.log.
+  cgroups_rw 2>/dev/null
+  root="${BERTH_DOCKER_DATA_ROOT:-/var/lib/docker}"
+  mkdir -p "$root"
+  # The container's filesystem outlives a stop: runtime state of the last boot is stale.
+  rm -rf /var/run/docker.pid /var/run/docker /run/containerd
+  # The tenant network and berth's filter are the tenant's only way out: nested containers use
+  # the tenant's own interface (host network) or user-defined bridges without NAT.
+  dockerd --data-root "$root" --iptables=false --ip6tables=false --bridge=none     >/var/log/dockerd.log 2>&1 &
+fi
+exec sleep infinity
+"#;
 
 /// `docker import` changes: how the container behaves with no TTY and no command.
 pub fn image_changes(variant: Variant, suite: &str) -> Vec<String> {

@@ -7,8 +7,9 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, Ipam, IpamConfig, Mount, MountType,
-    NetworkCreateRequest, NetworkingConfig, RestartPolicy as DockerRestart, RestartPolicyNameEnum,
+    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigCgroupnsModeEnum, Ipam,
+    IpamConfig, Mount, MountType, NetworkCreateRequest, NetworkingConfig,
+    RestartPolicy as DockerRestart, RestartPolicyNameEnum,
 };
 
 use crate::config::{Config, DindMode, NetworkConfig, RestartPolicy};
@@ -129,10 +130,11 @@ pub fn container_body(
     let limits = effective_limits(cfg, server);
     let memory = i64::try_from(limits.memory).unwrap_or(i64::MAX);
     let (privileged, runtime) = match cfg.dind {
-        DindMode::Off => (false, cfg.runtime.clone()),
+        DindMode::Off | DindMode::Caps => (false, cfg.runtime.clone()),
         DindMode::Privileged => (true, cfg.runtime.clone()),
         DindMode::Runtime => (false, cfg.runtime.clone()),
     };
+    let caps = cfg.dind == DindMode::Caps;
     let host_config = HostConfig {
         memory: (memory > 0).then_some(memory),
         // Same as memory: no swap beyond the limit.
@@ -163,13 +165,34 @@ pub fn container_body(
         runtime,
         // No setuid escalation inside tenants (an explicit `[tenants] no_new_privileges`); a
         // nested engine needs it, so never in DinD mode.
-        security_opt: (cfg.no_new_privileges && cfg.dind == DindMode::Off)
-            .then(|| vec!["no-new-privileges".to_string()]),
+        security_opt: if caps {
+            Some(vec![
+                "seccomp=unconfined".to_string(),
+                "apparmor=unconfined".to_string(),
+            ])
+        } else {
+            (cfg.no_new_privileges && cfg.dind == DindMode::Off)
+                .then(|| vec!["no-new-privileges".to_string()])
+        },
+        cap_add: caps.then(|| {
+            ["SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE", "MKNOD"]
+                .map(String::from)
+                .to_vec()
+        }),
+        cgroupns_mode: caps.then_some(HostConfigCgroupnsModeEnum::PRIVATE),
         ..Default::default()
     };
     ContainerCreateBody {
         image: Some(image(cfg, server).to_string()),
         hostname: Some(server.id.login_name()),
+        // A nested engine keeps its images and containers on the server's volume, so they
+        // survive stop/start, recreation and `rm` without `--purge`.
+        env: (cfg.dind != DindMode::Off).then(|| {
+            vec![format!(
+                "BERTH_DOCKER_DATA_ROOT={}/.docker",
+                cfg.volume_mount.trim_end_matches('/')
+            )]
+        }),
         labels: Some({
             let mut l = labels(names, server.id, &server.owner);
             l.insert(LABEL_USER.to_string(), login_user(cfg, server).to_string());
@@ -409,6 +432,36 @@ mod tests {
         let hc = container_body(&cfg, &net, &names, &s).host_config.unwrap();
         assert_eq!(hc.privileged, None);
         assert_eq!(hc.runtime.as_deref(), Some("sysbox-runc"));
+        let cfg = Config {
+            dind: DindMode::Caps,
+            ..Config::default()
+        };
+        let body = container_body(&cfg, &net, &names, &s);
+        assert_eq!(
+            body.env,
+            Some(vec!["BERTH_DOCKER_DATA_ROOT=/apps/.docker".to_string()])
+        );
+        let hc = body.host_config.unwrap();
+        assert_eq!(hc.privileged, None);
+        assert_eq!(hc.cgroupns_mode, Some(HostConfigCgroupnsModeEnum::PRIVATE));
+        assert_eq!(
+            hc.cap_add,
+            Some(vec![
+                "SYS_ADMIN".to_string(),
+                "NET_ADMIN".into(),
+                "SYS_PTRACE".into(),
+                "MKNOD".into()
+            ])
+        );
+        let sec = hc.security_opt.unwrap();
+        assert!(sec.contains(&"seccomp=unconfined".to_string()), "{sec:?}");
+        assert!(!sec.contains(&"no-new-privileges".to_string()), "{sec:?}");
+        // The default mode keeps no-new-privileges and adds nothing.
+        let hc = container_body(&Config::default(), &net, &names, &s)
+            .host_config
+            .unwrap();
+        assert_eq!(hc.cap_add, None);
+        assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_string()]));
     }
 
     #[test]
