@@ -1,6 +1,6 @@
 //! Measures what a cached entry really costs against what the byte budget charges for it:
 //! fills a cache with N one-A-record answers (distinct names) and compares the growth of the
-//! process's resident memory with `Cache::bytes()`. Used for docs/security-tenant-net-dns.md.
+//! process's resident memory with `Cache::bytes()`. Used for docs/SECURITY.md.
 //!
 //! cargo run --release -p dns --example cache_mem -- [N]
 

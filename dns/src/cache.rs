@@ -467,7 +467,7 @@ mod tests {
 
     #[test]
     fn entry_cost_of_a_typical_answer() {
-        // One A record for a short name: the figure docs/security-tenant-net-dns.md quotes.
+        // One A record for a short name: the figure docs/SECURITY.md quotes.
         let cost = entry_cost(&key("a.example."), &a_answer(60)).unwrap();
         assert!((150..=600).contains(&cost), "{cost}");
         // A 64 KiB answer (an attacker's zone over TCP) costs at least its wire size.
