@@ -754,17 +754,18 @@ textfile_interval_secs = 2
             "{unit}:\n{log}"
         );
     }
-    // FIXME(netfilter): bridge-port isolation does not work under the unit. The `brport/isolated`
-    // sysfs files are root-owned 0644, so the dynamic user is refused at open() before the
-    // kernel ever checks its CAP_NET_ADMIN; `ReadWritePaths=/sys/devices/virtual/net` only
-    // lifts the read-only mount. Setting the flag over rtnetlink (IFLA_BRPORT_ISOLATED, what
-    // `bridge link set dev X isolated on` does) needs only CAP_NET_ADMIN and AF_NETLINK, both
-    // already granted. Tenant↔tenant separation still holds through the nft bridge table. When
-    // fixed, this becomes `!log.contains("cannot isolate")`.
+    // Bridge-port isolation works under the unit: netfilter sets the flag over rtnetlink
+    // (IFLA_BRPORT_ISOLATED, CAP_NET_ADMIN only); the root-owned sysfs files would refuse its
+    // dynamic user.
     let log = journal("berth-netfilter.service");
     assert!(
-        log.contains("cannot isolate") && log.contains("Permission denied"),
-        "netfilter's port isolation changed (fixed? flip this assertion):\n{log}"
+        !log.contains("cannot isolate"),
+        "netfilter could not isolate the bridge ports under its unit:\n{log}"
+    );
+    let ports = exec_ok(&["bridge", "-d", "link", "show", "master", BRIDGE]);
+    assert!(
+        ports.contains("isolated on") && !ports.contains("isolated off"),
+        "tenant ports of {BRIDGE} not isolated:\n{ports}"
     );
     // What the units warned about, for whoever reads the test log (`--nocapture`).
     let warnings = exec_ok(&[

@@ -284,6 +284,9 @@ fn netfilter_run_restores_the_ruleset_after_a_flush() -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Isolation and the port's entry in the rules come from separate passes: let both land
+    // before stopping the daemon.
+    wait_check_ok(&tb, &cfg, Duration::from_secs(10))?;
 
     // SIGTERM: exits 0 and leaves the rules in place.
     sh(&["kill", "-TERM", &pid.to_string()])?;
@@ -306,8 +309,11 @@ fn netfilter_run_restores_the_ruleset_after_a_flush() -> Result<()> {
     }
     ensure!(status.success(), "exit {status}: {stderr}");
     ensure!(stderr.contains("drifted"), "drift not logged: {stderr}");
-    let (code, _, _) = tb.berth(&cfg, &["netfilter", "check"])?;
-    ensure!(code == 0, "rules must stay after the daemon exits");
+    let (code, out, err) = tb.berth(&cfg, &["netfilter", "check"])?;
+    ensure!(
+        code == 0,
+        "rules must stay after the daemon exits: {out} {err}"
+    );
     Ok(())
 }
 

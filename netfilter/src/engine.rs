@@ -1,5 +1,5 @@
 //! The operations behind `berth netfilter apply|show|check|flush` and `berth run netfilter`:
-//! render (pure) + nft (IO) + bridge-port isolation (sysfs), and the drift watch that keeps the
+//! render (pure) + nft (IO) + bridge-port isolation (rtnetlink), and the drift watch that keeps the
 //! live tables equal to what was applied.
 //!
 //! It never touches a table that is not berth's own, and never removes berth's rules on exit:
@@ -65,7 +65,6 @@ pub struct Firewall {
     isolate_ports: bool,
     interval: Duration,
     monitor: bool,
-    sysfs: PathBuf,
     ports_file: Option<PathBuf>,
     ports_poll: Duration,
     /// The port map last loaded (normalized) and the bridge's ports without a binding;
@@ -94,7 +93,6 @@ impl Firewall {
             isolate_ports: cfg.isolate_ports,
             interval: Duration::from_secs(cfg.check_interval_secs),
             monitor: cfg.monitor,
-            sysfs: PathBuf::from("/sys"),
             ports_file: (!cfg.ports_file.is_empty()).then(|| PathBuf::from(&cfg.ports_file)),
             ports_poll: Duration::from_millis(cfg.ports_poll_ms),
             bindings: Arc::new(Mutex::new((Vec::new(), Vec::new()))),
@@ -315,7 +313,7 @@ impl Firewall {
         if !self.isolate_ports {
             return Ok(Vec::new());
         }
-        ports::isolate_ports(&self.sysfs, &self.net.bridge).map_err(|source| Error::Ports {
+        ports::isolate_ports(&self.net.bridge).map_err(|source| Error::Ports {
             bridge: self.net.bridge.clone(),
             source,
         })
@@ -382,7 +380,7 @@ impl Firewall {
             )
             .await?;
         if self.isolate_ports {
-            ports::release_ports(&self.sysfs, &self.net.bridge).map_err(|source| Error::Ports {
+            ports::release_ports(&self.net.bridge).map_err(|source| Error::Ports {
                 bridge: self.net.bridge.clone(),
                 source,
             })?;

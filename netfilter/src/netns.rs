@@ -9,8 +9,9 @@
 //! cannot lie its way onto another's port; the worst it can do (move its own process to a new
 //! namespace, with CAP_SYS_ADMIN) leaves its own port unbound, which denies its own traffic.
 //!
-//! The protocol is hand-rolled over a plain `AF_NETLINK` socket (no unsafe, no netlink crate):
-//! two request types and three attributes.
+//! The protocol is hand-rolled over a plain `AF_NETLINK` socket (no unsafe, no netlink crate).
+//! The same socket also sets bridge ports' `isolated` flag ([`set_bridge_ports_isolated`]),
+//! which needs CAP_NET_ADMIN only, where the sysfs file would need root's write access.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -26,6 +27,12 @@ const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP: u16 = 0x300;
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
+const RTM_SETLINK: u16 = 19;
+const NLM_F_ACK: u16 = 4;
+const AF_BRIDGE: u8 = 7;
+const IFLA_PROTINFO: u16 = 12;
+const NLA_F_NESTED: u16 = 0x8000;
+const IFLA_BRPORT_ISOLATED: u16 = 33;
 const RTM_NEWNSID: u16 = 88;
 const RTM_GETNSID: u16 = 90;
 const IFLA_IFNAME: u16 = 3;
@@ -153,6 +160,59 @@ impl Netlink {
         Ok(out)
     }
 
+    /// The ports of bridge `master` (by index) with their name and `isolated` flag: an
+    /// AF_BRIDGE dump, which carries each port's bridge attributes in IFLA_PROTINFO.
+    fn bridge_ports(&mut self, master: u32) -> io::Result<Vec<(u32, String, bool)>> {
+        let mut body = [0u8; 16];
+        body[0] = AF_BRIDGE;
+        let seq = self.request(RTM_GETLINK, NLM_F_DUMP, &body)?;
+        let mut out = Vec::new();
+        self.answers(seq, false, |ty, p| {
+            if ty != RTM_NEWLINK || p.len() < 16 {
+                return;
+            }
+            let index = u32_at(p, 4);
+            let (mut name, mut m, mut isolated) = (String::new(), None, false);
+            for (aty, data) in attrs(&p[16..]) {
+                match aty {
+                    IFLA_IFNAME => {
+                        let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+                        name = String::from_utf8_lossy(&data[..end]).into_owned();
+                    }
+                    IFLA_MASTER if data.len() >= 4 => m = Some(u32_at(data, 0)),
+                    IFLA_PROTINFO => {
+                        for (bty, bdata) in attrs(data) {
+                            if bty == IFLA_BRPORT_ISOLATED && !bdata.is_empty() {
+                                isolated = bdata[0] != 0;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if m == Some(master) {
+                out.push((index, name, isolated));
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Sets or clears a bridge port's `isolated` flag (what `bridge link set dev X isolated on`
+    /// sends): needs CAP_NET_ADMIN, not write access to sysfs.
+    fn set_isolated(&mut self, index: u32, on: bool) -> io::Result<()> {
+        let mut body = vec![0u8; 16];
+        body[0] = AF_BRIDGE;
+        body[4..8].copy_from_slice(&index.to_ne_bytes());
+        // IFLA_PROTINFO (nested) { IFLA_BRPORT_ISOLATED: u8 }, each attribute padded to 4.
+        body.extend_from_slice(&12u16.to_ne_bytes());
+        body.extend_from_slice(&(IFLA_PROTINFO | NLA_F_NESTED).to_ne_bytes());
+        body.extend_from_slice(&5u16.to_ne_bytes());
+        body.extend_from_slice(&IFLA_BRPORT_ISOLATED.to_ne_bytes());
+        body.extend_from_slice(&[u8::from(on), 0, 0, 0]);
+        let seq = self.request(RTM_SETLINK, NLM_F_ACK, &body)?;
+        self.answers(seq, true, |_, _| {})
+    }
+
     /// The id this namespace knows the namespace of `attr` (NETNSA_FD or NETNSA_PID) by;
     /// `None` when none is assigned (no link of ours leads there).
     fn nsid(&mut self, attr: u16, value: u32) -> io::Result<Option<i32>> {
@@ -207,6 +267,29 @@ fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
         b = &b[align4(len).min(b.len())..];
     }
     out
+}
+
+/// Sets `isolated` on every port of `bridge` that lacks it (or clears it on every port when
+/// `on` is false) and returns the ports it changed. A missing bridge is not an error: the
+/// tenant network may not exist yet.
+pub fn set_bridge_ports_isolated(bridge: &str, on: bool) -> io::Result<Vec<String>> {
+    let mut nl = Netlink::open()?;
+    let Some(br) = nl.links()?.into_iter().find(|l| l.name == bridge) else {
+        return Ok(Vec::new());
+    };
+    let mut changed = Vec::new();
+    for (index, name, isolated) in nl.bridge_ports(br.index)? {
+        if isolated != on {
+            match nl.set_isolated(index, on) {
+                Ok(()) => changed.push(name),
+                // The port left the bridge meanwhile.
+                Err(e) if e.raw_os_error() == Some(19) => {}
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{name}: {e}"))),
+            }
+        }
+    }
+    changed.sort();
+    Ok(changed)
 }
 
 /// What resolving the endpoints found.
