@@ -30,17 +30,8 @@ const POLL: Duration = Duration::from_secs(1);
 /// on exit: a resolver keeps answering with the last known addresses while the gateway restarts.
 pub async fn publish(cfg: Config, shutdown: CancellationToken) {
     let path = PathBuf::from(&cfg.publish.hosts_file);
-    let provisioner = loop {
-        match connect(&cfg).await {
-            Ok(p) => break p,
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %format!("{e:#}"), "hosts file: tenants unavailable; retrying in 5s");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        }
+    let Some(provisioner) = provisioner_when_ready(&cfg, "hosts file", &shutdown).await else {
+        return;
     };
     let stop = shutdown.clone();
     let mut rx = provisioner
@@ -81,6 +72,27 @@ async fn connect(cfg: &Config) -> Result<tenants::Provisioner> {
     tenants::Provisioner::connect(&cfg.network, &cfg.tenants, store)
         .await
         .context("cannot connect to docker")
+}
+
+/// The store and Docker for a publisher or feed named `what`: retried every 5 s while either is
+/// down (logged each time); `None` once `shutdown` fires first.
+pub async fn provisioner_when_ready(
+    cfg: &Config,
+    what: &str,
+    shutdown: &CancellationToken,
+) -> Option<tenants::Provisioner> {
+    loop {
+        match connect(cfg).await {
+            Ok(p) => return Some(p),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "{what}: tenants unavailable; retrying in 5s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    }
 }
 
 /// Writes `text` to a temporary file next to `path` (0644) and renames it over `path`.

@@ -12,7 +12,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use netfilter::bindings::{Endpoint, Mac, PortsFile};
 use tokio_util::sync::CancellationToken;
 
@@ -48,17 +47,10 @@ pub fn ports_file(endpoints: &[tenants::ServerEndpoint]) -> PortsFile {
 /// stays on exit: netfilter keeps the last bindings while the gateway restarts.
 pub async fn publish(cfg: Config, shutdown: CancellationToken) {
     let path = PathBuf::from(&cfg.netfilter.ports_file);
-    let provisioner = loop {
-        match connect(&cfg).await {
-            Ok(p) => break p,
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %format!("{e:#}"), "port map: tenants unavailable; retrying in 5s");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        }
+    let Some(provisioner) =
+        crate::hostsfile::provisioner_when_ready(&cfg, "port map", &shutdown).await
+    else {
+        return;
     };
     let stop = shutdown.clone();
     let mut rx = provisioner
@@ -96,15 +88,6 @@ pub async fn publish(cfg: Config, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
         }
     }
-}
-
-async fn connect(cfg: &Config) -> Result<tenants::Provisioner> {
-    let store = tenants::Store::connect(&cfg.database_url())
-        .await
-        .context("cannot open the tenant store")?;
-    tenants::Provisioner::connect(&cfg.network, &cfg.tenants, store)
-        .await
-        .context("cannot connect to docker")
 }
 
 #[cfg(test)]

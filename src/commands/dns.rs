@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
@@ -129,41 +128,22 @@ pub async fn follow_tenant_addresses(
 /// Connects to the store and Docker (retrying every 5 s while either is down), then follows the
 /// running servers' addresses through Docker events.
 async fn feed_zone_from_tenants(cfg: Config, zone: dns::LocalZone, shutdown: CancellationToken) {
-    loop {
-        match connect_provisioner(&cfg).await {
-            Ok(p) => {
-                let stop = shutdown.clone();
-                let rx = p
-                    .watch_addresses(async move { stop.cancelled().await })
-                    .await;
-                tracing::info!(
-                    servers = rx.borrow().len(),
-                    "dns local zone following docker"
-                );
-                tokio::select! {
-                    _ = follow_tenant_addresses(zone, rx) => {}
-                    _ = shutdown.cancelled() => {}
-                }
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "dns local zone: tenants unavailable; retrying in 5s");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        }
+    let Some(p) = crate::hostsfile::provisioner_when_ready(&cfg, "dns local zone", &shutdown).await
+    else {
+        return;
+    };
+    let stop = shutdown.clone();
+    let rx = p
+        .watch_addresses(async move { stop.cancelled().await })
+        .await;
+    tracing::info!(
+        servers = rx.borrow().len(),
+        "dns local zone following docker"
+    );
+    tokio::select! {
+        _ = follow_tenant_addresses(zone, rx) => {}
+        _ = shutdown.cancelled() => {}
     }
-}
-
-async fn connect_provisioner(cfg: &Config) -> Result<tenants::Provisioner> {
-    let store = tenants::Store::connect(&cfg.database_url())
-        .await
-        .context("cannot open the tenant store")?;
-    tenants::Provisioner::connect(&cfg.network, &cfg.tenants, store)
-        .await
-        .context("cannot connect to docker")
 }
 
 fn spawn_sighup_reload(svc: dns::Service, shutdown: CancellationToken) {
