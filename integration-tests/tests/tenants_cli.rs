@@ -427,6 +427,35 @@ async fn set_and_user(kind: DbKind) {
     assert_eq!(inspect(n, "{{.Config.Image}}"), alt);
     assert_eq!(exec(n, "cat /apps/data.txt"), "keep-me");
 
+    // Docker-in-Docker per server: caps mode recreates with the capability set, and back.
+    let out = ok(cfg, &["server", "set", &name, "--dind", "caps"], None);
+    assert!(
+        out.contains("recreated") && out.contains("dind caps"),
+        "{out}"
+    );
+    assert!(inspect(n, "{{.HostConfig.CapAdd}}").contains("SYS_ADMIN"));
+    assert_eq!(inspect(n, "{{.HostConfig.CgroupnsMode}}"), "private");
+    assert_eq!(inspect(n, "{{.HostConfig.Privileged}}"), "false");
+    assert_eq!(exec(n, "cat /apps/data.txt"), "keep-me");
+    let show = ok(cfg, &["server", "show", &name], None);
+    assert!(show.contains("dind:      caps"), "{show}");
+    let err = fails(
+        cfg,
+        &["server", "set", &name, "--dind", "sometimes"],
+        None,
+        2,
+    );
+    assert!(err.contains("invalid dind mode"), "{err}");
+    let err = fails(
+        cfg,
+        &["server", "set", &name, "--dind", "runtime"],
+        None,
+        65,
+    );
+    assert!(err.contains("tenants.runtime"), "{err}");
+    ok(cfg, &["server", "set", &name, "--dind", "off"], None);
+    assert!(!inspect(n, "{{.HostConfig.CapAdd}}").contains("SYS_ADMIN"));
+
     // Bad values: clear errors, nothing changed.
     let id_now = inspect(n, "{{.Id}}");
     let err = fails(

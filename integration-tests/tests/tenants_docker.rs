@@ -29,6 +29,7 @@ async fn lifecycle(kind: DbKind) {
         nano_cpus: Some(250_000_000),
         pids: Some(77),
         user: None,
+        dind: None,
     };
     let server = env.prov.create_server("alice", spec).await.unwrap();
     let id = server.id;

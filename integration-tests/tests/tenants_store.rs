@@ -181,6 +181,7 @@ async fn servers_and_audit(kind: DbKind) {
         nano_cpus: Some(1_500_000_000),
         pids: Some(100),
         user: Some("root".into()),
+        dind: Some(tenants::DindMode::Caps),
     };
     let s1 = store.insert_server("carol", &spec).await.unwrap();
     let got = store.server(s1.id).await.unwrap().unwrap();

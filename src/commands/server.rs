@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use tenants::{
-    Applied, AuditEvent, AuditKind, ByteSize, ContainerStatus, DockerError, ProvisionError,
-    Provisioner, Server, ServerChange, ServerId, ServerSpec, Store, StoreError,
+    Applied, AuditEvent, AuditKind, ByteSize, ContainerStatus, DindMode, DockerError,
+    ProvisionError, Provisioner, Server, ServerChange, ServerId, ServerSpec, Store, StoreError,
 };
 
 use super::account::{audit, exit, fail, open_store, print_table, store_error};
@@ -37,6 +37,10 @@ pub enum Cmd {
         /// Login user inside the container: root or a user the image has (default: [tenants] user).
         #[arg(long, value_parser = parse_user)]
         user: Option<String>,
+        /// Docker inside: off, caps, privileged or runtime (default: [tenants] dind); see
+        /// docs/SECURITY.md for what each gives the tenant.
+        #[arg(long, value_parser = parse_dind)]
+        dind: Option<DindMode>,
     },
     /// Change a server: limits apply live; --image and --user recreate the container with its
     /// data volume intact.
@@ -57,6 +61,9 @@ pub enum Cmd {
         /// Login user: root or a user the image has (recreates the container).
         #[arg(long, value_parser = parse_user)]
         user: Option<String>,
+        /// Docker inside: off, caps, privileged or runtime (recreates the container).
+        #[arg(long, value_parser = parse_dind)]
+        dind: Option<DindMode>,
     },
     /// List servers with their container state and address.
     List {
@@ -104,6 +111,11 @@ fn parse_user(s: &str) -> Result<String, String> {
             "invalid user {s:?}: use root or a login name of [a-z0-9_-] starting with a letter or _"
         ))
     }
+}
+
+fn parse_dind(s: &str) -> Result<DindMode, String> {
+    DindMode::parse(s)
+        .ok_or_else(|| format!("invalid dind mode {s:?}: use off, caps, privileged or runtime"))
 }
 
 fn parse_cpus(s: &str) -> Result<f64, String> {
@@ -239,6 +251,7 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
             cpus,
             pids,
             user,
+            dind,
         } => {
             // Fail on the store's answers before touching Docker.
             match store.account(&owner).await.map_err(store_error)? {
@@ -255,6 +268,7 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 nano_cpus: cpus.map(tenants::spec::cpus_to_nano),
                 pids,
                 user,
+                dind,
             };
             let server = prov
                 .create_server(&owner, spec)
@@ -290,6 +304,7 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
             cpus,
             pids,
             user,
+            dind,
         } => {
             let id = server_ref(&server)?;
             let change = ServerChange {
@@ -298,11 +313,12 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 nano_cpus: cpus.map(tenants::spec::cpus_to_nano),
                 pids,
                 user,
+                dind,
             };
             if change == ServerChange::default() {
                 return Err(fail(
                     exit::USAGE,
-                    "nothing to change: give at least one of --image, --memory, --cpus, --pids, --user",
+                    "nothing to change: give at least one of --image, --memory, --cpus, --pids, --user, --dind",
                 ));
             }
             let prov = connect(cfg, store).await?;
@@ -315,9 +331,10 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 Applied::Recreated => "recreated, data volume kept",
             };
             println!(
-                "{id} {how}: image {}, user {}, memory {mem}, cpus {cpus}, pids {pids}",
+                "{id} {how}: image {}, user {}, dind {}, memory {mem}, cpus {cpus}, pids {pids}",
                 tenants::spec::image(&cfg.tenants, &s),
-                tenants::spec::login_user(&cfg.tenants, &s)
+                tenants::spec::login_user(&cfg.tenants, &s),
+                tenants::spec::dind(&cfg.tenants, &s).as_str()
             );
         }
         Cmd::List { all, json } => {
@@ -417,6 +434,10 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 println!(
                     "user:      {}",
                     tenants::spec::login_user(&cfg.tenants, &v.server)
+                );
+                println!(
+                    "dind:      {}",
+                    tenants::spec::dind(&cfg.tenants, &v.server).as_str()
                 );
                 println!("limits:    memory {mem}, cpus {cpus}, pids {pids}");
                 println!(

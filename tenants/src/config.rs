@@ -196,6 +196,28 @@ pub enum DindMode {
     Caps,
 }
 
+impl DindMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DindMode::Off => "off",
+            DindMode::Privileged => "privileged",
+            DindMode::Runtime => "runtime",
+            DindMode::Caps => "caps",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            DindMode::Off,
+            DindMode::Privileged,
+            DindMode::Runtime,
+            DindMode::Caps,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+    }
+}
+
 /// A byte count written as Docker does: `512m`, `1g`, `1.5g`, `2048k`, or plain bytes.
 /// Units are binary (k = 1024). Serialised back in the shortest exact form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]

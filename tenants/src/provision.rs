@@ -36,6 +36,17 @@ use crate::name::ServerId;
 use crate::spec::{self, ExistingNetwork, LABEL_INSTANCE, LABEL_MANAGED, LABEL_SERVER, Names};
 use crate::store::{AuditEvent, AuditKind, DesiredState, Server, ServerSpec, Store, StoreError};
 
+fn check_dind(cfg: &Config, spec: &ServerSpec) -> Result<(), ProvisionError> {
+    if spec.dind == Some(crate::config::DindMode::Runtime)
+        && cfg.runtime.as_deref().is_none_or(str::is_empty)
+    {
+        return Err(ProvisionError::Invalid(
+            "dind mode runtime needs tenants.runtime (e.g. \"sysbox-runc\") in the config".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn check_user_name(u: &str) -> Result<(), ProvisionError> {
     if spec::valid_user(u) {
         Ok(())
@@ -165,6 +176,7 @@ pub struct ServerChange {
     pub nano_cpus: Option<i64>,
     pub pids: Option<i64>,
     pub user: Option<String>,
+    pub dind: Option<crate::config::DindMode>,
 }
 
 /// How `server set` applied a change.
@@ -611,7 +623,7 @@ impl Provisioner {
     }
 
     /// Changes a server after it exists. Limits change on the running container (`docker
-    /// update`); lifting a memory or CPU limit, or an image or login-user change, recreates the container with its data volume
+    /// update`); lifting a memory or CPU limit, or an image, login-user or DinD change, recreates the container with its data volume
     /// intact (and starts it again when it should run). The store is updated only once Docker
     /// has taken the change; on a failed recreate the old settings are restored and the old
     /// container recreated from them.
@@ -641,7 +653,11 @@ impl Provisioner {
         if let Some(u) = &change.user {
             spec.user = Some(u.clone());
         }
+        if let Some(d) = change.dind {
+            spec.dind = Some(d);
+        }
         let cfg = &self.inner.cfg;
+        check_dind(cfg, &new.spec)?;
         let (old_l, new_l) = (
             spec::effective_limits(cfg, &server),
             spec::effective_limits(cfg, &new),
@@ -652,7 +668,8 @@ impl Provisioner {
             || (old_l.nano_cpus > 0 && new_l.nano_cpus == 0);
         let recreate = lifted
             || spec::image(cfg, &new) != spec::image(cfg, &server)
-            || spec::login_user(cfg, &new) != spec::login_user(cfg, &server);
+            || spec::login_user(cfg, &new) != spec::login_user(cfg, &server)
+            || spec::dind(cfg, &new) != spec::dind(cfg, &server);
         let limits_changed =
             spec::effective_limits(cfg, &new) != spec::effective_limits(cfg, &server);
         if !recreate && !limits_changed {
@@ -664,6 +681,7 @@ impl Provisioner {
         let detail = serde_json::json!({
             "image": spec::image(cfg, &new),
             "user": spec::login_user(cfg, &new),
+            "dind": spec::dind(cfg, &new).as_str(),
             "limits": {
                 "memory": spec::effective_limits(cfg, &new).memory,
                 "nano_cpus": spec::effective_limits(cfg, &new).nano_cpus,
@@ -783,6 +801,7 @@ impl Provisioner {
         if let Some(u) = &spec.user {
             check_user_name(u)?;
         }
+        check_dind(&self.inner.cfg, &spec)?;
         self.check_image(&image).await?;
         self.ensure_network().await?;
         let server = self.inner.store.insert_server(owner, &spec).await?;

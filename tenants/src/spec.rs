@@ -115,6 +115,11 @@ pub fn valid_user(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-".contains(c))
 }
 
+/// A server's Docker-in-Docker mode: its own, else `[tenants] dind`.
+pub fn dind(cfg: &Config, server: &Server) -> DindMode {
+    server.spec.dind.unwrap_or(cfg.dind)
+}
+
 /// The image a server runs.
 pub fn image<'a>(cfg: &'a Config, server: &'a Server) -> &'a str {
     server.spec.image.as_deref().unwrap_or(&cfg.image)
@@ -129,12 +134,13 @@ pub fn container_body(
 ) -> ContainerCreateBody {
     let limits = effective_limits(cfg, server);
     let memory = i64::try_from(limits.memory).unwrap_or(i64::MAX);
-    let (privileged, runtime) = match cfg.dind {
+    let dind = dind(cfg, server);
+    let (privileged, runtime) = match dind {
         DindMode::Off | DindMode::Caps => (false, cfg.runtime.clone()),
         DindMode::Privileged => (true, cfg.runtime.clone()),
         DindMode::Runtime => (false, cfg.runtime.clone()),
     };
-    let caps = cfg.dind == DindMode::Caps;
+    let caps = dind == DindMode::Caps;
     let host_config = HostConfig {
         memory: (memory > 0).then_some(memory),
         // Same as memory: no swap beyond the limit.
@@ -171,7 +177,7 @@ pub fn container_body(
                 "apparmor=unconfined".to_string(),
             ])
         } else {
-            (cfg.no_new_privileges && cfg.dind == DindMode::Off)
+            (cfg.no_new_privileges && dind == DindMode::Off)
                 .then(|| vec!["no-new-privileges".to_string()])
         },
         cap_add: caps.then(|| {
@@ -187,7 +193,7 @@ pub fn container_body(
         hostname: Some(server.id.login_name()),
         // A nested engine keeps its images and containers on the server's volume, so they
         // survive stop/start, recreation and `rm` without `--purge`.
-        env: (cfg.dind != DindMode::Off).then(|| {
+        env: (dind != DindMode::Off).then(|| {
             vec![format!(
                 "BERTH_DOCKER_DATA_ROOT={}/.docker",
                 cfg.volume_mount.trim_end_matches('/')
@@ -402,6 +408,7 @@ mod tests {
             nano_cpus: Some(cpus_to_nano(0.5)),
             pids: Some(64),
             user: None,
+            dind: None,
         };
         let body = container_body(&cfg, &net, &names, &server(2, spec));
         assert_eq!(body.image.as_deref(), Some("ubuntu:24.04"));

@@ -192,6 +192,9 @@ pub struct ServerSpec {
     /// The login user inside the container (`root` or a name the image has).
     #[serde(default)]
     pub user: Option<String>,
+    /// Docker-in-Docker mode of this server (`None`: `[tenants] dind`).
+    #[serde(default)]
+    pub dind: Option<crate::config::DindMode>,
 }
 
 /// A server row.
@@ -746,8 +749,8 @@ impl Store {
         let memory = spec.memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
         let res: Result<(i64,), sqlx::Error> = with_pool!(self, p => sqlx::query_as(
             "INSERT INTO servers (owner_id, owner_name, image, memory_bytes, nano_cpus, pids_limit, \
-                                  desired_state, created_at, login_user) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8) RETURNING id",
+                                  desired_state, created_at, login_user, dind_mode) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8, $9) RETURNING id",
         )
         .bind(owner_id)
         .bind(owner)
@@ -757,6 +760,7 @@ impl Store {
         .bind(spec.pids)
         .bind(created)
         .bind(spec.user.as_deref())
+        .bind(spec.dind.map(|d| d.as_str()))
         .fetch_one(p)
         .await);
         let (id,) = match res {
@@ -791,7 +795,7 @@ impl Store {
     pub async fn server(&self, id: ServerId) -> Result<Option<Server>, StoreError> {
         let row: Option<ServerRow> = with_pool!(self, p => sqlx::query_as(
             "SELECT id, owner_name, image, memory_bytes, nano_cpus, pids_limit, desired_state, \
-                    created_at, deleted_at, login_user FROM servers WHERE id = $1",
+                    created_at, deleted_at, login_user, dind_mode FROM servers WHERE id = $1",
         )
         .bind(i64::from(id.get()))
         .fetch_optional(p)
@@ -804,7 +808,7 @@ impl Store {
     pub async fn servers(&self, include_deleted: bool) -> Result<Vec<Server>, StoreError> {
         let rows: Vec<ServerRow> = with_pool!(self, p => sqlx::query_as(
             "SELECT id, owner_name, image, memory_bytes, nano_cpus, pids_limit, desired_state, \
-                    created_at, deleted_at, login_user FROM servers WHERE ($1 OR deleted_at IS NULL) ORDER BY id",
+                    created_at, deleted_at, login_user, dind_mode FROM servers WHERE ($1 OR deleted_at IS NULL) ORDER BY id",
         )
         .bind(include_deleted)
         .fetch_all(p)
@@ -818,13 +822,14 @@ impl Store {
         let memory = spec.memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
         let n = with_pool!(self, p => sqlx::query(
             "UPDATE servers SET image = $1, memory_bytes = $2, nano_cpus = $3, pids_limit = $4, \
-                    login_user = $5 WHERE id = $6 AND deleted_at IS NULL",
+                    login_user = $5, dind_mode = $6 WHERE id = $7 AND deleted_at IS NULL",
         )
         .bind(spec.image.as_deref())
         .bind(memory)
         .bind(spec.nano_cpus)
         .bind(spec.pids)
         .bind(spec.user.as_deref())
+        .bind(spec.dind.map(|d| d.as_str()))
         .bind(i64::from(id.get()))
         .execute(p)
         .await
@@ -1033,10 +1038,11 @@ type ServerRow = (
     i64,
     Option<i64>,
     Option<String>,
+    Option<String>,
 );
 
 fn server_from_row(r: ServerRow) -> Result<Server, StoreError> {
-    let (id, owner, image, memory, nano_cpus, pids, desired, created, deleted, user) = r;
+    let (id, owner, image, memory, nano_cpus, pids, desired, created, deleted, user, dind) = r;
     Ok(Server {
         id: server_id(id)?,
         owner,
@@ -1046,6 +1052,8 @@ fn server_from_row(r: ServerRow) -> Result<Server, StoreError> {
             nano_cpus,
             pids,
             user,
+            // A value this version does not know follows the config, like NULL.
+            dind: dind.and_then(|d| crate::config::DindMode::parse(&d)),
         },
         desired: if desired == "stopped" {
             DesiredState::Stopped
