@@ -14,10 +14,11 @@ use super::account::{exit, fail};
 pub enum Cmd {
     /// Build a tenant image with debootstrap and import it into Docker (a minute or two).
     Build {
-        /// base: shell, coreutils, sftp-server, rsync; dind: base + docker.io (needs tenants.dind).
+        /// base: shell, coreutils, sftp-server, rsync, python3; dind: base + docker.io and
+        /// docker-compose (needs a dind mode); systemd: base + systemd as PID 1.
         #[arg(long, value_enum, default_value = "base")]
         variant: VariantArg,
-        /// Image reference to create (default: [tenants] image, or <image>-dind for dind).
+        /// Image reference to create (default: [tenants] image, or <image>-<variant>).
         #[arg(long)]
         tag: Option<String>,
         /// Debian suite.
@@ -39,6 +40,7 @@ pub enum Cmd {
 pub enum VariantArg {
     Base,
     Dind,
+    Systemd,
 }
 
 pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
@@ -54,12 +56,13 @@ pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
     let variant = match variant {
         VariantArg::Base => Variant::Base,
         VariantArg::Dind => Variant::Dind,
+        VariantArg::Systemd => Variant::Systemd,
     };
     let tag = tag.unwrap_or_else(|| match variant {
         Variant::Base => cfg.tenants.image.clone(),
-        Variant::Dind => {
+        Variant::Dind | Variant::Systemd => {
             let (repo, t) = tenants::image::split_tag(&cfg.tenants.image);
-            format!("{repo}:{t}-dind")
+            format!("{repo}:{t}-{}", variant.as_str())
         }
     });
     let opts = BuildOptions {

@@ -23,6 +23,9 @@ pub enum Variant {
     Base,
     /// Base plus docker.io and a CMD that starts a nested dockerd (needs `tenants.dind`).
     Dind,
+    /// Base plus systemd as PID 1 (labelled `berth.init=systemd`: berth then runs the container
+    /// the way systemd needs, see `spec::container_body`).
+    Systemd,
 }
 
 impl Variant {
@@ -30,6 +33,7 @@ impl Variant {
         match self {
             Variant::Base => "base",
             Variant::Dind => "dind",
+            Variant::Systemd => "systemd",
         }
     }
 }
@@ -68,25 +72,24 @@ pub fn packages(variant: Variant) -> Vec<&'static str> {
             "pigz",
         ]);
     }
+    if variant == Variant::Systemd {
+        p.extend(["systemd", "systemd-sysv", "dbus"]);
+    }
     p
 }
 
 /// The uid/gid of the tenant user (matches the exec user the gateway uses).
 pub const TENANT_UID: u32 = 1000;
 
-/// Starts a nested dockerd for DinD images, then stays up like the base image.
-const DIND_INIT: &str = r#"#!/bin/sh
-# berth DinD entry point: give the nested engine writable cgroups (only needed in the "caps"
-# mode; privileged and sysbox containers have them), start dockerd with its data on the
-# server's volume, then idle (tini is PID 1 and reaps).
-cgroups_rw() {
+/// Shell function shared by the init scripts: Docker mounts every cgroup v1 hierarchy
+/// read-only; mount each one again read-write (the private cgroup namespace makes the fresh
+/// mount show only this container's subtree), or remount cgroup v2 read-write.
+const CGROUPS_RW: &str = r#"cgroups_rw() {
   if [ "$(stat -f -c %T /sys/fs/cgroup 2>/dev/null)" = "cgroup2fs" ]; then
     # cgroup v2 (a private cgroup namespace shows only our subtree): remount read-write.
     mount -o remount,rw /sys/fs/cgroup 2>/dev/null
     return 0
   fi
-  # cgroup v1: Docker mounts every hierarchy read-only; mount each one again read-write (the
-  # private cgroup namespace makes the fresh mount show only this container's subtree).
   mount -o remount,rw /sys/fs/cgroup 2>/dev/null
   for dir in /sys/fs/cgroup/*; do
     [ -d "$dir" ] && [ ! -L "$dir" ] && mountpoint -q "$dir" || continue
@@ -99,7 +102,12 @@ cgroups_rw() {
     umount "$dir" && mount -t cgroup -o "$opts" cgroup "$dir"
   done
 }
-if command -v dockerd >/dev/null; then
+"#;
+
+/// The dind variant's CMD: writable cgroups (only needed in the "caps" mode; privileged and
+/// sysbox containers have them), dockerd with its data on the server's volume, then idle (tini
+/// is PID 1 and reaps).
+const DIND_MAIN: &str = r#"if command -v dockerd >/dev/null; then
   # Idempotent; fails quietly where cgroups are already writable or cannot be remounted
   # (privileged, sysbox), and dockerd then says what it lacks in /var/log/dockerd.log.
   cgroups_rw 2>/dev/null
@@ -109,18 +117,43 @@ if command -v dockerd >/dev/null; then
   rm -rf /var/run/docker.pid /var/run/docker /run/containerd
   # The tenant network and berth's filter are the tenant's only way out: nested containers use
   # the tenant's own interface (host network) or user-defined bridges without NAT.
-  dockerd --data-root "$root" --iptables=false --ip6tables=false --bridge=none     >/var/log/dockerd.log 2>&1 &
+  dockerd --data-root "$root" --iptables=false --ip6tables=false --bridge=none >/var/log/dockerd.log 2>&1 &
 fi
 exec sleep infinity
 "#;
+
+/// The systemd variant's CMD: systemd as PID 1 needs shared mount propagation (its credentials
+/// and private mounts) and writable cgroups, as on a real host.
+const SYSTEMD_MAIN: &str = r#"mount --make-rshared / 2>/dev/null
+cgroups_rw 2>/dev/null
+exec /lib/systemd/systemd
+"#;
+
+/// The init script of `variant` (`None` for the base image, whose CMD is `sleep`).
+pub fn init_script(variant: Variant) -> Option<(&'static str, String)> {
+    let main = match variant {
+        Variant::Base => return None,
+        Variant::Dind => ("usr/local/sbin/berth-dind-init", DIND_MAIN),
+        Variant::Systemd => ("usr/local/sbin/berth-systemd-init", SYSTEMD_MAIN),
+    };
+    Some((
+        main.0,
+        format!(
+            "#!/bin/sh\n# berth {} init\n{CGROUPS_RW}{}",
+            variant.as_str(),
+            main.1
+        ),
+    ))
+}
 
 /// `docker import` changes: how the container behaves with no TTY and no command.
 pub fn image_changes(variant: Variant, suite: &str) -> Vec<String> {
     let cmd = match variant {
         Variant::Base => r#"CMD ["/bin/sleep", "infinity"]"#,
         Variant::Dind => r#"CMD ["/usr/local/sbin/berth-dind-init"]"#,
+        Variant::Systemd => r#"CMD ["/usr/local/sbin/berth-systemd-init"]"#,
     };
-    vec![
+    let mut changes = vec![
         cmd.to_string(),
         "ENV LANG=C.UTF-8".to_string(),
         "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
@@ -128,7 +161,15 @@ pub fn image_changes(variant: Variant, suite: &str) -> Vec<String> {
         format!("LABEL berth.variant={}", variant.as_str()),
         format!("LABEL berth.suite={suite}"),
         "WORKDIR /apps".to_string(),
-    ]
+    ];
+    if variant == Variant::Systemd {
+        // How berth knows to run it as systemd needs (`docker import` takes no STOPSIGNAL: the
+        // container gets SIGRTMIN+3 from `spec::container_body_for`), and how systemd knows it
+        // runs in a container.
+        changes.push(format!("LABEL {}=systemd", crate::spec::IMAGE_LABEL_INIT));
+        changes.push("ENV container=docker".to_string());
+    }
+    changes
 }
 
 /// Splits `repo[:tag]` at the last colon after the last slash (so `host:5000/x` has no tag).
@@ -362,19 +403,21 @@ pub async fn build(
             source,
         }
     })?;
-    if opts.variant == Variant::Dind {
-        let init = rootfs.join("usr/local/sbin/berth-dind-init");
-        std::fs::write(&init, DIND_INIT).map_err(|source| ImageError::Io {
-            what: "write dind init".into(),
+    if let Some((path, script)) = init_script(opts.variant) {
+        let init = rootfs.join(path);
+        std::fs::write(&init, script).map_err(|source| ImageError::Io {
+            what: format!("write {path}"),
             source,
         })?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).map_err(
             |source| ImageError::Io {
-                what: "chmod dind init".into(),
+                what: format!("chmod {path}"),
                 source,
             },
         )?;
+    }
+    if opts.variant == Variant::Dind {
         let mut cmd = Command::new("chroot");
         cmd.arg(&rootfs)
             .args(["usermod", "-aG", "docker", "tenant"]);

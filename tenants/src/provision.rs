@@ -473,8 +473,22 @@ impl Provisioner {
     /// concurrently by another process: fine.
     async fn create_container(&self, server: &Server) -> Result<(), ProvisionError> {
         let name = self.inner.names.container(server.id);
-        let body =
-            spec::container_body(&self.inner.cfg, &self.inner.net, &self.inner.names, server);
+        let image = spec::image(&self.inner.cfg, server);
+        // The image's labels say what it needs (systemd as PID 1); an image that vanished is
+        // reported by the create below.
+        let traits = match self.inner.docker.inspect_image(image).await {
+            Ok(i) => {
+                spec::ImageTraits::from_labels(i.config.as_ref().and_then(|c| c.labels.as_ref()))
+            }
+            Err(_) => spec::ImageTraits::default(),
+        };
+        let body = spec::container_body_for(
+            &self.inner.cfg,
+            &self.inner.net,
+            &self.inner.names,
+            server,
+            traits,
+        );
         let opts = CreateContainerOptions {
             name: Some(name.clone()),
             ..Default::default()

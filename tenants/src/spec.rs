@@ -23,6 +23,26 @@ pub const LABEL_MANAGED: &str = "berth.managed";
 pub const LABEL_INSTANCE: &str = "berth.instance";
 /// The login user inside the container (the gateway's exec user for this server).
 pub const LABEL_USER: &str = "berth.user";
+/// Image label: `systemd` when the image's CMD boots systemd as PID 1.
+pub const IMAGE_LABEL_INIT: &str = "berth.init";
+
+/// What an image's labels ask of the container berth makes from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImageTraits {
+    /// systemd is PID 1 (`berth.init=systemd`): no tini, tmpfs on /run, /run/lock and /tmp, and
+    /// the same grant as `dind = "caps"` (it mounts and manages cgroups).
+    pub systemd: bool,
+}
+
+impl ImageTraits {
+    pub fn from_labels(labels: Option<&HashMap<String, String>>) -> Self {
+        Self {
+            systemd: labels
+                .and_then(|l| l.get(IMAGE_LABEL_INIT))
+                .is_some_and(|v| v == "systemd"),
+        }
+    }
+}
 
 /// Docker object names for one berth instance (`tenants.name_prefix`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,12 +145,23 @@ pub fn image<'a>(cfg: &'a Config, server: &'a Server) -> &'a str {
     server.spec.image.as_deref().unwrap_or(&cfg.image)
 }
 
-/// The full create body for server `server`'s container.
+/// The full create body for server `server`'s container from an image without berth labels.
 pub fn container_body(
     cfg: &Config,
     net: &NetworkConfig,
     names: &Names,
     server: &Server,
+) -> ContainerCreateBody {
+    container_body_for(cfg, net, names, server, ImageTraits::default())
+}
+
+/// The full create body for server `server`'s container from an image with `traits`.
+pub fn container_body_for(
+    cfg: &Config,
+    net: &NetworkConfig,
+    names: &Names,
+    server: &Server,
+    traits: ImageTraits,
 ) -> ContainerCreateBody {
     let limits = effective_limits(cfg, server);
     let memory = i64::try_from(limits.memory).unwrap_or(i64::MAX);
@@ -140,7 +171,7 @@ pub fn container_body(
         DindMode::Privileged => (true, cfg.runtime.clone()),
         DindMode::Runtime => (false, cfg.runtime.clone()),
     };
-    let caps = dind == DindMode::Caps;
+    let caps = dind == DindMode::Caps || traits.systemd;
     let host_config = HostConfig {
         memory: (memory > 0).then_some(memory),
         // Same as memory: no swap beyond the limit.
@@ -157,8 +188,12 @@ pub fn container_body(
             }),
             maximum_retry_count: None,
         }),
-        // tini as PID 1: reaps orphans of tenant shells, forwards signals.
-        init: Some(true),
+        // tini as PID 1: reaps orphans of tenant shells, forwards signals (systemd does both
+        // itself when it is PID 1).
+        init: Some(!traits.systemd),
+        tmpfs: traits.systemd.then(|| {
+            HashMap::from(["/run", "/run/lock", "/tmp"].map(|p| (p.to_string(), String::new())))
+        }),
         network_mode: Some(net.name.clone()),
         mounts: Some(vec![Mount {
             target: Some(cfg.volume_mount.clone()),
@@ -191,6 +226,8 @@ pub fn container_body(
     ContainerCreateBody {
         image: Some(image(cfg, server).to_string()),
         hostname: Some(server.id.login_name()),
+        // systemd shuts down cleanly on SIGRTMIN+3 (SIGTERM would make it re-execute).
+        stop_signal: traits.systemd.then(|| "SIGRTMIN+3".to_string()),
         // A nested engine keeps its images and containers on the server's volume, so they
         // survive stop/start, recreation and `rm` without `--purge`.
         env: (dind != DindMode::Off).then(|| {
@@ -463,6 +500,21 @@ mod tests {
         let sec = hc.security_opt.unwrap();
         assert!(sec.contains(&"seccomp=unconfined".to_string()), "{sec:?}");
         assert!(!sec.contains(&"no-new-privileges".to_string()), "{sec:?}");
+        // A systemd image: no tini, tmpfs for /run, the caps grant.
+        let systemd = ImageTraits::from_labels(Some(&HashMap::from([(
+            IMAGE_LABEL_INIT.to_string(),
+            "systemd".to_string(),
+        )])));
+        assert!(systemd.systemd);
+        let hc = container_body_for(&Config::default(), &net, &names, &s, systemd)
+            .host_config
+            .unwrap();
+        let body = container_body_for(&Config::default(), &net, &names, &s, systemd);
+        assert_eq!(body.stop_signal.as_deref(), Some("SIGRTMIN+3"));
+        assert_eq!(hc.init, Some(false));
+        assert!(hc.tmpfs.unwrap().contains_key("/run"));
+        assert!(hc.cap_add.unwrap().contains(&"SYS_ADMIN".to_string()));
+        assert_eq!(hc.cgroupns_mode, Some(HostConfigCgroupnsModeEnum::PRIVATE));
         // The default mode keeps no-new-privileges and adds nothing.
         let hc = container_body(&Config::default(), &net, &names, &s)
             .host_config
