@@ -108,6 +108,31 @@ async fn docker_inside_a_server_without_privileged() -> Result<()> {
     );
     let create_to_nested_run = started.elapsed();
 
+    // Nested traffic enters the host through the tenant's own bridge port with the tenant's own
+    // address, so it meets exactly the per-port and egress rules the tenant's own traffic meets:
+    // a listener on the tenant network's gateway address sees the server's address as the peer.
+    let gw = h.provisioner.network().gateway;
+    let listener = tokio::net::TcpListener::bind((gw, 0)).await?;
+    let port = listener.local_addr()?.port();
+    let accepted = tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(30), listener.accept()).await
+    });
+    ssh_ok(
+        &h,
+        &format!(
+            "docker run --rm --network host {nested} python3 -c \
+             'import socket; socket.create_connection((\"{gw}\", {port}), timeout=10).close()'"
+        ),
+    )?;
+    let (_, peer) = accepted
+        .await?
+        .context("the nested container never connected")??;
+    assert_eq!(
+        Some(peer.ip().to_string().as_str()),
+        own.split_whitespace().next(),
+        "nested traffic must carry the server's own address"
+    );
+
     // Two services with docker-compose (Debian's): a web server and a probe that fetches from it.
     let compose = format!(
         r#"version: "3"
@@ -182,6 +207,5 @@ services:
         ])
         .output()?;
     assert_eq!(String::from_utf8_lossy(&privileged.stdout).trim(), "false");
-    let _ = Duration::ZERO;
     Ok(())
 }
