@@ -59,6 +59,28 @@ fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket
 /// Binds UDP and TCP on `addr`. With port 0 the TCP listener takes the UDP socket's port.
 /// Must be called inside a tokio runtime.
 pub fn bind(addr: SocketAddr) -> Result<Listener, DnsError> {
+    // With port 0 the kernel picks a free UDP port, which may be taken for TCP: try again with
+    // another one (a fixed port is tried once).
+    let attempts = if addr.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        match bind_once(addr) {
+            Ok(l) => return Ok(l),
+            Err(DnsError::Bind { source, .. })
+                if addr.port() == 0 && source.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                last = Some(source);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(DnsError::Bind {
+        addr,
+        source: last.unwrap_or_else(|| std::io::Error::other("no free port")),
+    })
+}
+
+fn bind_once(addr: SocketAddr) -> Result<Listener, DnsError> {
     let err = |e: std::io::Error| DnsError::Bind { addr, source: e };
     let u = socket(addr, Type::DGRAM, Protocol::UDP).map_err(err)?;
     u.set_recv_buffer_size(4 << 20).ok();
