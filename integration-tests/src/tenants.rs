@@ -28,6 +28,25 @@ pub fn test_image() -> String {
 }
 
 /// Fails with a clear message when dockerd or the test image is missing.
+/// The tenant image of a build variant (`dind`, `systemd`): `$<env>`, else
+/// `<test image>-<variant>`; an error saying how to build it when Docker does not have it.
+pub fn variant_image(variant: &str, env: &str) -> Result<String> {
+    let image = std::env::var(env).unwrap_or_else(|_| format!("{}-{variant}", test_image()));
+    let ok = Command::new("docker")
+        .args(["image", "inspect", &image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        bail!(
+            "the {variant} tenant image {image} is missing: build it with `berth image build --variant {variant} --tag {image}` (scripts/test does)"
+        );
+    }
+    Ok(image)
+}
+
 pub fn require_docker() -> Result<()> {
     let ok = Command::new("docker")
         .args(["image", "inspect", &test_image()])

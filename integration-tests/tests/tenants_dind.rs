@@ -13,11 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use integration_tests::gateway::{GatewayHarness, Options};
 
-fn dind_image() -> String {
-    std::env::var("BERTH_TEST_DIND_IMAGE")
-        .unwrap_or_else(|_| format!("{}-dind", integration_tests::tenants::test_image()))
-}
-
 fn text(o: &Output) -> String {
     format!(
         "exit {:?}\nstdout: {}\nstderr: {}",
@@ -41,16 +36,7 @@ const WAIT_FOR_DOCKER: &str = "for i in $(seq 1 120); do docker info >/dev/null 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn docker_inside_a_server_without_privileged() -> Result<()> {
-    let image = dind_image();
-    let inspect = Command::new("docker")
-        .args(["image", "inspect", &image])
-        .output()
-        .context("docker image inspect")?;
-    if !inspect.status.success() {
-        bail!(
-            "the dind tenant image {image} is missing: build it with `berth image build --variant dind --tag {image}` (scripts/test does)"
-        );
-    }
+    let image = integration_tests::tenants::variant_image("dind", "BERTH_TEST_DIND_IMAGE")?;
     let opts = Options {
         image: image.clone(),
         dind: tenants::DindMode::Caps,

@@ -5,16 +5,10 @@
 //!
 //! Needs the systemd tenant image (`<test image>-systemd`; `scripts/test` builds it).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use integration_tests::gateway::{GatewayHarness, Options};
-
-fn systemd_image() -> String {
-    std::env::var("BERTH_TEST_SYSTEMD_IMAGE")
-        .unwrap_or_else(|_| format!("{}-systemd", integration_tests::tenants::test_image()))
-}
 
 /// Waits for systemd inside the server to finish booting (asked as root over systemd's private
 /// socket: the tenant has no D-Bus session for `systemctl`); returns its state and PID 1's name
@@ -50,16 +44,7 @@ fn booted(h: &GatewayHarness, id: tenants::ServerId) -> Result<(String, String)>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_can_boot_systemd_as_pid_1() -> Result<()> {
-    let image = systemd_image();
-    let inspect = Command::new("docker")
-        .args(["image", "inspect", &image])
-        .output()
-        .context("docker image inspect")?;
-    if !inspect.status.success() {
-        bail!(
-            "the systemd tenant image {image} is missing: build it with `berth image build --variant systemd --tag {image}` (scripts/test does)"
-        );
-    }
+    let image = integration_tests::tenants::variant_image("systemd", "BERTH_TEST_SYSTEMD_IMAGE")?;
     let opts = Options {
         image,
         ..Default::default()
