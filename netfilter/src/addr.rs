@@ -1,6 +1,7 @@
-//! Address vocabulary of the policy: allowlist entries (`address[/len][:port]`), the built-in
-//! deny lists and the aggregation that turns overlapping prefixes into the disjoint intervals an
-//! nftables interval set requires.
+//! Address vocabulary of the policy: prefixes, allowlist entries (`address[/len][:port]`), the
+//! built-in deny lists and the aggregation that turns overlapping prefixes into the disjoint
+//! intervals an nftables interval set requires. The `[netfilter]` config parses with it; the
+//! renderer and dns' rebind guard read its lists.
 //!
 //! Pure functions only; nothing here knows about nft or the kernel.
 
@@ -14,6 +15,27 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub struct AllowEntry {
     pub net: IpNet,
     pub port: Option<u16>,
+}
+
+/// "10.0.0.0/8", "fd00::/8" or a bare address (a /32 or /128); host bits must be zero.
+pub fn parse_prefix(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    let net = if s.contains('/') {
+        s.parse::<IpNet>()
+            .map_err(|_| format!("{s:?} is not an address or prefix"))?
+    } else {
+        let ip: IpAddr = s
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or prefix"))?;
+        IpNet::from(ip)
+    };
+    if net.trunc() != net {
+        return Err(format!(
+            "{s:?} has host bits set (did you mean {}?)",
+            net.trunc()
+        ));
+    }
+    Ok(net)
 }
 
 /// Parses `address[/len][:port]`; IPv6 needs brackets when a port is given:
@@ -34,7 +56,7 @@ pub fn parse_allow_entry(s: &str) -> Result<AllowEntry, String> {
     } else {
         (t, None)
     };
-    let net = crate::config::parse_prefix(addr_part).map_err(|e| format!("{s:?}: {e}"))?;
+    let net = parse_prefix(addr_part).map_err(|e| format!("{s:?}: {e}"))?;
     if matches!((&net, t.starts_with('[')), (IpNet::V4(_), true)) {
         return Err(bad());
     }
@@ -381,7 +403,7 @@ mod tests {
         #[test]
         fn arbitrary_input_never_panics(s in "\\PC{0,40}") {
             let _ = parse_allow_entry(&s);
-            let _ = crate::config::parse_prefix(&s);
+            let _ = parse_prefix(&s);
         }
 
         #[test]

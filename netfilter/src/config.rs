@@ -4,12 +4,10 @@
 //! `[network]` and reaches this crate as a plain [`crate::Network`]. This module only parses and
 //! validates; it never touches the kernel.
 
-use std::net::IpAddr;
-
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::addr::{AllowEntry, parse_allow_entry};
+use crate::addr::{AllowEntry, parse_allow_entry, parse_prefix};
 
 /// How tenant↔tenant frames on the same bridge are recognised in the `bridge` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -191,27 +189,6 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         self.policy().map(|_| ())
     }
-}
-
-/// "10.0.0.0/8", "fd00::/8" or a bare address (a /32 or /128); host bits must be zero.
-pub fn parse_prefix(s: &str) -> Result<IpNet, String> {
-    let s = s.trim();
-    let net = if s.contains('/') {
-        s.parse::<IpNet>()
-            .map_err(|_| format!("{s:?} is not an address or prefix"))?
-    } else {
-        let ip: IpAddr = s
-            .parse()
-            .map_err(|_| format!("{s:?} is not an address or prefix"))?;
-        IpNet::from(ip)
-    };
-    if net.trunc() != net {
-        return Err(format!(
-            "{s:?} has host bits set (did you mean {}?)",
-            net.trunc()
-        ));
-    }
-    Ok(net)
 }
 
 #[cfg(test)]
