@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use tenants::store::redact_url;
 
 use crate::config::Config;
 
@@ -36,31 +37,19 @@ fn redact(cfg: &Config) -> Config {
     c
 }
 
-pub fn redact_url(url: &str) -> String {
-    // scheme://user:password@host/... → scheme://user:<secret>@host/...
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_string();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:<secret>@{host}"),
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn redacts_password() {
+    fn show_masks_the_database_password() {
+        let cfg = Config {
+            database_url: Some("postgres://berth:hunter2@db/berth".into()),
+            ..Config::default()
+        };
         assert_eq!(
-            super::redact_url("postgres://berth:hunter2@db/berth"),
-            "postgres://berth:<secret>@db/berth"
-        );
-        assert_eq!(
-            super::redact_url("sqlite:///var/lib/berth/berth.db"),
-            "sqlite:///var/lib/berth/berth.db"
+            redact(&cfg).database_url.as_deref(),
+            Some("postgres://berth:<secret>@db/berth")
         );
     }
 }

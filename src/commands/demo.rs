@@ -8,6 +8,7 @@ use std::process::Stdio;
 
 use anyhow::{Context, Result};
 use rand::Rng;
+use tenants::store::redact_url;
 use tenants::{Provisioner, ServerSpec, Store};
 
 use crate::config::Config;
@@ -15,9 +16,12 @@ use crate::config::Config;
 const DEMO_ACCOUNT: &str = "demo";
 
 pub async fn prepare(cfg: &Config) -> Result<()> {
-    let store = Store::connect(&cfg.database_url())
-        .await
-        .with_context(|| format!("cannot open the store at {}", redacted(&cfg.database_url())))?;
+    let store = Store::connect(&cfg.database_url()).await.with_context(|| {
+        format!(
+            "cannot open the store at {}",
+            redact_url(&cfg.database_url())
+        )
+    })?;
     let prov = Provisioner::connect(&cfg.network, &cfg.tenants, store.clone())
         .await
         .context("cannot reach Docker (is dockerd running?)")?;
@@ -103,10 +107,6 @@ fn generate_password() -> String {
     (0..20)
         .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
         .collect()
-}
-
-fn redacted(url: &str) -> String {
-    crate::commands::config::redact_url(url)
 }
 
 #[cfg(test)]
