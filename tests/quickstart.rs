@@ -13,19 +13,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free port")
-}
-
-fn image() -> String {
-    std::env::var("BERTH_TEST_IMAGE")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "berth/tenant:bookworm".into())
-}
+mod common;
+use common::{free_port, remove_network, tenant_image};
 
 /// Removes every Docker object this test's prefix and network made, even when the test fails.
 struct DockerCleanup {
@@ -78,16 +67,14 @@ impl Drop for DockerCleanup {
                 .args(&vols)
                 .output();
         }
-        let _ = Command::new("docker")
-            .args(["network", "rm", &self.network])
-            .output();
+        remove_network(&self.network);
     }
 }
 
 #[test]
 fn demo_quickstart_login_and_clean_sigterm() {
     let docker_ok = Command::new("docker")
-        .args(["image", "inspect", &image()])
+        .args(["image", "inspect", &tenant_image()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -95,7 +82,7 @@ fn demo_quickstart_login_and_clean_sigterm() {
     assert!(
         docker_ok,
         "needs a running dockerd and the image {} (run scripts/test)",
-        image()
+        tenant_image()
     );
 
     let pid = std::process::id();
@@ -132,7 +119,7 @@ name_prefix = "{prefix}"
 listen = "127.0.0.1:{metrics_port}"
 "#,
             state = state.display(),
-            image = image(),
+            image = tenant_image(),
         ),
     )
     .expect("write config");

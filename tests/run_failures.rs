@@ -6,21 +6,15 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free port")
-}
+mod common;
+use common::{free_port, remove_network};
 
 /// Removes the test's own Docker network (berth run creates the tenant network first).
 struct NetworkCleanup(String);
 
 impl Drop for NetworkCleanup {
     fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["network", "rm", &self.0])
-            .output();
+        remove_network(&self.0);
     }
 }
 

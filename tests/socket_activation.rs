@@ -8,12 +8,8 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free port")
-}
+mod common;
+use common::{free_port, remove_network};
 
 struct Cleanup {
     child: std::process::Child,
@@ -24,9 +20,7 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("docker")
-            .args(["network", "rm", &self.network])
-            .output();
+        remove_network(&self.network);
     }
 }
 

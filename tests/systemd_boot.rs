@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{free_port, tenant_image};
+
 /// The cached image; its tag carries a hash of the recipe, so changing the recipe rebuilds it.
 const IMAGE_REPO: &str = "berth/systemd-test";
 const BOX: &str = "berth-systemd-test";
@@ -73,13 +76,6 @@ fn text(b: &[u8]) -> String {
 
 fn docker(args: &[&str]) -> Output {
     run(Command::new("docker").args(args))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free port")
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
@@ -385,10 +381,6 @@ fn write_file(path: &str, content: &str, mode: &str) {
         content.as_bytes(),
     );
     assert!(out.status.success(), "write {path}: {}", text(&out.stderr));
-}
-
-fn tenant_image() -> String {
-    std::env::var("BERTH_TEST_IMAGE").unwrap_or_else(|_| "berth/tenant:bookworm".into())
 }
 
 #[test]
