@@ -31,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let map: BTreeMap<_, _> = (1..=servers)
         .filter_map(|n| {
             let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 19, 2, 10)) + n);
-            Some((tenants::ServerId::new(n)?, IpAddr::V4(ip)))
+            Some((names::ServerId::new(n)?, IpAddr::V4(ip)))
         })
         .collect();
     zone.replace(map);

@@ -126,10 +126,7 @@ fn local_answer(q: &Query<'_>, st: &State<'_>) -> LocalAnswer {
     let Some(first) = q.name.iter().next() else {
         return LocalAnswer::NxDomain;
     };
-    let Some(id) = std::str::from_utf8(first)
-        .ok()
-        .and_then(tenants::parse_login)
-    else {
+    let Some(id) = std::str::from_utf8(first).ok().and_then(names::parse_login) else {
         return LocalAnswer::NxDomain;
     };
     let Some(addrs) = st.zone.addrs(id) else {
@@ -153,7 +150,7 @@ fn local_answer(q: &Query<'_>, st: &State<'_>) -> LocalAnswer {
 }
 
 /// `server<N>.<domain>.`
-pub fn server_name(id: tenants::ServerId, domain: &Name) -> Option<Name> {
+pub fn server_name(id: names::ServerId, domain: &Name) -> Option<Name> {
     Name::from_ascii(id.login_name())
         .ok()?
         .append_domain(domain)
@@ -281,8 +278,8 @@ impl Blocklist {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use names::ServerId;
     use std::collections::BTreeMap;
-    use tenants::ServerId;
 
     fn n(s: &str) -> Name {
         Name::from_ascii(s).unwrap().to_lowercase()

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
-use tenants::ServerId;
+use names::ServerId;
 use tokio::sync::watch;
 
 /// One immutable view of the zone.
@@ -159,7 +159,7 @@ pub fn parse_hosts(text: &str) -> (BTreeMap<ServerId, Vec<IpAddr>>, usize) {
         };
         let id = fields.find_map(|name| {
             let label = name.split('.').next().unwrap_or_default();
-            tenants::parse_login(label)
+            names::parse_login(label)
         });
         match id {
             Some(id) => {

@@ -3,7 +3,7 @@
 //!
 //! # Public API (what gateway, dns and the CLI call)
 //!
-//! Vocabulary ([`name`], pure):
+//! Vocabulary ([`name`], pure; defined in the `names` crate and re-exported here):
 //! - [`ServerId`] (`new(u32) -> Option`, `get`, `login_name()` = `server<N>`),
 //!   [`parse_login`] (strict, for SSH user names), [`parse_server_ref`] (`server<N>` or `N`).
 //!
