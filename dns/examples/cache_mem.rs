@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dns::cache::{Answer, Cache, Key};
+use dns::cache::{Answer, Cache, Encoded, Key};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
@@ -44,12 +44,11 @@ fn main() {
             authorities: vec![],
             additionals: vec![],
         };
-        let key = Key {
-            name,
-            qtype: RecordType::A,
-            qclass: DNSClass::IN,
+        let key = Key::new(&name, RecordType::A, DNSClass::IN, false);
+        let Some(enc) = Encoded::build(&name, RecordType::A, DNSClass::IN, &answer) else {
+            continue;
         };
-        cache.insert(key, Arc::new(answer), 300, t0);
+        cache.insert(key, Arc::new(enc), 300, t0, 0);
     }
     let grown = rss_bytes().saturating_sub(before);
     println!(

@@ -18,61 +18,45 @@ use hashlink::LruCache;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
-/// Cache key; `name` is lower-case.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key {
-    pub name: Name,
-    pub qtype: RecordType,
-    pub qclass: DNSClass,
+pub use crate::wire::Encoded;
+
+/// Cache key: the question in wire form, lower-cased, plus the DO flag
+/// ([`crate::wire::key_bytes`]). Kept as bytes so the UDP fast path looks entries up with a
+/// key built on the stack from the datagram, without allocating.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Key(Box<[u8]>);
+
+impl Key {
+    /// The key for a question; `name` in any case.
+    pub fn new(name: &Name, qtype: RecordType, qclass: DNSClass, dnssec_ok: bool) -> Self {
+        Self(crate::wire::key_bytes(name, qtype, qclass, dnssec_ok).into_boxed_slice())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
-/// An upstream answer as we keep and replay it (OPT and signatures removed).
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({:?})", String::from_utf8_lossy(&self.0))
+    }
+}
+
+/// An upstream answer as records (OPT and TSIG removed): what [`TtlPolicy`] and the rebind
+/// filter work on before it is encoded into an [`Encoded`] entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
     pub rcode: ResponseCode,
     pub answers: Vec<Record>,
     pub authorities: Vec<Record>,
     pub additionals: Vec<Record>,
-}
-
-impl Answer {
-    /// Copy with every TTL lowered by `elapsed` seconds (floored at `floor`).
-    pub fn aged(&self, elapsed: u32, floor: u32) -> Answer {
-        let age = |rs: &[Record]| {
-            rs.iter()
-                .map(|r| {
-                    let mut r = r.clone();
-                    r.ttl = r.ttl.saturating_sub(elapsed).max(floor);
-                    r
-                })
-                .collect()
-        };
-        Answer {
-            rcode: self.rcode,
-            answers: age(&self.answers),
-            authorities: age(&self.authorities),
-            additionals: age(&self.additionals),
-        }
-    }
-
-    /// Copy with every TTL set to `ttl` (stale answers).
-    pub fn with_ttl(&self, ttl: u32) -> Answer {
-        let set = |rs: &[Record]| {
-            rs.iter()
-                .map(|r| {
-                    let mut r = r.clone();
-                    r.ttl = ttl;
-                    r
-                })
-                .collect()
-        };
-        Answer {
-            rcode: self.rcode,
-            answers: set(&self.answers),
-            authorities: set(&self.authorities),
-            additionals: set(&self.additionals),
-        }
-    }
 }
 
 /// TTL policy applied when an answer enters the cache.
@@ -119,7 +103,7 @@ impl TtlPolicy {
 
 #[derive(Debug)]
 struct Entry {
-    answer: Arc<Answer>,
+    answer: Arc<Encoded>,
     stored: Instant,
     ttl: u32,
     /// What this entry is charged against the byte budget (see [`entry_cost`]).
@@ -129,10 +113,10 @@ struct Entry {
 /// Result of a lookup.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lookup {
-    /// Within TTL: the answer with TTLs already counted down.
-    Fresh(Answer),
+    /// Within TTL: the answer and the seconds since it was stored (to count TTLs down).
+    Fresh(Arc<Encoded>, u32),
     /// Expired but within the stale window.
-    Stale(Arc<Answer>),
+    Stale(Arc<Encoded>),
     Miss,
 }
 
@@ -147,24 +131,20 @@ pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
 /// Default per-entry cap: answers estimated above 16 KiB are served but not cached.
 pub const DEFAULT_MAX_ENTRY_BYTES: usize = 16 << 10;
 
-/// Bookkeeping per entry besides its records: the key, the entry and answer structs, the Arc
-/// header and the LRU's node and table slot (hashlink: two links, the hash, the slot).
+/// Bookkeeping per entry besides its wire form: the key's and the entry's structs, the Arc
+/// and [`Encoded`] around the bytes, the LRU's node and table slot (hashlink: two links, the
+/// hash, the slot) and the allocator's rounding of the three heap blocks (key, Arc, wire).
 const ENTRY_OVERHEAD: usize = std::mem::size_of::<Key>()
     + std::mem::size_of::<Entry>()
-    + std::mem::size_of::<Answer>()
+    + std::mem::size_of::<Encoded>()
     + 2 * std::mem::size_of::<usize>()
-    + 4 * std::mem::size_of::<usize>();
+    + 4 * std::mem::size_of::<usize>()
+    + 3 * 16;
 
-/// What an entry costs: [`ENTRY_OVERHEAD`] plus the query name, plus per record its struct
-/// and its wire form (owner name and rdata: what its heap parts hold, give or take). `None`
-/// when a record cannot be encoded (never cached).
-pub fn entry_cost(key: &Key, a: &Answer) -> Option<usize> {
-    use hickory_proto::serialize::binary::BinEncodable;
-    let mut cost = ENTRY_OVERHEAD + key.name.len();
-    for r in a.answers.iter().chain(&a.authorities).chain(&a.additionals) {
-        cost += std::mem::size_of::<Record>() + r.to_bytes().ok()?.len();
-    }
-    Some(cost)
+/// What an entry costs: [`ENTRY_OVERHEAD`] plus the key and the answer's wire form and TTL
+/// index (what its heap parts hold).
+pub fn entry_cost(key: &Key, a: &Encoded) -> usize {
+    ENTRY_OVERHEAD + key.as_bytes().len() + a.heap_bytes()
 }
 
 /// The answer cache, bounded in entries and in (estimated) bytes.
@@ -177,6 +157,7 @@ pub struct Cache {
     stale_max: Duration,
     evictions: AtomicU64,
     oversized: AtomicU64,
+    generation: AtomicU64,
 }
 
 impl Cache {
@@ -196,6 +177,7 @@ impl Cache {
             stale_max,
             evictions: AtomicU64::new(0),
             oversized: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -218,7 +200,8 @@ impl Cache {
         })
     }
 
-    pub fn lookup(&self, key: &Key, now: Instant) -> Lookup {
+    /// Looks `key` up; an entry past its stale window is dropped.
+    pub fn lookup(&self, key: &[u8], now: Instant) -> Lookup {
         let (answer, stored, ttl) = {
             let Some(mut inner) = self.lock() else {
                 return Lookup::Miss;
@@ -231,7 +214,7 @@ impl Cache {
         let age = now.saturating_duration_since(stored);
         let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
         if elapsed < ttl {
-            return Lookup::Fresh(answer.aged(elapsed, 0));
+            return Lookup::Fresh(answer, elapsed);
         }
         if age < Duration::from_secs(u64::from(ttl)) + self.stale_max {
             return Lookup::Stale(answer);
@@ -244,21 +227,56 @@ impl Cache {
         Lookup::Miss
     }
 
+    /// The fast path's lookup: calls `f` with a fresh entry and its age in seconds while the
+    /// cache is locked (so the hit copies bytes out without touching a reference count);
+    /// `None` when there is no fresh entry (the general path then deals with stale and missing
+    /// ones).
+    pub fn with_fresh<R>(
+        &self,
+        key: &[u8],
+        now: Instant,
+        f: impl FnOnce(&Encoded, u32) -> R,
+    ) -> Option<R> {
+        let mut inner = self.lock()?;
+        let e = inner.lru.get(key)?;
+        let elapsed = u32::try_from(now.saturating_duration_since(e.stored).as_secs()).ok()?;
+        (elapsed < e.ttl).then(|| f(&e.answer, elapsed))
+    }
+
+    /// The generation [`Self::insert`] compares against: take it before asking upstream.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Drops every entry (the blocklist changed: names cached before must be decided again).
+    /// Answers still in flight from before are not stored when they arrive.
+    pub fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(mut inner) = self.lock() {
+            inner.lru.clear();
+            inner.bytes = 0;
+        }
+    }
+
     /// Stores an answer for `ttl` seconds (see [`TtlPolicy::apply`]), evicting least recently
     /// used entries until both the entry count and the byte budget hold. An answer above the
-    /// per-entry cap is not stored (and drops an older entry for the same key).
-    pub fn insert(&self, key: Key, answer: Arc<Answer>, ttl: u32, now: Instant) {
+    /// per-entry cap is not stored (and drops an older entry for the same key); nor is one
+    /// asked for before the last [`Self::clear`] (`generation` older than the cache's).
+    pub fn insert(&self, key: Key, answer: Arc<Encoded>, ttl: u32, now: Instant, generation: u64) {
         let cost = entry_cost(&key, &answer);
         let Some(mut inner) = self.lock() else {
             return;
         };
+        if generation != self.generation.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(old) = inner.lru.remove(&key) {
             inner.bytes -= old.cost;
         }
-        let Some(cost) = cost.filter(|c| *c <= self.max_entry_bytes) else {
+        if cost > self.max_entry_bytes {
             self.oversized.fetch_add(1, Ordering::Relaxed);
             return;
-        };
+        }
         while inner.lru.len() >= self.capacity || inner.bytes + cost > self.max_bytes {
             let Some((_, e)) = inner.lru.remove_lru() else {
                 break;
@@ -307,11 +325,21 @@ mod tests {
     use hickory_proto::rr::rdata::{A, SOA};
 
     fn key(s: &str) -> Key {
-        Key {
-            name: Name::from_ascii(s).unwrap(),
-            qtype: RecordType::A,
-            qclass: DNSClass::IN,
-        }
+        Key::new(
+            &Name::from_ascii(s).unwrap(),
+            RecordType::A,
+            DNSClass::IN,
+            false,
+        )
+    }
+
+    fn enc(a: Answer) -> Arc<Encoded> {
+        let n = Name::from_ascii("a.example.").unwrap();
+        Arc::new(Encoded::build(&n, RecordType::A, DNSClass::IN, &a).unwrap())
+    }
+
+    fn cost(k: &Key, a: &Answer) -> usize {
+        entry_cost(k, &enc(a.clone()))
     }
 
     fn a_answer(ttl: u32) -> Answer {
@@ -388,17 +416,17 @@ mod tests {
     fn fresh_counts_down_then_stale_then_gone() {
         let c = Cache::new(10, Duration::from_secs(60));
         let t0 = Instant::now();
-        c.insert(key("a.example."), Arc::new(a_answer(30)), 30, t0);
-        match c.lookup(&key("A.EXAMPLE."), t0 + Duration::from_secs(12)) {
-            Lookup::Fresh(a) => assert_eq!(a.answers[0].ttl, 18),
+        c.insert(key("a.example."), enc(a_answer(30)), 30, t0, 0);
+        match c.lookup(key("A.EXAMPLE.").as_bytes(), t0 + Duration::from_secs(12)) {
+            Lookup::Fresh(a, el) => assert_eq!(a.answer(el, None).unwrap().answers[0].ttl, 18),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            c.lookup(&key("a.example."), t0 + Duration::from_secs(31)),
+            c.lookup(key("a.example.").as_bytes(), t0 + Duration::from_secs(31)),
             Lookup::Stale(_)
         ));
         assert_eq!(
-            c.lookup(&key("a.example."), t0 + Duration::from_secs(91)),
+            c.lookup(key("a.example.").as_bytes(), t0 + Duration::from_secs(91)),
             Lookup::Miss
         );
         assert!(c.is_empty());
@@ -409,12 +437,18 @@ mod tests {
         let c = Cache::new(3, Duration::ZERO);
         let t0 = Instant::now();
         for s in ["a.", "b.", "c."] {
-            c.insert(key(s), Arc::new(a_answer(60)), 60, t0);
+            c.insert(key(s), enc(a_answer(60)), 60, t0, 0);
         }
-        assert!(matches!(c.lookup(&key("a."), t0), Lookup::Fresh(_)));
-        c.insert(key("d."), Arc::new(a_answer(60)), 60, t0);
-        assert_eq!(c.lookup(&key("b."), t0), Lookup::Miss);
-        assert!(matches!(c.lookup(&key("a."), t0), Lookup::Fresh(_)));
+        assert!(matches!(
+            c.lookup(key("a.").as_bytes(), t0),
+            Lookup::Fresh(..)
+        ));
+        c.insert(key("d."), enc(a_answer(60)), 60, t0, 0);
+        assert_eq!(c.lookup(key("b.").as_bytes(), t0), Lookup::Miss);
+        assert!(matches!(
+            c.lookup(key("a.").as_bytes(), t0),
+            Lookup::Fresh(..)
+        ));
         assert_eq!(c.evictions(), 1);
         assert_eq!(c.len(), 3);
     }
@@ -425,10 +459,10 @@ mod tests {
         // well under a second even unoptimised (dnsmasq manages ~81/s).
         let c = Cache::new(100_000, Duration::ZERO);
         let t0 = Instant::now();
-        let ans = Arc::new(a_answer(60));
+        let ans = enc(a_answer(60));
         let start = Instant::now();
         for i in 0..200_000u32 {
-            c.insert(key(&format!("n{i}.example.")), ans.clone(), 60, t0);
+            c.insert(key(&format!("n{i}.example.")), ans.clone(), 60, t0, 0);
         }
         assert_eq!(c.len(), 100_000);
         assert_eq!(c.evictions(), 100_000);
@@ -468,42 +502,45 @@ mod tests {
     #[test]
     fn entry_cost_of_a_typical_answer() {
         // One A record for a short name: the figure docs/SECURITY.md quotes.
-        let cost = entry_cost(&key("a.example."), &a_answer(60)).unwrap();
-        assert!((150..=600).contains(&cost), "{cost}");
+        let one = cost(&key("a.example."), &a_answer(60));
+        assert!((150..=600).contains(&one), "{one}");
         // A 64 KiB answer (an attacker's zone over TCP) costs at least its wire size.
-        let big = txt_answer("big.example.", 256, 250);
-        assert!(entry_cost(&key("big.example."), &big).unwrap() > 64_000);
+        let big = txt_answer("big.example.", 280, 210);
+        assert!(cost(&key("big.example."), &big) > 64_000);
     }
 
     #[test]
     fn oversized_answers_are_not_cached() {
         let c = Cache::new(100, Duration::ZERO).with_byte_limits(1 << 20, 16 << 10);
         let t0 = Instant::now();
-        c.insert(key("a."), Arc::new(a_answer(60)), 60, t0);
-        let big = Arc::new(txt_answer("big.example.", 256, 250));
-        c.insert(key("big.example."), big.clone(), 60, t0);
-        assert_eq!(c.lookup(&key("big.example."), t0), Lookup::Miss);
+        c.insert(key("a."), enc(a_answer(60)), 60, t0, 0);
+        let big = enc(txt_answer("big.example.", 280, 210));
+        c.insert(key("big.example."), big.clone(), 60, t0, 0);
+        assert_eq!(c.lookup(key("big.example.").as_bytes(), t0), Lookup::Miss);
         assert_eq!(c.oversized(), 1);
         // A key whose new answer is too big loses its old (smaller) one too.
-        c.insert(key("a."), big, 60, t0);
-        assert_eq!(c.lookup(&key("a."), t0), Lookup::Miss);
+        c.insert(key("a."), big, 60, t0, 0);
+        assert_eq!(c.lookup(key("a.").as_bytes(), t0), Lookup::Miss);
         assert_eq!((c.len(), c.bytes()), (0, 0));
     }
 
     #[test]
     fn byte_budget_evicts_least_recently_used_until_under() {
-        let small = Arc::new(a_answer(60));
-        let unit = entry_cost(&key("a."), &small).unwrap();
+        let small = enc(a_answer(60));
+        let unit = entry_cost(&key("a."), &small);
         let c = Cache::new(1000, Duration::ZERO).with_byte_limits(3 * unit, 3 * unit);
         let t0 = Instant::now();
         for s in ["a.", "b.", "c."] {
-            c.insert(key(s), small.clone(), 60, t0);
+            c.insert(key(s), small.clone(), 60, t0, 0);
         }
         assert_eq!(c.bytes(), 3 * unit);
-        assert!(matches!(c.lookup(&key("a."), t0), Lookup::Fresh(_)));
-        c.insert(key("d."), small.clone(), 60, t0);
+        assert!(matches!(
+            c.lookup(key("a.").as_bytes(), t0),
+            Lookup::Fresh(..)
+        ));
+        c.insert(key("d."), small.clone(), 60, t0, 0);
         assert_eq!(
-            c.lookup(&key("b."), t0),
+            c.lookup(key("b.").as_bytes(), t0),
             Lookup::Miss,
             "b was least recently used"
         );
@@ -512,21 +549,24 @@ mod tests {
         let medium = (1..2 * unit)
             .rev()
             .map(|len| txt_answer("m.", 1, len))
-            .find(|a| entry_cost(&key("m."), a).unwrap() <= 2 * unit)
-            .map(Arc::new)
+            .find(|a| cost(&key("m."), a) <= 2 * unit)
+            .map(enc)
             .unwrap();
-        let mcost = entry_cost(&key("m."), &medium).unwrap();
+        let mcost = entry_cost(&key("m."), &medium);
         assert!(mcost > unit && mcost <= 2 * unit, "{mcost} vs {unit}");
-        c.insert(key("m."), medium, 60, t0);
-        assert_eq!(c.lookup(&key("c."), t0), Lookup::Miss);
-        assert_eq!(c.lookup(&key("a."), t0), Lookup::Miss);
-        assert!(matches!(c.lookup(&key("d."), t0), Lookup::Fresh(_)));
+        c.insert(key("m."), medium, 60, t0, 0);
+        assert_eq!(c.lookup(key("c.").as_bytes(), t0), Lookup::Miss);
+        assert_eq!(c.lookup(key("a.").as_bytes(), t0), Lookup::Miss);
+        assert!(matches!(
+            c.lookup(key("d.").as_bytes(), t0),
+            Lookup::Fresh(..)
+        ));
         assert_eq!(c.bytes(), unit + mcost);
         // Replacing an entry does not count it twice; expiry gives its bytes back.
-        c.insert(key("d."), small.clone(), 1, t0);
+        c.insert(key("d."), small.clone(), 1, t0, 0);
         assert_eq!(c.bytes(), unit + mcost);
         assert_eq!(
-            c.lookup(&key("d."), t0 + Duration::from_secs(2)),
+            c.lookup(key("d.").as_bytes(), t0 + Duration::from_secs(2)),
             Lookup::Miss
         );
         assert_eq!(c.bytes(), mcost);
@@ -541,16 +581,16 @@ mod tests {
             for (k, n, len) in ops {
                 let name = format!("n{k}.");
                 let a = txt_answer(&name, n, len);
-                let cost = entry_cost(&key(&name), &a).unwrap();
-                c.insert(key(&name), Arc::new(a), 60, t0);
-                expect_costs.insert(name, cost);
+                let c_one = cost(&key(&name), &a);
+                c.insert(key(&name), enc(a), 60, t0, 0);
+                expect_costs.insert(name, c_one);
                 proptest::prop_assert!(c.bytes() <= 8_000);
                 proptest::prop_assert!(c.len() <= 25);
             }
             // The byte count is the sum of what is actually held.
             let held: usize = expect_costs
                 .iter()
-                .filter(|(name, _)| matches!(c.lookup(&key(name), t0), Lookup::Fresh(_)))
+                .filter(|(name, _)| matches!(c.lookup(key(name).as_bytes(), t0), Lookup::Fresh(..)))
                 .map(|(_, cost)| cost)
                 .sum();
             proptest::prop_assert_eq!(held, c.bytes());
@@ -560,7 +600,7 @@ mod tests {
     #[test]
     fn disabled_cache_misses() {
         let c = Cache::new(0, Duration::ZERO);
-        c.insert(key("a."), Arc::new(a_answer(60)), 60, Instant::now());
-        assert_eq!(c.lookup(&key("a."), Instant::now()), Lookup::Miss);
+        c.insert(key("a."), enc(a_answer(60)), 60, Instant::now(), 0);
+        assert_eq!(c.lookup(key("a.").as_bytes(), Instant::now()), Lookup::Miss);
     }
 }

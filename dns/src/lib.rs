@@ -24,7 +24,9 @@ pub mod policy;
 pub mod ratelimit;
 pub mod resolver;
 pub mod service;
+pub mod udp;
 pub mod upstream;
+pub mod wire;
 pub mod zone;
 
 pub use config::{BlocklistMode, Config};

@@ -1,8 +1,14 @@
 //! The request handler: ties policy, local zone, cache and upstreams together for each query.
 //!
-//! hickory-server owns the sockets and the wire format (parsing, FORMERR for undecodable
-//! packets, truncation to the client's payload size, TCP framing); this module decides what to
-//! answer. Identical upstream queries are merged into one *flight* — a spawned task, so a refresh
+//! Two ways in. [`Resolver::answer_hit`] is the UDP fast path: a plain query whose answer is
+//! cached and fresh is answered from the pre-encoded bytes (`wire`), nothing else. Everything
+//! else takes the general path, [`Handler`], with hickory's types: hickory parses the request
+//! and encodes the response (FORMERR for undecodable packets, truncation to the client's
+//! payload size, TCP framing); this module decides what to answer. Both paths apply the same
+//! rate limit and client allowlist; the fast path may skip the rest of the policy because only
+//! answers the policy chose to forward are ever cached, and the cache is emptied whenever the
+//! policy's inputs change (blocklist reload); PTR queries, whose answer depends on the live
+//! local zone, always take the general path. Identical upstream queries are merged into one *flight* — a spawned task, so a refresh
 //! started for a stale entry keeps running after the client got its stale answer — and the number
 //! of flights is capped globally.
 
@@ -15,7 +21,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -23,15 +29,19 @@ use ipnet::IpNet;
 use tokio::sync::Semaphore;
 
 use crate::DnsError;
-use crate::cache::{Answer, Cache, Key, Lookup, TtlPolicy};
+use crate::cache::{Answer, Cache, Encoded, Key, Lookup, TtlPolicy};
 use crate::config::{BlocklistMode, Config};
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{self, Blocklist, Decision, LocalAnswer};
 use crate::ratelimit::RateLimiter;
-use crate::upstream::{EDNS_PAYLOAD, UpstreamError, Upstreams};
+use crate::upstream::{UpstreamError, Upstreams};
+use crate::wire::{EDNS_PAYLOAD, MAX_KEY, QueryView};
 use crate::zone::LocalZone;
 
 type FlightResult = Result<Arc<Answer>, UpstreamError>;
+
+/// Record types a DO=0 client must not get unless it asked for them (RFC 4035 §3.2.1).
+const DNSSEC_TYPES: [RecordType; 3] = [RecordType::RRSIG, RecordType::NSEC, RecordType::NSEC3];
 type Flight = Shared<BoxFuture<'static, FlightResult>>;
 
 /// Settings derived once from the config.
@@ -180,6 +190,39 @@ impl Resolver {
             Ok(mut g) => *g = b,
             Err(p) => *p.into_inner() = b,
         }
+        // Cached answers were decided against the old list (and the fast path does not consult
+        // it): a name blocked now must not be served from the cache.
+        self.cache.clear();
+    }
+
+    /// The UDP fast path: when `q` (from `src`) has a fresh cached answer, writes the response
+    /// into `out` and returns true. False means "take the general path" (a miss, a stale entry,
+    /// a PTR query, a refused or rate-limited client, query logging on): nothing was sent and,
+    /// apart from a rate-limit token when that check failed, nothing was counted.
+    pub fn answer_hit(&self, src: IpAddr, q: &QueryView<'_>, out: &mut Vec<u8>) -> bool {
+        if self.s.query_log || q.qtype == u16::from(RecordType::PTR) {
+            return false;
+        }
+        let canon = src.to_canonical();
+        if !self.s.allowed.iter().any(|n| n.contains(&canon)) {
+            return false;
+        }
+        let mut key = [0u8; MAX_KEY];
+        let n = q.key(&mut key);
+        let now = Instant::now();
+        let hit = self.cache.with_fresh(&key[..n], now, |e, elapsed| {
+            e.write_response(q, elapsed, out)
+        });
+        if hit != Some(true) {
+            return false;
+        }
+        if self.ratelimit.enabled() && !self.ratelimit.check(src, now) {
+            return false;
+        }
+        self.metrics.query(RecordType::from(q.qtype));
+        self.metrics.cache_hits.inc();
+        self.metrics.outcome(Outcome::CacheHit);
+        true
     }
 
     fn blocklist(&self) -> Arc<Blocklist> {
@@ -210,7 +253,7 @@ impl Resolver {
     }
 
     /// Joins or starts the upstream flight for `key`; `None` when the in-flight cap is reached.
-    fn flight(self: &Arc<Self>, key: &Key) -> Option<Flight> {
+    fn flight(self: &Arc<Self>, key: &Key, query: &Query, dnssec_ok: bool) -> Option<Flight> {
         let mut map = lock(&self.flights);
         if let Some(f) = map.get(key) {
             self.metrics.inflight_merged.inc();
@@ -222,16 +265,16 @@ impl Resolver {
         };
         let this = self.clone();
         let k = key.clone();
+        let q = query.clone();
+        let generation = self.cache.generation();
         let handle = tokio::spawn(async move {
-            let mut q = Query::query(k.name.clone(), k.qtype);
-            q.set_query_class(k.qclass);
             let res = tokio::time::timeout(
                 this.s.query_timeout,
-                this.upstreams.resolve(&q, &this.metrics),
+                this.upstreams.resolve(&q, dnssec_ok, &this.metrics),
             )
             .await;
             let out = match res {
-                Ok(Ok(msg)) => Ok(this.absorb(&k, msg)),
+                Ok(Ok(msg)) => Ok(this.absorb(&k, &q, dnssec_ok, msg, generation)),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(UpstreamError::AllFailed),
             };
@@ -246,35 +289,50 @@ impl Resolver {
         Some(f)
     }
 
-    /// Filters an upstream answer, caches it when allowed, returns what to send.
-    fn absorb(&self, key: &Key, msg: hickory_proto::op::Message) -> Arc<Answer> {
+    /// Filters an upstream answer, caches it when allowed, returns what to send. DNSSEC
+    /// records stay only for a DO=1 question (or when they are what was asked for).
+    fn absorb(
+        &self,
+        key: &Key,
+        q: &Query,
+        dnssec_ok: bool,
+        msg: hickory_proto::op::Message,
+        generation: u64,
+    ) -> Arc<Answer> {
+        let qtype = q.query_type();
+        let keep = |r: &Record| {
+            let t = r.record_type();
+            !matches!(t, RecordType::OPT | RecordType::TSIG)
+                && (dnssec_ok || t == qtype || !DNSSEC_TYPES.contains(&t))
+        };
         let mut a = Answer {
             rcode: msg.metadata.response_code,
-            answers: msg.answers,
-            authorities: msg.authorities,
-            additionals: msg
-                .additionals
-                .into_iter()
-                .filter(|r| !matches!(r.record_type(), RecordType::OPT | RecordType::TSIG))
-                .collect(),
+            answers: msg.answers.into_iter().filter(keep).collect(),
+            authorities: msg.authorities.into_iter().filter(keep).collect(),
+            additionals: msg.additionals.into_iter().filter(keep).collect(),
         };
+        let name = q.name();
         if self.s.rebind_protection {
-            let mut n = policy::strip_rebind(&mut a.answers, &key.name, &self.s.rebind_allowlist);
-            n += policy::strip_rebind(&mut a.additionals, &key.name, &self.s.rebind_allowlist);
+            let mut n = policy::strip_rebind(&mut a.answers, name, &self.s.rebind_allowlist);
+            n += policy::strip_rebind(&mut a.additionals, name, &self.s.rebind_allowlist);
             for _ in 0..n {
                 self.metrics.rebind_stripped.inc();
             }
             if n > 0 {
-                tracing::debug!(name = %key.name, stripped = n, "rebind protection stripped private addresses");
+                tracing::debug!(name = %name, stripped = n, "rebind protection stripped private addresses");
             }
         }
         let ttl = self.ttl.apply(&mut a);
-        let a = Arc::new(a);
         if let Some(ttl) = ttl {
-            self.cache
-                .insert(key.clone(), a.clone(), ttl, Instant::now());
+            match Encoded::build(name, qtype, q.query_class(), &a) {
+                Some(e) => {
+                    self.cache
+                        .insert(key.clone(), Arc::new(e), ttl, Instant::now(), generation)
+                }
+                None => tracing::debug!(name = %name, "answer not cacheable: cannot encode it"),
+            }
         }
-        a
+        Arc::new(a)
     }
 
     fn local_records(
@@ -316,7 +374,7 @@ impl Resolver {
         }
     }
 
-    async fn handle<R: ResponseHandler>(
+    pub(crate) async fn handle<R: ResponseHandler>(
         self: &Arc<Self>,
         request: &Request,
         rh: R,
@@ -400,7 +458,12 @@ impl Resolver {
                     reply(request, rh, rcode, true, &ans, &auth, &[]).await,
                 )
             }
-            Decision::Forward => self.forward(request, rh, name.clone(), qtype, qclass).await,
+            Decision::Forward => {
+                let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+                let mut q = Query::query(name.clone(), qtype);
+                q.set_query_class(qclass);
+                self.forward(request, rh, q, dnssec_ok).await
+            }
         };
         self.metrics.outcome(outcome);
         if self.s.query_log {
@@ -413,22 +476,33 @@ impl Resolver {
         self: &Arc<Self>,
         request: &Request,
         rh: R,
-        name: Name,
-        qtype: RecordType,
-        qclass: DNSClass,
+        query: Query,
+        dnssec_ok: bool,
     ) -> (Outcome, ResponseInfo) {
-        let key = Key {
-            name,
-            qtype,
-            qclass,
+        let key = Key::new(
+            query.name(),
+            query.query_type(),
+            query.query_class(),
+            dnssec_ok,
+        );
+        enum Found {
+            Fresh(Answer),
+            Stale(Arc<Encoded>),
+            Miss,
+        }
+        let found = match self.cache.lookup(key.as_bytes(), Instant::now()) {
+            // Decoding bytes we encoded from records does not fail; if it did, ask upstream.
+            Lookup::Fresh(e, elapsed) => e.answer(elapsed, None).map_or(Found::Miss, Found::Fresh),
+            Lookup::Stale(e) => Found::Stale(e),
+            Lookup::Miss => Found::Miss,
         };
-        match self.cache.lookup(&key, Instant::now()) {
-            Lookup::Fresh(a) => {
+        match found {
+            Found::Fresh(a) => {
                 self.metrics.cache_hits.inc();
                 (Outcome::CacheHit, reply_answer(request, rh, &a).await)
             }
-            Lookup::Stale(old) => {
-                let fresh = match self.flight(&key) {
+            Found::Stale(old) => {
+                let fresh = match self.flight(&key, &query, dnssec_ok) {
                     Some(f) if self.s.stale_enabled => tokio::time::timeout(self.s.stale_wait, f)
                         .await
                         .ok()
@@ -442,9 +516,16 @@ impl Resolver {
                 match fresh {
                     Some(a) => (Outcome::Forwarded, reply_answer(request, rh, &a).await),
                     None if self.s.stale_enabled => {
-                        self.metrics.cache_stale.inc();
-                        let a = old.with_ttl(self.s.stale_answer_ttl);
-                        (Outcome::Stale, reply_answer(request, rh, &a).await)
+                        match old.answer(0, Some(self.s.stale_answer_ttl)) {
+                            Some(a) => {
+                                self.metrics.cache_stale.inc();
+                                (Outcome::Stale, reply_answer(request, rh, &a).await)
+                            }
+                            None => (
+                                Outcome::ServFail,
+                                reply_code(request, rh, ResponseCode::ServFail).await,
+                            ),
+                        }
                     }
                     None => (
                         Outcome::ServFail,
@@ -452,9 +533,9 @@ impl Resolver {
                     ),
                 }
             }
-            Lookup::Miss => {
+            Found::Miss => {
                 self.metrics.cache_misses.inc();
-                let Some(f) = self.flight(&key) else {
+                let Some(f) = self.flight(&key, &query, dnssec_ok) else {
                     return (
                         Outcome::ServFail,
                         reply_code(request, rh, ResponseCode::ServFail).await,
@@ -490,9 +571,11 @@ impl RequestHandler for Handler {
 /// EDNS for the response: present when the client used EDNS; its payload (which also bounds
 /// the UDP response size hickory encodes) is the client's, capped at ours.
 fn response_edns(request: &Request) -> Option<Edns> {
-    request.edns.as_ref().map(|_| {
+    request.edns.as_ref().map(|req| {
         let mut e = Edns::new();
         e.set_max_payload(request.max_payload().clamp(512, EDNS_PAYLOAD));
+        // RFC 3225: the DO bit is copied into the response.
+        e.set_dnssec_ok(req.flags().dnssec_ok);
         e
     })
 }

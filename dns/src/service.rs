@@ -1,5 +1,6 @@
-//! Sockets and lifecycle: binding (IP_FREEBIND, so the tenant bridge may appear later), handing
-//! the sockets to hickory's `Server`, the blocklist file watcher, and shutdown.
+//! Sockets and lifecycle: binding (IP_FREEBIND, so the tenant bridge may appear later; one UDP
+//! socket per core through SO_REUSEPORT), one `udp` worker per UDP socket, hickory's `Server`
+//! for TCP, the blocklist file watcher, and shutdown.
 //!
 //! Listeners are bound by the caller ([`bind`]) and passed in, so tests use port 0 on loopback and
 //! the daemon can be socket-activated later; nothing here reads global state.
@@ -14,6 +15,7 @@ use ipnet::IpNet;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::DnsError;
 use crate::config::Config;
@@ -22,18 +24,23 @@ use crate::policy::Blocklist;
 use crate::resolver::{Handler, Resolver};
 use crate::zone::LocalZone;
 
-/// One UDP socket and one TCP listener on the same address.
+/// UDP sockets (one per core, all on the same address) and one TCP listener on that address.
 #[derive(Debug)]
 pub struct Listener {
-    pub udp: UdpSocket,
+    pub udp: Vec<UdpSocket>,
     pub tcp: TcpListener,
 }
 
 impl Listener {
-    /// The UDP socket's address (equal to the TCP one unless port 0 picked two ports).
+    /// The UDP address (the TCP listener's too).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.udp.local_addr()
+        self.tcp.local_addr()
     }
+}
+
+/// How many UDP sockets (and workers) [`bind`] opens per address: one per core.
+pub fn udp_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(64))
 }
 
 fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket> {
@@ -48,9 +55,13 @@ fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket
         }
     }
     // SO_REUSEADDR only for TCP (restart while old connections sit in TIME_WAIT); on UDP it
-    // would let a second socket bind the same address and steal queries.
+    // would let any second socket bind the same address and steal queries. UDP gets
+    // SO_REUSEPORT instead, for one socket per core: the kernel admits a socket to the group
+    // only from the same effective user, so another service cannot join it.
     if ty == Type::STREAM {
         s.set_reuse_address(true)?;
+    } else {
+        s.set_reuse_port(true)?;
     }
     s.set_nonblocking(true)?;
     Ok(s)
@@ -82,18 +93,22 @@ pub fn bind(addr: SocketAddr) -> Result<Listener, DnsError> {
 
 fn bind_once(addr: SocketAddr) -> Result<Listener, DnsError> {
     let err = |e: std::io::Error| DnsError::Bind { addr, source: e };
-    let u = socket(addr, Type::DGRAM, Protocol::UDP).map_err(err)?;
-    u.set_recv_buffer_size(4 << 20).ok();
-    u.bind(&addr.into()).map_err(err)?;
-    let udp_addr = u
-        .local_addr()
-        .map_err(err)?
-        .as_socket()
-        .ok_or_else(|| err(std::io::Error::other("udp socket has no inet address")))?;
+    let udp_socket = |a: SocketAddr| -> Result<UdpSocket, DnsError> {
+        let u = socket(a, Type::DGRAM, Protocol::UDP).map_err(err)?;
+        u.set_recv_buffer_size(4 << 20).ok();
+        u.bind(&a.into()).map_err(err)?;
+        UdpSocket::from_std(std::net::UdpSocket::from(u)).map_err(err)
+    };
+    let first = udp_socket(addr)?;
+    // With port 0 the first socket's port is the one every other socket (and TCP) takes.
+    let udp_addr = first.local_addr().map_err(err)?;
     let t = socket(udp_addr, Type::STREAM, Protocol::TCP).map_err(err)?;
     t.bind(&udp_addr.into()).map_err(err)?;
     t.listen(1024).map_err(err)?;
-    let udp = UdpSocket::from_std(std::net::UdpSocket::from(u)).map_err(err)?;
+    let mut udp = vec![first];
+    for _ in 1..udp_workers() {
+        udp.push(udp_socket(udp_addr)?);
+    }
     let tcp = TcpListener::from_std(std::net::TcpListener::from(t)).map_err(err)?;
     Ok(Listener { udp, tcp })
 }
@@ -192,8 +207,18 @@ impl Service {
         shutdown: CancellationToken,
     ) -> Result<(), DnsError> {
         let mut server = Server::new(Handler(self.resolver.clone()));
+        let tracker = TaskTracker::new();
+        let udp_stop = CancellationToken::new();
+        let mut workers = Vec::new();
         for l in listeners {
-            server.register_socket(l.udp);
+            for u in l.udp {
+                workers.push(tokio::spawn(crate::udp::serve(
+                    Arc::new(u),
+                    self.resolver.clone(),
+                    tracker.clone(),
+                    udp_stop.clone(),
+                )));
+            }
             server.register_listener(l.tcp, self.tcp_idle, 64);
         }
         let watcher = self.blocklist_path.clone().map(|p| {
@@ -209,6 +234,14 @@ impl Service {
                 server.block_until_done().await.map_err(|e| DnsError::Serve(e.to_string()))
             }
         };
+        // UDP: stop reading, then let the queries already taken finish (each is bounded by the
+        // query timeout).
+        udp_stop.cancel();
+        for w in workers {
+            let _ = w.await;
+        }
+        tracker.close();
+        tracker.wait().await;
         if let Some(w) = watcher {
             w.abort();
         }

@@ -1,13 +1,18 @@
-//! Our own forwarding client: one fresh UDP socket (random port, random ID) per attempt, TCP
-//! when the upstream truncates, upstreams tried in order, each attempt bounded.
+//! Our own forwarding client: UDP from a pool of sockets (each on its own kernel-chosen random
+//! port, used by one attempt at a time with a random ID, retired after [`MAX_USES`] attempts or
+//! a timeout), TCP when the upstream truncates, upstreams tried in order, each attempt bounded.
 //!
 //! Deliberately not hickory's resolver: we need failover order, bounded attempts and exact control
-//! over what is retried, and nothing more. Responses are accepted only from the upstream we asked
-//! (connected socket), with our ID and our question; anything else is ignored until the attempt
-//! times out. This module knows nothing about caching or policy.
+//! over what is retried, and nothing more. Responses are accepted only from the address we asked,
+//! with our ID and our question; anything else (a late answer to an earlier attempt on the same
+//! socket, a spoofing attempt) is ignored until the attempt times out. Why a pool: a fresh
+//! socket per attempt cost five system calls and a reactor registration per miss; why retire
+//! sockets: a port that lives forever gives a spoofer one less thing to guess. This module knows
+//! nothing about caching or policy.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
@@ -16,8 +21,68 @@ use tokio::net::{TcpStream, UdpSocket};
 
 use crate::metrics::Metrics;
 
-/// EDNS payload size we advertise upstream (the DNS flag day 2020 value).
-pub const EDNS_PAYLOAD: u16 = 1232;
+pub use crate::wire::EDNS_PAYLOAD;
+
+/// Attempts one pooled socket serves before it is closed (and its port with it).
+pub const MAX_USES: u32 = 64;
+/// Idle sockets kept per address family; more concurrent attempts open more, closed after.
+pub const MAX_IDLE: usize = 64;
+
+/// A UDP socket for upstream queries and how many attempts it has served.
+#[derive(Debug)]
+struct Pooled {
+    sock: UdpSocket,
+    uses: u32,
+}
+
+/// Idle upstream sockets, one list per address family.
+#[derive(Debug, Default)]
+struct Pool {
+    v4: Mutex<Vec<Pooled>>,
+    v6: Mutex<Vec<Pooled>>,
+}
+
+impl Pool {
+    fn list(&self, server: SocketAddr) -> &Mutex<Vec<Pooled>> {
+        if server.is_ipv4() { &self.v4 } else { &self.v6 }
+    }
+
+    async fn take(&self, server: SocketAddr) -> io::Result<Pooled> {
+        let idle = {
+            let mut l = match self.list(server).lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            l.pop()
+        };
+        if let Some(p) = idle {
+            return Ok(p);
+        }
+        let bind: SocketAddr = if server.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        Ok(Pooled {
+            sock: UdpSocket::bind(bind).await?,
+            uses: 0,
+        })
+    }
+
+    fn give_back(&self, server: SocketAddr, mut p: Pooled) {
+        p.uses += 1;
+        if p.uses >= MAX_USES {
+            return;
+        }
+        let mut l = match self.list(server).lock() {
+            Ok(g) => g,
+            Err(e) => e.into_inner(),
+        };
+        if l.len() < MAX_IDLE {
+            l.push(p);
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum UpstreamError {
@@ -27,10 +92,11 @@ pub enum UpstreamError {
     Rcode(SocketAddr, ResponseCode),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Upstreams {
     servers: Vec<SocketAddr>,
     attempt_timeout: Duration,
+    pool: Pool,
 }
 
 impl Upstreams {
@@ -38,6 +104,7 @@ impl Upstreams {
         Self {
             servers,
             attempt_timeout,
+            pool: Pool::default(),
         }
     }
 
@@ -47,17 +114,23 @@ impl Upstreams {
 
     /// Asks each upstream in order; returns the first usable answer. SERVFAIL/REFUSED/NOTIMP
     /// move on to the next upstream; if every upstream answered that way the last such answer is
-    /// returned as an error.
+    /// returned as an error. `dnssec_ok` sets the DO bit (the answer then carries RRSIG & co.
+    /// when the zone is signed).
     pub async fn resolve(
         &self,
         query: &Query,
+        dnssec_ok: bool,
         metrics: &Metrics,
     ) -> Result<Message, UpstreamError> {
         let mut last = UpstreamError::AllFailed;
         for &server in &self.servers {
             metrics.upstream_queries.inc();
             let start = Instant::now();
-            let res = tokio::time::timeout(self.attempt_timeout, ask(server, query)).await;
+            let res = tokio::time::timeout(
+                self.attempt_timeout,
+                self.ask_pooled(server, query, dnssec_ok),
+            )
+            .await;
             match res {
                 Ok(Ok(msg)) => {
                     metrics.upstream_latency.observe(start.elapsed());
@@ -81,15 +154,61 @@ impl Upstreams {
         }
         Err(last)
     }
+
+    /// One UDP attempt on a pooled socket (TCP if truncated). The socket goes back to the pool
+    /// only after a matching answer: a timed-out attempt drops it, late answer and all.
+    async fn ask_pooled(
+        &self,
+        server: SocketAddr,
+        query: &Query,
+        dnssec_ok: bool,
+    ) -> io::Result<Message> {
+        let (id, wire) = build_query(query, dnssec_ok);
+        if wire.is_empty() {
+            return Err(io::Error::other("could not encode the upstream query"));
+        }
+        let pooled = self.pool.take(server).await?;
+        let resp = exchange(&pooled.sock, server, id, &wire, query).await?;
+        self.pool.give_back(server, pooled);
+        if resp.metadata.truncation {
+            return ask_tcp(server, query, dnssec_ok).await;
+        }
+        Ok(resp)
+    }
 }
 
-fn build_query(query: &Query) -> (u16, Vec<u8>) {
+/// Sends `wire` to `server` and waits for the answer: from `server`, with `id` and `query`.
+async fn exchange(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    id: u16,
+    wire: &[u8],
+    query: &Query,
+) -> io::Result<Message> {
+    sock.send_to(wire, server).await?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let (n, from) = sock.recv_from(&mut buf).await?;
+        if from != server {
+            continue;
+        }
+        let Ok(resp) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        if matches(&resp, id, query) {
+            return Ok(resp);
+        }
+    }
+}
+
+fn build_query(query: &Query, dnssec_ok: bool) -> (u16, Vec<u8>) {
     let id: u16 = rand::random();
     let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
     msg.metadata.recursion_desired = true;
     msg.add_query(query.clone());
     let mut edns = Edns::new();
     edns.set_max_payload(EDNS_PAYLOAD);
+    edns.set_dnssec_ok(dnssec_ok);
     msg.set_edns(edns);
     // Encoding a single well-formed question cannot fail in practice; map it to an io error anyway.
     (id, msg.to_vec().unwrap_or_default())
@@ -104,39 +223,16 @@ fn matches(resp: &Message, id: u16, query: &Query) -> bool {
         && resp.queries[0].query_class() == query.query_class()
 }
 
-/// One attempt at one upstream: UDP, then TCP if the answer is truncated.
-pub async fn ask(server: SocketAddr, query: &Query) -> io::Result<Message> {
-    let (id, wire) = build_query(query);
-    if wire.is_empty() {
-        return Err(io::Error::other("could not encode the upstream query"));
-    }
-    let bind: SocketAddr = if server.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = UdpSocket::bind(bind).await?;
-    sock.connect(server).await?;
-    sock.send(&wire).await?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let n = sock.recv(&mut buf).await?;
-        let Ok(resp) = Message::from_vec(&buf[..n]) else {
-            continue;
-        };
-        if !matches(&resp, id, query) {
-            continue;
-        }
-        if resp.metadata.truncation {
-            return ask_tcp(server, query).await;
-        }
-        return Ok(resp);
-    }
+/// One attempt at one upstream on a fresh socket: UDP, then TCP if the answer is truncated.
+pub async fn ask(server: SocketAddr, query: &Query, dnssec_ok: bool) -> io::Result<Message> {
+    Upstreams::new(vec![server], Duration::MAX)
+        .ask_pooled(server, query, dnssec_ok)
+        .await
 }
 
 /// One attempt over TCP (RFC 1035 two-byte length framing).
-pub async fn ask_tcp(server: SocketAddr, query: &Query) -> io::Result<Message> {
-    let (id, wire) = build_query(query);
+pub async fn ask_tcp(server: SocketAddr, query: &Query, dnssec_ok: bool) -> io::Result<Message> {
+    let (id, wire) = build_query(query, dnssec_ok);
     let len = u16::try_from(wire.len()).map_err(|_| io::Error::other("query too long"))?;
     let mut s = TcpStream::connect(server).await?;
     s.set_nodelay(true)?;
