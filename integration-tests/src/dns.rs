@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, SOA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, NULL, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -25,6 +25,7 @@ type Records = Arc<Mutex<HashMap<(Name, RecordType), Vec<Record>>>>;
 pub struct FakeUpstream {
     pub addr: SocketAddr,
     queries: Arc<AtomicUsize>,
+    do_queries: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
     records: Records,
     stop: CancellationToken,
@@ -60,6 +61,7 @@ impl FakeUpstream {
         let up = FakeUpstream {
             addr,
             queries: Arc::default(),
+            do_queries: Arc::default(),
             delay_ms: Arc::default(),
             records: Arc::default(),
             stop: CancellationToken::new(),
@@ -116,6 +118,7 @@ impl FakeUpstream {
     fn state(&self) -> UpState {
         UpState {
             queries: self.queries.clone(),
+            do_queries: self.do_queries.clone(),
             delay_ms: self.delay_ms.clone(),
             records: self.records.clone(),
         }
@@ -124,6 +127,11 @@ impl FakeUpstream {
     /// Queries received so far (UDP and TCP).
     pub fn queries(&self) -> usize {
         self.queries.load(Ordering::SeqCst)
+    }
+
+    /// Queries received with the DNSSEC OK bit set.
+    pub fn do_queries(&self) -> usize {
+        self.do_queries.load(Ordering::SeqCst)
     }
 
     /// Delay every answer by this long.
@@ -167,6 +175,43 @@ impl FakeUpstream {
         self.add_a(owner, ttl, ip);
     }
 
+    /// An A record with an RRSIG over it (a well-formed record whose signature is filler: the
+    /// tests check that signatures travel, nobody validates them). The RRSIG is only sent to
+    /// queries with DO set, as a signed zone's server does. Also puts an NSEC for `test.` in
+    /// the authority section of DO=1 negative answers.
+    pub fn add_signed_a(&self, owner: &str, ttl: u32, ip: &str) {
+        self.add_a(owner, ttl, ip);
+        let mut rdata = Vec::new();
+        rdata.extend_from_slice(&u16::from(RecordType::A).to_be_bytes()); // type covered
+        rdata.push(13); // algorithm: ECDSA P-256 SHA-256
+        rdata.push(u8::try_from(name(owner).num_labels()).unwrap_or(0));
+        rdata.extend_from_slice(&ttl.to_be_bytes()); // original TTL
+        rdata.extend_from_slice(&2_000_000_000u32.to_be_bytes()); // expiration
+        rdata.extend_from_slice(&1_700_000_000u32.to_be_bytes()); // inception
+        rdata.extend_from_slice(&12345u16.to_be_bytes()); // key tag
+        rdata.extend_from_slice(b"\x04test\x00"); // signer
+        rdata.extend_from_slice(&[0x5a; 64]); // signature
+        self.add(
+            owner,
+            ttl,
+            RData::Unknown {
+                code: RecordType::RRSIG,
+                rdata: NULL::with(rdata),
+            },
+        );
+        // NSEC test. → test. covering A RRSIG NSEC (type bitmap window 0).
+        let mut nsec = b"\x04test\x00".to_vec();
+        nsec.extend_from_slice(&[0, 6, 0x40, 0, 0, 0, 0, 0x03]);
+        self.add(
+            "test.",
+            ttl,
+            RData::Unknown {
+                code: RecordType::NSEC,
+                rdata: NULL::with(nsec),
+            },
+        );
+    }
+
     pub fn add_txt(&self, owner: &str, ttl: u32, text: &str) {
         self.add(owner, ttl, RData::TXT(TXT::new(vec![text.to_string()])));
     }
@@ -175,6 +220,7 @@ impl FakeUpstream {
 #[derive(Clone)]
 struct UpState {
     queries: Arc<AtomicUsize>,
+    do_queries: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
     records: Records,
 }
@@ -187,6 +233,10 @@ impl UpState {
         if d > 0 {
             tokio::time::sleep(Duration::from_millis(d)).await;
         }
+        let dnssec_ok = req.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+        if dnssec_ok {
+            self.do_queries.fetch_add(1, Ordering::SeqCst);
+        }
         let q = req.queries.first()?.clone();
         let mut resp = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
         resp.metadata.authoritative = true;
@@ -195,10 +245,17 @@ impl UpState {
         let qn = q.name().to_lowercase();
         let (rcode, answers, exists) = {
             let m = self.records.lock().unwrap_or_else(|p| p.into_inner());
-            let answers = m
+            let mut answers = m
                 .get(&(qn.clone(), q.query_type()))
                 .cloned()
                 .unwrap_or_default();
+            if dnssec_ok && !answers.is_empty() && q.query_type() != RecordType::RRSIG {
+                answers.extend(
+                    m.get(&(qn.clone(), RecordType::RRSIG))
+                        .cloned()
+                        .unwrap_or_default(),
+                );
+            }
             let exists = m.keys().any(|(n, _)| *n == qn);
             (
                 if exists {
@@ -222,7 +279,17 @@ impl UpState {
                 86400,
                 60,
             );
-            resp.add_authority(Record::from_rdata(zone, 300, RData::SOA(soa)));
+            resp.add_authority(Record::from_rdata(zone.clone(), 300, RData::SOA(soa)));
+            if dnssec_ok {
+                let m = self.records.lock().unwrap_or_else(|p| p.into_inner());
+                for r in m
+                    .get(&(zone, RecordType::NSEC))
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    resp.add_authority(r);
+                }
+            }
         }
         let _ = exists;
         resp.add_answers(answers);
@@ -230,6 +297,7 @@ impl UpState {
             Some(e) => {
                 let mut edns = Edns::new();
                 edns.set_max_payload(1232);
+                edns.set_dnssec_ok(dnssec_ok);
                 resp.set_edns(edns);
                 usize::from(e.max_payload().max(512))
             }

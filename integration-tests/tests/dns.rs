@@ -602,3 +602,94 @@ async fn per_client_rate_limit_refuses_floods() {
     assert!(refused >= 20, "refused {refused}");
     assert!(b.metric("berth_dns_responses_total{outcome=\"rate_limited\"}") >= 20.0);
 }
+
+/// The section of `dig`'s output holding records of `rtype` (answer or authority lines).
+fn dig_lines(raw: &str, rtype: &str) -> Vec<String> {
+    raw.lines()
+        .filter(|l| !l.starts_with(';'))
+        .filter(|l| l.split_whitespace().nth(3) == Some(rtype))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn dnssec_records_for_clients_that_set_do_only_and_cached_apart() {
+    let (up, b) = setup().await;
+    up.add_signed_a("signed.example.test.", 300, "45.45.2.30");
+
+    // DO=1: the DO bit goes upstream and RRSIG comes back, DO echoed.
+    let r = dig(b.addr, &["+dnssec", "signed.example.test", "A"]).await;
+    assert_eq!(r.status, "NOERROR", "{}", r.raw);
+    assert_eq!(dig_lines(&r.raw, "A").len(), 1, "{}", r.raw);
+    assert_eq!(dig_lines(&r.raw, "RRSIG").len(), 1, "{}", r.raw);
+    assert!(r.raw.contains("flags: do;"), "{}", r.raw);
+    assert_eq!(up.do_queries(), 1);
+
+    // DO=0 (with and without EDNS): no RRSIG, and asked upstream without DO.
+    for args in [
+        &["signed.example.test", "A"][..],
+        &["+noedns", "signed.example.test", "A"],
+    ] {
+        let r = dig(b.addr, args).await;
+        assert_eq!(dig_lines(&r.raw, "A").len(), 1, "{}", r.raw);
+        assert!(dig_lines(&r.raw, "RRSIG").is_empty(), "{args:?}: {}", r.raw);
+    }
+    assert_eq!(up.do_queries(), 1);
+    assert_eq!(up.queries(), 2, "one upstream query per DO value");
+
+    // Both variants are cached: neither asks upstream again, each keeps its own records, and a
+    // 0x20-randomised question comes back spelled as asked.
+    let r = dig(b.addr, &["+dnssec", "SiGnEd.ExAmPlE.tEsT", "A"]).await;
+    assert_eq!(dig_lines(&r.raw, "RRSIG").len(), 1, "{}", r.raw);
+    assert!(r.raw.contains(";SiGnEd.ExAmPlE.tEsT.\t"), "{}", r.raw);
+    let r = dig(b.addr, &["signed.example.test", "A"]).await;
+    assert!(dig_lines(&r.raw, "RRSIG").is_empty(), "{}", r.raw);
+    assert_eq!(up.queries(), 2, "served from the cache");
+
+    // Negative answers: NSEC in the authority section for DO=1 only.
+    let r = dig(b.addr, &["+dnssec", "missing.example.test", "A"]).await;
+    assert_eq!(r.status, "NXDOMAIN", "{}", r.raw);
+    assert_eq!(dig_lines(&r.raw, "NSEC").len(), 1, "{}", r.raw);
+    let r = dig(b.addr, &["missing.example.test", "A"]).await;
+    assert_eq!(r.status, "NXDOMAIN", "{}", r.raw);
+    assert!(dig_lines(&r.raw, "NSEC").is_empty(), "{}", r.raw);
+
+    // Over TCP (hickory's path) the same split holds.
+    let r = dig(b.addr, &["+tcp", "+dnssec", "signed.example.test", "A"]).await;
+    assert_eq!(dig_lines(&r.raw, "RRSIG").len(), 1, "{}", r.raw);
+    let r = dig(b.addr, &["+tcp", "signed.example.test", "A"]).await;
+    assert!(dig_lines(&r.raw, "RRSIG").is_empty(), "{}", r.raw);
+}
+
+#[tokio::test]
+async fn aaaa_and_ipv6_ptr_for_servers_from_a_hosts_file_with_ipv6_lines() {
+    // The split deployment's feed: a hosts file with IPv4 and IPv6 lines, as the gateway's
+    // process publishes it when the tenant network has IPv6.
+    let (_up, b) = setup().await;
+    let text = "# berth tenant addresses\n\
+                172.19.2.15 server5.berth.internal server5\n\
+                fd19::15 server5.berth.internal server5\n\
+                fd19::16 server6.berth.internal server6\n";
+    let (map, skipped) = dns::zone::parse_hosts(text);
+    assert_eq!(skipped, 0);
+    b.zone.replace_addrs(map);
+
+    let r = dig(b.addr, &["server5.berth.internal", "AAAA"]).await;
+    assert_eq!(r.data(), vec!["fd19::15"], "{}", r.raw);
+    assert!(r.has_flag("aa"), "{}", r.raw);
+    let r = dig(b.addr, &["server5.berth.internal", "A"]).await;
+    assert_eq!(r.data(), vec!["172.19.2.15"], "{}", r.raw);
+    // IPv6 only: AAAA answers, A is NODATA (the name exists).
+    let r = dig(b.addr, &["server6.berth.internal", "AAAA"]).await;
+    assert_eq!(r.data(), vec!["fd19::16"], "{}", r.raw);
+    let r = dig(b.addr, &["server6.berth.internal", "A"]).await;
+    assert_eq!(
+        (r.status.as_str(), r.data().len()),
+        ("NOERROR", 0),
+        "{}",
+        r.raw
+    );
+    // Reverse: the IPv6 address names its server.
+    let r = dig(b.addr, &["-x", "fd19::16"]).await;
+    assert_eq!(r.data(), vec!["server6.berth.internal."], "{}", r.raw);
+}
