@@ -5,17 +5,26 @@
 PREFIX ?= /usr/local
 UNITDIR ?= /etc/systemd/system
 BIN ?= target/release/berth
+# The session agent is copied into tenant containers, whatever their libc: built static.
+AGENT_TARGET ?= x86_64-unknown-linux-gnu
+AGENT ?= target/$(AGENT_TARGET)/release/berth-agent
 
-.PHONY: build install install-files uninstall test
+.PHONY: build agent install install-files uninstall test
 
-build:
+build: agent
 	cargo build --release --locked
+
+agent:
+	RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols -C debuginfo=0" \
+	  cargo build --release --locked -p berth-agent --target $(AGENT_TARGET)
 
 install: build
 	$(MAKE) install-files
 
 install-files:
 	install -D -m 0755 $(BIN) $(PREFIX)/bin/berth
+	if [ -f $(AGENT) ]; then install -D -m 0755 $(AGENT) /usr/lib/berth/berth-agent; \
+	  else echo "no $(AGENT): sessions will use docker exec (run make agent)"; fi
 	install -d -m 0700 /etc/berth /var/lib/berth
 	test -e /etc/berth/berth.toml || $(PREFIX)/bin/berth config show > /etc/berth/berth.toml
 	chmod 0600 /etc/berth/berth.toml
@@ -27,7 +36,7 @@ install-files:
 
 uninstall:
 	-systemctl disable --now berth.target berth-gateway.service berth-dns.service berth-netfilter.service berth-gateway.socket
-	rm -f $(PREFIX)/bin/berth $(UNITDIR)/berth.target $(UNITDIR)/berth-*.service $(UNITDIR)/berth-gateway.socket
+	rm -f $(PREFIX)/bin/berth /usr/lib/berth/berth-agent $(UNITDIR)/berth.target $(UNITDIR)/berth-*.service $(UNITDIR)/berth-gateway.socket
 	@echo "kept /etc/berth and /var/lib/berth (remove by hand to erase all state)"
 
 test:

@@ -1,15 +1,20 @@
-//! The gateway's narrow view of tenant control: credentials, "make it run", audit.
+//! The gateway's narrow view of tenant control: credentials, "make it run", run a process in
+//! it, connect to it, audit.
 //!
-//! A trait so the SSH code never touches SQL and so a Kubernetes backend can slot in later.
-//! The production implementation (`TenantsBackend`, over `tenants::Store` +
-//! `tenants::Provisioner`) lives in `tenants_backend.rs`.
-//!
-//! CONTRACT shared by the session and auth work areas — do not change signatures without telling
-//! the coordinator.
+//! A trait so the SSH code never touches SQL or Docker: session and forward code is written
+//! against [`Process`] and [`ProcessControl`] (unit-testable with a fake), and another container
+//! backend (Kubernetes) can slot in without touching it. The production implementation
+//! (`TenantsBackend`, over `tenants::Store`, `tenants::Provisioner` and the Docker data path in
+//! `docker/`) lives in `tenants_backend.rs`.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
+use bytes::Bytes;
 use tenants::ServerId;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::policy::{Exit, ForwardDest};
 
 /// What auth needs about one server and its owner.
 #[derive(Debug, Clone)]
@@ -34,6 +39,68 @@ pub struct Target {
     /// The server's login user when the backend knows it; `None`: `tenant` if the image has
     /// it, else `root`.
     pub user: Option<String>,
+    /// Host directory mounted at `/dev/berth` in the container (the agent's socket), if any.
+    pub agent_dir: Option<PathBuf>,
+}
+
+/// What one session channel runs.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    /// On top of the container's environment (allowlisted client variables, `TERM`,
+    /// `BERTH_SERVER`); the backend adds `USER` and `LOGNAME` for the user it runs as.
+    pub env: Vec<(String, String)>,
+    /// Terminal size (columns, rows) when the client asked for a PTY.
+    pub pty: Option<(u32, u32)>,
+}
+
+/// A chunk of a process's output.
+#[derive(Debug)]
+pub enum Chunk {
+    Stdout(Bytes),
+    Stderr(Bytes),
+}
+
+/// The output side of a running process (stdout and stderr, or one terminal).
+#[async_trait::async_trait]
+pub trait ProcessOutput: Send {
+    /// The next chunk; `None` once every output stream is closed. Cancel-safe: dropping the
+    /// future loses no data.
+    async fn read(&mut self) -> Option<Chunk>;
+}
+
+/// Resize, signal, wait and hang up a running process.
+#[async_trait::async_trait]
+pub trait ProcessControl: Send {
+    async fn resize(&mut self, cols: u32, rows: u32);
+    /// `name` is an SSH signal name already checked by `policy::signal_number`.
+    async fn signal(&mut self, name: &str);
+    /// How the process ended; `None` when the backend cannot tell. Cancel-safe.
+    async fn wait(&mut self) -> Option<Exit>;
+    /// The client went away: end what the session started (SIGHUP to the session, SIGKILL to
+    /// its process group if the leader survives); processes the tenant detached are spared.
+    async fn hangup(&mut self);
+}
+
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A process started by [`Backend::exec`].
+pub struct Process {
+    pub stdin: BoxWrite,
+    /// The client's EOF must not shut `stdin` (a terminal: that would end the session).
+    pub keep_stdin_open: bool,
+    pub output: Box<dyn ProcessOutput>,
+    pub control: Box<dyn ProcessControl>,
+    /// Which data path carries it ("agent" or "attach"), for logs and metrics.
+    pub path: &'static str,
+}
+
+/// A connected forward: bytes to and from the target.
+pub struct Stream {
+    pub read: BoxRead,
+    pub write: BoxWrite,
+    pub path: &'static str,
 }
 
 /// One audit record (never a password).
@@ -68,8 +135,22 @@ pub trait Backend: Send + Sync + 'static {
     async fn credentials(&self, server: ServerId) -> Result<Option<Credentials>, BackendError>;
     /// Idempotent and single-flight: starts or recreates the container if needed.
     async fn ensure_running(&self, server: ServerId) -> Result<Target, BackendError>;
-    /// The Docker client for execs.
-    fn docker(&self) -> &bollard::Docker;
+    /// Starts `req` in the running container of `target`. `login` is the SSH login name
+    /// (`server<N>`), which the backend may make an alias of the user it runs as.
+    async fn exec(
+        &self,
+        target: &Target,
+        login: &str,
+        req: ExecRequest,
+    ) -> Result<Process, BackendError>;
+    /// Connects to `port` at `dest` as seen from inside the container of `target`.
+    async fn connect(
+        &self,
+        target: &Target,
+        login: &str,
+        dest: ForwardDest,
+        port: u16,
+    ) -> Result<Stream, BackendError>;
     /// Best effort: failures are logged, never surfaced to the client.
     async fn audit(&self, record: AuditRecord);
 }

@@ -57,6 +57,10 @@ pub struct Config {
     pub drain_timeout_secs: u64,
     /// Tell the user on stderr when their login had to start the server.
     pub start_note: bool,
+    /// The static `berth-agent` binary copied into containers for the fast session data path.
+    /// Empty: `/usr/lib/berth/berth-agent`, else the one next to the `berth` binary. `"off"`:
+    /// every session goes through Docker's exec stream.
+    pub agent_binary: String,
     // auth — keys below are owned by the auth work area (gateway/src/auth/).
     /// `[ssh.auth]`: admission caps, brute-force budgets and bans, bcrypt, host keys
     /// (`[ssh.auth.host_keys]`). See `auth::AuthConfig`.
@@ -88,6 +92,7 @@ impl Default for Config {
             max_sessions_per_server: 64,
             drain_timeout_secs: 30,
             start_note: true,
+            agent_binary: String::new(),
             // auth
             auth: crate::auth::AuthConfig::default(),
         }

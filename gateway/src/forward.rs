@@ -1,7 +1,7 @@
-//! `direct-tcpip` (`ssh -L`, `ssh -W`): a TCP connection from the gateway to the tenant's own
-//! container, and nowhere else. `localhost`/loopback in the request mean the container itself.
+//! `direct-tcpip` (`ssh -L`, `ssh -W`): a TCP connection to the tenant's own container, and
+//! nowhere else. `localhost` and loopback addresses mean the container's own loopback (the
+//! backend connects from inside its network namespace); its name or address, its address.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -10,12 +10,11 @@ use bytes::BytesMut;
 use russh::ChannelOpenFailure;
 use russh::server::{ChannelOpenHandle, Msg};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::backend::AuditRecord;
+use crate::backend::{AuditRecord, Stream};
 use crate::handler::Input;
 use crate::pipe;
 use crate::policy;
@@ -75,11 +74,11 @@ pub async fn run(spec: Spec) {
         }
     };
     let login = conn.login.server.login_name();
-    let dest = match (
+    let (dest, port16) = match (
         policy::forward_target(&host, &login, target.address),
         u16::try_from(port),
     ) {
-        (Some(ip), Ok(p)) if p != 0 => SocketAddr::new(ip, p),
+        (Some(d), Ok(p)) if p != 0 => (d, p),
         _ => {
             info!(server = %login, host = %host, port, "direct-tcpip refused: not the tenant's own container");
             crate::metrics::exec_error();
@@ -94,11 +93,15 @@ pub async fn run(spec: Spec) {
             return;
         }
     };
-    let stream = match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(dest)).await
-    {
+    let connected = tokio::time::timeout(
+        Duration::from_secs(20),
+        conn.shared.backend.connect(&target, &login, dest, port16),
+    )
+    .await;
+    let stream = match connected {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            debug!(%dest, error = %e, "direct-tcpip connect failed");
+            debug!(?dest, port, error = %e, "direct-tcpip connect failed");
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             audit(
                 "failure",
@@ -117,9 +120,13 @@ pub async fn run(spec: Spec) {
             return;
         }
     };
-    let _ = stream.set_nodelay(true);
     reply.accept().await;
-    let (mut rd, wr) = stream.into_split();
+    let Stream {
+        read: mut rd,
+        write: wr,
+        path,
+    } = stream;
+    debug!(server = %login, path, "forward connected");
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = AtomicU64::new(0);
     let mut in_task = tokio::spawn(pipe::pump_input(

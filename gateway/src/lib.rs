@@ -1,9 +1,12 @@
 //! The SSH gateway: `ssh server<N>@host` → auth → a shell, command, SFTP session or port forward
-//! inside container N, through the Docker exec API (no sshd and no credentials in tenants).
+//! inside container N (no sshd and no credentials in tenants). Processes start through an
+//! in-container agent that hands the gateway their pipes (`docker/agent.rs`), or through Docker's
+//! exec stream where the agent cannot run (`docker/attach.rs`).
 
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod docker;
 pub mod forward;
 pub mod handler;
 pub mod hostkeys;
@@ -14,7 +17,10 @@ pub mod server;
 pub mod session;
 pub mod tenants_backend;
 
-pub use backend::{AuditRecord, Backend, BackendError, Credentials, Target};
+pub use backend::{
+    AuditRecord, Backend, BackendError, Chunk, Credentials, ExecRequest, Process, ProcessControl,
+    ProcessOutput, Stream, Target,
+};
 /// Re-exported so backends outside this crate name the same Docker client type.
 pub use bollard;
 pub use config::Config;

@@ -204,7 +204,7 @@ pub static BANS: Counter = Counter::new();
 /// Connections closed because login grace time ran out.
 pub static LOGIN_GRACE_EXPIRED: Counter = Counter::new();
 /// Connections cut because the client broke the protocol's limits, by kind.
-pub static PROTOCOL_VIOLATIONS: Family<1> = Family::new("kind", ["window_exceeded"]);
+pub static PROTOCOL_VIOLATIONS: Family<2> = Family::new("kind", ["window_exceeded", "agent"]);
 /// bcrypt verifications (real or dummy) and how long each took, queueing excluded.
 pub static BCRYPT_SECONDS: Histogram = Histogram::new();
 /// bcrypt verifications waiting for a slot right now.
@@ -237,12 +237,22 @@ pub static ENSURE_RUNNING: Family<3> = Family::new("result", ["running", "starte
 pub enum Violation {
     /// The client sent more channel data than the window we granted.
     WindowExceeded,
+    /// A session agent (or something else in a container) sent a message or fd we refuse.
+    Agent,
 }
 
 pub fn protocol_violation(v: Violation) {
     PROTOCOL_VIOLATIONS.inc(match v {
         Violation::WindowExceeded => 0,
+        Violation::Agent => 1,
     });
+}
+
+/// Sessions and forwards by the data path that carried them.
+pub static SESSION_PATHS: Family<2> = Family::new("path", ["agent", "attach"]);
+
+pub fn session_path(path: &str) {
+    SESSION_PATHS.inc(usize::from(path != "agent"));
 }
 
 /// Auth outcome for [`auth_outcome`].
@@ -471,6 +481,11 @@ pub fn render(out: &mut String) {
         out,
         "berth_gateway_ensure_running_seconds",
         "Time to make the tenant's container run at login.",
+    );
+    SESSION_PATHS.render(
+        out,
+        "berth_gateway_session_paths_total",
+        "Sessions and forwards by data path (agent: fds from the in-container agent; attach: Docker's exec stream).",
     );
     ENSURE_RUNNING.render(
         out,

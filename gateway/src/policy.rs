@@ -127,39 +127,70 @@ pub fn argv(program: &Program, sftp_paths: &[String], size: Option<(u32, u32)>) 
     }
 }
 
-/// Where a `direct-tcpip` request may go: only the tenant's own container.
-/// `localhost`, loopback addresses, the server's own name and its container address all mean
-/// "the container"; anything else is refused (`None`).
-pub fn forward_target(host: &str, login_name: &str, container: IpAddr) -> Option<IpAddr> {
+/// Where a `direct-tcpip` connection goes, as seen from inside the tenant's container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardDest {
+    /// The container's own loopback: `localhost` (IPv4 first, then `::1`), `127.x.y.z`, `::1`.
+    Loopback(Option<IpAddr>),
+    /// The container's address on the tenant network (its name or its address).
+    Container(IpAddr),
+}
+
+/// Where a `direct-tcpip` request may go: only the tenant's own container. `localhost` and
+/// loopback addresses mean the container's loopback; the server's own name and its container
+/// address mean its network address; anything else is refused (`None`).
+pub fn forward_target(host: &str, login_name: &str, container: IpAddr) -> Option<ForwardDest> {
     let host = host.trim_end_matches('.');
-    if host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case(login_name) {
-        return Some(container);
+    if host.eq_ignore_ascii_case("localhost") {
+        return Some(ForwardDest::Loopback(None));
+    }
+    if host.eq_ignore_ascii_case(login_name) {
+        return Some(ForwardDest::Container(container));
     }
     let host = host.trim_start_matches('[').trim_end_matches(']');
     match host.parse::<IpAddr>() {
-        Ok(ip) if ip.is_loopback() || ip == container => Some(container),
+        Ok(ip) if ip.is_loopback() => Some(ForwardDest::Loopback(Some(ip))),
+        Ok(ip) if ip == container => Some(ForwardDest::Container(container)),
         _ => None,
+    }
+}
+
+/// SSH signal names by Linux signal number (the ones RFC 4254 names, plus USR2).
+pub fn signal_name(n: i32) -> Option<&'static str> {
+    Some(match n {
+        1 => "HUP",
+        2 => "INT",
+        3 => "QUIT",
+        4 => "ILL",
+        6 => "ABRT",
+        8 => "FPE",
+        9 => "KILL",
+        10 => "USR1",
+        11 => "SEGV",
+        12 => "USR2",
+        13 => "PIPE",
+        14 => "ALRM",
+        15 => "TERM",
+        _ => return None,
+    })
+}
+
+/// How a process that ended with `status` or `signal` is reported: a known signal becomes
+/// `exit-signal`, an unknown one the shell's `128 + n`.
+pub fn exit_from_wait(status: Option<i32>, signal: Option<i32>) -> Exit {
+    match (status, signal) {
+        (_, Some(n)) => match signal_name(n) {
+            Some(name) => Exit::Signal(name.to_string()),
+            None => Exit::Status(128 + n.unsigned_abs()),
+        },
+        (Some(c), None) => Exit::Status(c.unsigned_abs()),
+        (None, None) => Exit::Status(255),
     }
 }
 
 /// Signal numbers (Linux) for the SSH signal names we deliver.
 pub fn signal_number(name: &str) -> Option<u8> {
-    Some(match name {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "ILL" => 4,
-        "ABRT" => 6,
-        "FPE" => 8,
-        "KILL" => 9,
-        "USR1" => 10,
-        "SEGV" => 11,
-        "USR2" => 12,
-        "PIPE" => 13,
-        "ALRM" => 14,
-        "TERM" => 15,
-        _ => return None,
-    })
+    (1..=15).find(|&n| signal_name(i32::from(n)) == Some(name))
 }
 
 /// How the channel reports the end of an exec: a signal we delivered that matches the
@@ -275,16 +306,18 @@ mod tests {
     #[test]
     fn forwarding_only_to_own_container() {
         let c: IpAddr = "172.19.2.5".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        for ok in [
-            "localhost",
-            "127.0.0.1",
-            "::1",
-            "[::1]",
-            "172.19.2.5",
-            "server5",
-            "LOCALHOST.",
+        let lo4: IpAddr = IpAddr::from([127, 0, 0, 1]);
+        let lo6: IpAddr = IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
+        for (ok, want) in [
+            ("localhost", ForwardDest::Loopback(None)),
+            ("LOCALHOST.", ForwardDest::Loopback(None)),
+            ("127.0.0.1", ForwardDest::Loopback(Some(lo4))),
+            ("::1", ForwardDest::Loopback(Some(lo6))),
+            ("[::1]", ForwardDest::Loopback(Some(lo6))),
+            ("172.19.2.5", ForwardDest::Container(c)),
+            ("server5", ForwardDest::Container(c)),
         ] {
-            assert_eq!(forward_target(ok, "server5", c), Some(c), "{ok}");
+            assert_eq!(forward_target(ok, "server5", c), Some(want), "{ok}");
         }
         for bad in [
             "172.19.2.6",
@@ -296,6 +329,16 @@ mod tests {
         ] {
             assert_eq!(forward_target(bad, "server5", c), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn exit_from_wait_status() {
+        assert_eq!(exit_from_wait(Some(3), None), Exit::Status(3));
+        assert_eq!(exit_from_wait(None, Some(15)), Exit::Signal("TERM".into()));
+        assert_eq!(exit_from_wait(None, Some(7)), Exit::Status(135));
+        assert_eq!(exit_from_wait(None, None), Exit::Status(255));
+        assert_eq!(signal_number("USR2"), Some(12));
+        assert_eq!(signal_number("BOGUS"), None);
     }
 
     #[test]

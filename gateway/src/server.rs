@@ -122,7 +122,6 @@ pub struct Shared {
     pub russh: Arc<russh::server::Config>,
     pub stats: Arc<Stats>,
     per_server: Mutex<HashMap<ServerId, usize>>,
-    exec_users: Mutex<HashMap<String, String>>,
     /// Fires when shutdown starts: no new sessions, tell clients.
     pub draining: CancellationToken,
     /// Fires at the drain deadline: close everything.
@@ -171,7 +170,6 @@ impl Shared {
             russh: Arc::new(russh),
             stats,
             per_server: Mutex::new(HashMap::new()),
-            exec_users: Mutex::new(HashMap::new()),
             draining: CancellationToken::new(),
             deadline: CancellationToken::new(),
         })
@@ -198,19 +196,6 @@ impl Shared {
             shared: self.clone(),
             conn: conn.clone(),
         })
-    }
-
-    pub(crate) fn cached_exec_user(&self, container: &str) -> Option<String> {
-        self.exec_users.lock().ok()?.get(container).cloned()
-    }
-
-    pub(crate) fn cache_exec_user(&self, container: &str, user: &str) {
-        if let Ok(mut m) = self.exec_users.lock() {
-            if m.len() > 10_000 {
-                m.clear();
-            }
-            m.insert(container.to_string(), user.to_string());
-        }
     }
 }
 

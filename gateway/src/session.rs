@@ -1,27 +1,24 @@
-//! One session channel (shell, exec or sftp) = one Docker exec in the tenant's container.
+//! One session channel (shell, exec or sftp) = one process in the tenant's container, started
+//! through [`Backend::exec`](crate::Backend::exec).
 //!
-//! The task owns the channel's writer. It starts the exec, spawns the stdin pump and the output
-//! pump, applies resizes and signals, reports exit-status/exit-signal, and on close or
-//! disconnect kills what the exec started (HUP to its session, then KILL to its process group
-//! if the leader is still alive) so nothing is orphaned — detached (`setsid`, `nohup`, tmux)
-//! processes survive as they would under sshd.
+//! The task owns the channel's writer. It starts the process, spawns the stdin pump, relays
+//! output, applies resizes and signals, reports exit-status/exit-signal, and on close or
+//! disconnect has the backend hang up what it started (HUP to its session, then KILL to its
+//! process group if the leader is still alive) so nothing is orphaned — detached (`setsid`,
+//! `nohup`, tmux) processes survive as they would under sshd.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bollard::Docker;
-use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
 use bytes::Bytes;
-use futures::StreamExt;
 use russh::server::Msg;
 use russh::{ChannelId, ChannelWriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::backend::{AuditRecord, BackendError, Target};
+use crate::backend::{AuditRecord, BackendError, Chunk, ExecRequest, Process};
 use crate::handler::{Ctl, Input, PtySpec};
 use crate::pipe;
 use crate::policy::{self, Exit, Program};
@@ -96,6 +93,10 @@ enum Outcome {
     Failed(String),
 }
 
+/// After the process has exited, output that stays silent this long is taken as finished:
+/// a background job that kept the pipes or the terminal open must not hold the channel.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
 async fn run_inner(spec: Spec, bytes_in: Arc<AtomicU64>, bytes_out: Arc<AtomicU64>) -> Outcome {
     let Spec {
         conn,
@@ -108,7 +109,6 @@ async fn run_inner(spec: Spec, bytes_in: Arc<AtomicU64>, bytes_out: Arc<AtomicU6
         mut ctl,
         closed,
     } = spec;
-    let docker = conn.shared.backend.docker().clone();
 
     let target = match conn.target().await {
         Ok(t) => t,
@@ -121,107 +121,87 @@ async fn run_inner(spec: Spec, bytes_in: Arc<AtomicU64>, bytes_out: Arc<AtomicU6
         );
         let _ = pipe::send(&writer, &conn, Some(1), Bytes::from(note), &bytes_out).await;
     }
-    let user = exec_user(&conn, &docker, &target).await;
 
-    let tty = pty.is_some();
-    let mut env_list: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut env = env;
     if let Some(p) = &pty {
-        env_list.retain(|e| !e.starts_with("TERM="));
-        env_list.push(format!("TERM={}", p.term));
+        env.retain(|(k, _)| k != "TERM");
+        env.push(("TERM".into(), p.term.clone()));
     }
-    env_list.push(format!("BERTH_SERVER={}", conn.login.server.login_name()));
-    // Docker exec sets HOME from the user's passwd entry but not USER/LOGNAME (sshd sets all
-    // three); tools such as Ansible and `ssh-agent`-style scripts read them.
-    env_list.retain(|e| !e.starts_with("USER=") && !e.starts_with("LOGNAME="));
-    env_list.push(format!("USER={user}"));
-    env_list.push(format!("LOGNAME={user}"));
-    let argv = policy::argv(
-        &program,
-        &conn.shared.cfg.sftp_server_paths,
-        pty.as_ref().map(|p| (p.cols, p.rows)),
-    );
-    let opts = CreateExecOptions::<String> {
-        attach_stdin: Some(true),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        tty: Some(tty),
-        env: Some(env_list),
-        cmd: Some(argv),
-        user: Some(user),
-        working_dir: (!conn.shared.cfg.exec_workdir.is_empty())
-            .then(|| conn.shared.cfg.exec_workdir.clone()),
-        ..Default::default()
+    env.push(("BERTH_SERVER".into(), conn.login.server.login_name()));
+    let size = pty.as_ref().map(|p| (p.cols, p.rows));
+    let argv = policy::argv(&program, &conn.shared.cfg.sftp_server_paths, size);
+    let login = conn.login.server.login_name();
+    let req = ExecRequest {
+        argv,
+        env,
+        pty: size,
     };
-    let exec_id = match docker.create_exec(&target.container_id, opts).await {
-        Ok(r) => r.id,
-        Err(e) => return fail_exec(&conn, &writer, "create", e).await,
+    let process = match conn.shared.backend.exec(&target, &login, req).await {
+        Ok(p) => p,
+        Err(e) => return fail_exec(&conn, &writer, &e).await,
     };
-    let started = docker
-        .start_exec(
-            &exec_id,
-            Some(StartExecOptions {
-                detach: false,
-                tty,
-                output_capacity: Some(64 * 1024),
-            }),
-        )
-        .await;
-    let (mut output, stdin) = match started {
-        Ok(StartExecResults::Attached { output, input }) => (output, input),
-        Ok(StartExecResults::Detached) => {
-            return fail_exec(&conn, &writer, "start", "detached unexpectedly").await;
-        }
-        Err(e) => return fail_exec(&conn, &writer, "start", e).await,
-    };
-    let mut exec = Exec {
-        docker: docker.clone(),
-        id: exec_id,
-        pid: None,
-        signals: Vec::new(),
-    };
-    if let Some(p) = &pty {
-        exec.resize(p.cols, p.rows).await;
-    }
+    let Process {
+        stdin,
+        keep_stdin_open,
+        mut output,
+        mut control,
+        path,
+    } = process;
+    debug!(server = %login, path, "session started");
 
     let input_task = tokio::spawn(pipe::pump_input(
         input,
         stdin,
         conn.clone(),
         id,
-        tty,
+        keep_stdin_open,
         bytes_in.clone(),
     ));
     let _abort_input = AbortOnDrop(input_task);
 
     let mut draining_told = false;
     let drain = conn.shared.draining.clone();
-    // Output pump inline: `send` waits for this channel's window only.
-    let closed_by_client = loop {
+    let mut output_done = false;
+    // `Some(None)`: ended, and the backend cannot say how.
+    let mut exit: Option<Option<Exit>> = None;
+    // Output and the exit are awaited together; the channel ends when both are in. `send` waits
+    // for this channel's window only.
+    while !(output_done && exit.is_some()) {
+        let exited = matches!(exit, Some(Some(_)));
         tokio::select! {
-            item = output.next() => match item {
-                Some(Ok(LogOutput::StdErr { message })) => {
-                    if !pipe::send_or_closed(&writer, &conn, Some(1), message, &bytes_out, &closed).await {
-                        break true;
+            chunk = output.read(), if !output_done => match chunk {
+                Some(Chunk::Stdout(b)) => {
+                    if !pipe::send_or_closed(&writer, &conn, None, b, &bytes_out, &closed).await {
+                        control.hangup().await;
+                        return Outcome::ClosedByClient;
                     }
                 }
-                Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
-                    if !pipe::send_or_closed(&writer, &conn, None, message, &bytes_out, &closed).await {
-                        break true;
+                Some(Chunk::Stderr(b)) => {
+                    if !pipe::send_or_closed(&writer, &conn, Some(1), b, &bytes_out, &closed).await {
+                        control.hangup().await;
+                        return Outcome::ClosedByClient;
                     }
                 }
-                Some(Ok(LogOutput::StdIn { .. })) => {}
-                Some(Err(e)) => {
-                    debug!(error = %e, "exec output stream error");
-                    break false;
-                }
-                None => break false,
+                None => output_done = true,
             },
+            _ = tokio::time::sleep(OUTPUT_GRACE), if exited && !output_done => output_done = true,
+            e = control.wait(), if exit.is_none() => exit = Some(e),
             c = ctl.recv() => match c {
-                Some(Ctl::Resize { cols, rows }) => exec.resize(cols, rows).await,
-                Some(Ctl::Signal(name)) => exec.signal(&name, &target).await,
-                None => break true,
+                Some(Ctl::Resize { cols, rows }) => control.resize(cols, rows).await,
+                Some(Ctl::Signal(name)) => control.signal(&name).await,
+                None => {
+                    if exit.is_none() {
+                        control.hangup().await;
+                    }
+                    return Outcome::ClosedByClient;
+                }
             },
-            _ = closed.cancelled() => break true,
+            _ = closed.cancelled() => {
+                if exit.is_none() {
+                    control.hangup().await;
+                }
+                return Outcome::ClosedByClient;
+            }
             _ = drain.cancelled(), if !draining_told => {
                 draining_told = true;
                 if !matches!(program, Program::Sftp) {
@@ -233,36 +213,10 @@ async fn run_inner(spec: Spec, bytes_in: Arc<AtomicU64>, bytes_out: Arc<AtomicU6
                 }
             }
         }
-    };
+    }
     drop(output);
 
-    if closed_by_client {
-        exec.kill_if_running(&target).await;
-        return Outcome::ClosedByClient;
-    }
-
-    // Output ended: wait for the process to exit, still honouring signals and close.
-    let code = loop {
-        tokio::select! {
-            r = exec.wait_exit() => break r,
-            c = ctl.recv() => match c {
-                Some(Ctl::Signal(name)) => exec.signal(&name, &target).await,
-                Some(Ctl::Resize { .. }) => {}
-                None => {
-                    exec.kill_if_running(&target).await;
-                    return Outcome::ClosedByClient;
-                }
-            },
-            _ = closed.cancelled() => {
-                exec.kill_if_running(&target).await;
-                return Outcome::ClosedByClient;
-            }
-        }
-    };
-    let exit = match code {
-        Some(c) => policy::classify_exit(c, &exec.signals),
-        None => Exit::Status(255),
-    };
+    let exit = exit.flatten().unwrap_or(Exit::Status(255));
     let _ = writer.eof().await;
     match &exit {
         Exit::Status(c) => {
@@ -280,6 +234,8 @@ async fn run_inner(spec: Spec, bytes_in: Arc<AtomicU64>, bytes_out: Arc<AtomicU6
                 "USR1" => russh::Sig::USR1,
                 "ALRM" => russh::Sig::ALRM,
                 "SEGV" => russh::Sig::SEGV,
+                "FPE" => russh::Sig::FPE,
+                "ILL" => russh::Sig::ILL,
                 other => russh::Sig::Custom(other.to_string()),
             };
             let _ = conn
@@ -331,13 +287,8 @@ async fn fail_target(conn: &Conn, writer: &ChannelWriteHalf<Msg>, e: BackendErro
     Outcome::Failed(e.to_string())
 }
 
-async fn fail_exec(
-    conn: &Conn,
-    writer: &ChannelWriteHalf<Msg>,
-    step: &str,
-    e: impl std::fmt::Display,
-) -> Outcome {
-    warn!(server = %conn.login.server.login_name(), step, error = %e, "docker exec failed");
+async fn fail_exec(conn: &Conn, writer: &ChannelWriteHalf<Msg>, e: &BackendError) -> Outcome {
+    warn!(server = %conn.login.server.login_name(), error = %e, "session start failed");
     crate::metrics::exec_error();
     let counter = AtomicU64::new(0);
     let line = "berth: could not start the session in the container; please try again\r\n";
@@ -345,209 +296,12 @@ async fn fail_exec(
     let _ = writer.exit_status(1).await;
     let _ = writer.eof().await;
     let _ = writer.close().await;
-    Outcome::Failed(format!("exec {step}: {e}"))
+    Outcome::Failed(e.to_string())
 }
 
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// The in-container user: `[ssh] exec_user` when set (one user for every server), else the
-/// server's login user, else `tenant` when the image has it, else `root`.
-/// Found once per container (per gateway process); the same time the login name is made a
-/// passwd alias of that user ([`policy::login_alias_argv`]).
-async fn exec_user(conn: &Conn, docker: &Docker, target: &Target) -> String {
-    if let Some(u) = conn.shared.cached_exec_user(&target.container_id) {
-        return u;
-    }
-    let cfg = &conn.shared.cfg.exec_user;
-    let user = if !cfg.is_empty() {
-        cfg.clone()
-    } else if let Some(u) = &target.user {
-        u.clone()
-    } else {
-        match run_root(
-            docker,
-            &target.container_id,
-            vec!["id".into(), "-u".into(), "tenant".into()],
-        )
-        .await
-        {
-            Some(0) => "tenant".to_string(),
-            _ => "root".to_string(),
-        }
-    };
-    let login = conn.login.server.login_name();
-    if login != user {
-        let code = run_root(
-            docker,
-            &target.container_id,
-            policy::login_alias_argv(&login, &user),
-        )
-        .await;
-        if code != Some(0) {
-            debug!(server = %login, user = %user, ?code, "could not add the login name as a passwd alias");
-        }
-    }
-    conn.shared.cache_exec_user(&target.container_id, &user);
-    user
-}
-
-/// Runs a short helper command as root in the container; returns its exit code.
-async fn run_root(docker: &Docker, container: &str, cmd: Vec<String>) -> Option<i64> {
-    let opts = CreateExecOptions::<String> {
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        cmd: Some(cmd),
-        user: Some("root".into()),
-        ..Default::default()
-    };
-    let id = docker.create_exec(container, opts).await.ok()?.id;
-    if let Ok(StartExecResults::Attached { mut output, .. }) = docker.start_exec(&id, None).await {
-        while output.next().await.is_some() {}
-    }
-    for _ in 0..100 {
-        let i = docker.inspect_exec(&id).await.ok()?;
-        if i.running != Some(true) {
-            return i.exit_code;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
-}
-
-/// Starts a root helper in the container and does not wait for it.
-async fn spawn_root(docker: &Docker, container: &str, cmd: Vec<String>) {
-    let opts = CreateExecOptions::<String> {
-        cmd: Some(cmd),
-        user: Some("root".into()),
-        ..Default::default()
-    };
-    match docker.create_exec(container, opts).await {
-        Ok(r) => {
-            let _ = docker
-                .start_exec(
-                    &r.id,
-                    Some(StartExecOptions {
-                        detach: true,
-                        ..Default::default()
-                    }),
-                )
-                .await;
-        }
-        Err(e) => debug!(error = %e, "helper exec failed"),
-    }
-}
-
-struct Exec {
-    docker: Docker,
-    id: String,
-    /// PID of the exec's process inside the container's PID namespace.
-    pid: Option<u32>,
-    /// Signals delivered on the client's request (for exit-signal reporting).
-    signals: Vec<String>,
-}
-
-impl Exec {
-    async fn resize(&self, cols: u32, rows: u32) {
-        let opts = ResizeExecOptions {
-            width: u16::try_from(cols).unwrap_or(u16::MAX).max(1),
-            height: u16::try_from(rows).unwrap_or(u16::MAX).max(1),
-        };
-        // Fails with 500 before start or after exit: not fatal.
-        if let Err(e) = self.docker.resize_exec(&self.id, opts).await {
-            debug!(error = %e, "resize_exec failed (ignored)");
-        }
-    }
-
-    /// The exec's in-container PID, when it is still running.
-    async fn running_pid(&mut self) -> Option<u32> {
-        let i = self.docker.inspect_exec(&self.id).await.ok()?;
-        if i.running != Some(true) {
-            return None;
-        }
-        if self.pid.is_none() {
-            let host_pid = u32::try_from(i.pid?).ok()?;
-            self.pid = ns_pid(host_pid);
-        }
-        self.pid
-    }
-
-    async fn signal(&mut self, name: &str, target: &Target) {
-        let Some(pid) = self.running_pid().await else {
-            return;
-        };
-        if policy::signal_number(name).is_none() {
-            return;
-        }
-        self.signals.push(name.to_string());
-        let script = format!("kill -{name} -- -\"$1\" 2>/dev/null || kill -{name} \"$1\"");
-        spawn_root(&self.docker, &target.container_id, helper(&script, pid)).await;
-    }
-
-    async fn kill_if_running(&mut self, target: &Target) {
-        let Some(pid) = self.running_pid().await else {
-            return;
-        };
-        debug!(pid, "killing exec left behind by a closed channel");
-        // HUP the whole session (what a terminal hangup does; nohup'd work survives), then KILL
-        // the leader's process group if the leader ignored it.
-        let script = "pkill -HUP -s \"$1\" 2>/dev/null || kill -HUP -- -\"$1\" 2>/dev/null; \
-                      sleep 1; kill -0 \"$1\" 2>/dev/null && kill -KILL -- -\"$1\" 2>/dev/null; true";
-        spawn_root(&self.docker, &target.container_id, helper(script, pid)).await;
-    }
-
-    /// Polls until the exec has exited; its exit code (None if Docker cannot tell).
-    async fn wait_exit(&self) -> Option<i64> {
-        let mut delay = Duration::from_millis(5);
-        loop {
-            match self.docker.inspect_exec(&self.id).await {
-                Ok(i) if i.running != Some(true) => return i.exit_code,
-                Ok(_) => {}
-                Err(e) => {
-                    debug!(error = %e, "inspect_exec failed");
-                    return None;
-                }
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(500));
-        }
-    }
-}
-
-fn helper(script: &str, pid: u32) -> Vec<String> {
-    vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        script.into(),
-        "berth".into(),
-        pid.to_string(),
-    ]
-}
-
-/// Maps a host PID to the innermost PID namespace's PID (`NSpid` in /proc/PID/status).
-/// Needs the gateway on the Docker host with access to /proc (true for the single-host setup).
-fn ns_pid(host_pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).ok()?;
-    parse_nspid(&status)
-}
-
-fn parse_nspid(status: &str) -> Option<u32> {
-    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
-    line.split_whitespace().last()?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nspid_parsing() {
-        let s = "Name:\tsleep\nPid:\t4242\nNSpid:\t4242\t17\nPPid:\t1\n";
-        assert_eq!(parse_nspid(s), Some(17));
-        assert_eq!(parse_nspid("Name:\tx\n"), None);
     }
 }

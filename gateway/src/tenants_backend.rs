@@ -1,20 +1,33 @@
 //! The production [`Backend`]: credentials and audit from `tenants::Store`, containers from
-//! `tenants::Provisioner`.
+//! `tenants::Provisioner`, sessions and forwards through [`DockerExec`].
+
+use std::sync::Arc;
 
 use tenants::{AuditEvent, AuditKind, ProvisionError, Provisioner, ServerId, Store};
 use tracing::warn;
 
-use crate::backend::{AuditRecord, Backend, BackendError, Credentials, Target};
+use crate::backend::{
+    AuditRecord, Backend, BackendError, Credentials, ExecRequest, Process, Stream, Target,
+};
+use crate::docker::DockerExec;
+use crate::policy::ForwardDest;
 
 #[derive(Clone)]
 pub struct TenantsBackend {
     store: Store,
     provisioner: Provisioner,
+    exec: Arc<DockerExec>,
 }
 
 impl TenantsBackend {
-    pub fn new(store: Store, provisioner: Provisioner) -> Self {
-        Self { store, provisioner }
+    /// `ssh` supplies the exec settings (`exec_user`, `exec_workdir`, `agent_binary`).
+    pub fn new(store: Store, provisioner: Provisioner, ssh: &crate::Config) -> Self {
+        let exec = Arc::new(DockerExec::new(provisioner.docker().clone(), ssh));
+        Self {
+            store,
+            provisioner,
+            exec,
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -63,11 +76,27 @@ impl Backend for TenantsBackend {
             address: r.address.into(),
             started_now: r.started_now,
             user: r.user,
+            agent_dir: r.agent_dir,
         })
     }
 
-    fn docker(&self) -> &bollard::Docker {
-        self.provisioner.docker()
+    async fn exec(
+        &self,
+        target: &Target,
+        login: &str,
+        req: ExecRequest,
+    ) -> Result<Process, BackendError> {
+        self.exec.exec(target, login, req).await
+    }
+
+    async fn connect(
+        &self,
+        target: &Target,
+        login: &str,
+        dest: ForwardDest,
+        port: u16,
+    ) -> Result<Stream, BackendError> {
+        self.exec.connect(target, login, dest, port).await
     }
 
     async fn audit(&self, record: AuditRecord) {

@@ -39,6 +39,9 @@ pub struct Options {
     pub wrap_backend: Option<BackendWrapper>,
     /// `[tenants] dind` for the harness's servers.
     pub dind: tenants::DindMode,
+    /// Give containers the agent mount (`[tenants] agent_dir`): sessions take the agent path.
+    /// Off, or with `BERTH_TEST_DATA_PATH=attach`, they take Docker's exec stream.
+    pub agent_mount: bool,
 }
 
 /// See [`Options::wrap_backend`].
@@ -56,8 +59,26 @@ impl Default for Options {
             image: test_image(),
             wrap_backend: None,
             dind: tenants::DindMode::Off,
+            agent_mount: std::env::var("BERTH_TEST_DATA_PATH").as_deref() != Ok("attach"),
         }
     }
+}
+
+/// The static agent binary the tests copy into containers: `BERTH_TEST_AGENT`, else the one
+/// `scripts/test` builds (`target/x86_64-unknown-linux-gnu/release/berth-agent`).
+pub fn agent_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("BERTH_TEST_AGENT") {
+        return Ok(PathBuf::from(p));
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/x86_64-unknown-linux-gnu/release/berth-agent");
+    if !p.is_file() {
+        bail!(
+            "{} is missing: build it with `make agent` (or run scripts/test, which does)",
+            p.display()
+        );
+    }
+    Ok(p)
 }
 
 pub struct GatewayHarness {
@@ -112,6 +133,11 @@ impl GatewayHarness {
         let mut tcfg = tenants::Config {
             image: opts.image.clone(),
             dind: opts.dind,
+            agent_dir: if opts.agent_mount {
+                dir.path().join("agent").display().to_string()
+            } else {
+                String::new()
+            },
             ..Default::default()
         };
         tcfg.name_prefix = prefix.clone();
@@ -190,12 +216,18 @@ impl GatewayHarness {
             None
         };
 
-        let mut backend: Arc<dyn gateway::Backend> =
-            Arc::new(TenantsBackend::new(store.clone(), provisioner.clone()));
+        let mut ssh = opts.ssh;
+        if ssh.agent_binary.is_empty() {
+            ssh.agent_binary = agent_binary()?.display().to_string();
+        }
+        let mut backend: Arc<dyn gateway::Backend> = Arc::new(TenantsBackend::new(
+            store.clone(),
+            provisioner.clone(),
+            &ssh,
+        ));
         if let Some(wrap) = opts.wrap_backend {
             backend = wrap(backend);
         }
-        let mut ssh = opts.ssh;
         ssh.auth.host_keys.ed25519 = Some(dir.path().join("ssh_host_ed25519_key"));
         ssh.auth.host_keys.enable_rsa = false;
         let keys = gateway::hostkeys::load_or_generate(dir.path(), &ssh.auth.host_keys)

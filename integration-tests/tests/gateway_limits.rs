@@ -180,8 +180,22 @@ impl Backend for Flaky {
         }
         self.inner.ensure_running(s).await
     }
-    fn docker(&self) -> &gateway::bollard::Docker {
-        self.inner.docker()
+    async fn exec(
+        &self,
+        t: &Target,
+        login: &str,
+        req: gateway::ExecRequest,
+    ) -> Result<gateway::Process, BackendError> {
+        self.inner.exec(t, login, req).await
+    }
+    async fn connect(
+        &self,
+        t: &Target,
+        login: &str,
+        dest: gateway::policy::ForwardDest,
+        port: u16,
+    ) -> Result<gateway::Stream, BackendError> {
+        self.inner.connect(t, login, dest, port).await
     }
     async fn audit(&self, r: AuditRecord) {
         self.inner.audit(r).await

@@ -45,7 +45,7 @@ pub async fn run_daemon(
         listeners.push(l);
     }
     let backend: Arc<dyn gateway::Backend> = Arc::new(
-        gateway::tenants_backend::TenantsBackend::new(store, provisioner),
+        gateway::tenants_backend::TenantsBackend::new(store, provisioner, &ssh),
     );
     let auth = gateway::auth::Authenticator::new(&ssh, backend.clone());
     let shared = gateway::Shared::new(

@@ -97,6 +97,11 @@ pub struct Config {
     pub stop_timeout_secs: u32,
     /// Docker endpoint; default: the `DOCKER_HOST` environment variable, else the local socket.
     pub docker_host: Option<String>,
+    /// Host directory holding one subdirectory per server, mounted read-only at `/dev/berth` in
+    /// that server's container: the gateway's socket for the in-container session agent (the
+    /// fast session data path). Empty: no mount, every session goes through Docker's exec
+    /// stream. Containers made before this key existed get the mount when recreated.
+    pub agent_dir: String,
 }
 
 impl Default for Config {
@@ -115,6 +120,7 @@ impl Default for Config {
             runtime: None,
             stop_timeout_secs: 10,
             docker_host: None,
+            agent_dir: "/var/lib/berth/agent".into(),
         }
     }
 }

@@ -166,6 +166,9 @@ pub struct RunningServer {
     /// The login user recorded on the container (`None` for containers made before berth
     /// recorded it: the gateway then picks `tenant` or `root` itself).
     pub user: Option<String>,
+    /// The host directory mounted at `/dev/berth` in the container, when it has that mount
+    /// (containers made without `[tenants] agent_dir` have none).
+    pub agent_dir: Option<std::path::PathBuf>,
 }
 
 /// What `server set` changes; `None` leaves a setting as it is.
@@ -473,6 +476,13 @@ impl Provisioner {
     /// concurrently by another process: fine.
     async fn create_container(&self, server: &Server) -> Result<(), ProvisionError> {
         let name = self.inner.names.container(server.id);
+        if let Some(dir) = spec::agent_dir(&self.inner.cfg, server.id)
+            && let Err(e) = prepare_agent_dir(&dir)
+        {
+            // Docker creates it (root-owned) at start; sessions then use Docker's exec stream
+            // when the gateway cannot make its socket there.
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot prepare the agent directory");
+        }
         let image = spec::image(&self.inner.cfg, server);
         // The image's labels say what it needs (systemd as PID 1); an image that vanished is
         // reported by the create below.
@@ -545,12 +555,22 @@ impl Provisioner {
             .and_then(|cfg| cfg.labels.as_ref())
             .and_then(|l| l.get(spec::LABEL_USER))
             .cloned();
+        let agent_dir = c
+            .mounts
+            .as_ref()
+            .and_then(|m| {
+                m.iter()
+                    .find(|m| m.destination.as_deref() == Some(spec::AGENT_MOUNT))
+            })
+            .and_then(|m| m.source.clone())
+            .map(std::path::PathBuf::from);
         Ok(RunningServer {
             id,
             container_id: c.id.clone().unwrap_or_default(),
             address,
             started_now,
             user,
+            agent_dir,
         })
     }
 
@@ -1430,6 +1450,33 @@ fn container_address(c: &ContainerInspectResponse, network: &str) -> Option<Ipv4
         .filter(|s| !s.is_empty())?
         .parse()
         .ok()
+}
+
+/// Makes `dir` (one server's agent directory) and its parent. The parent is `0700`: only the
+/// gateway reaches the sockets from the host, while each container sees just its own directory
+/// through its mount. When an admin command running as root makes the directory, it goes to
+/// the parent's owner (the gateway's user), which must create its socket in it.
+fn prepare_agent_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let Some(parent) = dir.parent() else {
+        return Ok(());
+    };
+    if !parent.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    if !dir.exists() {
+        std::fs::DirBuilder::new().mode(0o755).create(dir)?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let owner = std::fs::metadata(parent)?;
+    let meta = std::fs::metadata(dir)?;
+    if meta.uid() != owner.uid() {
+        std::os::unix::fs::chown(dir, Some(owner.uid()), Some(owner.gid()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -202,6 +202,9 @@ pub fn container_body_for(
             read_only: Some(false),
             ..Default::default()
         }]),
+        // `Binds` rather than a bind `Mount`: Docker creates a missing source directory at start
+        // (after a host reboot, or a start by dockerd's restart policy before berth runs).
+        binds: agent_bind(cfg, server.id).map(|b| vec![b]),
         privileged: privileged.then_some(true),
         runtime,
         // No setuid escalation inside tenants (an explicit `[tenants] no_new_privileges`); a
@@ -255,6 +258,18 @@ pub fn container_body_for(
         }),
         ..Default::default()
     }
+}
+
+/// Where the agent socket directory is mounted inside every tenant container.
+pub const AGENT_MOUNT: &str = "/dev/berth";
+
+/// Server `id`'s agent directory on the host (`None` when `[tenants] agent_dir` is empty).
+pub fn agent_dir(cfg: &Config, id: ServerId) -> Option<std::path::PathBuf> {
+    (!cfg.agent_dir.is_empty()).then(|| std::path::Path::new(&cfg.agent_dir).join(id.login_name()))
+}
+
+fn agent_bind(cfg: &Config, id: ServerId) -> Option<String> {
+    agent_dir(cfg, id).map(|d| format!("{}:{AGENT_MOUNT}:ro", d.display()))
 }
 
 /// Docker bridge options berth sets on the tenant network.

@@ -20,7 +20,6 @@ struct FakeBackend {
     creds: Mutex<HashMap<u32, Credentials>>,
     audits: Mutex<Vec<AuditRecord>>,
     unavailable: std::sync::atomic::AtomicBool,
-    docker: OnceLock<bollard::Docker>,
 }
 
 #[async_trait::async_trait]
@@ -39,11 +38,22 @@ impl Backend for FakeBackend {
     async fn ensure_running(&self, _server: ServerId) -> Result<Target, BackendError> {
         Err(BackendError::Failed("not in this test".into()))
     }
-    fn docker(&self) -> &bollard::Docker {
-        self.docker.get_or_init(|| {
-            bollard::Docker::connect_with_unix("/nonexistent.sock", 1, bollard::API_DEFAULT_VERSION)
-                .unwrap_or_else(|e| panic!("bollard client: {e}"))
-        })
+    async fn exec(
+        &self,
+        _target: &Target,
+        _login: &str,
+        _req: crate::backend::ExecRequest,
+    ) -> Result<crate::backend::Process, BackendError> {
+        Err(BackendError::Failed("not in this test".into()))
+    }
+    async fn connect(
+        &self,
+        _target: &Target,
+        _login: &str,
+        _dest: crate::policy::ForwardDest,
+        _port: u16,
+    ) -> Result<crate::backend::Stream, BackendError> {
+        Err(BackendError::Failed("not in this test".into()))
     }
     async fn audit(&self, record: AuditRecord) {
         self.audits

@@ -1,0 +1,251 @@
+//! Sessions and forwards in Docker containers: which user they run as, and which data path
+//! carries them.
+//!
+//! Two paths. The agent path (`agent.rs`): an in-container `berth-agent` hands the gateway the
+//! session's pipes or PTY master, so bytes move between the SSH channel and kernel pipes as
+//! under sshd, and signals and hang-up go through the agent (no host `/proc`). The attach path
+//! (`attach.rs`): a Docker exec and its attach stream, for containers the agent cannot serve.
+//! Every session tries the agent first when the container has the agent mount; the path taken is
+//! logged and counted (`berth_gateway_session_paths_total`).
+
+pub mod agent;
+mod attach;
+pub mod fds;
+mod tar;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bollard::Docker;
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::backend::{BackendError, ExecRequest, Process, Stream, Target};
+use crate::policy::{self, ForwardDest};
+use agent::{AgentError, Hub, Placement};
+
+/// Where the agent binary is looked for when `[ssh] agent_binary` is empty.
+pub const DEFAULT_AGENT_BINARY: &str = "/usr/lib/berth/berth-agent";
+
+/// The Docker half of `TenantsBackend`: exec and connect.
+pub struct DockerExec {
+    docker: Docker,
+    /// `[ssh] exec_user` (empty: the server's login user).
+    exec_user: String,
+    workdir: Option<String>,
+    /// Container id → the user its sessions run as (found once per container).
+    users: Mutex<HashMap<String, String>>,
+    hub: Option<Hub>,
+}
+
+/// The agent binary `[ssh] agent_binary` names: "off" = none, empty = the default path or the
+/// `berth-agent` next to the running program.
+pub fn find_agent_binary(setting: &str) -> Option<PathBuf> {
+    match setting {
+        "off" => None,
+        "" => {
+            let beside = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("berth-agent")));
+            [Some(PathBuf::from(DEFAULT_AGENT_BINARY)), beside]
+                .into_iter()
+                .flatten()
+                .find(|p| p.is_file())
+        }
+        p => Some(PathBuf::from(p)),
+    }
+}
+
+impl DockerExec {
+    pub fn new(docker: Docker, cfg: &crate::Config) -> Self {
+        let hub = match find_agent_binary(&cfg.agent_binary) {
+            Some(path) => match agent::Binary::load(&path) {
+                Ok(b) => {
+                    debug!(path = %path.display(), "session agent binary loaded");
+                    Some(Hub::new(b))
+                }
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "cannot read the session agent; every session uses docker exec");
+                    None
+                }
+            },
+            None => {
+                if cfg.agent_binary != "off" {
+                    warn!(
+                        "no session agent binary found (ssh.agent_binary, {DEFAULT_AGENT_BINARY}); every session uses docker exec"
+                    );
+                }
+                None
+            }
+        };
+        Self {
+            docker,
+            exec_user: cfg.exec_user.clone(),
+            workdir: (!cfg.exec_workdir.is_empty()).then(|| cfg.exec_workdir.clone()),
+            users: Mutex::new(HashMap::new()),
+            hub,
+        }
+    }
+
+    pub async fn exec(
+        &self,
+        target: &Target,
+        login: &str,
+        req: ExecRequest,
+    ) -> Result<Process, BackendError> {
+        let user = self.user(target, login).await;
+        let mut env = req.env;
+        // Docker exec sets HOME from the user's passwd entry but not USER/LOGNAME (sshd sets all
+        // three); tools such as Ansible read them.
+        env.retain(|(k, _)| k != "USER" && k != "LOGNAME");
+        env.push(("USER".into(), user.clone()));
+        env.push(("LOGNAME".into(), user.clone()));
+        if let (Some(hub), Some(dir)) = (&self.hub, &target.agent_dir) {
+            let at = self.placement(target, dir, &user);
+            match hub
+                .exec(&self.docker, &at, req.argv.clone(), env.clone(), req.pty)
+                .await
+            {
+                Ok(p) => {
+                    crate::metrics::session_path(p.path);
+                    return Ok(p);
+                }
+                Err(e) => {
+                    debug!(server = %login, error = %e, "agent path unavailable; using docker exec");
+                }
+            }
+        }
+        let env = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let p = attach::exec(
+            &self.docker,
+            &target.container_id,
+            &user,
+            self.workdir.clone(),
+            req.argv,
+            env,
+            req.pty,
+        )
+        .await?;
+        crate::metrics::session_path(p.path);
+        Ok(p)
+    }
+
+    pub async fn connect(
+        &self,
+        target: &Target,
+        login: &str,
+        dest: ForwardDest,
+        port: u16,
+    ) -> Result<Stream, BackendError> {
+        let candidates: Vec<IpAddr> = match dest {
+            ForwardDest::Loopback(Some(ip)) => vec![ip],
+            ForwardDest::Loopback(None) => {
+                vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
+            }
+            ForwardDest::Container(ip) => vec![ip],
+        };
+        if let (Some(hub), Some(dir)) = (&self.hub, &target.agent_dir) {
+            let user = self.user(target, login).await;
+            let at = self.placement(target, dir, &user);
+            let mut last = None;
+            for ip in &candidates {
+                match hub
+                    .connect(&self.docker, &at, SocketAddr::new(*ip, port))
+                    .await
+                {
+                    Ok(s) => {
+                        crate::metrics::session_path(s.path);
+                        return Ok(s);
+                    }
+                    Err(AgentError::Refused(e)) => last = Some(e),
+                    Err(AgentError::Unavailable(e)) => {
+                        debug!(server = %login, error = %e, "agent path unavailable; connecting from the gateway");
+                        last = None;
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = last {
+                return Err(BackendError::Failed(e));
+            }
+        }
+        // From the gateway the container's loopback is out of reach: its address is the best
+        // stand-in (a service bound to 127.0.0.1 only is not reachable this way).
+        let ip = match dest {
+            ForwardDest::Container(ip) => ip,
+            ForwardDest::Loopback(_) => target.address,
+        };
+        let addr = SocketAddr::new(ip, port);
+        let stream =
+            match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(BackendError::Failed(e.to_string())),
+                Err(_) => return Err(BackendError::Failed("timeout".into())),
+            };
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        crate::metrics::session_path("attach");
+        Ok(Stream {
+            read: Box::new(read),
+            write: Box::new(write),
+            path: "attach",
+        })
+    }
+
+    fn placement<'a>(&'a self, target: &'a Target, dir: &'a Path, user: &'a str) -> Placement<'a> {
+        Placement {
+            container: &target.container_id,
+            dir,
+            user,
+            workdir: self.workdir.as_deref(),
+        }
+    }
+
+    /// The in-container user: `[ssh] exec_user` when set (one user for every server), else the
+    /// server's login user, else `tenant` when the image has it, else `root`. Found once per
+    /// container, when the login name is also made a passwd alias of that user
+    /// ([`policy::login_alias_argv`]).
+    async fn user(&self, target: &Target, login: &str) -> String {
+        if let Some(u) = self
+            .users
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&target.container_id).cloned())
+        {
+            return u;
+        }
+        let container = &target.container_id;
+        let user = if !self.exec_user.is_empty() {
+            self.exec_user.clone()
+        } else if let Some(u) = &target.user {
+            u.clone()
+        } else {
+            let probe = vec!["id".into(), "-u".into(), "tenant".into()];
+            match attach::run_root(&self.docker, container, probe).await {
+                Some(0) => "tenant".to_string(),
+                _ => "root".to_string(),
+            }
+        };
+        if login != user {
+            let code = attach::run_root(
+                &self.docker,
+                container,
+                policy::login_alias_argv(login, &user),
+            )
+            .await;
+            if code != Some(0) {
+                debug!(server = %login, user = %user, ?code, "could not add the login name as a passwd alias");
+            }
+        }
+        if let Ok(mut m) = self.users.lock() {
+            if m.len() > 10_000 {
+                m.clear();
+            }
+            m.insert(container.clone(), user.clone());
+        }
+        user
+    }
+}
