@@ -39,11 +39,8 @@ pub async fn publish(cfg: Config, shutdown: CancellationToken) {
         .await;
     let mut last_error = None;
     loop {
-        let map: BTreeMap<ServerId, Vec<IpAddr>> = rx
-            .borrow_and_update()
-            .iter()
-            .map(|(id, ip)| (*id, vec![*ip]))
-            .collect();
+        let v4 = rx.borrow_and_update().clone();
+        let map = with_ipv6(&cfg, &provisioner, v4).await;
         let text = dns::zone::render_hosts(&map, &cfg.dns.domain);
         match write_atomically(&path, &text) {
             Ok(()) => {
@@ -63,6 +60,38 @@ pub async fn publish(cfg: Config, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
         }
     }
+}
+
+/// The address watch carries one (IPv4) address per running server; when the tenant network has
+/// IPv6 (`[network] subnet6`), each server's IPv6 address is added from Docker's endpoint list,
+/// read again on every change (a start or stop changes both families at once). A failed read
+/// leaves the IPv4 map as it is: AAAA is late, A is never lost.
+pub async fn with_ipv6(
+    cfg: &Config,
+    provisioner: &tenants::Provisioner,
+    v4: BTreeMap<ServerId, IpAddr>,
+) -> BTreeMap<ServerId, Vec<IpAddr>> {
+    let mut map: BTreeMap<ServerId, Vec<IpAddr>> =
+        v4.into_iter().map(|(id, ip)| (id, vec![ip])).collect();
+    if cfg.network.subnet6.is_none() {
+        return map;
+    }
+    match provisioner.server_endpoints().await {
+        Ok(endpoints) => {
+            for e in endpoints {
+                if let (Some(v6), Some(addrs)) = (e.ipv6, map.get_mut(&e.server)) {
+                    let v6 = IpAddr::V6(v6);
+                    if !addrs.contains(&v6) {
+                        addrs.push(v6);
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read server IPv6 addresses; AAAA records wait for the next change")
+        }
+    }
+    map
 }
 
 async fn connect(cfg: &Config) -> Result<tenants::Provisioner> {

@@ -11,7 +11,8 @@
 # no rate limit (dnsmasq has none), the same cap on outstanding upstream queries (1024) and
 # query logging off.
 #
-# Measurements (dnsperf 2.10, 1 client thread, -q 200 outstanding, -t 2 s timeout):
+# Measurements (dnsperf 2.10, CLIENTS=4 client sockets (-c; several source ports, as tenants
+# have, so berth's per-core SO_REUSEPORT sockets all get work), -q 200 outstanding, -t 2 s):
 #   hit   : 1 000 names, warmed once, then replayed for DUR s        → QPS, lost
 #   p99   : same at a fixed 10 000 QPS with -v                         → p50/p99 latency
 #   local : server<N>.berth.internal for DUR s                         → QPS, lost
@@ -19,9 +20,11 @@
 #   miss  : cache filled with 100 000 names (-Q 10000), then DUR s of
 #           never-seen names, -q 50 -t 5 (so a slow server is measured,
 #           not just timed out)                                        → QPS, lost
+#   memory: resident set growth of each server over the fill, per cached entry
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DUR=${DUR:-10}
+CLIENTS=${CLIENTS:-4}
 UP=127.0.10.1
 BERTH=127.0.10.2
 DNSMASQ=127.0.10.3
@@ -64,7 +67,7 @@ EOF
 perf() { # server file extra-args... → prints dnsperf output
     local s=$1 f=$2
     shift 2
-    dnsperf -s "$s" -d "$f" -c 1 -q 200 -t 2 "$@" 2>&1
+    dnsperf -s "$s" -d "$f" -c "$CLIENTS" -q 200 -t 2 "$@" 2>&1
 }
 field() { grep -m1 "$1" | sed -E 's/.*: +//; s/ .*//'; }
 lost() { grep -m1 'Queries lost' | sed -E 's/.*: +//'; }
@@ -112,6 +115,7 @@ PIDS+=($DPID)
 wait_ready $BERTH "$W/berth.log"
 wait_ready $DNSMASQ "$W/dm.log"
 
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 # Hits, tail latency and local names: ROUNDS interleaved rounds (berth, dnsmasq, berth, ...) so
 # background load hits both alike; the table shows medians.
 ROUNDS=${ROUNDS:-3}
@@ -126,11 +130,15 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 # Misses with a full cache last: this is where dnsmasq stalls, and it does not recover quickly.
-for c in "berth $BERTH" "dnsmasq $DNSMASQ"; do
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+for c in "berth $BERTH $BPID" "dnsmasq $DNSMASQ $DPID"; do
     set -- $c
     echo "fill + miss: $1" >&2
+    before=$(rss_kib "$3")
     perf "$2" "$W/fill.txt" -n 1 -Q 10000 >"$W/fill.$1.log"
-    out=$(dnsperf -s "$2" -d "$W/miss.txt" -c 1 -q 50 -t 5 -l "$DUR" 2>&1)
+    after=$(rss_kib "$3")
+    echo $(((after - before) * 1024 / 100000)) >"$W/mem.$1"
+    out=$(dnsperf -s "$2" -d "$W/miss.txt" -c "$CLIENTS" -q 50 -t 5 -l "$DUR" 2>&1)
     echo "$out" >"$W/miss.$1.log"
     echo "$(echo "$out" | field 'Queries per second') $(echo "$out" | lost)" >"$W/miss.$1"
 done
@@ -145,7 +153,7 @@ grep -E "^berth_dns_cache_(entries|evictions) |^berth_dns_upstream_queries_total
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "-" }'; }
 m() { median "$W/$1.$2" "$3"; }
 echo
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ); DUR=$DUR s, $ROUNDS rounds, medians"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), load at start $LOAD0, at end $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ); DUR=$DUR s, $ROUNDS rounds, medians, dnsperf -c $CLIENTS"
 echo
 echo "| measurement | berth | dnsmasq 2.90 | berth / dnsmasq |"
 echo "|---|---|---|---|"
@@ -156,4 +164,5 @@ echo "| fill 100 000 names at 10k QPS: lost | $(lost <"$W/fill.berth.log") | $(l
 read -r bq bl <<<"$(cat "$W/miss.berth")"
 read -r dq dl <<<"$(cat "$W/miss.dnsmasq")"
 echo "| cache-miss QPS, full 100 000-entry cache (lost) | $bq ($bl) | $dq ($dl) | $(ratio "$bq" "$dq") |"
+echo "| resident memory per cached entry (RSS growth over the fill / 100 000) | $(cat "$W/mem.berth") B | $(cat "$W/mem.dnsmasq") B | |"
 if [[ -n ${KEEP:-} ]]; then cp -r "$W" "$KEEP"; echo "logs kept in $KEEP"; fi

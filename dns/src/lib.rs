@@ -2,9 +2,12 @@
 //! cache, a live local zone (`server<N>.<domain>`), dnsmasq's safety switches (domain-needed,
 //! bogus-priv, rebind protection), a blocklist, serve-stale, in-flight merging and caps.
 //!
-//! hickory-server provides the wire format and sockets; the decisions (`policy`), the cache
-//! (`cache`) and the upstream client (`upstream`) are ours. The crate knows nothing about Docker
-//! or the database: the binary feeds [`LocalZone`] with tenant addresses.
+//! hickory provides the wire format for everything but UDP cache hits, and the TCP server; the
+//! UDP sockets and workers (`udp`), the hit path on raw bytes (`wire`), the decisions
+//! (`policy`), the cache (`cache`) and the upstream client (`upstream`) are ours. DNSSEC: the DO
+//! bit is passed upstream and RRSIG/NSEC/NSEC3 are kept (and cached) for clients that set it;
+//! we do not validate. The crate knows nothing about Docker or the database (it links `names`,
+//! not `tenants`): the binary feeds [`LocalZone`] with tenant addresses.
 //!
 //! Typical use (see `src/commands/dns.rs` in the binary):
 //! ```text

@@ -117,12 +117,23 @@ pub async fn run_daemon(
 }
 
 /// Applies every address map a watch channel publishes to the local zone (the contract with
-/// `tenants::Provisioner::watch_addresses`), until the sender is dropped.
-pub async fn follow_tenant_addresses(
+/// `tenants::Provisioner::watch_addresses`), with each server's IPv6 address added when the
+/// tenant network has IPv6 (AAAA), until the sender is dropped.
+async fn follow_tenant_addresses(
+    cfg: &Config,
+    p: &tenants::Provisioner,
     zone: dns::LocalZone,
-    rx: watch::Receiver<BTreeMap<ServerId, IpAddr>>,
+    mut rx: watch::Receiver<BTreeMap<ServerId, IpAddr>>,
 ) {
-    zone.follow(rx).await;
+    loop {
+        let v4 = rx.borrow_and_update().clone();
+        let map = crate::hostsfile::with_ipv6(cfg, p, v4).await;
+        tracing::debug!(servers = map.len(), "local zone updated");
+        zone.replace_addrs(map);
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Connects to the store and Docker (retrying every 5 s while either is down), then follows the
@@ -141,7 +152,7 @@ async fn feed_zone_from_tenants(cfg: Config, zone: dns::LocalZone, shutdown: Can
         "dns local zone following docker"
     );
     tokio::select! {
-        _ = follow_tenant_addresses(zone, rx) => {}
+        _ = follow_tenant_addresses(&cfg, &p, zone, rx) => {}
         _ = shutdown.cancelled() => {}
     }
 }
