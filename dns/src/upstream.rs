@@ -4,11 +4,12 @@
 //!
 //! Deliberately not hickory's resolver: we need failover order, bounded attempts and exact control
 //! over what is retried, and nothing more. Responses are accepted only from the address we asked,
-//! with our ID and our question; anything else (a late answer to an earlier attempt on the same
-//! socket, a spoofing attempt) is ignored until the attempt times out. Why a pool: a fresh
-//! socket per attempt cost five system calls and a reactor registration per miss; why retire
-//! sockets: a port that lives forever gives a spoofer one less thing to guess. This module knows
-//! nothing about caching or policy.
+//! with our ID and our question (each pooled socket is connected to one upstream, so the kernel
+//! filters the source and reports ICMP errors); anything else (a late answer to an earlier
+//! attempt on the same socket, a spoofing attempt) is ignored until the attempt times out.
+//! Why a pool: a fresh socket per attempt cost five system calls and a reactor registration per
+//! miss; why retire sockets: a port that lives forever gives a spoofer one less thing to guess.
+//! This module knows nothing about caching or policy.
 
 use std::io;
 use std::net::SocketAddr;
@@ -35,26 +36,29 @@ struct Pooled {
     uses: u32,
 }
 
-/// Idle upstream sockets, one list per address family.
-#[derive(Debug, Default)]
+/// Idle sockets, one list per upstream. Each socket is connected to its upstream: the kernel
+/// then drops datagrams from any other source and reports ICMP errors (a closed port fails the
+/// attempt at once, so failover does not wait for the timeout).
+#[derive(Debug)]
 struct Pool {
-    v4: Mutex<Vec<Pooled>>,
-    v6: Mutex<Vec<Pooled>>,
+    idle: Vec<Mutex<Vec<Pooled>>>,
 }
 
 impl Pool {
-    fn list(&self, server: SocketAddr) -> &Mutex<Vec<Pooled>> {
-        if server.is_ipv4() { &self.v4 } else { &self.v6 }
+    fn new(upstreams: usize) -> Self {
+        Self {
+            idle: (0..upstreams).map(|_| Mutex::new(Vec::new())).collect(),
+        }
     }
 
-    async fn take(&self, server: SocketAddr) -> io::Result<Pooled> {
-        let idle = {
-            let mut l = match self.list(server).lock() {
+    async fn take(&self, slot: usize, server: SocketAddr) -> io::Result<Pooled> {
+        let idle = self.idle.get(slot).and_then(|l| {
+            match l.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
-            };
-            l.pop()
-        };
+            }
+            .pop()
+        });
         if let Some(p) = idle {
             return Ok(p);
         }
@@ -63,18 +67,20 @@ impl Pool {
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        Ok(Pooled {
-            sock: UdpSocket::bind(bind).await?,
-            uses: 0,
-        })
+        let sock = UdpSocket::bind(bind).await?;
+        sock.connect(server).await?;
+        Ok(Pooled { sock, uses: 0 })
     }
 
-    fn give_back(&self, server: SocketAddr, mut p: Pooled) {
+    fn give_back(&self, slot: usize, mut p: Pooled) {
         p.uses += 1;
         if p.uses >= MAX_USES {
             return;
         }
-        let mut l = match self.list(server).lock() {
+        let Some(l) = self.idle.get(slot) else {
+            return;
+        };
+        let mut l = match l.lock() {
             Ok(g) => g,
             Err(e) => e.into_inner(),
         };
@@ -102,9 +108,9 @@ pub struct Upstreams {
 impl Upstreams {
     pub fn new(servers: Vec<SocketAddr>, attempt_timeout: Duration) -> Self {
         Self {
+            pool: Pool::new(servers.len()),
             servers,
             attempt_timeout,
-            pool: Pool::default(),
         }
     }
 
@@ -123,12 +129,12 @@ impl Upstreams {
         metrics: &Metrics,
     ) -> Result<Message, UpstreamError> {
         let mut last = UpstreamError::AllFailed;
-        for &server in &self.servers {
+        for (slot, &server) in self.servers.iter().enumerate() {
             metrics.upstream_queries.inc();
             let start = Instant::now();
             let res = tokio::time::timeout(
                 self.attempt_timeout,
-                self.ask_pooled(server, query, dnssec_ok),
+                self.ask_pooled(slot, server, query, dnssec_ok),
             )
             .await;
             match res {
@@ -159,6 +165,7 @@ impl Upstreams {
     /// only after a matching answer: a timed-out attempt drops it, late answer and all.
     async fn ask_pooled(
         &self,
+        slot: usize,
         server: SocketAddr,
         query: &Query,
         dnssec_ok: bool,
@@ -167,9 +174,9 @@ impl Upstreams {
         if wire.is_empty() {
             return Err(io::Error::other("could not encode the upstream query"));
         }
-        let pooled = self.pool.take(server).await?;
-        let resp = exchange(&pooled.sock, server, id, &wire, query).await?;
-        self.pool.give_back(server, pooled);
+        let pooled = self.pool.take(slot, server).await?;
+        let resp = exchange(&pooled.sock, id, &wire, query).await?;
+        self.pool.give_back(slot, pooled);
         if resp.metadata.truncation {
             return ask_tcp(server, query, dnssec_ok).await;
         }
@@ -177,21 +184,13 @@ impl Upstreams {
     }
 }
 
-/// Sends `wire` to `server` and waits for the answer: from `server`, with `id` and `query`.
-async fn exchange(
-    sock: &UdpSocket,
-    server: SocketAddr,
-    id: u16,
-    wire: &[u8],
-    query: &Query,
-) -> io::Result<Message> {
-    sock.send_to(wire, server).await?;
+/// Sends `wire` on a connected socket (so only its upstream's datagrams arrive) and waits for
+/// the answer with `id` and `query`.
+async fn exchange(sock: &UdpSocket, id: u16, wire: &[u8], query: &Query) -> io::Result<Message> {
+    sock.send(wire).await?;
     let mut buf = [0u8; 4096];
     loop {
-        let (n, from) = sock.recv_from(&mut buf).await?;
-        if from != server {
-            continue;
-        }
+        let n = sock.recv(&mut buf).await?;
         let Ok(resp) = Message::from_vec(&buf[..n]) else {
             continue;
         };
@@ -226,7 +225,7 @@ fn matches(resp: &Message, id: u16, query: &Query) -> bool {
 /// One attempt at one upstream on a fresh socket: UDP, then TCP if the answer is truncated.
 pub async fn ask(server: SocketAddr, query: &Query, dnssec_ok: bool) -> io::Result<Message> {
     Upstreams::new(vec![server], Duration::MAX)
-        .ask_pooled(server, query, dnssec_ok)
+        .ask_pooled(0, server, query, dnssec_ok)
         .await
 }
 
