@@ -184,7 +184,7 @@ impl FakeUpstream {
         let mut rdata = Vec::new();
         rdata.extend_from_slice(&u16::from(RecordType::A).to_be_bytes()); // type covered
         rdata.push(13); // algorithm: ECDSA P-256 SHA-256
-        rdata.push(u8::try_from(name(owner).num_labels()).unwrap_or(0));
+        rdata.push(name(owner).num_labels());
         rdata.extend_from_slice(&ttl.to_be_bytes()); // original TTL
         rdata.extend_from_slice(&2_000_000_000u32.to_be_bytes()); // expiration
         rdata.extend_from_slice(&1_700_000_000u32.to_be_bytes()); // inception

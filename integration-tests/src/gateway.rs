@@ -42,6 +42,8 @@ pub struct Options {
     /// Give containers the agent mount (`[tenants] agent_dir`): sessions take the agent path.
     /// Off, or with `BERTH_TEST_DATA_PATH=attach`, they take Docker's exec stream.
     pub agent_mount: bool,
+    /// Give the tenant network an IPv6 subnet (containers then have `::1` and an IPv6 address).
+    pub ipv6: bool,
 }
 
 /// See [`Options::wrap_backend`].
@@ -60,6 +62,7 @@ impl Default for Options {
             wrap_backend: None,
             dind: tenants::DindMode::Off,
             agent_mount: std::env::var("BERTH_TEST_DATA_PATH").as_deref() != Ok("attach"),
+            ipv6: false,
         }
     }
 }
@@ -156,8 +159,29 @@ impl GatewayHarness {
                 subnet: ipnet::Ipv4Net::new(Ipv4Addr::new(10, second, third, 0), 24)
                     .context("subnet")?,
                 gateway: Ipv4Addr::new(10, second, third, 1),
-                subnet6: None,
-                gateway6: None,
+                subnet6: opts
+                    .ipv6
+                    .then(|| {
+                        let net = format!(
+                            "fd42:{:x}:{:x}::/64",
+                            pid % 0xffff,
+                            (n * 16 + attempt) % 0xffff
+                        );
+                        net.parse::<ipnet::Ipv6Net>().ok()
+                    })
+                    .flatten(),
+                gateway6: opts
+                    .ipv6
+                    .then(|| {
+                        format!(
+                            "fd42:{:x}:{:x}::1",
+                            pid % 0xffff,
+                            (n * 16 + attempt) % 0xffff
+                        )
+                        .parse::<std::net::Ipv6Addr>()
+                        .ok()
+                    })
+                    .flatten(),
             };
             network = net.name.clone();
             let p = Provisioner::connect(&net, &tcfg, store.clone())

@@ -41,11 +41,9 @@ use crate::policy::{self, Exit};
 /// How long a started agent has to connect and say hello.
 const START_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a request waits for its reply.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failed start, sessions of that container take the attach path for this long.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
-/// Unexpected or malformed messages tolerated on one connection before it is dropped.
-const MAX_VIOLATIONS: u32 = 64;
 /// Handshakes in progress on one container's socket.
 const MAX_HANDSHAKES: usize = 8;
 /// Bytes read from a pipe at once.
@@ -246,10 +244,20 @@ impl Hub {
                 .clone()
         };
         let mut slot = cell.lock().await;
-        if let Some(c) = slot.as_ref()
-            && !c.dead.is_cancelled()
-        {
-            return Ok(c.clone());
+        if let Some(c) = slot.as_ref() {
+            if !c.dead.is_cancelled() {
+                return Ok(c.clone());
+            }
+            if c.misbehaved.load(Ordering::Relaxed) {
+                // Not restarted at once: a replaced agent would be started for every session.
+                *slot = None;
+                self.state()
+                    .failed
+                    .insert(at.container.to_string(), Instant::now());
+                return Err(AgentError::Unavailable(
+                    "the agent misbehaved recently".into(),
+                ));
+            }
         }
         let t0 = Instant::now();
         match self.start(docker, at).await {
@@ -530,7 +538,7 @@ struct AgentConn {
     next_id: AtomicU32,
     replies: Mutex<HashMap<u32, ReplySender>>,
     exits: Mutex<HashMap<u32, oneshot::Sender<Exit>>>,
-    violations: AtomicU32,
+    misbehaved: std::sync::atomic::AtomicBool,
     dead: CancellationToken,
 }
 
@@ -541,7 +549,7 @@ impl AgentConn {
             next_id: AtomicU32::new(1),
             replies: Mutex::new(HashMap::new()),
             exits: Mutex::new(HashMap::new()),
-            violations: AtomicU32::new(0),
+            misbehaved: std::sync::atomic::AtomicBool::new(false),
             dead: CancellationToken::new(),
         });
         tokio::spawn(conn.clone().dispatch());
@@ -565,12 +573,13 @@ impl AgentConn {
         self.replies.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Anything malformed, unasked for or unusable ends the connection: a well-behaved agent
+    /// never does it, and the requests in flight fall back to the attach path at once.
     fn violation(&self, what: &str) {
-        warn!(what, "session agent misbehaved");
+        warn!(what, "session agent misbehaved; dropping its connection");
         crate::metrics::protocol_violation(crate::metrics::Violation::Agent);
-        if self.violations.fetch_add(1, Ordering::Relaxed) >= MAX_VIOLATIONS {
-            self.dead.cancel();
-        }
+        self.misbehaved.store(true, Ordering::Relaxed);
+        self.dead.cancel();
     }
 
     async fn send(&self, req: &Request) {
@@ -590,6 +599,10 @@ impl AgentConn {
                 r = rx => r.map_err(|_| gone()),
                 _ = self.dead.cancelled() => Err(gone()),
                 _ = tokio::time::sleep(REPLY_TIMEOUT) => {
+                    // Treated like misbehaviour: a stuck agent would make every session wait.
+                    warn!("session agent did not answer in time; dropping its connection");
+                    self.misbehaved.store(true, Ordering::Relaxed);
+                    self.dead.cancel();
                     Err(AgentError::Unavailable("agent did not answer".into()))
                 }
             }
