@@ -26,7 +26,7 @@
 //! - auth: `server_auth(id) -> Option<ServerAuth>` — `ServerAuth { server, owner, owner_enabled,
 //!   password_hash: Option<String>, authorized_keys: Vec<russh::keys::PublicKey>, deleted }`
 //!   with `login_allowed()`.
-//! - audit: `record_audit(AuditEvent)`, `audit_events(limit) -> Vec<AuditRecord>`;
+//! - audit: `record_audit(AuditEvent)`, `audit_events(limit) -> Vec<AuditEntry>`;
 //!   `AuditEvent { kind: AuditKind, server, account, peer, method, outcome, detail: Value }`,
 //!   `AuditEvent::new(kind, outcome)`.
 //! - `StoreError::is_retryable()` — database unreachable or locked.
@@ -68,6 +68,6 @@ pub use provision::{
     ReconcileReport, RunningServer, ServerChange, ServerEndpoint,
 };
 pub use store::{
-    Account, AuditEvent, AuditKind, AuditRecord, AuthorizedKey, Backend, DesiredState, Server,
+    Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Dialect, Server,
     ServerAuth, ServerSpec, Store, StoreError,
 };

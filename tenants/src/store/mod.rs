@@ -32,10 +32,4 @@ pub use model::{
     ServerSpec,
 };
 
-/// Former names, still re-exported at the crate root; they clashed with `gateway::Backend` and
-/// `gateway::AuditRecord`. Remove them together with those re-exports.
-#[doc(hidden)]
-pub use connection::Dialect as Backend;
-#[doc(hidden)]
-pub use model::AuditEntry as AuditRecord;
 pub use url::redact_url;
