@@ -456,6 +456,13 @@ async fn set_and_user(kind: DbKind) {
     ok(cfg, &["server", "set", &name, "--dind", "off"], None);
     assert!(!inspect(n, "{{.HostConfig.CapAdd}}").contains("SYS_ADMIN"));
 
+    // A plain recreate: new container, same settings and data.
+    let before = inspect(n, "{{.Id}}");
+    let out = ok(cfg, &["server", "set", &name, "--recreate"], None);
+    assert!(out.contains("recreated"), "{out}");
+    assert_ne!(inspect(n, "{{.Id}}"), before);
+    assert_eq!(exec(n, "cat /apps/data.txt"), "keep-me");
+
     // Bad values: clear errors, nothing changed.
     let id_now = inspect(n, "{{.Id}}");
     let err = fails(

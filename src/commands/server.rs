@@ -64,6 +64,10 @@ pub enum Cmd {
         /// Docker inside: off, caps, privileged or runtime (recreates the container).
         #[arg(long, value_parser = parse_dind)]
         dind: Option<DindMode>,
+        /// Recreate the container from the current settings, data volume kept (e.g. to give a
+        /// server made before `[tenants] agent_dir` its agent mount).
+        #[arg(long)]
+        recreate: bool,
     },
     /// List servers with their container state and address.
     List {
@@ -305,6 +309,7 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
             pids,
             user,
             dind,
+            recreate,
         } => {
             let id = server_ref(&server)?;
             let change = ServerChange {
@@ -314,11 +319,12 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 pids,
                 user,
                 dind,
+                recreate,
             };
             if change == ServerChange::default() {
                 return Err(fail(
                     exit::USAGE,
-                    "nothing to change: give at least one of --image, --memory, --cpus, --pids, --user, --dind",
+                    "nothing to change: give at least one of --image, --memory, --cpus, --pids, --user, --dind, --recreate",
                 ));
             }
             let prov = connect(cfg, store).await?;

@@ -180,6 +180,9 @@ pub struct ServerChange {
     pub pids: Option<i64>,
     pub user: Option<String>,
     pub dind: Option<crate::config::DindMode>,
+    /// Recreate the container even when nothing else asks for it (volume kept): picks up what
+    /// only a new container gets, such as the agent mount of `[tenants] agent_dir`.
+    pub recreate: bool,
 }
 
 /// How `server set` applied a change.
@@ -700,7 +703,8 @@ impl Provisioner {
         // limits needs a new container.
         let lifted = (old_l.memory > 0 && new_l.memory == 0)
             || (old_l.nano_cpus > 0 && new_l.nano_cpus == 0);
-        let recreate = lifted
+        let recreate = change.recreate
+            || lifted
             || spec::image(cfg, &new) != spec::image(cfg, &server)
             || spec::login_user(cfg, &new) != spec::login_user(cfg, &server)
             || spec::dind(cfg, &new) != spec::dind(cfg, &server);
