@@ -15,15 +15,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::backend::{AuditRecord, Stream};
-use crate::handler::Input;
+use crate::channel::Input;
+use crate::conn::Conn;
 use crate::pipe;
 use crate::policy;
-use crate::server::Conn;
 
 pub struct Spec {
     pub conn: Arc<Conn>,
     pub closed: CancellationToken,
-    /// The read half was dropped at open (see `handler::Pending`).
+    /// The read half was dropped at open (see `channel::Pending`).
     pub writer: russh::ChannelWriteHalf<Msg>,
     pub reply: ChannelOpenHandle,
     pub host: String,

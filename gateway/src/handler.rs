@@ -1,120 +1,28 @@
-//! The russh `Handler` of one connection: authentication callbacks go to the [`Gate`], channel
-//! callbacks only update this connection's channel table and hand work to per-channel tasks.
+//! The russh `Handler` of one connection, as a translation layer: each authentication callback
+//! asks the [`Gate`](crate::gate::Gate); each channel callback is one update of the connection's
+//! [`Channels`] table and at most one spawn of a channel task (`session.rs`, `forward.rs`). Its
+//! length is russh's callback signatures; the state and its rules live in `channel.rs`.
 //!
 //! Rule: no callback here awaits anything that depends on the client or on Docker. Incoming
 //! data is queued per channel; the queue is bounded by the channel window because the window is
 //! only replenished (`Handle::consumed`, our russh patch) once a writer task has really
 //! written the bytes out.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Pty, Sig};
-use tokio::sync::mpsc;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::channel::{Channels, Input, NotStarted, PtySpec};
+use crate::conn::{Conn, Shared, Slot};
+use crate::gate::{Login, PermitCell};
 use crate::policy::{self, Program};
-use crate::server::{Conn, Login, PermitCell, Shared, Slot};
 use crate::{forward, session};
-
-/// Bytes from the client for one channel.
-#[derive(Debug)]
-pub enum Input {
-    Data(Bytes),
-    Eof,
-}
-
-/// Control requests for a running channel.
-#[derive(Debug)]
-pub enum Ctl {
-    Resize { cols: u32, rows: u32 },
-    Signal(String),
-}
-
-/// Control requests (resize, signal) that may wait for a running channel's task.
-const CTL_QUEUE: usize = 16;
-
-/// Terminal requested with `pty-req`.
-#[derive(Debug, Clone)]
-pub struct PtySpec {
-    pub term: String,
-    pub cols: u32,
-    pub rows: u32,
-}
-
-/// A session channel before its program starts. Only the write half of russh's `Channel` is
-/// kept: the read half is dropped at open, so russh's per-channel queue is closed and a client
-/// sending hundreds of requests or data packets before `exec` can never fill it (a full queue
-/// blocks the whole connection's loop). Requests are answered from the handler callbacks.
-struct Pending {
-    writer: russh::ChannelWriteHalf<Msg>,
-    pty: Option<PtySpec>,
-    env: Vec<(String, String)>,
-}
-
-enum ChanState {
-    /// Session channel before shell/exec/subsystem.
-    Pending(Box<Pending>),
-    /// Running: a task owns the channel's writer and reads these queues.
-    Running {
-        input: mpsc::UnboundedSender<Input>,
-        /// Bounded: resize and signal requests beyond [`CTL_QUEUE`] waiting ones are refused,
-        /// so a flood of `window-change` cannot grow memory while Docker is slow.
-        ctl: Option<mpsc::Sender<Ctl>>,
-    },
-    /// Nothing more will be accepted (failed start).
-    Dead,
-}
-
-struct ChanEntry {
-    state: ChanState,
-    /// Cancels the channel's task when the entry goes (channel close, disconnect).
-    closed: DropGuard,
-    /// Moves into the channel's task when it starts (released when the task ends).
-    slot: Option<Slot>,
-    /// Set when the channel's task has finished. russh forgets a channel once *we* have sent
-    /// CHANNEL_CLOSE and then never calls `channel_close`, so finished entries are pruned here.
-    finished: Arc<AtomicBool>,
-}
-
-impl ChanEntry {
-    fn new(state: ChanState, slot: Slot) -> Self {
-        Self {
-            state,
-            closed: CancellationToken::new().drop_guard(),
-            slot: Some(slot),
-            finished: Arc::new(AtomicBool::new(false)),
-        }
-    }
-    fn token(&self) -> CancellationToken {
-        self.closed.token().clone()
-    }
-    fn finished_guard(&mut self) -> Finished {
-        Finished {
-            flag: self.finished.clone(),
-            _slot: self.slot.take(),
-        }
-    }
-}
-
-/// Held by a channel task: owns the channel's slot and marks the table entry finished when
-/// dropped.
-pub struct Finished {
-    flag: Arc<AtomicBool>,
-    _slot: Option<Slot>,
-}
-
-impl Drop for Finished {
-    fn drop(&mut self) {
-        self.flag.store(true, Ordering::Relaxed);
-    }
-}
 
 pub struct ConnHandler {
     shared: Arc<Shared>,
@@ -125,7 +33,7 @@ pub struct ConnHandler {
     authed_as: Arc<std::sync::OnceLock<Login>>,
     conn: Option<Arc<Conn>>,
     login: Option<Login>,
-    channels: HashMap<ChannelId, ChanEntry>,
+    channels: Channels,
 }
 
 impl ConnHandler {
@@ -144,7 +52,7 @@ impl ConnHandler {
             authed_as,
             conn: None,
             login: None,
-            channels: HashMap::new(),
+            channels: Channels::default(),
         }
     }
 
@@ -155,8 +63,7 @@ impl ConnHandler {
 
     /// Reserves a slot for a new channel; `None` when unauthenticated or over a limit.
     fn slot(&mut self) -> Option<Slot> {
-        self.channels
-            .retain(|_, e| !e.finished.load(Ordering::Relaxed));
+        self.channels.prune();
         let conn = self.conn.as_ref()?;
         self.shared.take_slot(conn)
     }
@@ -166,40 +73,27 @@ impl ConnHandler {
             let _ = session.channel_failure(id);
             return;
         };
-        let Some(entry) = self.channels.get_mut(&id) else {
-            let _ = session.channel_failure(id);
-            return;
-        };
-        let pending = match std::mem::replace(&mut entry.state, ChanState::Dead) {
-            ChanState::Pending(p) => p,
-            other => {
-                // A second shell/exec on the same channel is a protocol error: refuse it.
-                entry.state = other;
+        let (pending, started, ctl) = match self.channels.start(id) {
+            Ok(x) => x,
+            // Unknown, or a second shell/exec on the same channel (a protocol error): refuse.
+            Err(NotStarted::Unknown | NotStarted::NotPending) => {
                 let _ = session.channel_failure(id);
                 return;
             }
         };
-        let (in_tx, in_rx) = mpsc::unbounded_channel();
-        let (ctl_tx, ctl_rx) = mpsc::channel(CTL_QUEUE);
-        entry.state = ChanState::Running {
-            input: in_tx,
-            ctl: Some(ctl_tx),
-        };
-        let closed = entry.token();
-        let finished = entry.finished_guard();
         let _ = session.channel_success(id);
-        let Pending { writer, pty, env } = *pending;
         let spec = session::Spec {
             conn,
             id,
-            writer,
+            writer: pending.writer,
             program,
-            pty,
-            env,
-            input: in_rx,
-            ctl: ctl_rx,
-            closed,
+            pty: pending.pty,
+            env: pending.env,
+            input: started.input,
+            ctl,
+            closed: started.closed,
         };
+        let finished = started.finished;
         tokio::spawn(async move {
             let _finished = finished;
             session::run(spec).await;
@@ -314,17 +208,7 @@ impl russh::server::Handler for ConnHandler {
         let id = channel.id();
         let (read_half, writer) = channel.split();
         drop(read_half);
-        self.channels.insert(
-            id,
-            ChanEntry::new(
-                ChanState::Pending(Box::new(Pending {
-                    writer,
-                    pty: None,
-                    env: Vec::new(),
-                })),
-                slot,
-            ),
-        );
+        self.channels.open_session(id, writer, slot);
         reply.accept().await;
         Ok(())
     }
@@ -346,26 +230,16 @@ impl russh::server::Handler for ConnHandler {
         let id = channel.id();
         let (read_half, writer) = channel.split();
         drop(read_half);
-        let (in_tx, in_rx) = mpsc::unbounded_channel();
-        let entry = ChanEntry::new(
-            ChanState::Running {
-                input: in_tx,
-                ctl: None,
-            },
-            slot,
-        );
-        let closed = entry.token();
-        let mut entry = entry;
-        let finished = entry.finished_guard();
-        self.channels.insert(id, entry);
+        let started = self.channels.open_forward(id, slot);
+        let finished = started.finished;
         let spec = forward::Spec {
             conn,
-            closed,
+            closed: started.closed,
             writer,
             reply,
             host: host_to_connect.to_string(),
             port: port_to_connect,
-            input: in_rx,
+            input: started.input,
         };
         tokio::spawn(async move {
             let _finished = finished;
@@ -380,7 +254,7 @@ impl russh::server::Handler for ConnHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         // Dropping the queues tells the channel task to stop (and kill what it started).
-        self.channels.remove(&channel);
+        self.channels.close(channel);
         Ok(())
     }
 
@@ -389,13 +263,7 @@ impl russh::server::Handler for ConnHandler {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(ChanEntry {
-            state: ChanState::Running { input, .. },
-            ..
-        }) = self.channels.get(&channel)
-        {
-            let _ = input.send(Input::Eof);
-        }
+        let _ = self.channels.send_input(channel, Input::Eof);
         Ok(())
     }
 
@@ -405,27 +273,19 @@ impl russh::server::Handler for ConnHandler {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        match self.channels.get(&channel) {
-            Some(ChanEntry {
-                state: ChanState::Running { input, .. },
-                ..
-            }) => {
-                if let Some(conn) = &self.conn {
-                    conn.touch();
-                }
-                if input
-                    .send(Input::Data(Bytes::copy_from_slice(data)))
-                    .is_err()
-                {
-                    // The consumer is gone: give the window back so the client is not stuck.
-                    crate::pipe::give_back(&self.shared, &session.handle(), channel, data.len());
-                }
+        if self.channels.is_running(channel) {
+            if let Some(conn) = &self.conn {
+                conn.touch();
             }
-            _ => {
-                // Data before the program started (or after it failed): discard, but keep the
-                // window open.
+            let data = Input::Data(Bytes::copy_from_slice(data));
+            if let Err(Input::Data(data)) = self.channels.send_input(channel, data) {
+                // The consumer is gone: give the window back so the client is not stuck.
                 crate::pipe::give_back(&self.shared, &session.handle(), channel, data.len());
             }
+        } else {
+            // Data before the program started (or after it failed): discard, but keep the
+            // window open.
+            crate::pipe::give_back(&self.shared, &session.handle(), channel, data.len());
         }
         Ok(())
     }
@@ -452,24 +312,20 @@ impl russh::server::Handler for ConnHandler {
         _modes: &[(Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        match self.channels.get_mut(&channel) {
-            Some(ChanEntry {
-                state: ChanState::Pending(p),
-                ..
-            }) => {
-                let term = if term.is_empty() || !policy::env_value_ok(term) {
-                    "xterm"
-                } else {
-                    term
-                };
-                p.pty = Some(PtySpec {
-                    term: term.to_string(),
-                    cols: col_width,
-                    rows: row_height,
-                });
-                session.channel_success(channel)?;
-            }
-            _ => session.channel_failure(channel)?,
+        let term = if term.is_empty() || !policy::env_value_ok(term) {
+            "xterm"
+        } else {
+            term
+        };
+        let pty = PtySpec {
+            term: term.to_string(),
+            cols: col_width,
+            rows: row_height,
+        };
+        if self.channels.set_pty(channel, pty) {
+            session.channel_success(channel)?;
+        } else {
+            session.channel_failure(channel)?;
         }
         Ok(())
     }
@@ -483,19 +339,15 @@ impl russh::server::Handler for ConnHandler {
     ) -> Result<(), Self::Error> {
         let allowed = policy::env_allowed(variable_name, &self.shared.cfg.env_allow)
             && policy::env_value_ok(variable_value);
-        match self.channels.get_mut(&channel) {
-            Some(ChanEntry {
-                state: ChanState::Pending(p),
-                ..
-            }) if allowed && p.env.len() < 64 => {
-                p.env
-                    .push((variable_name.to_string(), variable_value.to_string()));
-                session.channel_success(channel)?;
-            }
-            _ => {
-                debug!(name = variable_name, "env variable not passed");
-                session.channel_failure(channel)?;
-            }
+        if allowed
+            && self
+                .channels
+                .push_env(channel, variable_name, variable_value)
+        {
+            session.channel_success(channel)?;
+        } else {
+            debug!(name = variable_name, "env variable not passed");
+            session.channel_failure(channel)?;
         }
         Ok(())
     }
@@ -547,28 +399,7 @@ impl russh::server::Handler for ConnHandler {
         _pix_height: u32,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        match self.channels.get_mut(&channel) {
-            Some(ChanEntry {
-                state: ChanState::Pending(p),
-                ..
-            }) => {
-                if let Some(pty) = &mut p.pty {
-                    pty.cols = col_width;
-                    pty.rows = row_height;
-                }
-            }
-            Some(ChanEntry {
-                state: ChanState::Running { ctl: Some(ctl), .. },
-                ..
-            }) => {
-                // A full queue drops this resize; the terminal's next resize corrects it.
-                let _ = ctl.try_send(Ctl::Resize {
-                    cols: col_width,
-                    rows: row_height,
-                });
-            }
-            _ => {}
-        }
+        self.channels.resize(channel, col_width, row_height);
         Ok(())
     }
 
@@ -578,30 +409,9 @@ impl russh::server::Handler for ConnHandler {
         signal: Sig,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let name = match signal {
-            Sig::ABRT => "ABRT".to_string(),
-            Sig::ALRM => "ALRM".into(),
-            Sig::FPE => "FPE".into(),
-            Sig::HUP => "HUP".into(),
-            Sig::ILL => "ILL".into(),
-            Sig::INT => "INT".into(),
-            Sig::KILL => "KILL".into(),
-            Sig::PIPE => "PIPE".into(),
-            Sig::QUIT => "QUIT".into(),
-            Sig::SEGV => "SEGV".into(),
-            Sig::TERM => "TERM".into(),
-            Sig::USR1 => "USR1".into(),
-            Sig::Custom(s) => s,
-        };
-        if policy::signal_number(&name).is_none() {
-            return Ok(());
-        }
-        if let Some(ChanEntry {
-            state: ChanState::Running { ctl: Some(ctl), .. },
-            ..
-        }) = self.channels.get(&channel)
-        {
-            let _ = ctl.try_send(Ctl::Signal(name));
+        let name = policy::ssh_signal_name(signal);
+        if policy::signal_number(&name).is_some() {
+            self.channels.signal(channel, name);
         }
         Ok(())
     }

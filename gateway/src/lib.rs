@@ -5,9 +5,13 @@
 
 pub mod auth;
 pub mod backend;
+pub mod build;
+pub mod channel;
 pub mod config;
+pub mod conn;
 pub mod docker;
 pub mod forward;
+pub mod gate;
 pub mod handler;
 pub mod hostkeys;
 pub mod metrics;
@@ -23,5 +27,8 @@ pub use backend::{
 };
 /// Re-exported so backends outside this crate name the same Docker client type.
 pub use bollard;
+pub use build::build;
 pub use config::Config;
-pub use server::{Gate, Login, Permit, Shared, Stats, serve};
+pub use conn::{Shared, Stats};
+pub use gate::{Gate, Login, Permit};
+pub use server::serve;

@@ -2,8 +2,9 @@
 //!
 //! Client → sink: [`pump_input`] writes queued chunks into the sink and only then returns the
 //! window to the client (`Handle::consumed`), so the queue never holds more than one window.
-//! Source → client: [`pump_output`] writes through `ChannelWriteHalf`, which waits for the
-//! client's window of *this* channel, so a slow reader stalls only its own channel.
+//! Source → client: [`send`] writes through `ChannelWriteHalf`, which waits for the client's
+//! window of *this* channel, so a slow reader stalls only its own channel; the channel tasks
+//! (`session.rs`, `forward.rs`) call it for each chunk they read.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,8 +15,8 @@ use russh::server::{Handle, Msg};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::handler::Input;
-use crate::server::Conn;
+use crate::channel::Input;
+use crate::conn::Conn;
 
 /// Return window in batches of at least this many bytes (or when the queue runs dry).
 const CREDIT_BATCH: usize = 64 * 1024;
@@ -98,7 +99,7 @@ fn credit(conn: &Conn, id: ChannelId, owed: &mut usize) {
 
 /// Returns `n` bytes of receive window to the client for channel `id` (no-op when russh
 /// replenishes on receipt, `consumption_window = false`).
-pub fn give_back(shared: &crate::server::Shared, handle: &Handle, id: ChannelId, n: usize) {
+pub fn give_back(shared: &crate::conn::Shared, handle: &Handle, id: ChannelId, n: usize) {
     if shared.cfg.consumption_window && n > 0 {
         let _ = handle.consumed(id, u32::try_from(n).unwrap_or(u32::MAX));
     }

@@ -155,24 +155,63 @@ pub fn forward_target(host: &str, login_name: &str, container: IpAddr) -> Option
     }
 }
 
-/// SSH signal names by Linux signal number (the ones RFC 4254 names, plus USR2).
+/// The one signal table: Linux number, SSH name (RFC 4254's, plus USR2) and the russh variant
+/// (`None`: russh has none, so it travels as `Sig::Custom`). Every mapping between numbers,
+/// names and `russh::Sig` reads this table, so adding a signal is one line.
+const SIGNALS: [(u8, &str, Option<russh::Sig>); 13] = [
+    (1, "HUP", Some(russh::Sig::HUP)),
+    (2, "INT", Some(russh::Sig::INT)),
+    (3, "QUIT", Some(russh::Sig::QUIT)),
+    (4, "ILL", Some(russh::Sig::ILL)),
+    (6, "ABRT", Some(russh::Sig::ABRT)),
+    (8, "FPE", Some(russh::Sig::FPE)),
+    (9, "KILL", Some(russh::Sig::KILL)),
+    (10, "USR1", Some(russh::Sig::USR1)),
+    (11, "SEGV", Some(russh::Sig::SEGV)),
+    (12, "USR2", None),
+    (13, "PIPE", Some(russh::Sig::PIPE)),
+    (14, "ALRM", Some(russh::Sig::ALRM)),
+    (15, "TERM", Some(russh::Sig::TERM)),
+];
+
+/// SSH signal names by Linux signal number.
 pub fn signal_name(n: i32) -> Option<&'static str> {
-    Some(match n {
-        1 => "HUP",
-        2 => "INT",
-        3 => "QUIT",
-        4 => "ILL",
-        6 => "ABRT",
-        8 => "FPE",
-        9 => "KILL",
-        10 => "USR1",
-        11 => "SEGV",
-        12 => "USR2",
-        13 => "PIPE",
-        14 => "ALRM",
-        15 => "TERM",
-        _ => return None,
-    })
+    SIGNALS
+        .iter()
+        .find(|(num, _, _)| i32::from(*num) == n)
+        .map(|(_, name, _)| *name)
+}
+
+/// Signal numbers (Linux) for the SSH signal names we deliver.
+pub fn signal_number(name: &str) -> Option<u8> {
+    SIGNALS
+        .iter()
+        .find(|(_, n, _)| *n == name)
+        .map(|(num, _, _)| *num)
+}
+
+/// The SSH name of a signal a client asked for (`Custom` names pass through unchecked; check
+/// them with [`signal_number`]).
+pub fn ssh_signal_name(sig: russh::Sig) -> String {
+    if let russh::Sig::Custom(name) = sig {
+        return name;
+    }
+    SIGNALS
+        .iter()
+        .find(|(_, _, s)| {
+            s.as_ref()
+                .is_some_and(|s| std::mem::discriminant(s) == std::mem::discriminant(&sig))
+        })
+        .map_or_else(String::new, |(_, name, _)| (*name).to_string())
+}
+
+/// The russh form of an SSH signal name, for `exit-signal`.
+pub fn ssh_signal(name: &str) -> russh::Sig {
+    SIGNALS
+        .iter()
+        .find(|(_, n, _)| *n == name)
+        .and_then(|(_, _, s)| s.clone())
+        .unwrap_or_else(|| russh::Sig::Custom(name.to_string()))
 }
 
 /// How a process that ended with `status` or `signal` is reported: a known signal becomes
@@ -186,11 +225,6 @@ pub fn exit_from_wait(status: Option<i32>, signal: Option<i32>) -> Exit {
         (Some(c), None) => Exit::Status(c.unsigned_abs()),
         (None, None) => Exit::Status(255),
     }
-}
-
-/// Signal numbers (Linux) for the SSH signal names we deliver.
-pub fn signal_number(name: &str) -> Option<u8> {
-    (1..=15).find(|&n| signal_name(i32::from(n)) == Some(name))
 }
 
 /// How the channel reports the end of an exec: a signal we delivered that matches the
@@ -339,6 +373,12 @@ mod tests {
         assert_eq!(exit_from_wait(None, None), Exit::Status(255));
         assert_eq!(signal_number("USR2"), Some(12));
         assert_eq!(signal_number("BOGUS"), None);
+        for (num, name, _) in SIGNALS {
+            assert_eq!(signal_name(i32::from(num)), Some(name));
+            assert_eq!(ssh_signal_name(ssh_signal(name)), name);
+        }
+        assert_eq!(ssh_signal_name(russh::Sig::TERM), "TERM");
+        assert!(matches!(ssh_signal("WINCH"), russh::Sig::Custom(ref s) if s == "WINCH"));
     }
 
     #[test]

@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backend::{AuditRecord, BackendError, Chunk, ExecRequest, Process};
-use crate::handler::{Ctl, Input, PtySpec};
+use crate::channel::{Ctl, Input, PtySpec};
+use crate::conn::Conn;
 use crate::pipe;
 use crate::policy::{self, Exit, Program};
-use crate::server::Conn;
 
 pub struct Spec {
     pub conn: Arc<Conn>,
@@ -223,21 +223,7 @@ async fn run_inner(spec: Spec, bytes_in: Arc<AtomicU64>, bytes_out: Arc<AtomicU6
             let _ = writer.exit_status(*c).await;
         }
         Exit::Signal(name) => {
-            let sig = match name.as_str() {
-                "HUP" => russh::Sig::HUP,
-                "INT" => russh::Sig::INT,
-                "KILL" => russh::Sig::KILL,
-                "TERM" => russh::Sig::TERM,
-                "QUIT" => russh::Sig::QUIT,
-                "ABRT" => russh::Sig::ABRT,
-                "PIPE" => russh::Sig::PIPE,
-                "USR1" => russh::Sig::USR1,
-                "ALRM" => russh::Sig::ALRM,
-                "SEGV" => russh::Sig::SEGV,
-                "FPE" => russh::Sig::FPE,
-                "ILL" => russh::Sig::ILL,
-                other => russh::Sig::Custom(other.to_string()),
-            };
+            let sig = policy::ssh_signal(name);
             let _ = conn
                 .handle
                 .exit_signal_request(id, sig, false, String::new(), "en".into())

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use gateway::tenants_backend::TenantsBackend;
 use tenants::{NetworkConfig, Provisioner, ServerId, ServerSpec, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -47,8 +46,7 @@ pub struct Options {
 }
 
 /// See [`Options::wrap_backend`].
-pub type BackendWrapper =
-    Box<dyn FnOnce(Arc<dyn gateway::Backend>) -> Arc<dyn gateway::Backend> + Send>;
+pub type BackendWrapper = gateway::build::WrapBackend;
 
 impl Default for Options {
     fn default() -> Self {
@@ -244,25 +242,16 @@ impl GatewayHarness {
         if ssh.agent_binary.is_empty() {
             ssh.agent_binary = agent_binary()?.display().to_string();
         }
-        let mut backend: Arc<dyn gateway::Backend> = Arc::new(TenantsBackend::new(
-            store.clone(),
-            provisioner.clone(),
-            &ssh,
-        ));
-        if let Some(wrap) = opts.wrap_backend {
-            backend = wrap(backend);
-        }
         ssh.auth.host_keys.ed25519 = Some(dir.path().join("ssh_host_ed25519_key"));
         ssh.auth.host_keys.enable_rsa = false;
         let keys = gateway::hostkeys::load_or_generate(dir.path(), &ssh.auth.host_keys)
             .map_err(|e| anyhow::anyhow!("host keys: {e}"))?;
-        let auth = gateway::auth::Authenticator::new(&ssh, backend.clone());
-        let shared = gateway::Shared::new(
+        let shared = gateway::build(
             ssh,
-            backend,
-            Arc::new(auth),
+            store.clone(),
+            provisioner.clone(),
             keys,
-            Arc::new(gateway::Stats::default()),
+            opts.wrap_backend,
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.context("bind")?;
         let addr = listener.local_addr()?;

@@ -1,7 +1,5 @@
-//! The `gateway` component of `berth run` (owned by the gateway area): opens the store and
+//! The `gateway` component of `berth run`: opens the store and
 //! Docker, loads host keys, binds `[ssh] listen`, serves until `shutdown`, then drains.
-
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::sync::oneshot;
@@ -44,17 +42,7 @@ pub async fn run_daemon(
         tracing::info!(%addr, "gateway listening");
         listeners.push(l);
     }
-    let backend: Arc<dyn gateway::Backend> = Arc::new(
-        gateway::tenants_backend::TenantsBackend::new(store, provisioner, &ssh),
-    );
-    let auth = gateway::auth::Authenticator::new(&ssh, backend.clone());
-    let shared = gateway::Shared::new(
-        ssh,
-        backend,
-        Arc::new(auth),
-        keys,
-        Arc::new(gateway::Stats::default()),
-    );
+    let shared = gateway::build(ssh, store, provisioner, keys, None);
     let _ = ready.send(());
     gateway::serve(shared, listeners, shutdown)
         .await
