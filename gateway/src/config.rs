@@ -1,21 +1,9 @@
 //! The `[ssh]` section of the one TOML file: listeners, SSH tuning, session limits and the
 //! in-container exec policy. Every key has a default; unknown keys are an error.
 //!
-//! The auth work area adds its keys in the block marked `// auth` below.
-//! NOTE from auth (to the sessions helper): added `pub auth: crate::auth::AuthConfig` (+ its
-//! default) in the `// auth` blocks and one line in `validate`; host keys are
-//! `crate::hostkeys::load_or_generate(state_dir, &cfg.auth.host_keys)`; limits for russh via
-//! `Authenticator::configure_russh` or `cfg.auth.max_auth_attempts` / `rejection_delay()`;
-//! login grace via `auth::Permit::grace_expired()`. Metrics helpers: `crate::metrics`.
-//! NOTE from auth, found in testing: (1) russh drops "password" from the offered methods after
-//! one failed password when the Handler returns `Auth::reject()` (OpenSSH then cannot retry a
-//! mistyped password): return `auth::rejection()` instead (full method set, see auth/mod.rs).
-//! (2) paramiko sends SERVICE_REQUEST "ssh-userauth" again before every auth call; russh in
-//! WaitingAuthRequest ignores it and the client hangs 30 s (SSHClient.connect trying keys then a
-//! password hits this) — vendor/russh should answer SERVICE_ACCEPT there.
-//! (3) login grace starts only after `run_stream` returns: a client that connects and never
-//! sends its banner keeps its unauthenticated slot until russh's inactivity timeout (measured:
-//! still open after 250 s). Wrap `run_stream` in `tokio::time::timeout_at(grace, …)`.
+//! Authentication settings are the nested `[ssh.auth]` table ([`crate::auth::AuthConfig`]),
+//! defined in `auth/config.rs` next to the code that reads them, so the brute-force defence's
+//! knobs and their validation are read in one place.
 
 use serde::{Deserialize, Serialize};
 
@@ -61,7 +49,6 @@ pub struct Config {
     /// Empty: `/usr/lib/berth/berth-agent`, else the one next to the `berth` binary. `"off"`:
     /// every session goes through Docker's exec stream.
     pub agent_binary: String,
-    // auth — keys below are owned by the auth work area (gateway/src/auth/).
     /// `[ssh.auth]`: admission caps, brute-force budgets and bans, bcrypt, host keys
     /// (`[ssh.auth.host_keys]`). See `auth::AuthConfig`.
     pub auth: crate::auth::AuthConfig,
@@ -93,7 +80,6 @@ impl Default for Config {
             drain_timeout_secs: 30,
             start_note: true,
             agent_binary: String::new(),
-            // auth
             auth: crate::auth::AuthConfig::default(),
         }
     }
@@ -120,7 +106,6 @@ impl Config {
                 self.max_packet_size
             ));
         }
-        // auth
         self.auth.validate()?;
         if self.max_sessions_per_connection == 0 || self.max_sessions_per_server == 0 {
             return Err("ssh.max_sessions_per_connection and ssh.max_sessions_per_server must be at least 1".into());

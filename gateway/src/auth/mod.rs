@@ -1,71 +1,50 @@
 //! Authentication and admission: who may try, and whether what they presented is right.
 //!
-//! Owned by the "auth" work area. The SSH session code (`crate::server`) calls only the
-//! [`Authenticator`] surface below; everything behind it (rate limits, bans, bcrypt on the
-//! blocking pool, dummy-hash timing equalisation, key matching) is private to this module.
+//! The SSH code sees only the [`Authenticator`] surface (through [`crate::gate::Gate`]):
+//! [`Authenticator::admit`] on TCP accept, before the handshake ([`Admission::Accept`] carries
+//! the connection's [`Permit`]); then [`Authenticator::password`],
+//! [`Authenticator::keyboard_interactive_answer`] and [`Authenticator::public_key`], each
+//! answering a [`Decision`]. A `Reject` carries nothing the client may learn; the reason goes to
+//! the audit log only. The unsigned public-key probe (`verified == false`) is answered
+//! `Accept { owner: "" }` for every well-formed `server<N>` name without looking the server up
+//! (so it reveals nothing) and must never be taken as authentication.
+//! Rejections use [`rejection`], not `Auth::reject()`, which would make russh stop offering
+//! "password" after one failure.
 //!
-//! CONTRACT (do not change signatures without telling the coordinator):
-//! - `Authenticator::new(cfg: &crate::Config, backend: std::sync::Arc<dyn crate::Backend>) -> Self`
-//! - `Authenticator::admit(&self, peer: std::net::IpAddr) -> Admission` — called on TCP accept,
-//!   before the SSH handshake. `Admission::Accept(Permit)`: keep the `Permit` alive until the
-//!   connection authenticates (then call `Permit::authenticated(self)`) or closes (drop);
-//!   `Admission::Reject(reason)`: close the socket immediately.
-//! - `Authenticator::password(&self, peer: IpAddr, user: &str, password: &str) -> Decision`
-//!   (async; rate-limit check first, then bcrypt verify on the blocking pool; unknown server →
-//!   dummy hash; same timing, same reply)
-//! - `Authenticator::public_key(&self, peer: IpAddr, user: &str, key: &russh::keys::PublicKey,
-//!   verified: bool) -> Decision` (async; `verified == false` is the probe step — answer must
-//!   not reveal whether the server exists: accept a probe for any well-formed key and decide at
-//!   the signed step, or equivalent)
-//! - `Decision::Accept { server: tenants::ServerId, owner: String }` | `Decision::Reject`
-//!   (`Reject` carries nothing the client may learn; the reason goes to the audit log only).
+//! The work is split by concern: decisions live in the pure [`limits::Limits`] state machine
+//! (injected clock, exhaustively unit-tested); this file does the IO around it (credentials from
+//! the [`Backend`], the order of checks); `bcrypt_lanes.rs` runs verifications in lanes off the async
+//! workers; `audit.rs` turns each attempt into counters, log lines and audit records;
+//! `permit.rs` is the admission slot.
 //!
-//! ADDITIONS (helpers for the Handler; nothing above changed):
-//! - `Authenticator` is `Clone` (one `Arc` inside): clone it into each connection's Handler.
-//! - Probe answers: for `verified == false`, `Accept { server, owner: "" }` means only "send the
-//!   signature" — it is returned for every well-formed `server<N>` name without looking the
-//!   server up, so it reveals nothing; never treat it as authentication. Names that are not
-//!   `server<N>` (statically invalid, so nothing to hide) and banned addresses get `Reject`.
-//! - `Authenticator::keyboard_interactive(peer, user, response)` → [`KeyboardInteractive`]:
-//!   `Prompt(auth)` (return `auth` from `auth_keyboard_interactive`: one no-echo prompt
-//!   [`KBDINT_PROMPT`] = `"Password: "`) or `Finished(decision)` (the same path as `password`).
-//! - `Authenticator::configure_russh(&self, &mut russh::server::Config)` sets
-//!   `max_auth_attempts`, `auth_rejection_time(_initial)` and the offered methods from
-//!   `[ssh.auth]`; call it when building the russh config.
-//! - `Permit::grace_deadline()` / `Permit::grace_expired()` (a future): close the connection
-//!   when it fires before `authenticated` (login grace time; counts
-//!   `metrics::LOGIN_GRACE_EXPIRED`).
-//! - `auth::rejection()`: return it instead of `Auth::reject()` for a `Reject` (keeps every
-//!   method on offer; `Auth::reject()` makes russh stop offering "password" after one failure).
-//! - `Authenticator::config()` exposes `[ssh.auth]` (host keys: `crate::hostkeys`).
-//!
-//! Design: decisions live in the pure [`limits::Limits`] state machine (injected clock,
-//! exhaustively unit-tested); this file does the IO around it — credentials from the
-//! [`Backend`], bcrypt on `spawn_blocking` behind a per-address queue and a global semaphore (so
-//! a storm from one address occupies at most one bcrypt slot and cannot starve other logins; a
-//! distributed storm fills at most `bcrypt_queue` places, beyond which attempts are refused at
-//! once; an owner's usual address has its own slot and never waits behind the storm),
-//! audit records through a bounded queue (a slow database never delays a login; overflow is
-//! counted), structured log events on target `berth::auth` (rate-limited under storms).
+//! Known limitation (russh, seen with paramiko): a client that sends SERVICE_REQUEST
+//! "ssh-userauth" again before each auth call gets no SERVICE_ACCEPT while russh waits for an
+//! auth request, and hangs until its own timeout; OpenSSH does not do this.
 
+mod audit;
+mod bcrypt_lanes;
 pub mod config;
 pub mod limits;
+mod permit;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use russh::keys::{HashAlg, PublicKey};
 use tenants::ServerId;
 use tokio::sync::{Semaphore, mpsc};
 
+pub use audit::loggable_user;
 pub use config::AuthConfig;
 pub use limits::{AdmitDenied, AttemptDenied, Method};
+pub use permit::Permit;
 
 use crate::backend::{AuditRecord, Backend};
-use crate::metrics::{self, AuthResult};
-use limits::{Limits, MonotonicClock, Params, Recorded};
+use crate::metrics;
+use audit::LogBudget;
+use limits::{Limits, MonotonicClock, Params};
 
 /// The single prompt of keyboard-interactive authentication.
 pub const KBDINT_PROMPT: &str = "Password: ";
@@ -73,12 +52,6 @@ pub const KBDINT_PROMPT: &str = "Password: ";
 /// bcrypt looks at the first 72 bytes only; longer passwords are refused when set, so a longer
 /// one presented at login is wrong by definition (but still costs a dummy verify for timing).
 const BCRYPT_MAX_PASSWORD: usize = 72;
-
-/// Audit records waiting for the backend; beyond this they are dropped and counted.
-const AUDIT_QUEUE: usize = 4096;
-
-/// Longest user name kept verbatim in audit records and logs.
-const MAX_LOGGED_USER: usize = 64;
 
 /// Result of an authentication attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,54 +106,6 @@ pub fn keyboard_interactive_prompt() -> russh::server::Auth {
         name: "".into(),
         instructions: "".into(),
         prompts: vec![(KBDINT_PROMPT.into(), false)].into(),
-    }
-}
-
-/// An admitted, not yet authenticated connection's slot. Dropping it (connection closed) or
-/// calling [`Permit::authenticated`] frees the slot.
-#[derive(Debug)]
-pub struct Permit {
-    inner: Weak<Inner>,
-    peer: IpAddr,
-    deadline: tokio::time::Instant,
-    released: bool,
-}
-
-impl Permit {
-    /// The connection authenticated: it no longer counts against the unauthenticated caps.
-    pub fn authenticated(mut self) {
-        self.release();
-    }
-
-    /// When the login grace time runs out.
-    pub fn grace_deadline(&self) -> tokio::time::Instant {
-        self.deadline
-    }
-
-    /// Completes when the login grace time has run out (counts the expiry in metrics).
-    pub async fn grace_expired(&self) {
-        tokio::time::sleep_until(self.deadline).await;
-        metrics::LOGIN_GRACE_EXPIRED.inc();
-    }
-
-    pub fn peer(&self) -> IpAddr {
-        self.peer
-    }
-
-    fn release(&mut self) {
-        if std::mem::replace(&mut self.released, true) {
-            return;
-        }
-        metrics::UNAUTHENTICATED.dec();
-        if let Some(inner) = self.inner.upgrade() {
-            inner.limits().release(self.peer);
-        }
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.release();
     }
 }
 
@@ -470,246 +395,6 @@ impl Authenticator {
         self.finish(peer, user, parsed, method, decision, reason, None)
     }
 
-    /// Records an attempt that passed the budgets and returns its decision.
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &self,
-        peer: IpAddr,
-        user: &str,
-        parsed: Option<ServerId>,
-        method: Method,
-        decision: Decision,
-        reason: String,
-        fingerprint: Option<&str>,
-    ) -> Decision {
-        let success = decision.is_accept();
-        let recorded = self.inner.limits().record(peer, parsed, method, success);
-        metrics::auth_outcome(
-            method,
-            if success {
-                AuthResult::Success
-            } else {
-                AuthResult::Failure
-            },
-        );
-        if let Recorded::Banned(length) = recorded {
-            metrics::BANS.inc();
-            tracing::warn!(
-                target: "berth::auth",
-                peer = %peer,
-                ban_secs = length.as_secs(),
-                "address banned after repeated password failures"
-            );
-            self.audit(AuditRecord {
-                kind: "auth",
-                server: None,
-                account: None,
-                peer: Some(peer),
-                method: Some("ban".into()),
-                outcome: "banned".into(),
-                detail: serde_json::json!({ "ban_secs": length.as_secs() }),
-            });
-        }
-        let shown = loggable_user(user);
-        let (account, outcome) = match &decision {
-            Decision::Accept { owner, .. } => (Some(owner.clone()), "success"),
-            Decision::Reject => (None, "failure"),
-        };
-        if success || self.inner.log_budget().allow() {
-            tracing::info!(
-                target: "berth::auth",
-                peer = %peer,
-                user = %shown,
-                method = method.as_str(),
-                outcome,
-                reason = %reason,
-                key = fingerprint.unwrap_or(""),
-                "auth attempt"
-            );
-        }
-        let mut detail = serde_json::json!({ "user": shown });
-        if !reason.is_empty() {
-            detail["reason"] = reason.into();
-        }
-        if let Some(fp) = fingerprint {
-            detail["key"] = fp.into();
-        }
-        self.audit(AuditRecord {
-            kind: "auth",
-            server: parsed,
-            account,
-            peer: Some(peer),
-            method: Some(method.as_str().into()),
-            outcome: outcome.into(),
-            detail,
-        });
-        decision
-    }
-
-    /// An attempt refused by the budgets before any credential check.
-    fn refused(
-        &self,
-        peer: IpAddr,
-        user: &str,
-        parsed: Option<ServerId>,
-        method: Method,
-        denied: AttemptDenied,
-        fingerprint: Option<&str>,
-    ) {
-        metrics::auth_outcome(method, AuthResult::RateLimited);
-        metrics::rate_limited(denied.as_str());
-        let shown = loggable_user(user);
-        if self.inner.log_budget().allow() {
-            tracing::info!(
-                target: "berth::auth",
-                peer = %peer,
-                user = %shown,
-                method = method.as_str(),
-                outcome = "rejected",
-                reason = denied.as_str(),
-                "auth attempt refused by rate limit"
-            );
-        }
-        let mut detail = serde_json::json!({ "user": shown, "reason": denied.as_str() });
-        if let Some(fp) = fingerprint {
-            detail["key"] = fp.into();
-        }
-        self.audit(AuditRecord {
-            kind: "auth",
-            server: parsed,
-            account: None,
-            peer: Some(peer),
-            method: Some(method.as_str().into()),
-            outcome: "rejected".into(),
-            detail,
-        });
-    }
-
-    /// Warns once when real hashes and the dummy differ in cost (timing would tell them apart).
-    fn check_cost(&self, hash: &str) {
-        let cost = hash.split('$').nth(2).and_then(|c| c.parse::<u32>().ok());
-        if let Some(cost) = cost
-            && cost != self.inner.cfg.bcrypt_dummy_cost
-            && !self
-                .inner
-                .cost_warned
-                .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            tracing::warn!(
-                target: "berth::auth",
-                hash_cost = cost,
-                dummy_cost = self.inner.cfg.bcrypt_dummy_cost,
-                "password hashes and ssh.auth.bcrypt_dummy_cost differ: login timing can tell \
-                 existing servers from unknown ones; set bcrypt_dummy_cost to the hash cost"
-            );
-        }
-    }
-
-    async fn dummy_hash(&self) -> String {
-        let cost = self.inner.cfg.bcrypt_dummy_cost;
-        self.inner
-            .dummy_hash
-            .get_or_init(|| async move {
-                let secret: [u8; 32] = rand::random();
-                let made = tokio::task::spawn_blocking(move || bcrypt::hash(secret, cost)).await;
-                match made {
-                    Ok(Ok(h)) => h,
-                    // Unreachable in practice (cost is validated); a fixed hash of the default
-                    // cost keeps timing close rather than failing logins.
-                    _ => "$2b$12$C6UzMDM.H6dfI/f/IKxGhuR4CiOI1O0xzZ8L7V6Bf2WWe5ycQd0uK".into(),
-                }
-            })
-            .await
-            .clone()
-    }
-
-    /// One bcrypt verification on the blocking pool. Usual addresses (a recent success for
-    /// this server) use their own slot and skip the queue; everyone else queues per address,
-    /// then globally, and is refused at once when `bcrypt_queue` attempts already wait.
-    async fn bcrypt_verify(
-        &self,
-        peer: IpAddr,
-        secret: &[u8],
-        hash: String,
-        trusted: bool,
-    ) -> Result<bool, Busy> {
-        let secret = secret.to_vec();
-        let run = || async move {
-            self.inner
-                .bcrypt_runs
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let started = Instant::now();
-            let verified = tokio::task::spawn_blocking(move || bcrypt::verify(secret, &hash))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(false);
-            metrics::BCRYPT_SECONDS.observe(started.elapsed());
-            verified
-        };
-        if trusted {
-            let Ok(_slot) = self.inner.trusted_slot.acquire().await else {
-                return Err(Busy);
-            };
-            return Ok(run().await);
-        }
-        let Some(waiting) = Waiting::enter(&self.inner.bcrypt_queued, self.inner.cfg.bcrypt_queue)
-        else {
-            return Err(Busy);
-        };
-        // Queued per source prefix (see `limits::source_key`), like every other per-source limit.
-        let peer = limits::source_key(
-            peer,
-            self.inner.cfg.source_prefix_v4,
-            self.inner.cfg.source_prefix_v6,
-        );
-        let queue = {
-            let mut map = self
-                .inner
-                .bcrypt_per_ip
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            map.entry(peer)
-                .or_insert_with(|| Arc::new(Semaphore::new(1)))
-                .clone()
-        };
-        let result = async {
-            let _mine = queue.acquire().await.ok()?;
-            let _slot = self.inner.bcrypt_slots.acquire().await.ok()?;
-            drop(waiting);
-            Some(run().await)
-        }
-        .await;
-        {
-            let mut map = self
-                .inner
-                .bcrypt_per_ip
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Ours plus the map's: nobody else is queued, forget the address.
-            if Arc::strong_count(&queue) == 2 {
-                map.remove(&peer);
-            }
-        }
-        result.ok_or(Busy)
-    }
-
-    fn audit(&self, record: AuditRecord) {
-        let tx = self.inner.audit_tx.get_or_init(|| {
-            let (tx, mut rx) = mpsc::channel::<AuditRecord>(AUDIT_QUEUE);
-            let backend = self.inner.backend.clone();
-            tokio::spawn(async move {
-                while let Some(r) = rx.recv().await {
-                    backend.audit(r).await;
-                }
-            });
-            tx
-        });
-        if tx.try_send(record).is_err() {
-            metrics::AUDIT_DROPPED.inc();
-        }
-    }
-
     fn start_background(&self) {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
@@ -741,93 +426,6 @@ impl Authenticator {
         let l = self.inner.limits();
         (l.table_sizes(), l.banned_count())
     }
-}
-
-impl Inner {
-    fn log_budget(&self) -> std::sync::MutexGuard<'_, LogBudget> {
-        self.log_budget
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// The bcrypt queue is full (or closed): refuse without verifying.
-#[derive(Debug, Clone, Copy)]
-struct Busy;
-
-/// One attempt waiting for a bcrypt slot (counted in `bcrypt_queued` and the metrics gauge).
-struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn enter(count: &'a std::sync::atomic::AtomicUsize, max: usize) -> Option<Self> {
-        use std::sync::atomic::Ordering;
-        let entered = count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok();
-        entered.then(|| {
-            metrics::BCRYPT_WAITING.inc();
-            Self(count)
-        })
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        metrics::BCRYPT_WAITING.dec();
-    }
-}
-
-/// At most `PER_SECOND` failure log lines per second; the rest are counted in metrics only.
-#[derive(Debug, Default)]
-struct LogBudget {
-    second: u64,
-    used: u32,
-    suppressed: u64,
-}
-
-impl LogBudget {
-    const PER_SECOND: u32 = 20;
-
-    fn allow(&mut self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if now != self.second {
-            if self.suppressed > 0 {
-                tracing::info!(
-                    target: "berth::auth",
-                    suppressed = self.suppressed,
-                    "auth log lines suppressed in the last second"
-                );
-            }
-            self.second = now;
-            self.used = 0;
-            self.suppressed = 0;
-        }
-        if self.used < Self::PER_SECOND {
-            self.used += 1;
-            true
-        } else {
-            self.suppressed += 1;
-            false
-        }
-    }
-}
-
-/// The user name as typed, made safe for logs: control characters escaped, length capped.
-pub fn loggable_user(user: &str) -> String {
-    let mut out: String = user
-        .chars()
-        .take(MAX_LOGGED_USER)
-        .flat_map(char::escape_debug)
-        .collect();
-    if user.chars().count() > MAX_LOGGED_USER {
-        out.push('…');
-    }
-    out
 }
 
 #[cfg(test)]

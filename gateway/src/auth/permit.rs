@@ -1,0 +1,57 @@
+//! The admission slot of one connection between accept and authentication: held while the
+//! client negotiates, freed when it authenticates or goes, so the unauthenticated caps in
+//! [`super::limits`] count only connections that have not proved anything yet.
+
+use std::net::IpAddr;
+use std::sync::Weak;
+
+use super::Inner;
+use crate::metrics;
+
+/// An admitted, not yet authenticated connection's slot. Dropping it (connection closed) or
+/// calling [`Permit::authenticated`] frees the slot.
+#[derive(Debug)]
+pub struct Permit {
+    pub(super) inner: Weak<Inner>,
+    pub(super) peer: IpAddr,
+    pub(super) deadline: tokio::time::Instant,
+    pub(super) released: bool,
+}
+
+impl Permit {
+    /// The connection authenticated: it no longer counts against the unauthenticated caps.
+    pub fn authenticated(mut self) {
+        self.release();
+    }
+
+    /// When the login grace time runs out.
+    pub fn grace_deadline(&self) -> tokio::time::Instant {
+        self.deadline
+    }
+
+    /// Completes when the login grace time has run out (counts the expiry in metrics).
+    pub async fn grace_expired(&self) {
+        tokio::time::sleep_until(self.deadline).await;
+        metrics::LOGIN_GRACE_EXPIRED.inc();
+    }
+
+    pub fn peer(&self) -> IpAddr {
+        self.peer
+    }
+
+    fn release(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        metrics::UNAUTHENTICATED.dec();
+        if let Some(inner) = self.inner.upgrade() {
+            inner.limits().release(self.peer);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
