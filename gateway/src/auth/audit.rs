@@ -35,7 +35,7 @@ impl Authenticator {
         let success = decision.is_accept();
         let recorded = self.inner.limits().record(peer, parsed, method, success);
         metrics::auth_outcome(
-            method,
+            method.as_str(),
             if success {
                 AuthResult::Success
             } else {
@@ -106,7 +106,7 @@ impl Authenticator {
         denied: AttemptDenied,
         fingerprint: Option<&str>,
     ) {
-        metrics::auth_outcome(method, AuthResult::RateLimited);
+        metrics::auth_outcome(method.as_str(), AuthResult::RateLimited);
         metrics::rate_limited(denied.as_str());
         let shown = loggable_user(user);
         if self.inner.log_budget().allow() {
