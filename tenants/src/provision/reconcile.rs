@@ -1,0 +1,84 @@
+//! Comparing the store with Docker: missing, stopped and unknown containers reported, never
+//! deleted or started.
+//!
+//! Deliberately not here: acting on the report (a missing container is recreated by the next
+//! `ensure_running`; unknown ones are for the operator).
+
+use std::collections::HashMap;
+
+use super::{ProvisionError, Provisioner};
+use crate::name::ServerId;
+use crate::store::{DesiredState, Server};
+
+/// A container berth labelled that the store does not account for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ForeignContainer {
+    pub name: String,
+    pub container_id: String,
+    pub server: Option<ServerId>,
+    pub reason: String,
+}
+
+/// Result of [`Provisioner::reconcile`]. Nothing is deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReconcileReport {
+    /// Live servers with a container.
+    pub present: Vec<ServerId>,
+    /// Live servers whose container is gone: recreated (volume intact) on next use.
+    pub missing: Vec<ServerId>,
+    /// Desired running but the container is not running.
+    pub stopped: Vec<ServerId>,
+    /// Labelled containers of this instance unknown to the store (or of deleted servers).
+    pub unknown: Vec<ForeignContainer>,
+}
+
+impl Provisioner {
+    /// Compares the store with Docker. Reports live servers whose container is missing (they
+    /// are recreated with their volume on next use), servers that should run but do not, and
+    /// containers labelled by this instance that the store does not know or has deleted. It
+    /// never deletes or starts anything.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, ProvisionError> {
+        let servers = self.inner.store.servers(true).await?;
+        let by_id: HashMap<ServerId, &Server> = servers.iter().map(|s| (s.id, s)).collect();
+        let listed = self.list_ours(true).await?;
+        let mut report = ReconcileReport::default();
+        let mut seen = std::collections::HashSet::new();
+        for c in listed {
+            match c.server.and_then(|id| by_id.get(&id).map(|s| (id, s))) {
+                Some((id, s)) if s.deleted.is_none() => {
+                    seen.insert(id);
+                    report.present.push(id);
+                    if s.desired == DesiredState::Running && c.state != "running" {
+                        report.stopped.push(id);
+                    }
+                }
+                Some((id, _)) => report.unknown.push(ForeignContainer {
+                    name: c.name,
+                    container_id: c.container_id,
+                    server: Some(id),
+                    reason: format!("{id} is deleted in the store"),
+                }),
+                None => report.unknown.push(ForeignContainer {
+                    reason: match c.server {
+                        Some(id) => format!("{id} is not in the store"),
+                        None => "name and berth.server label do not match".to_string(),
+                    },
+                    name: c.name,
+                    container_id: c.container_id,
+                    server: c.server,
+                }),
+            }
+        }
+        for s in servers.iter().filter(|s| s.deleted.is_none()) {
+            if !seen.contains(&s.id) {
+                report.missing.push(s.id);
+            }
+        }
+        report.present.sort();
+        report.stopped.sort();
+        for u in &report.unknown {
+            tracing::warn!(container = %u.name, reason = %u.reason, "berth-labelled container unknown to the store (left alone)");
+        }
+        Ok(report)
+    }
+}
