@@ -50,7 +50,9 @@ pub async fn run(spec: Spec) {
     let started = Instant::now();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = Arc::new(AtomicU64::new(0));
-    let outcome = run_inner(spec, bytes_in.clone(), bytes_out.clone()).await;
+    // Which data path carried the session ("none" when it never started).
+    let mut path = "none";
+    let outcome = run_inner(spec, bytes_in.clone(), bytes_out.clone(), &mut path).await;
     let (outcome_s, exit) = match &outcome {
         Outcome::Exited(Exit::Status(c)) => ("exited", serde_json::json!({ "exit_status": c })),
         Outcome::Exited(Exit::Signal(s)) => ("exited", serde_json::json!({ "exit_signal": s })),
@@ -60,7 +62,7 @@ pub async fn run(spec: Spec) {
     let bi = bytes_in.load(Ordering::Relaxed);
     let bo = bytes_out.load(Ordering::Relaxed);
     info!(
-        server = %conn.login.server.login_name(), peer = %conn.peer, kind, outcome = outcome_s,
+        server = %conn.login.server.login_name(), peer = %conn.peer, kind, outcome = outcome_s, path,
         bytes_in = bi, bytes_out = bo, duration_ms = started.elapsed().as_millis() as u64, detail = %exit,
         "session closed"
     );
@@ -68,6 +70,7 @@ pub async fn run(spec: Spec) {
     if let Some(m) = detail.as_object_mut() {
         m.insert("bytes_in".into(), bi.into());
         m.insert("bytes_out".into(), bo.into());
+        m.insert("path".into(), path.into());
         m.insert(
             "duration_ms".into(),
             (started.elapsed().as_millis() as u64).into(),
@@ -97,7 +100,12 @@ enum Outcome {
 /// a background job that kept the pipes or the terminal open must not hold the channel.
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
-async fn run_inner(spec: Spec, bytes_in: Arc<AtomicU64>, bytes_out: Arc<AtomicU64>) -> Outcome {
+async fn run_inner(
+    spec: Spec,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
+    path_taken: &mut &'static str,
+) -> Outcome {
     let Spec {
         conn,
         id,
@@ -148,6 +156,7 @@ async fn run_inner(spec: Spec, bytes_in: Arc<AtomicU64>, bytes_out: Arc<AtomicU6
         path,
     } = process;
     debug!(server = %login, path, "session started");
+    *path_taken = path;
 
     let input_task = tokio::spawn(pipe::pump_input(
         input,
