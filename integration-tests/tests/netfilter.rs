@@ -288,6 +288,32 @@ fn netfilter_run_restores_the_ruleset_after_a_flush() -> Result<()> {
     // before stopping the daemon.
     wait_check_ok(&tb, &cfg, Duration::from_secs(10))?;
 
+    // SIGHUP re-reads the config: a new deny entry is in force without a restart.
+    let cfg = write_config(
+        dir.path(),
+        true,
+        "check_interval_secs = 2\nextra_deny = [\"9.9.9.0/24\"]\n",
+    )?;
+    let (code, _, _) = tb.berth(&cfg, &["netfilter", "check"])?;
+    ensure!(
+        code == 1,
+        "the running policy already had the new entry before SIGHUP"
+    );
+    sh(&["kill", "-HUP", &pid.to_string()])?;
+    let took =
+        wait_check_ok(&tb, &cfg, Duration::from_secs(10)).context("SIGHUP did not reload")?;
+    eprintln!("config reloaded {took:?} after SIGHUP");
+    // A config that no longer loads keeps the running policy and the daemon.
+    std::fs::write(&cfg, "[netfilter]\nallow = 5\n")?;
+    sh(&["kill", "-HUP", &pid.to_string()])?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let cfg = write_config(
+        dir.path(),
+        true,
+        "check_interval_secs = 2\nextra_deny = [\"9.9.9.0/24\"]\n",
+    )?;
+    wait_check_ok(&tb, &cfg, Duration::from_secs(5)).context("a bad config replaced the policy")?;
+
     // SIGTERM: exits 0 and leaves the rules in place.
     sh(&["kill", "-TERM", &pid.to_string()])?;
     let mut child = tb.take_child(pid).context("daemon child")?;

@@ -170,15 +170,75 @@ pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
 /// sends on `ready` after the first successful apply.
 pub async fn run_daemon(
     cfg: &crate::config::Config,
+    path: Option<std::path::PathBuf>,
     shutdown: tokio_util::sync::CancellationToken,
     ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<()> {
-    let fw = firewall(cfg)?;
-    fw.watch(shutdown.cancelled(), move || {
-        // The receiver may have given up waiting; the firewall is up either way.
-        let _ = ready.send(());
-    })
-    .await
-    .context("netfilter component failed")?;
-    Ok(())
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut fw = firewall(cfg)?;
+    let mut ready = Some(ready);
+    // SIGHUP (`systemctl reload`): read the config again and re-apply. A config that does not
+    // load keeps the running policy; the ruleset stays in place across the switch.
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; netfilter config reloads need a restart");
+            None
+        }
+    };
+    loop {
+        let reload = tokio_util::sync::CancellationToken::new();
+        let stop = {
+            let shutdown = shutdown.clone();
+            let reload = reload.clone();
+            async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = reload.cancelled() => {}
+                }
+            }
+        };
+        {
+            let watch = fw.watch(stop, || {
+                // The receiver may have given up waiting; the firewall is up either way.
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+            });
+            tokio::pin!(watch);
+            tokio::select! {
+                r = &mut watch => {
+                    // Only shutdown ends the watch (or an error).
+                    r.context("netfilter component failed")?;
+                    return Ok(());
+                }
+                _ = next_hup(&mut hup) => reload.cancel(),
+            }
+            // The watch returns as soon as its stop future fires; the rules stay in place.
+            (&mut watch).await.context("netfilter component failed")?;
+        }
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        match load_config(path.as_deref()).and_then(|c| firewall(&c)) {
+            Ok(new) => {
+                tracing::info!("netfilter config reloaded on SIGHUP; re-applying");
+                fw = new;
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "netfilter config reload failed; keeping the running policy");
+            }
+        }
+    }
+}
+
+async fn next_hup(hup: &mut Option<tokio::signal::unix::Signal>) {
+    match hup.as_mut() {
+        Some(h) => {
+            if h.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }

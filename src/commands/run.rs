@@ -96,7 +96,7 @@ pub async fn run(path: Option<&Path>, args: Args) -> Result<ExitCode> {
         if shutdown.is_cancelled() {
             break;
         }
-        match start(comp, &cfg, with_gateway, shutdown.clone()).await {
+        match start(comp, &cfg, path, with_gateway, shutdown.clone()).await {
             Ok(handle) => {
                 tracing::info!(component = comp.name(), "component ready");
                 running.push((comp, handle));
@@ -219,11 +219,14 @@ fn order(requested: &[Component]) -> Vec<Component> {
 async fn start(
     comp: Component,
     cfg: &Config,
+    path: Option<&Path>,
     with_gateway: bool,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<Result<()>>> {
     let (ready_tx, ready_rx) = oneshot::channel();
     let cfg = cfg.clone();
+    // Where the config came from, for a reload on SIGHUP (netfilter re-reads it).
+    let config_path = path.map(Path::to_path_buf);
     let mut handle = tokio::spawn(async move {
         match comp {
             Component::Gateway => commands::gateway::run_daemon(&cfg, shutdown, ready_tx).await,
@@ -231,7 +234,9 @@ async fn start(
                 let feed = commands::dns::ZoneFeed::for_process(&cfg, with_gateway);
                 commands::dns::run_daemon(&cfg, feed, shutdown, ready_tx).await
             }
-            Component::Netfilter => commands::netfilter::run_daemon(&cfg, shutdown, ready_tx).await,
+            Component::Netfilter => {
+                commands::netfilter::run_daemon(&cfg, config_path, shutdown, ready_tx).await
+            }
         }
     });
     tokio::select! {
@@ -260,7 +265,8 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    // SIGHUP is `systemctl reload`: components that reload (blocklist, keys) listen for it
+    // SIGHUP is `systemctl reload`: components that reload (dns blocklist, netfilter config)
+    // listen for it
     // themselves; this listener guarantees the default action (terminate) never applies.
     let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
     tokio::spawn(async move {
