@@ -78,6 +78,12 @@ pub struct Resolver {
     soa: Record,
 }
 
+/// Cache hits a UDP worker answered but has not counted yet (their query types): a worker
+/// counts a whole batch at once, so the shared counters' cache lines move between cores once
+/// per batch rather than once per query.
+#[derive(Debug, Default)]
+pub struct HitTally(Vec<u16>);
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
@@ -196,10 +202,18 @@ impl Resolver {
     }
 
     /// The UDP fast path: when `q` (from `src`) has a fresh cached answer, writes the response
-    /// into `out` and returns true. False means "take the general path" (a miss, a stale entry,
-    /// a PTR query, a refused or rate-limited client, query logging on): nothing was sent and,
-    /// apart from a rate-limit token when that check failed, nothing was counted.
-    pub fn answer_hit(&self, src: IpAddr, q: &QueryView<'_>, out: &mut Vec<u8>) -> bool {
+    /// into `out`, notes the hit in `tally` and returns true. False means "take the general
+    /// path" (a miss, a stale entry, a PTR query, a refused or rate-limited client, query
+    /// logging on): nothing was sent and, apart from a rate-limit token when that check failed,
+    /// nothing was counted. The caller passes `tally` to [`Self::count_hits`] before it sends
+    /// the responses, so a client that got an answer also sees it counted.
+    pub fn answer_hit(
+        &self,
+        src: IpAddr,
+        q: &QueryView<'_>,
+        out: &mut Vec<u8>,
+        tally: &mut HitTally,
+    ) -> bool {
         if self.s.query_log || q.qtype == u16::from(RecordType::PTR) {
             return false;
         }
@@ -219,10 +233,17 @@ impl Resolver {
         if self.ratelimit.enabled() && !self.ratelimit.check(src, now) {
             return false;
         }
-        self.metrics.query(RecordType::from(q.qtype));
-        self.metrics.cache_hits.inc();
-        self.metrics.outcome(Outcome::CacheHit);
+        tally.0.push(q.qtype);
         true
+    }
+
+    /// Adds the hits in `tally` to the metrics and empties it.
+    pub fn count_hits(&self, tally: &mut HitTally) {
+        for t in tally.0.drain(..) {
+            self.metrics.query(RecordType::from(t));
+            self.metrics.cache_hits.inc();
+            self.metrics.outcome(Outcome::CacheHit);
+        }
     }
 
     fn blocklist(&self) -> Arc<Blocklist> {
