@@ -204,8 +204,15 @@ impl DockerWorld {
             cpus: 0.5,
             pids: 256,
             stop_timeout_secs: 2,
+            agent_dir: self.agent_dir().display().to_string(),
             ..Config::default()
         }
+    }
+
+    /// This world's `[tenants] agent_dir` (under the temp dir, removed with the world), so tests
+    /// never write into the host's `/var/lib/berth`.
+    pub fn agent_dir(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-agent", self.prefix))
     }
 
     pub fn container(&self, n: u32) -> String {
@@ -220,6 +227,7 @@ impl DockerWorld {
 impl Drop for DockerWorld {
     fn drop(&mut self) {
         cleanup(&self.prefix, &self.net.name);
+        let _ = std::fs::remove_dir_all(self.agent_dir());
     }
 }
 
@@ -409,8 +417,10 @@ memory = "256m"
 cpus = 0.5
 pids = 256
 stop_timeout_secs = 2
+agent_dir = "{agent_dir}"
 {extra_tenants}
 "#,
+        agent_dir = world.agent_dir().display(),
         state = dir.join("state").display(),
         name = world.net.name,
         bridge = world.net.bridge,

@@ -58,10 +58,20 @@ async fn lifecycle(kind: DbKind) {
         inspect(&name, "{{json .HostConfig.Dns}}"),
         format!("[\"{}\"]", env.world.net.gateway)
     );
-    let mounts = inspect(&name, "{{range .Mounts}}{{.Name}}:{{.Destination}} {{end}}");
+    let mounts = inspect(
+        &name,
+        "{{range .Mounts}}{{.Type}} {{if .Name}}{{.Name}}{{else}}{{.Source}}{{end}}:{{.Destination}} {{.RW}}\n{{end}}",
+    );
+    let mut mounts: Vec<&str> = mounts.lines().filter(|l| !l.is_empty()).collect();
+    mounts.sort();
+    let agent_dir = env.world.agent_dir().join(id.login_name());
     assert_eq!(
-        mounts.trim(),
-        format!("{}:/apps", env.world.volume(id.get()))
+        mounts,
+        vec![
+            format!("bind {}:/dev/berth false", agent_dir.display()),
+            format!("volume {}:/apps true", env.world.volume(id.get())),
+        ],
+        "the data volume read-write and the agent directory read-only, nothing else"
     );
     let ip = inspect(
         &name,
