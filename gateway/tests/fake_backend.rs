@@ -270,7 +270,10 @@ async fn sessions_run_on_a_fake_backend() {
     let sessions: Vec<_> = seen.audits.iter().filter(|a| a.kind == "session").collect();
     assert_eq!(sessions.len(), 3, "{:?}", seen.audits);
     assert!(sessions.iter().any(|a| a.detail["exit_status"] == 3));
-    assert!(sessions.iter().all(|a| a.detail["path"] == "fake"), "{sessions:?}");
+    assert!(
+        sessions.iter().all(|a| a.detail["path"] == "fake"),
+        "{sessions:?}"
+    );
     drop(seen);
     gw.stop.cancel();
 }
