@@ -755,8 +755,23 @@ textfile_interval_secs = 2
         "netfilter could not isolate the bridge ports under its unit:\n{log}"
     );
     let ports = exec_ok(&["bridge", "-d", "link", "show", "master", BRIDGE]);
+    // iproute2 6.1 may list other bridges' ports too (the host's, seen through the shared
+    // network namespace): judge only this bridge's, one record per port ("N: name … master X"
+    // then its detail line).
+    let mut records: Vec<String> = Vec::new();
+    for line in ports.lines() {
+        if line.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+            records.push(line.to_string());
+        } else if let Some(r) = records.last_mut() {
+            r.push_str(line);
+        }
+    }
+    let ours: Vec<&String> = records
+        .iter()
+        .filter(|r| r.contains(&format!("master {BRIDGE} ")))
+        .collect();
     assert!(
-        ports.contains("isolated on") && !ports.contains("isolated off"),
+        !ours.is_empty() && ours.iter().all(|r| r.contains("isolated on")),
         "tenant ports of {BRIDGE} not isolated:\n{ports}"
     );
     // What the units warned about, for whoever reads the test log (`--nocapture`).
