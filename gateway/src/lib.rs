@@ -25,8 +25,6 @@ pub use backend::{
     AuditRecord, Backend, BackendError, Chunk, Credentials, ExecRequest, Process, ProcessControl,
     ProcessOutput, Stream, Target,
 };
-/// Re-exported so backends outside this crate name the same Docker client type.
-pub use bollard;
 pub use build::build;
 pub use config::Config;
 pub use conn::{Shared, Stats};
