@@ -1,6 +1,6 @@
 //! Sockets and lifecycle: binding (IP_FREEBIND, so the tenant bridge may appear later; one UDP
-//! socket per core through SO_REUSEPORT), one `udp` worker per UDP socket, hickory's `Server`
-//! for TCP, the blocklist file watcher, and shutdown.
+//! socket per core through SO_REUSEPORT), one `udp` worker thread per UDP socket, hickory's
+//! `Server` for TCP, the blocklist file watcher, and shutdown.
 //!
 //! Listeners are bound by the caller ([`bind`]) and passed in, so tests use port 0 on loopback and
 //! the daemon can be socket-activated later; nothing here reads global state.
@@ -8,12 +8,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use hickory_server::Server;
 use ipnet::IpNet;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,10 +26,11 @@ use crate::policy::Blocklist;
 use crate::resolver::{Handler, Resolver};
 use crate::zone::LocalZone;
 
-/// UDP sockets (one per core, all on the same address) and one TCP listener on that address.
+/// UDP sockets (one per core, all on the same address; blocking, with a receive timeout, as
+/// their worker threads want them) and one TCP listener on that address.
 #[derive(Debug)]
 pub struct Listener {
-    pub udp: Vec<UdpSocket>,
+    pub udp: Vec<std::net::UdpSocket>,
     pub tcp: TcpListener,
 }
 
@@ -93,11 +96,14 @@ pub fn bind(addr: SocketAddr) -> Result<Listener, DnsError> {
 
 fn bind_once(addr: SocketAddr) -> Result<Listener, DnsError> {
     let err = |e: std::io::Error| DnsError::Bind { addr, source: e };
-    let udp_socket = |a: SocketAddr| -> Result<UdpSocket, DnsError> {
+    let udp_socket = |a: SocketAddr| -> Result<std::net::UdpSocket, DnsError> {
         let u = socket(a, Type::DGRAM, Protocol::UDP).map_err(err)?;
         u.set_recv_buffer_size(4 << 20).ok();
         u.bind(&a.into()).map_err(err)?;
-        UdpSocket::from_std(std::net::UdpSocket::from(u)).map_err(err)
+        u.set_nonblocking(false).map_err(err)?;
+        u.set_read_timeout(Some(crate::udp::RECV_TIMEOUT))
+            .map_err(err)?;
+        Ok(std::net::UdpSocket::from(u))
     };
     let first = udp_socket(addr)?;
     // With port 0 the first socket's port is the one every other socket (and TCP) takes.
@@ -208,16 +214,14 @@ impl Service {
     ) -> Result<(), DnsError> {
         let mut server = Server::new(Handler(self.resolver.clone()));
         let tracker = TaskTracker::new();
-        let udp_stop = CancellationToken::new();
-        let mut workers = Vec::new();
+        let general = crate::udp::GeneralPath {
+            runtime: tokio::runtime::Handle::current(),
+            tracker: tracker.clone(),
+        };
+        let mut udp = UdpWorkers::default();
         for l in listeners {
             for u in l.udp {
-                workers.push(tokio::spawn(crate::udp::serve(
-                    Arc::new(u),
-                    self.resolver.clone(),
-                    tracker.clone(),
-                    udp_stop.clone(),
-                )));
+                udp.spawn(u, &self.resolver, &general)?;
             }
             server.register_listener(l.tcp, self.tcp_idle, 64);
         }
@@ -236,10 +240,8 @@ impl Service {
         };
         // UDP: stop reading, then let the queries already taken finish (each is bounded by the
         // query timeout).
-        udp_stop.cancel();
-        for w in workers {
-            let _ = w.await;
-        }
+        udp.stop();
+        let _ = tokio::task::spawn_blocking(move || udp.join()).await;
         tracker.close();
         tracker.wait().await;
         if let Some(w) = watcher {
@@ -267,6 +269,65 @@ impl Service {
                 }
             }
         }
+    }
+}
+
+/// The UDP worker threads of one [`Service::serve`]. Dropped without [`UdpWorkers::join`] (the
+/// serve future cancelled), they are still told to stop, so no thread outlives its server for
+/// longer than one receive timeout.
+#[derive(Default)]
+struct UdpWorkers {
+    stop: Arc<AtomicBool>,
+    socks: Vec<Arc<std::net::UdpSocket>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl UdpWorkers {
+    fn spawn(
+        &mut self,
+        sock: std::net::UdpSocket,
+        resolver: &Arc<Resolver>,
+        general: &crate::udp::GeneralPath,
+    ) -> Result<(), DnsError> {
+        let sock = Arc::new(sock);
+        let (s, r, g, stop) = (
+            sock.clone(),
+            resolver.clone(),
+            general.clone(),
+            self.stop.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("dns-udp-{}", self.threads.len()))
+            .spawn(move || crate::udp::serve(s, r, g, &stop))
+            .map_err(|e| DnsError::Io {
+                what: "a dns udp worker thread (cannot start it)".into(),
+                source: e,
+            })?;
+        self.socks.push(sock);
+        self.threads.push(thread);
+        Ok(())
+    }
+
+    /// Tells every worker to stop and wakes those blocked in `recvmmsg`: shutting a UDP
+    /// socket's receive side makes a blocked receive return at once (Linux answers `ENOTCONN`
+    /// for an unconnected socket, but does it).
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        for s in &self.socks {
+            let _ = rustix::net::shutdown(s, rustix::net::Shutdown::Read);
+        }
+    }
+
+    fn join(mut self) {
+        for t in std::mem::take(&mut self.threads) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for UdpWorkers {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

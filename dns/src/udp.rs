@@ -1,19 +1,28 @@
-//! The UDP side of the server: one worker per socket (the sockets share one address through
-//! `SO_REUSEPORT`, one per core; see `service::bind`), each a loop that takes up to [`BATCH`]
-//! datagrams per `recvmmsg`, answers the cache hits among them inline — parse in place, patch a
-//! copy of the cached bytes — with one `sendmmsg`, and hands every other datagram to the general
-//! path as a task of its own.
+//! The UDP side of the server: one worker thread per socket (the sockets share one address
+//! through `SO_REUSEPORT`, one per core; see `service::bind`), each a loop that blocks in
+//! `recvmmsg` for up to [`BATCH`] datagrams, answers the cache hits among them inline — parse in
+//! place, patch a copy of the cached bytes — with one `sendmmsg`, and hands every other datagram
+//! to the general path as a task on the tokio runtime.
 //!
 //! Why not hickory's `Server` for UDP: its per-datagram path (decode into owned types, a task,
 //! a channel to a sender task, clone the cached records, encode them again) cost more than the
 //! kernel's share of a cache hit; a hit here allocates nothing. The general path still uses
 //! hickory's request parsing and response encoding, through [`UdpResponse`], and decides
 //! exactly as for TCP ([`crate::resolver::Resolver::handle`]). TCP stays on hickory's `Server`.
+//!
+//! Why a thread of its own rather than a task: a task waits for the socket through the runtime's
+//! epoll, so every datagram woke the reactor, then a worker, often another core's; every answer
+//! sent woke the reactor again (write space). A thread blocked in `recvmmsg` is woken by the
+//! kernel directly, and the socket is in no epoll set at all. The socket stays in blocking mode
+//! with a receive timeout so the thread sees its stop flag; the general path sends with
+//! `MSG_DONTWAIT` and so never blocks a runtime thread.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::Record;
@@ -24,9 +33,7 @@ use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
-use tokio_util::sync::CancellationToken;
+use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
 use crate::resolver::{HitTally, Resolver};
@@ -37,8 +44,13 @@ const MAX_QUERY: usize = 4096;
 
 /// Datagrams taken per `recvmmsg` (and answers given per `sendmmsg`). Under load the kernel's
 /// per-syscall cost and the wake-ups, not the hit itself, dominate a cache hit; one call per
-/// batch spreads them. Idle, a batch is one datagram and costs what `recv_from` did.
+/// batch spreads them. Idle, a batch is one datagram (`MSG_WAITFORONE`).
 const BATCH: usize = 32;
+
+/// How long a worker blocks in `recvmmsg` before it looks at its stop flag again. Stopping also
+/// shuts the socket's receive side down, which wakes the worker at once; this bounds the wait
+/// if that wake-up is missed.
+pub const RECV_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A worker's buffers, reused from batch to batch.
 struct Batch {
@@ -52,13 +64,21 @@ struct Batch {
     tally: HitTally,
 }
 
-/// Serves one UDP socket until `shutdown`; general-path tasks are spawned on `tracker` (the
-/// caller waits for them to drain).
-pub async fn serve(
+/// Where a worker sends what it does not answer itself: tasks on this runtime, tracked so the
+/// caller can wait for them to drain.
+#[derive(Clone)]
+pub struct GeneralPath {
+    pub runtime: Handle,
+    pub tracker: TaskTracker,
+}
+
+/// Serves one UDP socket (blocking mode, receive timeout set: see [`RECV_TIMEOUT`]) on the
+/// calling thread until `stop` is set.
+pub fn serve(
     sock: Arc<UdpSocket>,
     resolver: Arc<Resolver>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
+    general: GeneralPath,
+    stop: &AtomicBool,
 ) {
     let mut b = Batch {
         bufs: vec![0u8; BATCH * MAX_QUERY],
@@ -67,24 +87,25 @@ pub async fn serve(
         dsts: Vec::with_capacity(BATCH),
         tally: HitTally::default(),
     };
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            r = sock.readable() => if let Err(e) = r {
-                tracing::debug!(error = %e, "dns udp socket failed");
-                tokio::task::yield_now().await;
-                continue;
-            },
-        }
-        let (bufs, got) = (&mut b.bufs, &mut b.got);
-        match sock.try_io(Interest::READABLE, || recv_batch(&sock, bufs, got)) {
+    let mut hdrs = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    while !stop.load(Ordering::Acquire) {
+        match recv_batch(&sock, &mut hdrs, &mut b.bufs, &mut b.got) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
             Err(e) => {
-                // ICMP errors reported on the socket and the like: nothing to answer.
+                // ICMP errors reported on the socket and the like: nothing to answer. A short
+                // pause keeps an error that repeats from spinning a core.
                 tracing::debug!(error = %e, "dns udp receive failed");
-                tokio::task::yield_now().await;
+                std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
         }
@@ -105,38 +126,40 @@ pub async fn serve(
             let packet = packet.to_vec();
             let sock = sock.clone();
             let resolver = resolver.clone();
-            tracker.spawn(async move { general(packet, src, sock, resolver).await });
+            general.tracker.spawn_on(
+                async move { general_path(packet, src, sock, resolver).await },
+                &general.runtime,
+            );
         }
         if b.dsts.is_empty() {
             continue;
         }
         resolver.count_hits(&mut b.tally);
-        send_batch(&sock, &b.outs[..b.dsts.len()], &b.dsts).await;
+        send_batch(&sock, &b.outs[..b.dsts.len()], &b.dsts);
     }
 }
 
-/// One `recvmmsg` into `bufs`: fills `got` with what arrived (at least one datagram, else an
-/// error, `WouldBlock` when there was nothing to read).
+/// One `recvmmsg` into `bufs`, blocking until at least one datagram arrives (or the receive
+/// timeout passes: `WouldBlock`); fills `got` with what arrived.
 fn recv_batch(
     sock: &UdpSocket,
+    hdrs: &mut MultiHeaders<SockaddrStorage>,
     bufs: &mut [u8],
     got: &mut Vec<(usize, Option<SocketAddr>)>,
 ) -> io::Result<()> {
     got.clear();
-    // Built per call: nix's headers hold raw pointers, so they cannot live in the worker's
-    // future (which must be `Send`). The kernel writes each sender's address length back into
-    // its header and takes it as the room for the next one: harmless here, as every datagram
-    // on one socket comes from the same address family.
-    let mut hdrs = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    // The kernel writes each sender's address length back into its header and takes it as the
+    // room for the next one: harmless here, as every datagram on one socket comes from the same
+    // address family.
     let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
         .chunks_mut(MAX_QUERY)
         .map(|c| [IoSliceMut::new(c)])
         .collect();
     let msgs = recvmmsg(
         sock.as_raw_fd(),
-        &mut hdrs,
+        hdrs,
         iovs.iter_mut(),
-        MsgFlags::MSG_DONTWAIT,
+        MsgFlags::MSG_WAITFORONE,
         None,
     )?;
     got.extend(msgs.map(|m| (m.bytes, m.address.and_then(socket_addr))));
@@ -151,19 +174,15 @@ fn socket_addr(a: SockaddrStorage) -> Option<SocketAddr> {
         .map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
 }
 
-/// Sends `outs[i]` to `dsts[i]` with as few `sendmmsg` calls as the socket allows, waiting for
-/// room when its buffer is full. A datagram the kernel refuses outright is logged and skipped,
-/// as a failed `send_to` was.
-async fn send_batch(sock: &UdpSocket, outs: &[Vec<u8>], dsts: &[SocketAddrAny]) {
+/// Sends `outs[i]` to `dsts[i]` with as few `sendmmsg` calls as the socket allows (blocking
+/// while its buffer is full). A datagram the kernel refuses outright is logged and skipped, as a
+/// failed `send_to` was.
+fn send_batch(sock: &UdpSocket, outs: &[Vec<u8>], dsts: &[SocketAddrAny]) {
     let mut from = 0;
     while from < outs.len() {
-        let r = sock
-            .async_io(Interest::WRITABLE, || {
-                send_some(sock, &outs[from..], &dsts[from..])
-            })
-            .await;
-        match r {
+        match send_some(sock, &outs[from..], &dsts[from..]) {
             Ok(n) => from += n.max(1),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 tracing::debug!(error = %e, peer = ?dsts[from], "could not send a dns response");
                 from += 1;
@@ -185,11 +204,37 @@ fn send_some(sock: &UdpSocket, outs: &[Vec<u8>], dsts: &[SocketAddrAny]) -> io::
         .zip(ctl.iter_mut())
         .map(|((a, iov), c)| MMsgHdr::new_with_addr(a, iov, c))
         .collect();
-    Ok(sendmmsg(sock.as_fd(), &mut msgs, SendFlags::DONTWAIT)?)
+    Ok(sendmmsg(sock.as_fd(), &mut msgs, SendFlags::empty())?)
+}
+
+/// Sends one general-path response without ever blocking the runtime thread: `MSG_DONTWAIT`,
+/// and while the socket's buffer is full, short sleeps (about 60 ms in all, then the datagram
+/// is given up, as a full queue on the way would drop it too).
+async fn send_nonblocking(sock: &UdpSocket, bytes: &[u8], dst: SocketAddr) -> io::Result<()> {
+    let mut pause = Duration::from_millis(1);
+    for _ in 0..6 {
+        match rustix::net::sendto(sock.as_fd(), bytes, SendFlags::DONTWAIT, &dst) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::WouldBlock,
+        "udp send buffer stayed full",
+    ))
 }
 
 /// Everything that is not a fresh cache hit: hickory parses, [`Resolver::handle`] decides.
-async fn general(packet: Vec<u8>, src: SocketAddr, sock: Arc<UdpSocket>, resolver: Arc<Resolver>) {
+async fn general_path(
+    packet: Vec<u8>,
+    src: SocketAddr,
+    sock: Arc<UdpSocket>,
+    resolver: Arc<Resolver>,
+) {
     // As hickory's server: under 12 bytes there is nothing to answer, responses are never
     // answered (reflection), an undecodable query gets FORMERR.
     let Some(head) = packet.get(..12).and_then(|h| <[u8; 12]>::try_from(h).ok()) else {
@@ -205,7 +250,7 @@ async fn general(packet: Vec<u8>, src: SocketAddr, sock: Arc<UdpSocket>, resolve
         }
         Err(_) => {
             let formerr = formerr(&head);
-            if let Err(e) = sock.send_to(&formerr, src).await {
+            if let Err(e) = send_nonblocking(&sock, &formerr, src).await {
                 tracing::debug!(error = %e, peer = %src, "could not send a dns response");
             }
             resolver.metrics().outcome(crate::metrics::Outcome::FormErr);
@@ -264,7 +309,7 @@ impl ResponseHandler for UdpResponse {
                 ResponseInfo::from(header)
             }
         };
-        self.sock.send_to(&bytes, self.dst).await?;
+        send_nonblocking(&self.sock, &bytes, self.dst).await?;
         Ok(info)
     }
 }
