@@ -1,140 +1,125 @@
-//! Prometheus counters for the gateway, as process-global atomics, rendered in the text format.
+//! The gateway's Prometheus metrics: one process-global recorder (`metrics-exporter-prometheus`),
+//! every handle registered on it up front, and [`render`] for the text format (0.0.4).
 //!
-//! Global because there is one gateway per process and every connection task bumps them; no
-//! registry, no locks, no allocation on the hot path. Label values come only from fixed enums
-//! here — never usernames, server numbers or addresses (unbounded cardinality, and private).
-//! Serving `/metrics` over HTTP is the binary's job; it calls [`render`].
+//! Global because there is one gateway per process and every connection task bumps them. The
+//! recorder is ours, not installed as the `metrics` crate's global one: `berth run all` hosts the
+//! gateway and the resolver (one recorder per resolver) in one process and each renders only its
+//! own page, so the `metrics::counter!` macros (a no-op without a global recorder) are not used.
+//! Handles are registered once, in `Registered::new`, and kept: an increment is a lock-free
+//! atomic update on a handle, no key lookup. Registering every label combination there is what
+//! makes a fixed label set print zeros before anything happened. Label values come only from
+//! fixed enums here — never usernames, server numbers or addresses (unbounded cardinality, and
+//! private). Serving `/metrics` over HTTP is the binary's job; it calls [`render`].
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-/// A monotonically increasing count.
-#[derive(Debug)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    pub const fn new() -> Self {
-        Self(AtomicU64::new(0))
-    }
-    pub fn inc(&self) {
-        self.add(1);
-    }
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-impl Default for Counter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// A value that goes up and down.
-#[derive(Debug)]
-pub struct Gauge(AtomicI64);
-
-impl Gauge {
-    pub const fn new() -> Self {
-        Self(AtomicI64::new(0))
-    }
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-    pub fn set(&self, v: i64) {
-        self.0.store(v, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-impl Default for Gauge {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+use ::metrics::{Key, KeyName, Label, Level, Metadata, Recorder as _, SharedString};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 /// Upper bounds (seconds) shared by the latency histograms.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// A fixed-bucket latency histogram (cumulative on render).
+/// The recorder buffers a histogram's samples until its upkeep folds them into the buckets (a
+/// render does too). Nothing guarantees a scrape, so every this-many-th observation runs the
+/// upkeep itself: memory stays bounded with no background task, at a few short locks per
+/// thousand observations.
+const SETTLE_EVERY: u32 = 1024;
+
+/// Reads one series back from the rendered page: for tests and inspection, never the hot path
+/// (it renders every metric of the recorder).
+#[derive(Debug)]
+struct Sample {
+    page: PrometheusHandle,
+    series: String,
+}
+
+impl Sample {
+    fn read(&self) -> f64 {
+        self.page
+            .render()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&self.series)?
+                    .strip_prefix(' ')?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+/// A monotonically increasing count.
+#[derive(Debug)]
+pub struct Counter {
+    handle: ::metrics::Counter,
+    sample: Sample,
+}
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.handle.increment(n);
+    }
+    /// The value as rendered (tests).
+    pub fn get(&self) -> u64 {
+        self.sample.read() as u64
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug)]
+pub struct Gauge {
+    handle: ::metrics::Gauge,
+    sample: Sample,
+}
+
+impl Gauge {
+    pub fn inc(&self) {
+        self.handle.increment(1.0);
+    }
+    pub fn dec(&self) {
+        self.handle.decrement(1.0);
+    }
+    pub fn set(&self, v: i64) {
+        self.handle.set(v as f64);
+    }
+    /// The value as rendered (tests).
+    pub fn get(&self) -> i64 {
+        self.sample.read() as i64
+    }
+}
+
+/// A latency histogram over [`LATENCY_BUCKETS`].
 #[derive(Debug)]
 pub struct Histogram {
-    counts: [AtomicU64; LATENCY_BUCKETS.len()],
-    sum_micros: AtomicU64,
-    count: AtomicU64,
+    handle: ::metrics::Histogram,
+    page: PrometheusHandle,
+    unsettled: AtomicU32,
 }
 
 impl Histogram {
-    pub const fn new() -> Self {
-        Self {
-            counts: [const { AtomicU64::new(0) }; LATENCY_BUCKETS.len()],
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
     pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.handle.record(d.as_secs_f64());
+        if self.unsettled.fetch_add(1, Ordering::Relaxed) % SETTLE_EVERY == SETTLE_EVERY - 1 {
+            self.page.run_upkeep();
         }
-        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        header(out, name, help, "histogram");
-        let mut cumulative = 0;
-        for (bound, c) in LATENCY_BUCKETS.iter().zip(&self.counts) {
-            cumulative += c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {count}");
     }
 }
 
-impl Default for Histogram {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// A counter family over one fixed label.
+/// A counter family over one fixed label, every value registered up front.
 #[derive(Debug)]
 pub struct Family<const N: usize> {
-    label: &'static str,
     values: [&'static str; N],
     counters: [Counter; N],
 }
 
 impl<const N: usize> Family<N> {
-    pub const fn new(label: &'static str, values: [&'static str; N]) -> Self {
-        Self {
-            label,
-            values,
-            counters: [const { Counter::new() }; N],
-        }
-    }
     pub fn get(&self, i: usize) -> u64 {
         self.counters.get(i).map_or(0, Counter::get)
     }
@@ -146,88 +131,297 @@ impl<const N: usize> Family<N> {
             c.add(n);
         }
     }
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        header(out, name, help, "counter");
-        for (v, c) in self.values.iter().zip(&self.counters) {
-            let _ = writeln!(out, "{name}{{{}=\"{v}\"}} {}", self.label, c.get());
+}
+
+/// Registers handles on one recorder, describing each name once (its `# HELP` line).
+struct Registrar {
+    recorder: PrometheusRecorder,
+    page: PrometheusHandle,
+}
+
+/// Required by the `Recorder` trait; the Prometheus recorder ignores it.
+const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+impl Registrar {
+    fn new() -> Self {
+        let recorder = match PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS) {
+            Ok(b) => b.build_recorder(),
+            // set_buckets only refuses an empty list; LATENCY_BUCKETS is a non-empty constant.
+            Err(e) => unreachable!("latency buckets: {e}"),
+        };
+        let page = recorder.handle();
+        Self { recorder, page }
+    }
+
+    /// The key and, for reading it back, its series as the page writes it.
+    fn key(&self, name: &'static str, labels: &[(&'static str, &'static str)]) -> (Key, Sample) {
+        let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        let series = if pairs.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{name}{{{}}}", pairs.join(","))
+        };
+        let labels = labels.iter().map(|(k, v)| Label::from_static_parts(k, v));
+        let key = Key::from_parts(name, labels.collect::<Vec<_>>());
+        let sample = Sample {
+            page: self.page.clone(),
+            series,
+        };
+        (key, sample)
+    }
+
+    fn counter(&self, name: &'static str, help: &'static str) -> Counter {
+        self.labelled_counter(name, help, &[])
+    }
+
+    fn labelled_counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &'static str)],
+    ) -> Counter {
+        self.recorder.describe_counter(
+            KeyName::from_const_str(name),
+            None,
+            SharedString::const_str(help),
+        );
+        let (key, sample) = self.key(name, labels);
+        Counter {
+            handle: self.recorder.register_counter(&key, &META),
+            sample,
         }
     }
-}
 
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
+    fn family<const N: usize>(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        values: [&'static str; N],
+    ) -> Family<N> {
+        Family {
+            values,
+            counters: values.map(|v| self.labelled_counter(name, help, &[(label, v)])),
+        }
+    }
 
-fn scalar(out: &mut String, name: &str, help: &str, kind: &str, v: impl std::fmt::Display) {
-    header(out, name, help, kind);
-    let _ = writeln!(out, "{name} {v}");
+    fn gauge(&self, name: &'static str, help: &'static str) -> Gauge {
+        self.recorder.describe_gauge(
+            KeyName::from_const_str(name),
+            None,
+            SharedString::const_str(help),
+        );
+        let (key, sample) = self.key(name, &[]);
+        Gauge {
+            handle: self.recorder.register_gauge(&key, &META),
+            sample,
+        }
+    }
+
+    fn histogram(&self, name: &'static str, help: &'static str) -> Histogram {
+        self.recorder.describe_histogram(
+            KeyName::from_const_str(name),
+            None,
+            SharedString::const_str(help),
+        );
+        let (key, _) = self.key(name, &[]);
+        Histogram {
+            handle: self.recorder.register_histogram(&key, &META),
+            page: self.page.clone(),
+            unsettled: AtomicU32::new(0),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // The gateway's metrics.
 
-/// TCP connections accepted (admitted) / rejected at admission.
-pub static CONNECTIONS: Family<2> = Family::new("result", ["accepted", "rejected"]);
-/// Connections open right now (any state).
-pub static CONNECTIONS_ACTIVE: Gauge = Gauge::new();
-/// Connections admitted but not yet authenticated.
-pub static UNAUTHENTICATED: Gauge = Gauge::new();
-/// SSH handshakes (key exchange) completed / failed.
-pub static HANDSHAKES: Family<2> = Family::new("result", ["ok", "failed"]);
-
-/// Auth attempts: index = method * 3 + result (see [`auth_outcome`]).
-static AUTH: [Family<3>; 3] = [
-    Family::new("result", ["success", "failure", "rate_limited"]),
-    Family::new("result", ["success", "failure", "rate_limited"]),
-    Family::new("result", ["success", "failure", "rate_limited"]),
-];
 const AUTH_METHODS: [&str; 3] = ["password", "publickey", "keyboard-interactive"];
+const AUTH_RESULTS: [&str; 3] = ["success", "failure", "rate_limited"];
 
+/// Every gateway metric, registered on one recorder; `page` renders them.
+#[derive(Debug)]
+struct Registered {
+    page: PrometheusHandle,
+    connections: Family<2>,
+    connections_active: Gauge,
+    unauthenticated: Gauge,
+    handshakes: Family<2>,
+    /// Index = method (see [`AUTH_METHODS`]), then result (see [`AuthResult`]).
+    auth: [[Counter; 3]; 3],
+    rate_limited: Family<9>,
+    bans: Counter,
+    login_grace_expired: Counter,
+    protocol_violations: Family<2>,
+    bcrypt_seconds: Histogram,
+    bcrypt_waiting: Gauge,
+    audit_dropped: Counter,
+    sessions_active: Gauge,
+    sessions: Family<5>,
+    bytes: Family<2>,
+    exec_errors: Counter,
+    ensure_running_seconds: Histogram,
+    session_paths: Family<2>,
+    ensure_running: Family<3>,
+}
+
+impl Registered {
+    /// A fresh recorder with every metric registered (the process's is `METRICS`).
+    fn new() -> Self {
+        let r = Registrar::new();
+        Self {
+            connections: r.family(
+                "berth_gateway_connections_total",
+                "TCP connections by admission result.",
+                "result",
+                ["accepted", "rejected"],
+            ),
+            connections_active: r.gauge("berth_gateway_connections_active", "Open SSH connections."),
+            unauthenticated: r.gauge(
+                "berth_gateway_unauthenticated_connections",
+                "Admitted connections that have not authenticated yet.",
+            ),
+            handshakes: r.family(
+                "berth_gateway_handshakes_total",
+                "SSH handshakes by result.",
+                "result",
+                ["ok", "failed"],
+            ),
+            auth: AUTH_METHODS.map(|m| {
+                AUTH_RESULTS.map(|res| {
+                    r.labelled_counter(
+                        "berth_gateway_auth_attempts_total",
+                        "Authentication attempts by method and result.",
+                        &[("method", m), ("result", res)],
+                    )
+                })
+            }),
+            rate_limited: r.family(
+                "berth_gateway_rate_limit_rejections_total",
+                "Connections and attempts refused by the brute-force defence, by scope.",
+                "scope",
+                [
+                    "connection_rate",
+                    "unauthenticated_cap",
+                    "unauthenticated_cap_per_ip",
+                    "banned_at_connect",
+                    "banned",
+                    "ip_budget",
+                    "server_budget",
+                    "trusted_budget",
+                    "bcrypt_queue",
+                ],
+            ),
+            bans: r.counter("berth_gateway_bans_total", "Temporary address bans started."),
+            login_grace_expired: r.counter(
+                "berth_gateway_login_grace_expired_total",
+                "Connections closed because the login grace time ran out.",
+            ),
+            protocol_violations: r.family(
+                "berth_gateway_protocol_violations_total",
+                "Connections cut because the client ignored the protocol's limits (channel window, request floods).",
+                "kind",
+                ["window_exceeded", "agent"],
+            ),
+            bcrypt_seconds: r.histogram(
+                "berth_gateway_bcrypt_seconds",
+                "bcrypt verification time (real or dummy hash), queueing excluded.",
+            ),
+            bcrypt_waiting: r.gauge(
+                "berth_gateway_bcrypt_waiting",
+                "bcrypt verifications waiting for a slot.",
+            ),
+            audit_dropped: r.counter(
+                "berth_gateway_audit_dropped_total",
+                "Audit records dropped because the audit queue was full.",
+            ),
+            sessions_active: r.gauge("berth_gateway_sessions_active", "Open sessions (channels)."),
+            sessions: r.family(
+                "berth_gateway_sessions_total",
+                "Sessions opened by kind.",
+                "kind",
+                ["shell", "exec", "sftp", "subsystem", "direct_tcpip"],
+            ),
+            bytes: r.family(
+                "berth_gateway_bytes_total",
+                "Payload bytes relayed by direction.",
+                "direction",
+                ["client_to_container", "container_to_client"],
+            ),
+            exec_errors: r.counter(
+                "berth_gateway_exec_errors_total",
+                "Docker exec and forward failures.",
+            ),
+            ensure_running_seconds: r.histogram(
+                "berth_gateway_ensure_running_seconds",
+                "Time to make the tenant's container run at login.",
+            ),
+            session_paths: r.family(
+                "berth_gateway_session_paths_total",
+                "Sessions and forwards by data path (agent: fds from the in-container agent; attach: Docker's exec stream).",
+                "path",
+                ["agent", "attach"],
+            ),
+            ensure_running: r.family(
+                "berth_gateway_ensure_running_total",
+                "ensure_running calls by result.",
+                "result",
+                ["running", "started", "failed"],
+            ),
+            page: r.page,
+        }
+    }
+}
+
+/// The process's gateway metrics, registered on first use (or first render).
+static METRICS: LazyLock<Registered> = LazyLock::new(Registered::new);
+
+/// One of the process's gateway handles under a name of its own (`metrics::BANS.inc()`).
+pub struct Global<T: 'static>(fn(&'static Registered) -> &'static T);
+
+impl<T> std::ops::Deref for Global<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        (self.0)(&METRICS)
+    }
+}
+
+/// TCP connections accepted (admitted) / rejected at admission.
+pub static CONNECTIONS: Global<Family<2>> = Global(|m| &m.connections);
+/// Connections open right now (any state).
+pub static CONNECTIONS_ACTIVE: Global<Gauge> = Global(|m| &m.connections_active);
+/// Connections admitted but not yet authenticated.
+pub static UNAUTHENTICATED: Global<Gauge> = Global(|m| &m.unauthenticated);
+/// SSH handshakes (key exchange) completed / failed.
+pub static HANDSHAKES: Global<Family<2>> = Global(|m| &m.handshakes);
 /// Refusals by the brute-force defence, by where they happened.
-pub static RATE_LIMITED: Family<9> = Family::new(
-    "scope",
-    [
-        "connection_rate",
-        "unauthenticated_cap",
-        "unauthenticated_cap_per_ip",
-        "banned_at_connect",
-        "banned",
-        "ip_budget",
-        "server_budget",
-        "trusted_budget",
-        "bcrypt_queue",
-    ],
-);
+pub static RATE_LIMITED: Global<Family<9>> = Global(|m| &m.rate_limited);
 /// Temporary bans started.
-pub static BANS: Counter = Counter::new();
+pub static BANS: Global<Counter> = Global(|m| &m.bans);
 /// Connections closed because login grace time ran out.
-pub static LOGIN_GRACE_EXPIRED: Counter = Counter::new();
+pub static LOGIN_GRACE_EXPIRED: Global<Counter> = Global(|m| &m.login_grace_expired);
 /// Connections cut because the client broke the protocol's limits, by kind.
-pub static PROTOCOL_VIOLATIONS: Family<2> = Family::new("kind", ["window_exceeded", "agent"]);
+pub static PROTOCOL_VIOLATIONS: Global<Family<2>> = Global(|m| &m.protocol_violations);
 /// bcrypt verifications (real or dummy) and how long each took, queueing excluded.
-pub static BCRYPT_SECONDS: Histogram = Histogram::new();
+pub static BCRYPT_SECONDS: Global<Histogram> = Global(|m| &m.bcrypt_seconds);
 /// bcrypt verifications waiting for a slot right now.
-pub static BCRYPT_WAITING: Gauge = Gauge::new();
+pub static BCRYPT_WAITING: Global<Gauge> = Global(|m| &m.bcrypt_waiting);
 /// Audit records dropped because the audit queue was full.
-pub static AUDIT_DROPPED: Counter = Counter::new();
-
+pub static AUDIT_DROPPED: Global<Counter> = Global(|m| &m.audit_dropped);
 /// Sessions (channels) open right now.
-pub static SESSIONS_ACTIVE: Gauge = Gauge::new();
+pub static SESSIONS_ACTIVE: Global<Gauge> = Global(|m| &m.sessions_active);
 /// Sessions opened, by kind.
-pub static SESSIONS: Family<5> = Family::new(
-    "kind",
-    ["shell", "exec", "sftp", "subsystem", "direct_tcpip"],
-);
+pub static SESSIONS: Global<Family<5>> = Global(|m| &m.sessions);
 /// Payload bytes relayed, by direction.
-pub static BYTES: Family<2> =
-    Family::new("direction", ["client_to_container", "container_to_client"]);
+pub static BYTES: Global<Family<2>> = Global(|m| &m.bytes);
 /// Docker exec failures (create/start/attach/inspect) and forward connection failures.
-pub static EXEC_ERRORS: Counter = Counter::new();
+pub static EXEC_ERRORS: Global<Counter> = Global(|m| &m.exec_errors);
 /// `Backend::ensure_running` latency.
-pub static ENSURE_RUNNING_SECONDS: Histogram = Histogram::new();
+pub static ENSURE_RUNNING_SECONDS: Global<Histogram> = Global(|m| &m.ensure_running_seconds);
 /// `ensure_running` calls that started a container / that failed.
-pub static ENSURE_RUNNING: Family<3> = Family::new("result", ["running", "started", "failed"]);
+pub static ENSURE_RUNNING: Global<Family<3>> = Global(|m| &m.ensure_running);
+/// Sessions and forwards by the data path that carried them.
+pub static SESSION_PATHS: Global<Family<2>> = Global(|m| &m.session_paths);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers for the session code.
@@ -248,9 +442,6 @@ pub fn protocol_violation(v: Violation) {
     });
 }
 
-/// Sessions and forwards by the data path that carried them.
-pub static SESSION_PATHS: Family<2> = Family::new("path", ["agent", "attach"]);
-
 pub fn session_path(path: &str) {
     SESSION_PATHS.inc(usize::from(path != "agent"));
 }
@@ -270,7 +461,7 @@ pub fn auth_outcome(method: &str, result: AuthResult) {
     let Some(m) = AUTH_METHODS.iter().position(|x| *x == method) else {
         return;
     };
-    AUTH[m].inc(result as usize);
+    METRICS.auth[m][result as usize].inc();
 }
 
 /// Value of one auth counter (tests).
@@ -278,7 +469,7 @@ pub fn auth_count(method: &str, result: AuthResult) -> u64 {
     AUTH_METHODS
         .iter()
         .position(|x| *x == method)
-        .map_or(0, |m| AUTH[m].get(result as usize))
+        .map_or(0, |m| METRICS.auth[m][result as usize].get())
 }
 
 /// Counts a refusal by the brute-force defence (`scope` = one of [`RATE_LIMITED`]'s values).
@@ -370,144 +561,56 @@ pub fn ensure_running(took: Duration, outcome: Result<bool, ()>) {
 
 /// Appends every gateway metric in the Prometheus text format (0.0.4).
 pub fn render(out: &mut String) {
-    CONNECTIONS.render(
-        out,
-        "berth_gateway_connections_total",
-        "TCP connections by admission result.",
-    );
-    scalar(
-        out,
-        "berth_gateway_connections_active",
-        "Open SSH connections.",
-        "gauge",
-        CONNECTIONS_ACTIVE.get(),
-    );
-    scalar(
-        out,
-        "berth_gateway_unauthenticated_connections",
-        "Admitted connections that have not authenticated yet.",
-        "gauge",
-        UNAUTHENTICATED.get(),
-    );
-    HANDSHAKES.render(
-        out,
-        "berth_gateway_handshakes_total",
-        "SSH handshakes by result.",
-    );
-
-    let name = "berth_gateway_auth_attempts_total";
-    header(
-        out,
-        name,
-        "Authentication attempts by method and result.",
-        "counter",
-    );
-    for (m, fam) in AUTH_METHODS.iter().zip(&AUTH) {
-        for (r, c) in fam.values.iter().zip(&fam.counters) {
-            let _ = writeln!(out, "{name}{{method=\"{m}\",result=\"{r}\"}} {}", c.get());
-        }
-    }
-    RATE_LIMITED.render(
-        out,
-        "berth_gateway_rate_limit_rejections_total",
-        "Connections and attempts refused by the brute-force defence, by scope.",
-    );
-    scalar(
-        out,
-        "berth_gateway_bans_total",
-        "Temporary address bans started.",
-        "counter",
-        BANS.get(),
-    );
-    scalar(
-        out,
-        "berth_gateway_login_grace_expired_total",
-        "Connections closed because the login grace time ran out.",
-        "counter",
-        LOGIN_GRACE_EXPIRED.get(),
-    );
-    PROTOCOL_VIOLATIONS.render(
-        out,
-        "berth_gateway_protocol_violations_total",
-        "Connections cut because the client ignored the protocol's limits (channel window, request floods).",
-    );
-    BCRYPT_SECONDS.render(
-        out,
-        "berth_gateway_bcrypt_seconds",
-        "bcrypt verification time (real or dummy hash), queueing excluded.",
-    );
-    scalar(
-        out,
-        "berth_gateway_bcrypt_waiting",
-        "bcrypt verifications waiting for a slot.",
-        "gauge",
-        BCRYPT_WAITING.get(),
-    );
-    scalar(
-        out,
-        "berth_gateway_audit_dropped_total",
-        "Audit records dropped because the audit queue was full.",
-        "counter",
-        AUDIT_DROPPED.get(),
-    );
-    scalar(
-        out,
-        "berth_gateway_sessions_active",
-        "Open sessions (channels).",
-        "gauge",
-        SESSIONS_ACTIVE.get(),
-    );
-    SESSIONS.render(
-        out,
-        "berth_gateway_sessions_total",
-        "Sessions opened by kind.",
-    );
-    BYTES.render(
-        out,
-        "berth_gateway_bytes_total",
-        "Payload bytes relayed by direction.",
-    );
-    scalar(
-        out,
-        "berth_gateway_exec_errors_total",
-        "Docker exec and forward failures.",
-        "counter",
-        EXEC_ERRORS.get(),
-    );
-    ENSURE_RUNNING_SECONDS.render(
-        out,
-        "berth_gateway_ensure_running_seconds",
-        "Time to make the tenant's container run at login.",
-    );
-    SESSION_PATHS.render(
-        out,
-        "berth_gateway_session_paths_total",
-        "Sessions and forwards by data path (agent: fds from the in-container agent; attach: Docker's exec stream).",
-    );
-    ENSURE_RUNNING.render(
-        out,
-        "berth_gateway_ensure_running_total",
-        "ensure_running calls by result.",
-    );
+    out.push_str(&METRICS.page.render());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A recorder of its own, so other tests bumping the process's counters cannot interfere.
     #[test]
-    fn histogram_is_cumulative() {
-        let h = Histogram::new();
-        h.observe(Duration::from_millis(3));
-        h.observe(Duration::from_millis(3));
-        h.observe(Duration::from_secs(100));
-        let mut out = String::new();
-        h.render(&mut out, "t", "help");
-        assert!(out.contains("t_bucket{le=\"0.0025\"} 0\n"), "{out}");
-        assert!(out.contains("t_bucket{le=\"0.005\"} 2\n"), "{out}");
-        assert!(out.contains("t_bucket{le=\"30\"} 2\n"), "{out}");
-        assert!(out.contains("t_bucket{le=\"+Inf\"} 3\n"), "{out}");
-        assert!(out.contains("t_count 3\n"), "{out}");
+    fn renders_names_help_zeros_and_buckets() {
+        let m = Registered::new();
+        m.bcrypt_seconds.observe(Duration::from_millis(3));
+        m.bcrypt_seconds.observe(Duration::from_millis(3));
+        m.bcrypt_seconds.observe(Duration::from_secs(100));
+        m.auth[2][AuthResult::RateLimited as usize].inc();
+        m.bytes.add(1, 300);
+        m.unauthenticated.inc();
+        let out = m.page.render();
+        for line in [
+            "# HELP berth_gateway_auth_attempts_total Authentication attempts by method and result.",
+            "# TYPE berth_gateway_auth_attempts_total counter",
+            "berth_gateway_auth_attempts_total{method=\"keyboard-interactive\",result=\"rate_limited\"} 1",
+            "berth_gateway_auth_attempts_total{method=\"password\",result=\"success\"} 0",
+            "berth_gateway_rate_limit_rejections_total{scope=\"bcrypt_queue\"} 0",
+            "berth_gateway_bytes_total{direction=\"container_to_client\"} 300",
+            "berth_gateway_bans_total 0",
+            "# TYPE berth_gateway_unauthenticated_connections gauge",
+            "berth_gateway_unauthenticated_connections 1",
+            "berth_gateway_sessions_active 0",
+            "# HELP berth_gateway_bcrypt_seconds bcrypt verification time (real or dummy hash), queueing excluded.",
+            "# TYPE berth_gateway_bcrypt_seconds histogram",
+            "berth_gateway_bcrypt_seconds_bucket{le=\"0.0025\"} 0",
+            "berth_gateway_bcrypt_seconds_bucket{le=\"0.005\"} 2",
+            "berth_gateway_bcrypt_seconds_bucket{le=\"30\"} 2",
+            "berth_gateway_bcrypt_seconds_bucket{le=\"+Inf\"} 3",
+            "berth_gateway_bcrypt_seconds_count 3",
+            "berth_gateway_ensure_running_seconds_bucket{le=\"0.001\"} 0",
+            "berth_gateway_ensure_running_seconds_sum 0",
+            "berth_gateway_ensure_running_seconds_count 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+        }
+        let sum = out
+            .lines()
+            .find_map(|l| l.strip_prefix("berth_gateway_bcrypt_seconds_sum "))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(sum.is_some_and(|s| (s - 100.006).abs() < 1e-9), "{out}");
+        assert_eq!(m.auth[2][AuthResult::RateLimited as usize].get(), 1);
+        assert_eq!(m.unauthenticated.get(), 1);
+        assert_eq!(m.bytes.get(1), 300);
     }
 
     #[test]
@@ -527,12 +630,18 @@ mod tests {
         );
         assert!(!out.contains("not-a-scope"));
         assert!(!out.contains("not-a-method"));
+        let mut families = 0;
         for line in out.lines() {
+            // The library separates families with an empty line (the text format ignores them).
+            if line.is_empty() {
+                continue;
+            }
             if line.starts_with('#') {
                 assert!(
                     line.starts_with("# HELP berth_") || line.starts_with("# TYPE berth_"),
                     "{line}"
                 );
+                families += usize::from(line.starts_with("# TYPE "));
                 continue;
             }
             let (series, value) = line
@@ -541,6 +650,8 @@ mod tests {
             assert!(series.starts_with("berth_gateway_"), "{line}");
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+        assert_eq!(families, 19, "{out}");
         assert!(auth_count("keyboard-interactive", AuthResult::RateLimited) >= 1);
+        assert!(SESSIONS_ACTIVE.get() >= 1);
     }
 }
