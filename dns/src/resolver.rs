@@ -187,9 +187,7 @@ impl Resolver {
 
     /// Swaps in a new blocklist.
     pub fn set_blocklist(&self, b: Blocklist) {
-        self.metrics
-            .blocklist_entries
-            .store(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.blocklist_entries.set(b.len() as u64);
         self.metrics.blocklist_reloads.inc();
         let b = Arc::new(b);
         match self.blocklist.write() {
@@ -239,11 +237,19 @@ impl Resolver {
 
     /// Adds the hits in `tally` to the metrics and empties it.
     pub fn count_hits(&self, tally: &mut HitTally) {
-        for t in tally.0.drain(..) {
-            self.metrics.query(RecordType::from(t));
-            self.metrics.cache_hits.inc();
-            self.metrics.outcome(Outcome::CacheHit);
+        let hits = tally.0.len() as u64;
+        if hits == 0 {
+            return;
         }
+        self.metrics.cache_hits.add(hits);
+        self.metrics.outcomes(Outcome::CacheHit, hits);
+        // Runs of one type (the common case) are counted with one add.
+        tally.0.sort_unstable();
+        for run in tally.0.chunk_by(|a, b| a == b) {
+            self.metrics
+                .queries(RecordType::from(run[0]), run.len() as u64);
+        }
+        tally.0.clear();
     }
 
     fn blocklist(&self) -> Arc<Blocklist> {
@@ -255,22 +261,12 @@ impl Resolver {
 
     /// Refreshes the cache gauges (called by the metrics renderer).
     pub fn update_gauges(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.metrics
-            .cache_entries
-            .store(self.cache.len() as u64, Relaxed);
-        self.metrics
-            .cache_evictions
-            .store(self.cache.evictions(), Relaxed);
-        self.metrics
-            .cache_bytes
-            .store(self.cache.bytes() as u64, Relaxed);
-        self.metrics
-            .cache_oversized
-            .store(self.cache.oversized(), Relaxed);
-        self.metrics
-            .ratelimit_evictions
-            .store(self.ratelimit.evictions(), Relaxed);
+        let m = &self.metrics;
+        m.cache_entries.set(self.cache.len() as u64);
+        m.cache_evictions.set(self.cache.evictions());
+        m.cache_bytes.set(self.cache.bytes() as u64);
+        m.cache_oversized.set(self.cache.oversized());
+        m.ratelimit_evictions.set(self.ratelimit.evictions());
     }
 
     /// Joins or starts the upstream flight for `key`; `None` when the in-flight cap is reached.
