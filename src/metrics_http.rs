@@ -2,12 +2,17 @@
 //! justify an HTTP framework in a security product's dependency tree. Also the textfile form of
 //! the same text (node_exporter's textfile collector) for a process that may not open an IP
 //! socket (`berth-netfilter.service`), and the netfilter drop-counter poller both forms render.
+//!
+//! The text itself comes from `metrics-exporter-prometheus` recorders: the gateway's and each
+//! resolver's own (see their `metrics` modules), and one built here per netfilter read. This
+//! module only concatenates their pages; it encodes nothing by hand.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use metrics::{Key, Label, Level, Metadata, Recorder as _};
+use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -63,6 +68,9 @@ pub async fn write_textfile(
     }
 }
 
+/// Required by the `Recorder` trait; the Prometheus recorder ignores it.
+const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
 /// The last netfilter scrape, rendered; `None` until the first read.
 static NETFILTER: Mutex<Option<String>> = Mutex::new(None);
 
@@ -87,49 +95,55 @@ pub async fn poll_netfilter(fw: netfilter::Firewall, every: Duration, shutdown: 
     }
 }
 
+/// Renders the drop counters through a recorder of their own, built per read: the series are
+/// whatever the kernel reported this time (a rule that went away leaves no stale series), and the
+/// gateway's and the resolvers' recorders stay separate from it.
 fn render_netfilter(counters: &[netfilter::diff::DropCounter], ok: bool) -> String {
-    let mut out = String::new();
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let gauge = |name: &'static str, help: &'static str, v: f64| {
+        recorder.describe_gauge(name.into(), None, help.into());
+        recorder
+            .register_gauge(&Key::from_static_name(name), &META)
+            .set(v);
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "# HELP berth_netfilter_counters_up 1 when the last read of berth's nftables counters succeeded.\n# TYPE berth_netfilter_counters_up gauge\nberth_netfilter_counters_up {}",
-        u8::from(ok)
+    gauge(
+        "berth_netfilter_counters_up",
+        "1 when the last read of berth's nftables counters succeeded.",
+        f64::from(u8::from(ok)),
     );
-    let _ = writeln!(
-        out,
-        "# HELP berth_netfilter_counters_read_timestamp_seconds When the counters were last read.\n# TYPE berth_netfilter_counters_read_timestamp_seconds gauge\nberth_netfilter_counters_read_timestamp_seconds {now}"
+    gauge(
+        "berth_netfilter_counters_read_timestamp_seconds",
+        "When the counters were last read.",
+        now as f64,
     );
-    for (name, help) in [
-        (
-            "packets",
-            "Packets berth's egress filter dropped, per table family and reason.",
-        ),
-        (
-            "bytes",
-            "Bytes berth's egress filter dropped, per table family and reason.",
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP berth_netfilter_dropped_{name}_total {help}\n# TYPE berth_netfilter_dropped_{name}_total counter"
-        );
-        for c in counters {
-            let v = if name == "packets" {
-                c.packets
-            } else {
-                c.bytes
-            };
-            let _ = writeln!(
-                out,
-                "berth_netfilter_dropped_{name}_total{{family=\"{}\",reason=\"{}\"}} {v}",
-                c.family, c.reason
-            );
+    const PACKETS: &str = "berth_netfilter_dropped_packets_total";
+    const BYTES: &str = "berth_netfilter_dropped_bytes_total";
+    recorder.describe_counter(
+        PACKETS.into(),
+        None,
+        "Packets berth's egress filter dropped, per table family and reason.".into(),
+    );
+    recorder.describe_counter(
+        BYTES.into(),
+        None,
+        "Bytes berth's egress filter dropped, per table family and reason.".into(),
+    );
+    for c in counters {
+        let labels = [
+            Label::new("family", c.family.clone()),
+            Label::new("reason", c.reason.clone()),
+        ];
+        for (name, v) in [(PACKETS, c.packets), (BYTES, c.bytes)] {
+            recorder
+                .register_counter(&Key::from_parts(name, labels.to_vec()), &META)
+                .absolute(v);
         }
     }
-    out
+    recorder.handle().render()
 }
 
 /// This process's metrics, Prometheus text format.
@@ -246,5 +260,27 @@ mod tests {
             ),
             "{text}"
         );
+        for line in [
+            "# HELP berth_netfilter_dropped_packets_total Packets berth's egress filter dropped, per table family and reason.",
+            "# TYPE berth_netfilter_dropped_packets_total counter",
+            "# TYPE berth_netfilter_counters_up gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        let read_at = text
+            .lines()
+            .find_map(|l| l.strip_prefix("berth_netfilter_counters_read_timestamp_seconds "))
+            .and_then(|v| v.parse::<u64>().ok());
+        assert!(read_at.is_some_and(|t| t > 1_700_000_000), "{text}");
+    }
+
+    #[test]
+    fn failed_read_renders_down_and_no_counters() {
+        let text = render_netfilter(&[], false);
+        assert!(text.contains("berth_netfilter_counters_up 0\n"), "{text}");
+        assert!(!text.contains("berth_netfilter_dropped_"), "{text}");
     }
 }
