@@ -13,7 +13,8 @@
 #
 # Measurements (dnsperf 2.10, CLIENTS=4 client sockets (-c; several source ports, as tenants
 # have, so berth's per-core SO_REUSEPORT sockets all get work), -q 200 outstanding, -t 2 s):
-#   hit   : 1 000 names, warmed once, then replayed for DUR s        → QPS, lost
+#   hit   : 1 000 names, warmed once, then replayed for DUR s        → QPS, lost, CPU µs per
+#           answer of the server and of dnsperf (utime+stime over the run / answers)
 #   p99   : same at a fixed 10 000 QPS with -v                         → p50/p99 latency
 #   local : server<N>.berth.internal for DUR s                         → QPS, lost
 #   (hit, p99, local: ROUNDS=3 interleaved rounds, medians; both servers run side by side)
@@ -77,10 +78,23 @@ pct() { # file with one latency (s) a line → "p50 p99" in ms
 }
 
 # One measurement on one server; appends "qps lost%" (or "p50 p99") to $W/<tag>.<name>.
-measure() { # tag name addr
-    local tag=$1 name=$2 addr=$3 out
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of a process
+measure() { # tag name addr pid
+    local tag=$1 name=$2 addr=$3 pid=$4 out t0 t1
     case $tag in
-    hit) out=$(perf "$addr" "$W/hit.txt" -l "$DUR") ;;
+    hit)
+        # CPU per answer besides QPS: on 2 cores the load generator shares the machine, so QPS
+        # also measures how much CPU each server leaves dnsperf.
+        t0=$(cpu_ticks "$pid")
+        out=$(/usr/bin/time -f 'dnsperf cpu %U %S' dnsperf -s "$addr" -d "$W/hit.txt" -c "$CLIENTS" \
+            -q 200 -t 2 -l "$DUR" 2>&1)
+        t1=$(cpu_ticks "$pid")
+        local nq gen
+        nq=$(echo "$out" | field 'Queries completed')
+        gen=$(echo "$out" | awk '/^dnsperf cpu/ {print $3 + $4}')
+        awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="$nq" -v g="$gen" \
+            'BEGIN { printf "%.2f %.2f\n", t / hz * 1e6 / n, g * 1e6 / n }' >>"$W/cpu.$name"
+        ;;
     local) out=$(perf "$addr" "$W/local.txt" -l "$DUR") ;;
     p99)
         perf "$addr" "$W/hit.txt" -l "$DUR" -Q 10000 -v | awk '/^> /{print $NF}' >"$W/lat"
@@ -124,8 +138,8 @@ perf $DNSMASQ "$W/hit.txt" -n 1 >/dev/null
 for r in $(seq 1 "$ROUNDS"); do
     for tag in hit p99 local; do
         echo "round $r: $tag" >&2
-        measure $tag berth $BERTH
-        measure $tag dnsmasq $DNSMASQ
+        measure $tag berth $BERTH $BPID
+        measure $tag dnsmasq $DNSMASQ $DPID
     done
 done
 
@@ -159,6 +173,7 @@ echo "| measurement | berth | dnsmasq 2.90 | berth / dnsmasq |"
 echo "|---|---|---|---|"
 echo "| cache-hit QPS (lost %) | $(m hit berth 1) ($(m hit berth 2)) | $(m hit dnsmasq 1) ($(m hit dnsmasq 2)) | $(ratio "$(m hit berth 1)" "$(m hit dnsmasq 1)") |"
 echo "| cache-hit p50 / p99 ms at 10k QPS | $(m p99 berth 1) / $(m p99 berth 2) | $(m p99 dnsmasq 1) / $(m p99 dnsmasq 2) | p99 dnsmasq/berth $(ratio "$(m p99 dnsmasq 2)" "$(m p99 berth 2)") |"
+echo "| CPU µs per cache-hit answer: server / dnsperf | $(m cpu berth 1) / $(m cpu berth 2) | $(m cpu dnsmasq 1) / $(m cpu dnsmasq 2) | server dnsmasq/berth $(ratio "$(m cpu dnsmasq 1)" "$(m cpu berth 1)") |"
 echo "| local-name QPS (lost %) | $(m local berth 1) ($(m local berth 2)) | $(m local dnsmasq 1) ($(m local dnsmasq 2)) | $(ratio "$(m local berth 1)" "$(m local dnsmasq 1)") |"
 echo "| fill 100 000 names at 10k QPS: lost | $(lost <"$W/fill.berth.log") | $(lost <"$W/fill.dnsmasq.log") | |"
 read -r bq bl <<<"$(cat "$W/miss.berth")"
