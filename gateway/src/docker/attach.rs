@@ -220,27 +220,13 @@ impl AttachControl {
     }
 }
 
-/// Runs a short helper command as root in the container; returns its exit code.
+/// Runs a short helper command as root in the container (as provisioning does, at most 2 s: a
+/// login waits for it); its exit code, `None` when Docker refused or it did not finish.
 pub async fn run_root(docker: &Docker, container: &str, cmd: Vec<String>) -> Option<i64> {
-    let opts = CreateExecOptions::<String> {
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        cmd: Some(cmd),
-        user: Some("root".into()),
-        ..Default::default()
-    };
-    let id = docker.create_exec(container, opts).await.ok()?.id;
-    if let Ok(StartExecResults::Attached { mut output, .. }) = docker.start_exec(&id, None).await {
-        while output.next().await.is_some() {}
-    }
-    for _ in 0..100 {
-        let i = docker.inspect_exec(&id).await.ok()?;
-        if i.running != Some(true) {
-            return i.exit_code;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
+    tenants::provision::exec_as_root(docker, container, cmd, Duration::from_secs(2))
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Starts a root helper in the container and does not wait for it.

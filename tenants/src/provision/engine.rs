@@ -1,8 +1,16 @@
-//! Which Docker engine berth talks to and how it connects (shared with `berth image build`).
+//! Which Docker engine berth talks to and how it connects (shared with `berth image build`),
+//! and the one way berth runs a short root command in a container and waits for its status
+//! (shared with the gateway, which probes and prepares the session user the same way).
 //!
-//! Deliberately not here: anything about tenants; this only yields a negotiated client.
+//! Deliberately not here: anything about tenants; this only yields a negotiated client and
+//! runs what it is given.
+
+use std::time::Duration;
 
 use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use futures::StreamExt;
 
 use super::DockerError;
 use crate::config::Config;
@@ -26,6 +34,60 @@ pub async fn connect_docker(cfg: &Config) -> Result<(Docker, String), DockerErro
     let docker = Docker::connect_with_host(&endpoint).map_err(unreachable)?;
     let docker = docker.negotiate_version().await.map_err(unreachable)?;
     Ok((docker, endpoint))
+}
+
+/// Which step of [`exec_as_root`] Docker refused, and why.
+#[derive(Debug)]
+pub struct ExecFailed {
+    /// `"exec in"` (create or start) or `"inspect exec in"`.
+    pub step: &'static str,
+    pub source: BollardError,
+}
+
+/// Runs `argv` as root in `container` (which must be running), reads and drops its output, and
+/// waits at most `bound` for it to finish. `Ok(Some(code))` when it finished (-1 when Docker
+/// reports no code), `Ok(None)` when it was still running at `bound`.
+pub async fn exec_as_root(
+    docker: &Docker,
+    container: &str,
+    argv: Vec<String>,
+    bound: Duration,
+) -> Result<Option<i64>, ExecFailed> {
+    const POLL: Duration = Duration::from_millis(20);
+    let failed = |step| move |source| ExecFailed { step, source };
+    let opts = CreateExecOptions::<String> {
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        cmd: Some(argv),
+        user: Some("root".into()),
+        ..Default::default()
+    };
+    let exec = docker
+        .create_exec(container, opts)
+        .await
+        .map_err(failed("exec in"))?;
+    match docker
+        .start_exec(&exec.id, None)
+        .await
+        .map_err(failed("exec in"))?
+    {
+        StartExecResults::Attached { mut output, .. } => while output.next().await.is_some() {},
+        StartExecResults::Detached => {}
+    }
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let i = docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(failed("inspect exec in"))?;
+        if i.running != Some(true) {
+            return Ok(Some(i.exit_code.unwrap_or(-1)));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ use crate::name::ServerId;
 use crate::spec::Names;
 use crate::store::{AuditEvent, AuditKind, Server, Store};
 
-pub use engine::{connect_docker, docker_endpoint};
+pub use engine::{ExecFailed, connect_docker, docker_endpoint, exec_as_root};
 pub use error::{DockerError, ProvisionError};
 pub use lifecycle::RunningServer;
 pub use reconcile::{ForeignContainer, ReconcileReport};

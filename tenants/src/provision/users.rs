@@ -1,11 +1,10 @@
 //! The login user: a valid name before anything is made, present in the image and owning the
 //! data volume once the container runs. These root execs are the only ones provisioning does.
 //!
-//! Deliberately not here: session execs (the gateway drives `docker()` itself).
+//! Deliberately not here: session execs (the gateway's Docker backend); the exec-and-wait itself
+//! is `engine::exec_as_root`, shared with the gateway.
 
 use std::time::Duration;
-
-use futures::StreamExt;
 
 use super::{ProvisionError, Provisioner};
 use crate::name::ServerId;
@@ -25,43 +24,14 @@ pub(super) fn check_user_name(u: &str) -> Result<(), ProvisionError> {
 impl Provisioner {
     /// Runs `argv` as root in server `id`'s (running) container; its exit code.
     async fn exec_root(&self, id: ServerId, argv: Vec<String>) -> Result<i64, ProvisionError> {
-        use bollard::exec::{CreateExecOptions, StartExecResults};
         let name = self.inner.names.container(id);
-        let opts = CreateExecOptions::<String> {
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            cmd: Some(argv),
-            user: Some("root".into()),
-            ..Default::default()
-        };
-        let exec = self
-            .inner
-            .docker
-            .create_exec(&name, opts)
-            .await
-            .map_err(|e| self.docker_err("exec in", &name, e))?;
-        match self.inner.docker.start_exec(&exec.id, None).await {
-            Ok(StartExecResults::Attached { mut output, .. }) => {
-                while output.next().await.is_some() {}
-            }
-            Ok(StartExecResults::Detached) => {}
-            Err(e) => return Err(self.docker_err("exec in", &name, e)),
+        match super::exec_as_root(&self.inner.docker, &name, argv, Duration::from_secs(5)).await {
+            Ok(Some(code)) => Ok(code),
+            Ok(None) => Err(ProvisionError::Internal(format!(
+                "a helper command in {name} did not finish within 5 s"
+            ))),
+            Err(e) => Err(self.docker_err(e.step, &name, e.source)),
         }
-        for _ in 0..200 {
-            let i = self
-                .inner
-                .docker
-                .inspect_exec(&exec.id)
-                .await
-                .map_err(|e| self.docker_err("inspect exec in", &name, e))?;
-            if i.running != Some(true) {
-                return Ok(i.exit_code.unwrap_or(-1));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        Err(ProvisionError::Internal(format!(
-            "a helper command in {name} did not finish within 5 s"
-        )))
     }
 
     /// The server's login user must exist in its image, and a non-root user must own the data
