@@ -1,160 +1,15 @@
-//! Resolver metrics on a Prometheus recorder of their own (`metrics-exporter-prometheus`), and
+//! Resolver metrics on a Prometheus recorder of their own (see the `metrics-page` crate), and
 //! their text rendering (format 0.0.4).
 //!
-//! One recorder per [`Metrics`], i.e. per resolver, never the `metrics` crate's global one:
-//! `berth run all` hosts the gateway (its own recorder) and a resolver in one process, tests run
-//! many resolvers in one process, and each renders only its own numbers. So the
-//! `metrics::counter!` macros (a no-op without a global recorder) are not used: every handle is
-//! registered once, in [`Metrics::new`], and kept in a field. The hot path pays a lock-free
-//! atomic update per counter, no key lookup; label sets registered up front print zeros from the
-//! start. No client addresses or names ever become labels.
+//! One recorder per [`Metrics`], i.e. per resolver: tests run many resolvers in one process and
+//! each renders only its own numbers. Every handle is registered once, in [`Metrics::new`], and
+//! kept in a field. No client addresses or names ever become labels.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
-
-use ::metrics::{Key, KeyName, Label, Level, Metadata, Recorder as _, SharedString};
 use hickory_proto::rr::RecordType;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_page::{Counter, Gauge, Histogram, PrometheusHandle, Registrar};
 
 /// Upstream latency buckets, seconds.
 const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
-
-/// The recorder buffers a histogram's samples until its upkeep folds them into the buckets (a
-/// render does too). Nothing guarantees a scrape, so every this-many-th observation runs the
-/// upkeep itself: memory stays bounded with no background task, at a few short locks per
-/// thousand observations.
-const SETTLE_EVERY: u32 = 1024;
-
-/// A monotonically increasing count.
-#[derive(Debug)]
-pub struct Counter {
-    handle: ::metrics::Counter,
-    page: PrometheusHandle,
-    series: String,
-}
-
-impl Counter {
-    pub fn inc(&self) {
-        self.add(1);
-    }
-    pub fn add(&self, n: u64) {
-        self.handle.increment(n);
-    }
-    /// The value as rendered: for tests and inspection, not the hot path (it renders the page).
-    pub fn get(&self) -> u64 {
-        sample(&self.page.render(), &self.series).map_or(0, |v| v as u64)
-    }
-}
-
-/// A value set from elsewhere (the cache's sizes, at render time).
-#[derive(Debug)]
-pub struct Gauge(::metrics::Gauge);
-
-impl Gauge {
-    pub fn set(&self, v: u64) {
-        self.0.set(v as f64);
-    }
-}
-
-/// A latency histogram over the upstream latency buckets.
-#[derive(Debug)]
-pub struct Histogram {
-    handle: ::metrics::Histogram,
-    page: PrometheusHandle,
-    unsettled: AtomicU32,
-}
-
-impl Histogram {
-    pub fn observe(&self, d: Duration) {
-        self.handle.record(d.as_secs_f64());
-        if self.unsettled.fetch_add(1, Ordering::Relaxed) % SETTLE_EVERY == SETTLE_EVERY - 1 {
-            self.page.run_upkeep();
-        }
-    }
-}
-
-/// The value of `series` (`name` or `name{label="value"}`, as rendered) in a rendered page.
-fn sample(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// Required by the `Recorder` trait; the Prometheus recorder ignores it.
-const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
-
-/// Registers handles on one recorder, describing each name once (its `# HELP` line).
-struct Registrar {
-    recorder: PrometheusRecorder,
-    page: PrometheusHandle,
-}
-
-impl Registrar {
-    fn new() -> Self {
-        let recorder = match PrometheusBuilder::new().set_buckets(&BUCKETS) {
-            Ok(b) => b.build_recorder(),
-            // set_buckets only refuses an empty list; BUCKETS is a non-empty constant.
-            Err(e) => unreachable!("latency buckets: {e}"),
-        };
-        let page = recorder.handle();
-        Self { recorder, page }
-    }
-
-    fn counter(&self, name: &'static str, help: &'static str) -> Counter {
-        self.labelled_counter(name, help, None)
-    }
-
-    fn labelled_counter(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        label: Option<(&'static str, &'static str)>,
-    ) -> Counter {
-        self.recorder.describe_counter(
-            KeyName::from_const_str(name),
-            None,
-            SharedString::const_str(help),
-        );
-        let (key, series) = match label {
-            Some((k, v)) => (
-                Key::from_parts(name, vec![Label::from_static_parts(k, v)]),
-                format!("{name}{{{k}=\"{v}\"}}"),
-            ),
-            None => (Key::from_static_name(name), name.to_owned()),
-        };
-        Counter {
-            handle: self.recorder.register_counter(&key, &META),
-            page: self.page.clone(),
-            series,
-        }
-    }
-
-    fn gauge(&self, name: &'static str, help: &'static str) -> Gauge {
-        self.recorder.describe_gauge(
-            KeyName::from_const_str(name),
-            None,
-            SharedString::const_str(help),
-        );
-        Gauge(
-            self.recorder
-                .register_gauge(&Key::from_static_name(name), &META),
-        )
-    }
-
-    fn histogram(&self, name: &'static str, help: &'static str) -> Histogram {
-        self.recorder.describe_histogram(
-            KeyName::from_const_str(name),
-            None,
-            SharedString::const_str(help),
-        );
-        Histogram {
-            handle: self
-                .recorder
-                .register_histogram(&Key::from_static_name(name), &META),
-            page: self.page.clone(),
-            unsettled: AtomicU32::new(0),
-        }
-    }
-}
 
 /// Query types broken out in `berth_dns_queries_total{type=...}`; the rest are `other`.
 const TYPES: [(RecordType, &str); 9] = [
@@ -231,12 +86,12 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh recorder with every metric registered, all at zero.
     pub fn new() -> Self {
-        let r = Registrar::new();
+        let r = Registrar::new(&BUCKETS);
         let queries = |t| {
             r.labelled_counter(
                 "berth_dns_queries_total",
                 "DNS queries received, by query type.",
-                Some(("type", t)),
+                &[("type", t)],
             )
         };
         Self {
@@ -245,7 +100,7 @@ impl Metrics {
                 r.labelled_counter(
                     "berth_dns_responses_total",
                     "DNS responses, by outcome.",
-                    Some(("outcome", o)),
+                    &[("outcome", o)],
                 )
             }),
             cache_hits: r.counter(
@@ -310,7 +165,7 @@ impl Metrics {
                 "berth_dns_upstream_latency_seconds",
                 "Latency of answered upstream attempts.",
             ),
-            page: r.page,
+            page: r.page(),
         }
     }
 
@@ -356,6 +211,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn renders_names_help_zeros_and_buckets() {

@@ -1,116 +1,23 @@
-//! The gateway's Prometheus metrics: one process-global recorder (`metrics-exporter-prometheus`),
-//! every handle registered on it up front, and [`render`] for the text format (0.0.4).
+//! The gateway's Prometheus metrics: one process-global recorder of its own (see the
+//! `metrics-page` crate for why not the `metrics` crate's global one), every handle registered on
+//! it up front, and [`render`] for the text format (0.0.4).
 //!
-//! Global because there is one gateway per process and every connection task bumps them. The
-//! recorder is ours, not installed as the `metrics` crate's global one: `berth run all` hosts the
-//! gateway and the resolver (one recorder per resolver) in one process and each renders only its
-//! own page, so the `metrics::counter!` macros (a no-op without a global recorder) are not used.
-//! Handles are registered once, in `Registered::new`, and kept: an increment is a lock-free
-//! atomic update on a handle, no key lookup. Registering every label combination there is what
-//! makes a fixed label set print zeros before anything happened. Label values come only from
+//! Global because there is one gateway per process and every connection task bumps them.
+//! Handles are registered once, in `Registered::new`, and kept. Registering every label
+//! combination there is what makes a fixed label set print zeros before anything happened.
+//! Label values come only from
 //! fixed enums here — never usernames, server numbers or addresses (unbounded cardinality, and
 //! private). Serving `/metrics` over HTTP is the binary's job; it calls [`render`].
 
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use ::metrics::{Key, KeyName, Label, Level, Metadata, Recorder as _, SharedString};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_page::{Counter, Gauge, Histogram, PrometheusHandle, Registrar};
 
 /// Upper bounds (seconds) shared by the latency histograms.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
-
-/// The recorder buffers a histogram's samples until its upkeep folds them into the buckets (a
-/// render does too). Nothing guarantees a scrape, so every this-many-th observation runs the
-/// upkeep itself: memory stays bounded with no background task, at a few short locks per
-/// thousand observations.
-const SETTLE_EVERY: u32 = 1024;
-
-/// Reads one series back from the rendered page: for tests and inspection, never the hot path
-/// (it renders every metric of the recorder).
-#[derive(Debug)]
-struct Sample {
-    page: PrometheusHandle,
-    series: String,
-}
-
-impl Sample {
-    fn read(&self) -> f64 {
-        self.page
-            .render()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(&self.series)?
-                    .strip_prefix(' ')?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0.0)
-    }
-}
-
-/// A monotonically increasing count.
-#[derive(Debug)]
-pub struct Counter {
-    handle: ::metrics::Counter,
-    sample: Sample,
-}
-
-impl Counter {
-    pub fn inc(&self) {
-        self.add(1);
-    }
-    pub fn add(&self, n: u64) {
-        self.handle.increment(n);
-    }
-    /// The value as rendered (tests).
-    pub fn get(&self) -> u64 {
-        self.sample.read() as u64
-    }
-}
-
-/// A value that goes up and down.
-#[derive(Debug)]
-pub struct Gauge {
-    handle: ::metrics::Gauge,
-    sample: Sample,
-}
-
-impl Gauge {
-    pub fn inc(&self) {
-        self.handle.increment(1.0);
-    }
-    pub fn dec(&self) {
-        self.handle.decrement(1.0);
-    }
-    pub fn set(&self, v: i64) {
-        self.handle.set(v as f64);
-    }
-    /// The value as rendered (tests).
-    pub fn get(&self) -> i64 {
-        self.sample.read() as i64
-    }
-}
-
-/// A latency histogram over [`LATENCY_BUCKETS`].
-#[derive(Debug)]
-pub struct Histogram {
-    handle: ::metrics::Histogram,
-    page: PrometheusHandle,
-    unsettled: AtomicU32,
-}
-
-impl Histogram {
-    pub fn observe(&self, d: Duration) {
-        self.handle.record(d.as_secs_f64());
-        if self.unsettled.fetch_add(1, Ordering::Relaxed) % SETTLE_EVERY == SETTLE_EVERY - 1 {
-            self.page.run_upkeep();
-        }
-    }
-}
 
 /// A counter family over one fixed label, every value registered up front.
 #[derive(Debug)]
@@ -133,103 +40,17 @@ impl<const N: usize> Family<N> {
     }
 }
 
-/// Registers handles on one recorder, describing each name once (its `# HELP` line).
-struct Registrar {
-    recorder: PrometheusRecorder,
-    page: PrometheusHandle,
-}
-
-/// Required by the `Recorder` trait; the Prometheus recorder ignores it.
-const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
-
-impl Registrar {
-    fn new() -> Self {
-        let recorder = match PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS) {
-            Ok(b) => b.build_recorder(),
-            // set_buckets only refuses an empty list; LATENCY_BUCKETS is a non-empty constant.
-            Err(e) => unreachable!("latency buckets: {e}"),
-        };
-        let page = recorder.handle();
-        Self { recorder, page }
-    }
-
-    /// The key and, for reading it back, its series as the page writes it.
-    fn key(&self, name: &'static str, labels: &[(&'static str, &'static str)]) -> (Key, Sample) {
-        let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-        let series = if pairs.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{name}{{{}}}", pairs.join(","))
-        };
-        let labels = labels.iter().map(|(k, v)| Label::from_static_parts(k, v));
-        let key = Key::from_parts(name, labels.collect::<Vec<_>>());
-        let sample = Sample {
-            page: self.page.clone(),
-            series,
-        };
-        (key, sample)
-    }
-
-    fn counter(&self, name: &'static str, help: &'static str) -> Counter {
-        self.labelled_counter(name, help, &[])
-    }
-
-    fn labelled_counter(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&'static str, &'static str)],
-    ) -> Counter {
-        self.recorder.describe_counter(
-            KeyName::from_const_str(name),
-            None,
-            SharedString::const_str(help),
-        );
-        let (key, sample) = self.key(name, labels);
-        Counter {
-            handle: self.recorder.register_counter(&key, &META),
-            sample,
-        }
-    }
-
-    fn family<const N: usize>(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        label: &'static str,
-        values: [&'static str; N],
-    ) -> Family<N> {
-        Family {
-            values,
-            counters: values.map(|v| self.labelled_counter(name, help, &[(label, v)])),
-        }
-    }
-
-    fn gauge(&self, name: &'static str, help: &'static str) -> Gauge {
-        self.recorder.describe_gauge(
-            KeyName::from_const_str(name),
-            None,
-            SharedString::const_str(help),
-        );
-        let (key, sample) = self.key(name, &[]);
-        Gauge {
-            handle: self.recorder.register_gauge(&key, &META),
-            sample,
-        }
-    }
-
-    fn histogram(&self, name: &'static str, help: &'static str) -> Histogram {
-        self.recorder.describe_histogram(
-            KeyName::from_const_str(name),
-            None,
-            SharedString::const_str(help),
-        );
-        let (key, _) = self.key(name, &[]);
-        Histogram {
-            handle: self.recorder.register_histogram(&key, &META),
-            page: self.page.clone(),
-            unsettled: AtomicU32::new(0),
-        }
+/// Registers a [`Family`] on `r`.
+fn family<const N: usize>(
+    r: &Registrar,
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    values: [&'static str; N],
+) -> Family<N> {
+    Family {
+        values,
+        counters: values.map(|v| r.labelled_counter(name, help, &[(label, v)])),
     }
 }
 
@@ -268,20 +89,23 @@ struct Registered {
 impl Registered {
     /// A fresh recorder with every metric registered (the process's is `METRICS`).
     fn new() -> Self {
-        let r = Registrar::new();
+        let r = Registrar::new(&LATENCY_BUCKETS);
         Self {
-            connections: r.family(
+            connections: family(
+                &r,
                 "berth_gateway_connections_total",
                 "TCP connections by admission result.",
                 "result",
                 ["accepted", "rejected"],
             ),
-            connections_active: r.gauge("berth_gateway_connections_active", "Open SSH connections."),
+            connections_active: r
+                .gauge("berth_gateway_connections_active", "Open SSH connections."),
             unauthenticated: r.gauge(
                 "berth_gateway_unauthenticated_connections",
                 "Admitted connections that have not authenticated yet.",
             ),
-            handshakes: r.family(
+            handshakes: family(
+                &r,
                 "berth_gateway_handshakes_total",
                 "SSH handshakes by result.",
                 "result",
@@ -296,7 +120,8 @@ impl Registered {
                     )
                 })
             }),
-            rate_limited: r.family(
+            rate_limited: family(
+                &r,
                 "berth_gateway_rate_limit_rejections_total",
                 "Connections and attempts refused by the brute-force defence, by scope.",
                 "scope",
@@ -312,12 +137,16 @@ impl Registered {
                     "bcrypt_queue",
                 ],
             ),
-            bans: r.counter("berth_gateway_bans_total", "Temporary address bans started."),
+            bans: r.counter(
+                "berth_gateway_bans_total",
+                "Temporary address bans started.",
+            ),
             login_grace_expired: r.counter(
                 "berth_gateway_login_grace_expired_total",
                 "Connections closed because the login grace time ran out.",
             ),
-            protocol_violations: r.family(
+            protocol_violations: family(
+                &r,
                 "berth_gateway_protocol_violations_total",
                 "Connections cut because the client ignored the protocol's limits (channel window, request floods).",
                 "kind",
@@ -336,13 +165,15 @@ impl Registered {
                 "Audit records dropped because the audit queue was full.",
             ),
             sessions_active: r.gauge("berth_gateway_sessions_active", "Open sessions (channels)."),
-            sessions: r.family(
+            sessions: family(
+                &r,
                 "berth_gateway_sessions_total",
                 "Sessions opened by kind.",
                 "kind",
                 ["shell", "exec", "sftp", "subsystem", "direct_tcpip"],
             ),
-            bytes: r.family(
+            bytes: family(
+                &r,
                 "berth_gateway_bytes_total",
                 "Payload bytes relayed by direction.",
                 "direction",
@@ -356,19 +187,21 @@ impl Registered {
                 "berth_gateway_ensure_running_seconds",
                 "Time to make the tenant's container run at login.",
             ),
-            session_paths: r.family(
+            session_paths: family(
+                &r,
                 "berth_gateway_session_paths_total",
                 "Sessions and forwards by data path (agent: fds from the in-container agent; attach: Docker's exec stream).",
                 "path",
                 ["agent", "attach"],
             ),
-            ensure_running: r.family(
+            ensure_running: family(
+                &r,
                 "berth_gateway_ensure_running_total",
                 "ensure_running calls by result.",
                 "result",
                 ["running", "started", "failed"],
             ),
-            page: r.page,
+            page: r.page(),
         }
     }
 }
