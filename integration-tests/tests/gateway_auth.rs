@@ -792,3 +792,84 @@ except paramiko.AuthenticationException:
 finally:
     c.close()
 "#;
+
+/// An owner's automation is not an attack: 300 key logins from one address within a minute all
+/// succeed with the shipped connection budget (a burst of 32), because each authenticated
+/// connection gives its cell back. Connections that never authenticate still spend it: a run of
+/// connect-and-close from another address is cut off at the burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn owner_automation_keeps_its_connection_budget() -> Result<()> {
+    let h = GatewayHarness::start("auth_loop").await?;
+    // `Options::default()` keeps the shipped connection budget.
+    let defaults = gateway::Config::default().auth;
+    const LOGINS: usize = 300;
+    const WORKERS: usize = 3;
+    let t = Instant::now();
+    let failures = blocking(|| -> Result<Vec<String>> {
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..WORKERS)
+                .map(|w| {
+                    let h = &h;
+                    scope.spawn(move || -> Result<Vec<String>> {
+                        let mut failed = Vec::new();
+                        for i in (w..LOGINS).step_by(WORKERS) {
+                            let out = h
+                                .ssh()
+                                .arg("-o")
+                                .arg("BindAddress=127.0.0.5")
+                                .arg(format!("{}@127.0.0.1", h.user()))
+                                .arg("true")
+                                .output()
+                                .context("run ssh")?;
+                            if !out.status.success() {
+                                failed.push(format!("#{i}: {}", text(&out)));
+                            }
+                        }
+                        Ok(failed)
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for w in workers {
+                let got = w
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("login worker panicked"))??;
+                all.extend(got);
+            }
+            Ok(all)
+        })
+    })?;
+    let took = t.elapsed();
+    assert!(
+        failures.is_empty(),
+        "{} of {LOGINS} logins failed in {took:?}; first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    eprintln!("{LOGINS} key logins from one address in {took:?}");
+
+    // Abandoned connections from 127.0.0.1 (never authenticated) are charged: after the burst,
+    // the gateway closes new connections before its banner.
+    let port = h.addr.port();
+    let refused = blocking(|| -> Result<usize> {
+        use std::io::Read;
+        let mut refused = 0;
+        for _ in 0..(defaults.connections_per_ip_burst as usize * 2) {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut buf = [0u8; 4];
+            // A banner means admitted; EOF or a reset before any byte means refused.
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => {}
+                _ => refused += 1,
+            }
+        }
+        Ok(refused)
+    })?;
+    assert!(
+        refused >= defaults.connections_per_ip_burst as usize / 2,
+        "abandoned connections must spend the budget: only {refused} of {} refused",
+        defaults.connections_per_ip_burst * 2
+    );
+    Ok(())
+}

@@ -7,7 +7,9 @@
 //!
 //! Policy in one paragraph: a connection is admitted unless its address is banned (and has no
 //! recent successful login anywhere), the global or per-address unauthenticated cap is full, or
-//! the address opens connections too fast. A password (or keyboard-interactive) attempt costs
+//! the address opens connections too fast. A connection that authenticates gives its connection
+//! cell back (like OpenSSH's PerSourcePenalties, only what attackers do costs: abandoned,
+//! failed and stalled connections), so an owner's deploy loop never runs out. A password (or keyboard-interactive) attempt costs
 //! one cell of the address's budget and one of the server's budget — unless the address logged
 //! in to that server successfully within `trusted_for`, in which case it costs one cell of a
 //! budget private to that (server, address) pair and ignores bans and the server budget, so an
@@ -110,7 +112,7 @@ pub enum Recorded {
 pub struct Params {
     pub max_unauthenticated: usize,
     pub max_unauthenticated_per_ip: usize,
-    pub connections: Quota,
+    pub connections: Bucket,
     pub ip_attempts: Quota,
     pub server_attempts: Quota,
     pub trusted_attempts: Quota,
@@ -169,10 +171,10 @@ impl Params {
         Self {
             max_unauthenticated: cfg.max_unauthenticated,
             max_unauthenticated_per_ip: cfg.max_unauthenticated_per_ip,
-            connections: quota(
-                cfg.connections_per_ip_burst,
-                cfg.connections_per_ip_interval_ms,
-            ),
+            connections: Bucket {
+                burst: cfg.connections_per_ip_burst.max(1),
+                interval: Duration::from_millis(cfg.connections_per_ip_interval_ms.max(1)),
+            },
             ip_attempts: quota(cfg.ip_attempts_burst, cfg.ip_attempts_interval_ms),
             server_attempts: quota(cfg.server_attempts_burst, cfg.server_attempts_interval_ms),
             trusted_attempts: quota(cfg.trusted_attempts_burst, cfg.trusted_attempts_interval_ms),
@@ -185,6 +187,61 @@ impl Params {
             source_prefix_v4: cfg.source_prefix_v4,
             source_prefix_v6: cfg.source_prefix_v6,
         }
+    }
+}
+
+/// A refundable token bucket (GCRA): `burst` cells, one back per `interval`.
+///
+/// governor's limiters cannot give a cell back, and the connection budget must: a connection
+/// that authenticates returns what it took.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    pub burst: u32,
+    pub interval: Duration,
+}
+
+/// Per-source state of a [`Bucket`]: the theoretical arrival time of the next cell. A source
+/// whose `tat` lies in the past has its whole burst and needs no entry.
+#[derive(Debug, Default)]
+struct Cells {
+    tat: HashMap<IpAddr, Nanos>,
+}
+
+impl Cells {
+    /// Takes one cell for `key` if the bucket has one.
+    fn take(&mut self, b: Bucket, key: IpAddr, now: Nanos) -> bool {
+        let interval = Nanos::from(b.interval);
+        let tat = self.tat.get(&key).copied().unwrap_or(now).max(now);
+        let next = tat + interval;
+        // Allowed while the debt after this cell is at most `burst` intervals.
+        let limit = Nanos::from(b.interval.saturating_mul(b.burst));
+        if next.duration_since(now) > limit {
+            return false;
+        }
+        self.tat.insert(key, next);
+        true
+    }
+
+    /// Gives one cell back to `key` (never more than its full burst).
+    fn refund(&mut self, b: Bucket, key: IpAddr, now: Nanos) {
+        let interval = Nanos::from(b.interval);
+        if let Some(tat) = self.tat.get_mut(&key) {
+            let back = Nanos::from(tat.as_u64().saturating_sub(interval.as_u64()));
+            if back <= now {
+                self.tat.remove(&key);
+            } else {
+                *tat = back;
+            }
+        }
+    }
+
+    fn retain(&mut self, now: Nanos) {
+        self.tat.retain(|_, t| *t > now);
+        self.tat.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.tat.len()
     }
 }
 
@@ -227,7 +284,7 @@ impl Clock for MonotonicClock {
 pub struct Limits<C: Clock<Instant = Nanos> + Clone> {
     p: Params,
     clock: C,
-    connections: Keyed<IpAddr, C>,
+    connections: Cells,
     ip_attempts: Keyed<IpAddr, C>,
     server_attempts: Keyed<ServerId, C>,
     trusted_attempts: Keyed<(ServerId, IpAddr), C>,
@@ -244,7 +301,7 @@ pub struct Limits<C: Clock<Instant = Nanos> + Clone> {
 impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
     pub fn new(p: Params, clock: C) -> Self {
         Self {
-            connections: RateLimiter::hashmap_with_clock(p.connections, clock.clone()),
+            connections: Cells::default(),
             ip_attempts: RateLimiter::hashmap_with_clock(p.ip_attempts, clock.clone()),
             server_attempts: RateLimiter::hashmap_with_clock(p.server_attempts, clock.clone()),
             trusted_attempts: RateLimiter::hashmap_with_clock(p.trusted_attempts, clock.clone()),
@@ -318,7 +375,8 @@ impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
         if per_ip >= self.p.max_unauthenticated_per_ip {
             return Err(AdmitDenied::UnauthenticatedCapPerIp);
         }
-        if self.connections.check_key(&ip).is_err() {
+        let now = self.now();
+        if !self.connections.take(self.p.connections, ip, now) {
             return Err(AdmitDenied::ConnectionRate);
         }
         self.unauthenticated += 1;
@@ -336,6 +394,15 @@ impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
                 self.unauthenticated_per_ip.remove(&ip);
             }
         }
+    }
+
+    /// The connection from `ip` authenticated: its unauthenticated slot is freed and the
+    /// connection cell it took at [`Limits::admit`] is given back.
+    pub fn authenticated(&mut self, ip: IpAddr) {
+        self.release(ip);
+        let key = self.src(ip);
+        let now = self.now();
+        self.connections.refund(self.p.connections, key, now);
     }
 
     /// Unauthenticated connections right now (gateway-wide).
@@ -431,16 +498,15 @@ impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
     /// Drops state nobody needs any more: idle governor keys, expired bans and trust. Call it
     /// periodically, or keyed state grows with every address ever seen.
     pub fn retain_recent(&mut self) {
-        for l in [&self.connections, &self.ip_attempts] {
-            l.retain_recent();
-            l.shrink_to_fit();
-        }
+        let now = self.now();
+        self.connections.retain(now);
+        self.ip_attempts.retain_recent();
+        self.ip_attempts.shrink_to_fit();
         self.server_attempts.retain_recent();
         self.server_attempts.shrink_to_fit();
         self.trusted_attempts.retain_recent();
         self.trusted_attempts.shrink_to_fit();
 
-        let now = self.now();
         let p = &self.p;
         let window = Nanos::from(p.ban_window);
         let forget = Nanos::from(p.ban_forget);
@@ -682,6 +748,47 @@ mod tests {
         clock.advance(Duration::from_millis(1_000));
         assert_eq!(l.admit(ip(1)), Ok(()));
         assert_eq!(l.admit(ip(1)), Err(AdmitDenied::ConnectionRate));
+    }
+
+    #[test]
+    fn authenticated_connections_give_their_cell_back() {
+        let (mut l, _) = limits(&AuthConfig {
+            max_unauthenticated_per_ip: 100,
+            ..cfg()
+        });
+        // An owner's loop: far more connections than the burst of 3, all within one instant,
+        // each authenticating.
+        for i in 0..300 {
+            assert_eq!(l.admit(ip(1)), Ok(()), "login #{i}");
+            l.authenticated(ip(1));
+        }
+        assert_eq!(l.unauthenticated(), 0);
+        // Abandoned connections still cost: three, then refused.
+        for _ in 0..3 {
+            assert_eq!(l.admit(ip(1)), Ok(()));
+            l.release(ip(1));
+        }
+        assert_eq!(l.admit(ip(1)), Err(AdmitDenied::ConnectionRate));
+        // One authentication never gives back more than one cell, and never beyond the burst.
+        let (mut l, clock) = limits(&AuthConfig {
+            max_unauthenticated_per_ip: 100,
+            ..cfg()
+        });
+        for _ in 0..3 {
+            assert_eq!(l.admit(ip(2)), Ok(()));
+        }
+        l.authenticated(ip(2));
+        l.authenticated(ip(2));
+        l.authenticated(ip(2));
+        l.authenticated(ip(2));
+        for _ in 0..3 {
+            assert_eq!(l.admit(ip(2)), Ok(()));
+        }
+        assert_eq!(l.admit(ip(2)), Err(AdmitDenied::ConnectionRate));
+        // The table forgets a source whose bucket is full again.
+        clock.advance(Duration::from_secs(10));
+        l.retain_recent();
+        assert_eq!(l.table_sizes().connections, 0);
     }
 
     #[test]

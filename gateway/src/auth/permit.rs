@@ -19,9 +19,16 @@ pub struct Permit {
 }
 
 impl Permit {
-    /// The connection authenticated: it no longer counts against the unauthenticated caps.
+    /// The connection authenticated: it no longer counts against the unauthenticated caps, and
+    /// its source gets back the connection cell it was admitted with.
     pub fn authenticated(mut self) {
-        self.release();
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        metrics::UNAUTHENTICATED.dec();
+        if let Some(inner) = self.inner.upgrade() {
+            inner.limits().authenticated(self.peer);
+        }
     }
 
     /// When the login grace time runs out.
