@@ -24,6 +24,7 @@ pub struct Config {
     pub netfilter: netfilter::Config,
     pub metrics: MetricsConfig,
     pub publish: PublishConfig,
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -38,6 +39,7 @@ impl Default for Config {
             netfilter: Default::default(),
             metrics: Default::default(),
             publish: Default::default(),
+            cluster: Default::default(),
         }
     }
 }
@@ -94,6 +96,66 @@ impl MetricsConfig {
         }
         if self.textfile_interval_secs == 0 {
             return Err("metrics.textfile_interval_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// This host's place in a cluster (docs/CLUSTER.md). Empty `node`: a single host, whose
+/// servers are all local and whose store has no node rows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This host's node name (`berth node list`); empty on a single host.
+    pub node: String,
+    /// `address:port` of this node's internal SSH endpoint, as fronts reach it.
+    pub advertise: String,
+    /// A node not seen for this long gets no new servers.
+    pub node_timeout_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node: String::new(),
+            advertise: String::new(),
+            node_timeout_secs: 60,
+        }
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self, database_url: &str) -> std::result::Result<(), String> {
+        if self.node.is_empty() {
+            if !self.advertise.is_empty() {
+                return Err(
+                    "cluster.advertise is set but cluster.node is empty: name this node too".into(),
+                );
+            }
+            return Ok(());
+        }
+        if !tenants::placement::valid_node_name(&self.node) {
+            return Err(format!(
+                "cluster.node {:?} is not a valid node name ({})",
+                self.node,
+                tenants::placement::NODE_NAME_RULE
+            ));
+        }
+        if !database_url.starts_with("postgres") {
+            return Err(format!(
+                "cluster.node is set but the database is {}: nodes and fronts of one cluster share \
+                 one PostgreSQL database (database_url = \"postgres://…\"); SQLite serves a single host",
+                tenants::store::redact_url(database_url)
+            ));
+        }
+        if !self.advertise.is_empty() && self.advertise.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "cluster.advertise {:?} must be ADDRESS:PORT",
+                self.advertise
+            ));
+        }
+        if self.node_timeout_secs == 0 {
+            return Err("cluster.node_timeout_secs must be at least 1".into());
         }
         Ok(())
     }
@@ -244,6 +306,7 @@ impl Config {
         self.netfilter.validate()?;
         self.metrics.validate()?;
         self.publish.validate()?;
+        self.cluster.validate(&self.database_url())?;
         Ok(())
     }
 
@@ -288,6 +351,38 @@ listen = "127.0.0.1:9477"
         let cfg = Config::from_toml(text).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.database_url(), "sqlite:///var/lib/berth/berth.db");
+    }
+
+    #[test]
+    fn cluster_needs_a_node_name_and_postgres() {
+        let mut cfg = Config::default();
+        cfg.validate().unwrap();
+        cfg.cluster.advertise = "10.0.0.1:2200".into();
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .contains("cluster.node is empty")
+        );
+        cfg.cluster.node = "n1".into();
+        let err = cfg.validate().unwrap_err();
+        assert!(
+            err.contains("PostgreSQL") && err.contains("sqlite://"),
+            "{err}"
+        );
+        cfg.database_url = Some("postgres://berth:secret@db/berth".into());
+        cfg.validate().unwrap();
+        cfg.cluster.node = "N 1".into();
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .contains("not a valid node name")
+        );
+        cfg.cluster.node = "n1".into();
+        cfg.cluster.advertise = "somewhere".into();
+        assert!(cfg.validate().unwrap_err().contains("ADDRESS:PORT"));
+        // The password never shows in the message.
+        cfg.database_url = Some("sqlite:///x.db".into());
+        assert!(!cfg.validate().unwrap_err().contains("secret"));
     }
 
     #[test]

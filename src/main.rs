@@ -51,6 +51,9 @@ enum Command {
     /// Manage servers (tenant containers).
     #[command(subcommand)]
     Server(commands::server::Cmd),
+    /// Cluster nodes (hosts that run tenants) and fronts; empty on a single host.
+    #[command(subcommand)]
+    Node(commands::node::Cmd),
     /// Build tenant images offline.
     #[command(subcommand)]
     Image(commands::image::Cmd),
@@ -92,6 +95,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => commands::run::run(config_path, args).await,
         Command::Account(cmd) => commands::account::run(config_path, cmd).await,
         Command::Server(cmd) => commands::server::run(config_path, cmd).await,
+        Command::Node(cmd) => commands::node::run(config_path, cmd).await,
         Command::Image(cmd) => commands::image::run(config_path, cmd).await,
         Command::Netfilter(cmd) => commands::netfilter::run(config_path, cmd).await,
     }

@@ -111,14 +111,22 @@ pub(crate) fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
 /// A store error as the operator should see it, with its exit code.
 pub(crate) fn store_error(e: StoreError) -> anyhow::Error {
     let code = match &e {
-        StoreError::InvalidAccountName { .. } | StoreError::InvalidKey(_) => exit::DATAERR,
+        StoreError::InvalidAccountName { .. }
+        | StoreError::InvalidKey(_)
+        | StoreError::InvalidNodeName { .. }
+        | StoreError::InvalidFrontName { .. } => exit::DATAERR,
         StoreError::UnknownAccount(_)
         | StoreError::UnknownKey { .. }
         | StoreError::UnknownServer(_)
-        | StoreError::ServerDeleted(_) => exit::NOUSER,
+        | StoreError::ServerDeleted(_)
+        | StoreError::UnknownNode(_)
+        | StoreError::UnknownFront(_) => exit::NOUSER,
         StoreError::DuplicateAccount(_)
         | StoreError::DuplicateKey { .. }
-        | StoreError::AccountHasServers { .. } => exit::CANTCREAT,
+        | StoreError::AccountHasServers { .. }
+        | StoreError::DuplicateNode(_)
+        | StoreError::NodeHasServers { .. }
+        | StoreError::NodeKeyMismatch(_) => exit::CANTCREAT,
         e if e.is_retryable() => exit::UNAVAILABLE,
         _ => 1,
     };

@@ -8,6 +8,7 @@ pub mod dns;
 pub mod gateway;
 pub mod image;
 pub mod netfilter;
+pub mod node;
 pub mod run;
 pub mod server;
 

@@ -56,6 +56,7 @@ pub mod image;
 pub mod keys;
 pub mod name;
 pub mod password;
+pub mod placement;
 pub mod provision;
 pub mod spec;
 pub mod store;
@@ -68,6 +69,6 @@ pub use provision::{
     ReconcileReport, RunningServer, ServerChange, ServerEndpoint,
 };
 pub use store::{
-    Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Dialect, Server,
-    ServerAuth, ServerSpec, Store, StoreError,
+    Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Dialect, Front, Node,
+    Server, ServerAuth, ServerSpec, Store, StoreError,
 };

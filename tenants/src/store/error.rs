@@ -69,6 +69,26 @@ pub enum StoreError {
     ServerDeleted(ServerId),
     #[error("database handed out server id {0}, beyond the u32 range server names allow")]
     IdOutOfRange(i64),
+    #[error("invalid node name {name:?}: {}", crate::placement::NODE_NAME_RULE)]
+    InvalidNodeName { name: String },
+    #[error("node {0} does not exist; `berth node list` shows the known nodes")]
+    UnknownNode(String),
+    #[error("node {0} already exists")]
+    DuplicateNode(String),
+    #[error("node {name} still holds {}; move or remove them first", list_servers(.servers))]
+    NodeHasServers {
+        name: String,
+        servers: Vec<ServerId>,
+    },
+    #[error(
+        "node {0} presents a hop host key other than the one pinned in the store; if the host \
+         was reinstalled, run `berth node forget-key {0}` and start it again"
+    )]
+    NodeKeyMismatch(String),
+    #[error("front {0} does not exist; `berth node fronts` shows the known fronts")]
+    UnknownFront(String),
+    #[error("invalid front name {name:?}: {}", crate::placement::NODE_NAME_RULE)]
+    InvalidFrontName { name: String },
     #[error("database {url}: {source}")]
     Db {
         url: String,

@@ -12,7 +12,8 @@
 //! Files: [`connection`] opens the database ([`Store`], [`Dialect`]), [`url`] reads database
 //! URLs, [`error`] says what went wrong, [`model`] holds the records callers see and [`row`]
 //! converts them from columns; the queries are grouped by what they touch: [`accounts`],
-//! [`account_keys`], [`servers`], [`auth`] (the gateway's login view) and [`audit`].
+//! [`account_keys`], [`servers`], [`auth`] (the gateway's login view), [`audit`] and [`nodes`]
+//! (the cluster tables: nodes, fronts, placements; empty on a single host).
 
 mod account_keys;
 mod accounts;
@@ -21,6 +22,7 @@ mod auth;
 mod connection;
 mod error;
 mod model;
+mod nodes;
 mod row;
 mod servers;
 mod url;
@@ -28,8 +30,8 @@ mod url;
 pub use connection::{Dialect, Store};
 pub use error::StoreError;
 pub use model::{
-    Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Server, ServerAuth,
-    ServerSpec,
+    Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Front, Node, Server,
+    ServerAuth, ServerSpec,
 };
 
 pub use url::redact_url;

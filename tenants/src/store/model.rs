@@ -166,3 +166,34 @@ pub struct AuditEntry {
     #[serde(flatten)]
     pub event: AuditEvent,
 }
+
+/// A Docker host that runs tenants (a cluster node). `labels` say what the node allows
+/// (`dind = "caps,sysbox"`) and anything else the operator wants to see.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Node {
+    pub name: String,
+    /// `address:port` of the node's hop endpoint (empty until the node has started once).
+    pub advertise: String,
+    /// The node's hop host key as an OpenSSH line: the pin fronts check (empty until the node
+    /// has started once; a front refuses a node without one).
+    pub host_key: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Most servers placed here (0 = no limit).
+    pub capacity: u32,
+    /// No new servers are placed here (existing ones keep running).
+    pub drained: bool,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub created: DateTime<Utc>,
+    /// Live (not deleted) servers placed on this node.
+    pub servers: u32,
+}
+
+/// A front: a process that terminates client SSH and relays to nodes with its own key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Front {
+    pub name: String,
+    /// Its hop client key (OpenSSH line), accepted by every node's hop endpoint.
+    pub key_line: String,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub created: DateTime<Utc>,
+}
