@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tenants::ServerId;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::policy::{Exit, ForwardDest};
+use crate::policy::{Exit, ForwardDest, Program};
 
 /// What auth needs about one server and its owner.
 #[derive(Debug, Clone)]
@@ -41,11 +41,16 @@ pub struct Target {
     pub user: Option<String>,
     /// Host directory mounted at `/dev/berth` in the container (the agent's socket), if any.
     pub agent_dir: Option<PathBuf>,
+    /// Whatever else the backend keeps for this connection's target (a relaying backend keeps
+    /// its connection to the server's host here); dropped with the connection.
+    pub route: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// What one session channel runs.
 #[derive(Debug, Clone)]
 pub struct ExecRequest {
+    /// What the client asked for; `argv` is how this gateway runs it in a container.
+    pub program: Program,
     pub argv: Vec<String>,
     /// On top of the container's environment (allowlisted client variables, `TERM`,
     /// `BERTH_SERVER`); the backend adds `USER` and `LOGNAME` for the user it runs as.
@@ -127,6 +132,10 @@ pub enum BackendError {
     /// Anything final (server deleted, image missing, …).
     #[error("{0}")]
     Failed(String),
+    /// A failure whose text is written for the client and shown to it as is (e.g. "server7's
+    /// host n2 is unreachable; try again later"). It must hold nothing internal.
+    #[error("{0}")]
+    ForClient(String),
 }
 
 #[async_trait::async_trait]
@@ -135,6 +144,16 @@ pub trait Backend: Send + Sync + 'static {
     async fn credentials(&self, server: ServerId) -> Result<Option<Credentials>, BackendError>;
     /// Idempotent and single-flight: starts or recreates the container if needed.
     async fn ensure_running(&self, server: ServerId) -> Result<Target, BackendError>;
+    /// [`Backend::ensure_running`] for one authenticated connection: `owner` logged in from
+    /// `peer`. A backend that forwards the login elsewhere needs them; others need not.
+    async fn ensure_running_for(
+        &self,
+        server: ServerId,
+        _owner: &str,
+        _peer: IpAddr,
+    ) -> Result<Target, BackendError> {
+        self.ensure_running(server).await
+    }
     /// Starts `req` in the running container of `target`. `login` is the SSH login name
     /// (`server<N>`), which the backend may make an alias of the user it runs as.
     async fn exec(

@@ -189,7 +189,11 @@ impl Conn {
             .target
             .get_or_try_init(|| async {
                 let t0 = Instant::now();
-                let r = self.shared.backend.ensure_running(self.login.server).await;
+                let r = self
+                    .shared
+                    .backend
+                    .ensure_running_for(self.login.server, &self.login.owner, self.peer.ip())
+                    .await;
                 crate::metrics::ensure_running(
                     t0.elapsed(),
                     r.as_ref().map(|t| t.started_now).map_err(|_| ()),

@@ -140,6 +140,7 @@ async fn run_inner(
     let argv = policy::argv(&program, &conn.shared.cfg.sftp_server_paths, size);
     let login = conn.login.server.login_name();
     let req = ExecRequest {
+        program: program.clone(),
         argv,
         env,
         pty: size,
@@ -256,6 +257,7 @@ async fn fail_target(conn: &Conn, writer: &ChannelWriteHalf<Msg>, e: BackendErro
             format!("berth: {name} cannot be started right now\r\n"),
             false,
         ),
+        BackendError::ForClient(line) => (format!("berth: {line}\r\n"), true),
     };
     warn!(server = %name, error = %e, "ensure_running failed");
     crate::metrics::exec_error();

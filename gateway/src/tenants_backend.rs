@@ -77,6 +77,7 @@ impl Backend for TenantsBackend {
             started_now: r.started_now,
             user: r.user,
             agent_dir: r.agent_dir,
+            route: None,
         })
     }
 

@@ -55,6 +55,7 @@ impl Backend for Fake {
             started_now: false,
             user: Some("tenant".into()),
             agent_dir: None,
+            route: None,
         })
     }
 
