@@ -78,11 +78,12 @@ static NETFILTER: Mutex<Option<String>> = Mutex::new(None);
 /// never does) until shutdown.
 pub async fn poll_netfilter(fw: netfilter::Firewall, every: Duration, shutdown: CancellationToken) {
     loop {
+        let watch = netfilter::watch_stats();
         let text = match fw.drop_counters().await {
-            Ok(counters) => render_netfilter(&counters, true),
+            Ok(counters) => render_netfilter(&counters, true, watch),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the netfilter drop counters");
-                render_netfilter(&[], false)
+                render_netfilter(&[], false, watch)
             }
         };
         if let Ok(mut slot) = NETFILTER.lock() {
@@ -98,7 +99,11 @@ pub async fn poll_netfilter(fw: netfilter::Firewall, every: Duration, shutdown: 
 /// Renders the drop counters through a recorder of their own, built per read: the series are
 /// whatever the kernel reported this time (a rule that went away leaves no stale series), and the
 /// gateway's and the resolvers' recorders stay separate from it.
-fn render_netfilter(counters: &[netfilter::diff::DropCounter], ok: bool) -> String {
+fn render_netfilter(
+    counters: &[netfilter::diff::DropCounter],
+    ok: bool,
+    watch: netfilter::WatchStats,
+) -> String {
     let recorder = PrometheusBuilder::new().build_recorder();
     let gauge = |name: &'static str, help: &'static str, v: f64| {
         recorder.describe_gauge(name.into(), None, help.into());
@@ -119,6 +124,27 @@ fn render_netfilter(counters: &[netfilter::diff::DropCounter], ok: bool) -> Stri
         "berth_netfilter_counters_read_timestamp_seconds",
         "When the counters were last read.",
         now as f64,
+    );
+    gauge(
+        "berth_netfilter_port_map_pending",
+        "1 while a loaded port map is not in the live ruleset (its update failed and is retried).",
+        f64::from(u8::from(watch.port_map_pending)),
+    );
+    let total = |name: &'static str, help: &'static str, v: u64| {
+        recorder.describe_counter(name.into(), None, help.into());
+        recorder
+            .register_counter(&Key::from_static_name(name), &META)
+            .absolute(v);
+    };
+    total(
+        "berth_netfilter_port_map_apply_failures_total",
+        "Attempts to apply a changed port map that failed (each is retried with backoff).",
+        watch.port_map_failures,
+    );
+    total(
+        "berth_netfilter_reapply_failures_total",
+        "Re-applies of berth's ruleset after drift that failed.",
+        watch.reapply_failures,
     );
     const PACKETS: &str = "berth_netfilter_dropped_packets_total";
     const BYTES: &str = "berth_netfilter_dropped_bytes_total";
@@ -246,7 +272,24 @@ mod tests {
             packets: 5,
             bytes: 300,
         };
-        let text = render_netfilter(&[c], true);
+        let watch = netfilter::WatchStats {
+            port_map_failures: 3,
+            port_map_pending: true,
+            reapply_failures: 0,
+        };
+        let text = render_netfilter(&[c], true, watch);
+        assert!(
+            text.contains("berth_netfilter_port_map_apply_failures_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("berth_netfilter_port_map_pending 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("berth_netfilter_reapply_failures_total 0\n"),
+            "{text}"
+        );
         assert!(text.contains("berth_netfilter_counters_up 1\n"), "{text}");
         assert!(
             text.contains(
@@ -279,7 +322,7 @@ mod tests {
 
     #[test]
     fn failed_read_renders_down_and_no_counters() {
-        let text = render_netfilter(&[], false);
+        let text = render_netfilter(&[], false, netfilter::WatchStats::default());
         assert!(text.contains("berth_netfilter_counters_up 0\n"), "{text}");
         assert!(!text.contains("berth_netfilter_dropped_"), "{text}");
     }

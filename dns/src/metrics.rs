@@ -64,6 +64,7 @@ pub struct Metrics {
     pub inflight_merged: Counter,
     pub inflight_rejected: Counter,
     pub rebind_stripped: Counter,
+    pub udp_tasks: Counter,
     pub upstream_queries: Counter,
     pub upstream_errors: Counter,
     pub upstream_timeouts: Counter,
@@ -126,6 +127,11 @@ impl Metrics {
             rebind_stripped: r.counter(
                 "berth_dns_rebind_stripped_total",
                 "Private addresses removed from upstream answers.",
+            ),
+            udp_tasks: r.counter(
+                "berth_dns_udp_tasks_total",
+                "UDP queries handed to the general path as a task (all but fresh cache hits, \
+                 junk and rate-limited clients).",
             ),
             upstream_queries: r.counter(
                 "berth_dns_upstream_queries_total",
@@ -251,7 +257,7 @@ mod tests {
         ] {
             assert!(s.lines().any(|l| l == line), "missing {line:?} in\n{s}");
         }
-        assert_eq!(s.matches("# TYPE ").count(), 19, "{s}");
+        assert_eq!(s.matches("# TYPE ").count(), 20, "{s}");
         assert_eq!(m.outcome_count(Outcome::CacheHit), 1);
         assert_eq!(m.outcome_count(Outcome::Stale), 0);
     }

@@ -5,7 +5,8 @@
 //! else takes the general path, [`Handler`], with hickory's types: hickory parses the request
 //! and encodes the response (FORMERR for undecodable packets, truncation to the client's
 //! payload size, TCP framing); this module decides what to answer. Both paths apply the same
-//! rate limit and client allowlist; the fast path may skip the rest of the policy because only
+//! rate limit and client allowlist (on UDP the worker asks [`Resolver::admit`] before either
+//! path, so a limited client's datagrams never become tasks); the fast path may skip the rest of the policy because only
 //! answers the policy chose to forward are ever cached, and the cache is emptied whenever the
 //! policy's inputs change (blocklist reload); PTR queries, whose answer depends on the live
 //! local zone, always take the general path. Identical upstream queries are merged into one *flight* — a spawned task, so a refresh
@@ -201,9 +202,9 @@ impl Resolver {
 
     /// The UDP fast path: when `q` (from `src`) has a fresh cached answer, writes the response
     /// into `out`, notes the hit in `tally` and returns true. False means "take the general
-    /// path" (a miss, a stale entry, a PTR query, a refused or rate-limited client, query
-    /// logging on): nothing was sent and, apart from a rate-limit token when that check failed,
-    /// nothing was counted. The caller passes `tally` to [`Self::count_hits`] before it sends
+    /// path" (a miss, a stale entry, a PTR query, a refused client, query logging on): nothing
+    /// was sent or counted. The rate limit is not checked here: the caller asked
+    /// [`Self::admit`] first. The caller passes `tally` to [`Self::count_hits`] before it sends
     /// the responses, so a client that got an answer also sees it counted.
     pub fn answer_hit(
         &self,
@@ -226,9 +227,6 @@ impl Resolver {
             e.write_response(q, elapsed, out)
         });
         if hit != Some(true) {
-            return false;
-        }
-        if self.ratelimit.enabled() && !self.ratelimit.check(src, now) {
             return false;
         }
         tally.0.push(q.qtype);
@@ -391,16 +389,35 @@ impl Resolver {
         }
     }
 
+    /// Takes a rate-limit token for `src`; false (counted as rate-limited) when its bucket is
+    /// empty. The UDP workers ask before they spawn anything for a query, so a client over its
+    /// limit costs a bucket lookup and, at most, a REFUSED written on the worker.
+    pub fn admit(&self, src: IpAddr) -> bool {
+        if self.ratelimit.enabled() && !self.ratelimit.check(src, Instant::now()) {
+            self.metrics.outcome(Outcome::RateLimited);
+            return false;
+        }
+        true
+    }
+
     pub(crate) async fn handle<R: ResponseHandler>(
         self: &Arc<Self>,
         request: &Request,
         rh: R,
     ) -> ResponseInfo {
-        let src = request.src().ip();
-        if self.ratelimit.enabled() && !self.ratelimit.check(src, Instant::now()) {
-            self.metrics.outcome(Outcome::RateLimited);
+        if !self.admit(request.src().ip()) {
             return reply_code(request, rh, ResponseCode::Refused).await;
         }
+        self.handle_admitted(request, rh).await
+    }
+
+    /// [`Self::handle`] for a request whose client [`Self::admit`] already let through.
+    pub(crate) async fn handle_admitted<R: ResponseHandler>(
+        self: &Arc<Self>,
+        request: &Request,
+        rh: R,
+    ) -> ResponseInfo {
+        let src = request.src().ip();
         let info = match request.request_info() {
             Ok(i) => i,
             Err(_) => {

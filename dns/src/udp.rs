@@ -2,7 +2,9 @@
 //! through `SO_REUSEPORT`, one per core; see `service::bind`), each a loop that blocks in
 //! `recvmmsg` for up to [`BATCH`] datagrams, answers the cache hits among them inline — parse in
 //! place, patch a copy of the cached bytes — with one `sendmmsg`, and hands every other datagram
-//! to the general path as a task on the tokio runtime.
+//! to the general path as a task on the tokio runtime. The client's rate limit is checked on the
+//! worker before either: a client over it gets REFUSED written inline (or nothing, for a packet
+//! that is not a plain query), never a task.
 //!
 //! Why not hickory's `Server` for UDP: its per-datagram path (decode into owned types, a task,
 //! a channel to a sender task, clone the cached records, encode them again) cost more than the
@@ -116,8 +118,23 @@ pub fn serve(
                 continue;
             };
             let packet = &b.bufs[i * MAX_QUERY..i * MAX_QUERY + n];
+            // As hickory's server: under 12 bytes there is nothing to answer, and responses
+            // are never answered (reflection). Neither costs a token or a task.
+            if packet.len() < 12 || packet[2] & 0x80 != 0 {
+                continue;
+            }
             let k = b.dsts.len();
-            if let Some(q) = wire::parse_query(packet)
+            let query = wire::parse_query(packet);
+            // The client's limit before anything else: a client over it gets REFUSED written
+            // here (a plain query) or nothing, and never a task on the runtime.
+            if !resolver.admit(src.ip()) {
+                if let Some(q) = query {
+                    wire::write_refused(&q, &mut b.outs[k]);
+                    b.dsts.push(SocketAddrAny::from(src));
+                }
+                continue;
+            }
+            if let Some(q) = query
                 && resolver.answer_hit(src.ip(), &q, &mut b.outs[k], &mut b.tally)
             {
                 b.dsts.push(SocketAddrAny::from(src));
@@ -126,6 +143,7 @@ pub fn serve(
             let packet = packet.to_vec();
             let sock = sock.clone();
             let resolver = resolver.clone();
+            resolver.metrics().udp_tasks.inc();
             general.tracker.spawn_on(
                 async move { general_path(packet, src, sock, resolver).await },
                 &general.runtime,
@@ -235,8 +253,8 @@ async fn general_path(
     sock: Arc<UdpSocket>,
     resolver: Arc<Resolver>,
 ) {
-    // As hickory's server: under 12 bytes there is nothing to answer, responses are never
-    // answered (reflection), an undecodable query gets FORMERR.
+    // The worker dropped packets under 12 bytes and responses; an undecodable query gets
+    // FORMERR. The worker also admitted the client (rate limit) already.
     let Some(head) = packet.get(..12).and_then(|h| <[u8; 12]>::try_from(h).ok()) else {
         return;
     };
@@ -246,7 +264,7 @@ async fn general_path(
     match Request::from_bytes(packet, src, Protocol::Udp) {
         Ok(request) => {
             let rh = UdpResponse { sock, dst: src };
-            resolver.handle(&request, rh).await;
+            resolver.handle_admitted(&request, rh).await;
         }
         Err(_) => {
             let formerr = formerr(&head);

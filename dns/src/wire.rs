@@ -305,6 +305,25 @@ impl Encoded {
     }
 }
 
+/// Writes REFUSED for `q` into `out`: the client's ID, RD and CD bits and question as sent
+/// (stub resolvers ignore an answer whose question does not match theirs), no records but an
+/// OPT when the query had one. What a rate-limited client gets, written on the UDP worker.
+pub fn write_refused(q: &QueryView<'_>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&q.id.to_be_bytes());
+    out.push(0x80 | u8::from(q.rd));
+    out.push(0x80 | if q.cd { 0x10 } else { 0 } | 5);
+    out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, u8::from(q.edns.is_some())]);
+    out.extend_from_slice(q.qname);
+    out.extend_from_slice(&q.qtype.to_be_bytes());
+    out.extend_from_slice(&q.qclass.to_be_bytes());
+    if let Some(e) = q.edns {
+        out.extend_from_slice(&[0, 0, 41]);
+        out.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
+        out.extend_from_slice(&[0, 0, if e.dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,6 +556,29 @@ mod tests {
                 let mut k = [0u8; MAX_KEY];
                 let n = q.key(&mut k);
                 proptest::prop_assert!(n <= MAX_KEY);
+            }
+        }
+    }
+
+    #[test]
+    fn refused_echoes_id_flags_question_and_edns() {
+        for edns in [None, Some((4096, true)), Some((512, false))] {
+            let wire = query("Some.Example.", RecordType::AAAA, 0xbeef, edns);
+            let q = parse_query(&wire).unwrap();
+            let mut out = Vec::new();
+            write_refused(&q, &mut out);
+            let m = Message::from_vec(&out).unwrap();
+            assert_eq!(m.metadata.id, 0xbeef);
+            assert_eq!(m.metadata.message_type, MessageType::Response);
+            assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+            assert!(m.metadata.recursion_desired && m.metadata.recursion_available);
+            assert_eq!(m.queries.len(), 1);
+            assert_eq!(m.queries[0].name().to_ascii(), "Some.Example.");
+            assert_eq!(m.queries[0].query_type(), RecordType::AAAA);
+            assert!(m.answers.is_empty() && m.authorities.is_empty());
+            assert_eq!(m.edns.is_some(), edns.is_some());
+            if let (Some(e), Some((_, dnssec_ok))) = (m.edns.as_ref(), edns) {
+                assert_eq!(e.flags().dnssec_ok, dnssec_ok);
             }
         }
     }

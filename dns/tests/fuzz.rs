@@ -6,6 +6,10 @@
 //! every packet that decodes as a plain one-question query gets exactly such a response. Plus
 //! property tests over the pure decision path with arbitrary wire input.
 //!
+//! A second run points the resolver at an upstream that truncates every UDP answer, so each
+//! miss is asked again over TCP, where the upstream's answers are hostile (64 KiB answers,
+//! lying length prefixes, garbage, wrong ids, silence).
+//!
 //! `BERTH_DNS_FUZZ_CASES` (default 3000) and `BERTH_DNS_FUZZ_SEED` (default: random, printed)
 //! bound and reproduce the run; CI runs the default (a few seconds).
 
@@ -429,6 +433,334 @@ async fn random_and_mutated_packets_against_the_whole_resolver() {
     assert!(alive(addr).await, "seed {seed}: service stopped answering");
     eprintln!(
         "dns fuzz: {answered_total}/{expected_total} well-formed UDP queries answered, {tcp_answered} TCP replies, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    stop.cancel();
+}
+
+/// An upstream whose every UDP answer is truncated (TC, no records), so the resolver asks
+/// again over TCP on the same port, where it gets a hostile answer: up to 64 KiB of valid
+/// records, a length prefix that lies (longer or shorter than what follows, 0, 65535 of
+/// garbage), half a prefix, frames with the wrong id or question before or instead of the
+/// right one, mutated bytes, silence, or a closed connection. Returns its address and the
+/// number of framed queries its TCP side read.
+async fn hostile_tcp_upstream(
+    seed: u64,
+    stop: CancellationToken,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    // One port for both transports: take a free TCP port, then its UDP twin (retry if taken).
+    let (tcp, udp) = loop {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        if let Ok(udp) = UdpSocket::bind(addr).await {
+            break (tcp, udp);
+        }
+    };
+    let addr = tcp.local_addr().unwrap();
+    let tcp_queries = Arc::new(AtomicUsize::new(0));
+    let stop_udp = stop.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (n, from) = tokio::select! {
+                r = udp.recv_from(&mut buf) => match r { Ok(x) => x, Err(_) => continue },
+                _ = stop_udp.cancelled() => return,
+            };
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+            r.metadata.truncation = true;
+            for qq in &q.queries {
+                r.add_query(qq.clone());
+            }
+            if let Ok(b) = r.to_bytes() {
+                let _ = udp.send_to(&b, from).await;
+            }
+        }
+    });
+    let counter = tcp_queries.clone();
+    tokio::spawn(async move {
+        let mut conn = 0u64;
+        loop {
+            let s = tokio::select! {
+                r = tcp.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                _ = stop.cancelled() => return,
+            };
+            conn += 1;
+            let rng = StdRng::seed_from_u64(seed ^ 0x7c9 ^ conn.wrapping_mul(0x9e37_79b9));
+            let counter = counter.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = hostile_tcp_conn(s, rng, counter) => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
+    });
+    (addr, tcp_queries)
+}
+
+/// A valid answer to `q` of about `size` bytes (TXT records of 250-byte strings; A records
+/// for other types), cut below 64 KiB.
+fn big_answer(q: &Message, size: usize) -> Vec<u8> {
+    let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+    r.metadata.recursion_available = true;
+    let Some(question) = q.queries.first() else {
+        return Vec::new();
+    };
+    r.add_query(question.clone());
+    let owner = question.name().clone();
+    let mut total = 0;
+    let mut i = 0u32;
+    while total < size {
+        let data = if question.query_type() == RecordType::TXT {
+            total += 270;
+            RData::TXT(TXT::new(vec!["y".repeat(250)]))
+        } else {
+            total += 16 + owner.len();
+            i += 1;
+            RData::A(A(Ipv4Addr::from(0x2d00_0000 | i)))
+        };
+        r.add_answer(Record::from_rdata(owner.clone(), 60, data));
+    }
+    let mut b = r.to_bytes().unwrap_or_default();
+    while b.len() > 65_535 {
+        r.answers.pop();
+        b = r.to_bytes().unwrap_or_default();
+    }
+    b
+}
+
+async fn hostile_tcp_conn(
+    mut s: TcpStream,
+    mut rng: StdRng,
+    counter: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let frame = |b: &[u8]| {
+        let mut f = (b.len() as u16).to_be_bytes().to_vec();
+        f.extend_from_slice(b);
+        f
+    };
+    let Ok(n) = s.read_u16().await else { return };
+    let mut q = vec![0u8; usize::from(n)];
+    if s.read_exact(&mut q).await.is_err() {
+        return;
+    }
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let Ok(query) = Message::from_vec(&q) else {
+        return;
+    };
+    let size = match rng.random_range(0..3) {
+        0 => rng.random_range(0..2_000),
+        1 => rng.random_range(2_000..20_000),
+        _ => rng.random_range(60_000..70_000),
+    };
+    let good = big_answer(&query, size);
+    let mut wrong_id = Message::from_vec(&good).ok();
+    if let Some(w) = wrong_id.as_mut() {
+        w.metadata.id = w.metadata.id.wrapping_add(1);
+    }
+    let wrong_id = wrong_id.and_then(|w| w.to_bytes().ok()).unwrap_or_default();
+    let out: Vec<u8> = match rng.random_range(0..14) {
+        0 | 1 => frame(&good),
+        // The prefix promises more than follows, then the connection closes.
+        2 => {
+            let mut f = frame(&good);
+            f[..2].copy_from_slice(
+                &((good.len() + 1 + rng.random_range(0..1000)) as u16).to_be_bytes(),
+            );
+            f
+        }
+        // The prefix promises less: a cut message, then trailing bytes.
+        3 => {
+            let cut = rng.random_range(0..good.len().max(1));
+            let mut f = (cut as u16).to_be_bytes().to_vec();
+            f.extend_from_slice(&good);
+            f
+        }
+        4 => vec![0, 0],
+        5 => vec![rng.random()],
+        6 => {
+            let mut g = vec![0u8; 65_535];
+            rng.fill_bytes(&mut g);
+            frame(&g)
+        }
+        7 => {
+            let mut g = vec![0u8; rng.random_range(0..3_000)];
+            rng.fill_bytes(&mut g);
+            frame(&g)
+        }
+        // A stale frame with the wrong id before the right answer (must be skipped).
+        8 => {
+            let mut f = frame(&wrong_id);
+            f.extend(frame(&good));
+            f
+        }
+        // Nothing but wrong ids, then silence: the resolver must give up on its own.
+        9 => {
+            let mut f = Vec::new();
+            for _ in 0..rng.random_range(1..20) {
+                f.extend(frame(&wrong_id));
+            }
+            f
+        }
+        10 => frame(&mutate(&mut rng, good.clone())),
+        // The same answer for another question.
+        11 => {
+            let mut other = query.clone();
+            if let Some(qq) = other.queries.first_mut() {
+                qq.set_name(Name::from_ascii("other.example.").unwrap());
+            }
+            frame(&big_answer(&other, size))
+        }
+        12 => return,    // closed without a word
+        _ => Vec::new(), // silence until the resolver gives up
+    };
+    let _ = s.write_all(&out).await;
+    let _ = s.flush().await;
+    // Hold the connection open (silence) until the resolver closes it or the test stops.
+    let mut sink = [0u8; 512];
+    while let Ok(n) = s.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// The TCP side of the upstream client: every miss is truncated over UDP and asked again over
+/// TCP, where the answers are hostile. Asserted: the service never stops, and every query —
+/// over UDP or TCP — gets a well-formed response with its id and question, never FORMERR
+/// (a bad upstream answer is SERVFAIL, a good one passes whole up to 64 KiB over TCP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_tcp_upstream_answers() {
+    let cases: usize = std::env::var("BERTH_DNS_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    let seed: u64 = std::env::var("BERTH_DNS_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    let queries = (cases / 15).max(20);
+    eprintln!("dns tcp upstream fuzz: {queries} queries, BERTH_DNS_FUZZ_SEED={seed}");
+    let stop = CancellationToken::new();
+    let (upstream, tcp_queries) = hostile_tcp_upstream(seed, stop.clone()).await;
+    let cfg = dns::Config {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        upstreams: vec![upstream],
+        // Long enough that a 64 KiB answer on a slow machine is not cut by the clock; the
+        // silent cases cost this much per batch.
+        upstream_timeout_ms: 1_000,
+        query_timeout_ms: 1_500,
+        stale_wait_ms: 50,
+        rate_limit_qps: 0,
+        cache_size: 200,
+        cache_max_bytes: 64 << 10,
+        cache_max_entry_bytes: 8 << 10,
+        ..Default::default()
+    };
+    let svc = dns::Service::new(
+        &cfg,
+        &["127.0.0.0/8".parse().unwrap()],
+        dns::LocalZone::new(),
+    )
+    .unwrap();
+    let l = dns::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    let stop_svc = stop.clone();
+    tokio::spawn(async move { svc.serve(vec![l], stop_svc).await });
+    assert!(alive(addr).await, "service does not answer before the run");
+
+    let mut rng = StdRng::seed_from_u64(seed);
+    let started = Instant::now();
+    let mut big = 0usize;
+    let mut servfail = 0usize;
+    let all: Vec<(u16, Vec<u8>, Name, bool)> = (0..queries)
+        .map(|i| {
+            let id = i as u16;
+            let name =
+                Name::from_ascii(format!("q{i}-{}.tcp.example.", rng.random::<u32>())).unwrap();
+            let qtype = if rng.random_bool(0.5) {
+                RecordType::TXT
+            } else {
+                RecordType::A
+            };
+            let mut m = Message::query();
+            m.metadata.id = id;
+            m.metadata.recursion_desired = true;
+            m.add_query(Query::query(name.clone(), qtype));
+            if rng.random_bool(0.5) {
+                let mut e = hickory_proto::op::Edns::new();
+                e.set_max_payload(4096);
+                m.set_edns(e);
+            }
+            (id, m.to_bytes().unwrap(), name, rng.random_bool(0.5))
+        })
+        .collect();
+    for chunk in all.chunks(50) {
+        let mut set = tokio::task::JoinSet::new();
+        for (id, q, name, over_tcp) in chunk.iter().cloned() {
+            set.spawn(async move {
+                let reply = tokio::time::timeout(Duration::from_secs(10), async {
+                    if over_tcp {
+                        let mut s = TcpStream::connect(addr).await?;
+                        s.write_all(&(q.len() as u16).to_be_bytes()).await?;
+                        s.write_all(&q).await?;
+                        let n = s.read_u16().await?;
+                        let mut body = vec![0u8; usize::from(n)];
+                        s.read_exact(&mut body).await?;
+                        Ok::<_, std::io::Error>(body)
+                    } else {
+                        let c = UdpSocket::bind("127.0.0.1:0").await?;
+                        c.send_to(&q, addr).await?;
+                        let mut buf = vec![0u8; 65_535];
+                        let n = c.recv(&mut buf).await?;
+                        buf.truncate(n);
+                        Ok(buf)
+                    }
+                })
+                .await
+                .map_err(|_| format!("query {id} (tcp: {over_tcp}) got no reply"))?
+                .map_err(|e| format!("query {id} (tcp: {over_tcp}): {e}"))?;
+                let m = well_formed_reply(&reply).map_err(|e| format!("query {id}: {e}"))?;
+                if m.metadata.id != id {
+                    return Err(format!("query {id}: reply id {}", m.metadata.id));
+                }
+                if m.queries.len() != 1 || m.queries[0].name() != &name {
+                    return Err(format!(
+                        "query {id}: reply for another question: {:?}",
+                        m.queries
+                    ));
+                }
+                if m.metadata.response_code == ResponseCode::FormErr {
+                    return Err(format!("query {id}: FORMERR for a well-formed query"));
+                }
+                Ok((reply.len(), m.metadata.response_code))
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok((len, rcode))) => {
+                    big += usize::from(len > 16_384);
+                    servfail += usize::from(rcode == ResponseCode::ServFail);
+                }
+                Ok(Err(e)) => panic!("seed {seed}: {e}"),
+                Err(e) => panic!("seed {seed}: client task: {e}"),
+            }
+        }
+    }
+    let asked = tcp_queries.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        asked >= queries / 2,
+        "seed {seed}: only {asked} of {queries} misses reached the upstream over TCP"
+    );
+    assert!(alive(addr).await, "seed {seed}: service stopped answering");
+    eprintln!(
+        "dns tcp upstream fuzz: {queries} answered ({big} over 16 KiB, {servfail} SERVFAIL), {asked} upstream TCP queries, {:.1} s",
         started.elapsed().as_secs_f64()
     );
     stop.cancel();

@@ -39,6 +39,9 @@ pub const T1_MAC: &str = "02:00:00:00:00:11";
 pub const T2_MAC: &str = "02:00:00:00:00:12";
 pub const T1_LL: &str = "fe80::ff:fe00:11";
 pub const T2_LL: &str = "fe80::ff:fe00:12";
+/// A link-local address of the host on the tenant bridge (set explicitly: the kernel's own
+/// appears only once the bridge has carrier).
+pub const GW_LL: &str = "fe80::1";
 pub const T1_V6: &str = "fd19:2::11";
 pub const T2_V6: &str = "fd19:2::12";
 
@@ -256,6 +259,17 @@ impl Testbed {
             "addr",
             "add",
             "fd19:2::1/64",
+            "dev",
+            "berth0",
+            "nodad",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            h,
+            "addr",
+            "add",
+            "fe80::1/64",
             "dev",
             "berth0",
             "nodad",

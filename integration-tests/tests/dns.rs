@@ -603,6 +603,66 @@ async fn per_client_rate_limit_refuses_floods() {
     assert!(b.metric("berth_dns_responses_total{outcome=\"rate_limited\"}") >= 20.0);
 }
 
+/// A client over its limit costs the UDP worker a bucket lookup and a REFUSED it writes
+/// itself: its cache misses never become tasks on the runtime (each a parse, an allocation and
+/// a wake-up a flood would otherwise buy for free).
+#[tokio::test]
+async fn rate_limited_misses_never_become_tasks() {
+    let up = FakeUpstream::start().await;
+    let mut cfg = test_config(&[up.addr]);
+    cfg.rate_limit_qps = 1;
+    cfg.rate_limit_burst = 3;
+    let b = Berth::start(cfg).await;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    const N: u16 = 120;
+    let start = Instant::now();
+    let mut refused = 0u64;
+    for i in 0..N {
+        // Every name is new: each query is a cache miss.
+        let pkt = query_bytes(i, &format!("miss{i}.example.test."), RecordType::A);
+        if let Some(r) = udp_exchange(&sock, b.addr, &pkt).await {
+            let m = Message::from_vec(&r).unwrap();
+            assert_eq!(m.metadata.id, i);
+            if m.metadata.response_code == ResponseCode::Refused {
+                assert_eq!(m.queries.len(), 1, "REFUSED echoes the question");
+                assert_eq!(
+                    m.queries[0].name().to_ascii(),
+                    format!("miss{i}.example.test.")
+                );
+                refused += 1;
+            }
+        }
+    }
+    let tasks = b.metric("berth_dns_udp_tasks_total");
+    // What the bucket can have let through: the burst plus one token per second elapsed.
+    let admitted = 3.0 + start.elapsed().as_secs_f64().ceil() + 1.0;
+    assert!(
+        tasks <= admitted,
+        "{tasks} tasks for {N} queries from a client limited to ~{admitted}"
+    );
+    let limited = b.metric("berth_dns_responses_total{outcome=\"rate_limited\"}");
+    assert!(
+        limited >= f64::from(N) - admitted,
+        "rate_limited {limited} of {N} (admitted at most {admitted})"
+    );
+    assert!(refused > 0, "no REFUSED reached the client");
+    // Junk and responses cost neither a token nor a task.
+    let tasks_before = b.metric("berth_dns_udp_tasks_total");
+    let mut response = query_bytes(7, "x.example.test.", RecordType::A);
+    response[2] |= 0x80;
+    for pkt in [&[1u8, 2, 3][..], &response[..]] {
+        sock.send_to(pkt, b.addr).await.unwrap();
+    }
+    let r = udp_exchange(
+        &sock,
+        b.addr,
+        &query_bytes(9, "y.example.test.", RecordType::A),
+    )
+    .await;
+    assert!(r.is_some(), "no answer after junk");
+    assert!(b.metric("berth_dns_udp_tasks_total") - tasks_before <= 1.0);
+}
+
 /// The section of `dig`'s output holding records of `rtype` (answer or authority lines).
 fn dig_lines(raw: &str, rtype: &str) -> Vec<String> {
     raw.lines()

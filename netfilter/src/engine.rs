@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -296,6 +297,11 @@ impl Firewall {
             )
             .await?;
         let elapsed = start.elapsed();
+        if l2 == L2Match::Addresses && !self.isolate_ports && self.ports_file.is_none() {
+            warn!(
+                "without bridge meta, port isolation or a port map, tenants can reach each other over link-local IPv6 and raw Ethernet"
+            );
+        }
         let (isolated, isolation_error) = match self.isolate() {
             Ok(ports) => (ports, None),
             Err(e) => (Vec::new(), Some(e.to_string())),
@@ -399,6 +405,10 @@ impl Firewall {
         let applied = self.apply().await?;
         log_applied(&applied, "applied");
         let mut last = applied.ruleset.clone();
+        // The port map `last` was rendered from (apply loads the file first).
+        let mut applied_state = self.current_state();
+        let mut retry = Retry::new(self.ports_poll);
+        STATS.port_map_pending.store(false, Ordering::Relaxed);
         let l2 = applied.l2;
         let mut last_problems: Vec<String> = Vec::new();
         let mut ports_ticker = tokio::time::interval(self.ports_poll);
@@ -426,7 +436,6 @@ impl Firewall {
                 _ = &mut shutdown => break,
                 _ = ticker.tick() => {}
                 _ = ports_ticker.tick(), if self.ports_file.is_some() => {
-                    let before = self.current_state();
                     match self.load_ports().await {
                         Ok(map) => {
                             if map.problems != last_problems {
@@ -436,12 +445,19 @@ impl Firewall {
                                 last_problems = map.problems;
                             }
                         }
-                        Err(e) => {
-                            error!(error = %e, "cannot load the port map; keeping the last one");
-                            continue;
-                        }
+                        // The last map loaded stays; a change not yet applied is still retried.
+                        Err(e) => error!(error = %e, "cannot load the port map; keeping the last one"),
                     }
-                    if self.current_state() == before {
+                    // Dirty until applied: compared with what the live ruleset was rendered
+                    // from, not with the previous read, so a failed update is retried on later
+                    // ticks even when the file does not change again.
+                    let wanted = self.current_state();
+                    if wanted == applied_state {
+                        STATS.port_map_pending.store(false, Ordering::Relaxed);
+                        continue;
+                    }
+                    STATS.port_map_pending.store(true, Ordering::Relaxed);
+                    if !retry.due(Instant::now()) {
                         continue;
                     }
                     let start = Instant::now();
@@ -453,12 +469,23 @@ impl Firewall {
                                 "port bindings updated"
                             );
                             last = rs;
+                            applied_state = wanted;
+                            retry.succeeded();
+                            STATS.port_map_pending.store(false, Ordering::Relaxed);
                             match self.live_lines().await {
                                 Ok(l) => baseline = l,
                                 Err(e) => error!(error = %e, "cannot read back berth's ruleset"),
                             }
                         }
-                        Err(e) => error!(error = %e, "cannot update port bindings"),
+                        Err(e) => {
+                            STATS.port_map_failures.fetch_add(1, Ordering::Relaxed);
+                            let wait = retry.failed(Instant::now());
+                            error!(
+                                error = %e,
+                                retry_in_ms = wait.as_millis() as u64,
+                                "cannot update port bindings; retrying"
+                            );
+                        }
                     }
                     continue;
                 }
@@ -479,6 +506,7 @@ impl Firewall {
                             Ok(a) => {
                                 log_applied(&a, "re-applied");
                                 last = a.ruleset.clone();
+                                applied_state = self.current_state();
                                 match self.live_lines().await {
                                     Ok(l) => baseline = l,
                                     Err(e) => {
@@ -486,7 +514,10 @@ impl Firewall {
                                     }
                                 }
                             }
-                            Err(e) => error!(error = %e, "cannot re-apply berth's ruleset"),
+                            Err(e) => {
+                                STATS.reapply_failures.fetch_add(1, Ordering::Relaxed);
+                                error!(error = %e, "cannot re-apply berth's ruleset")
+                            }
                         }
                         continue;
                     }
@@ -522,6 +553,78 @@ impl Firewall {
     }
 }
 
+/// How [`Firewall::watch`] fared in this process, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WatchStats {
+    /// Port map updates that failed to apply (each attempt, retries included).
+    pub port_map_failures: u64,
+    /// A loaded port map is not in the live ruleset yet (its update failed or waits to retry).
+    pub port_map_pending: bool,
+    /// Re-applies after drift that failed.
+    pub reapply_failures: u64,
+}
+
+struct Stats {
+    port_map_failures: AtomicU64,
+    port_map_pending: AtomicBool,
+    reapply_failures: AtomicU64,
+}
+
+static STATS: Stats = Stats {
+    port_map_failures: AtomicU64::new(0),
+    port_map_pending: AtomicBool::new(false),
+    reapply_failures: AtomicU64::new(0),
+};
+
+/// This process's watch statistics (one watch runs per process).
+pub fn watch_stats() -> WatchStats {
+    WatchStats {
+        port_map_failures: STATS.port_map_failures.load(Ordering::Relaxed),
+        port_map_pending: STATS.port_map_pending.load(Ordering::Relaxed),
+        reapply_failures: STATS.reapply_failures.load(Ordering::Relaxed),
+    }
+}
+
+/// The longest wait between two attempts at a port map update that keeps failing.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Exponential backoff for a failing port map update: the first retry one poll interval after
+/// the failure, doubling up to [`RETRY_MAX`]; a success starts over.
+#[derive(Debug)]
+struct Retry {
+    first: Duration,
+    next_wait: Duration,
+    not_before: Option<Instant>,
+}
+
+impl Retry {
+    fn new(first: Duration) -> Self {
+        let first = first.min(RETRY_MAX);
+        Self {
+            first,
+            next_wait: first,
+            not_before: None,
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.not_before.is_none_or(|t| now >= t)
+    }
+
+    /// Records a failure at `now`; returns how long until the next attempt.
+    fn failed(&mut self, now: Instant) -> Duration {
+        let wait = self.next_wait;
+        self.not_before = Some(now + wait);
+        self.next_wait = (wait * 2).min(RETRY_MAX);
+        wait
+    }
+
+    fn succeeded(&mut self) {
+        self.next_wait = self.first;
+        self.not_before = None;
+    }
+}
+
 struct MonitorLines {
     _child: tokio::process::Child,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
@@ -554,5 +657,31 @@ fn log_applied(a: &Applied, what: &str) {
     }
     if let Some(e) = &a.isolation_error {
         warn!(error = %e, "bridge ports not isolated; tenant separation relies on the bridge table");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RETRY_MAX, Retry};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn retry_backs_off_to_a_cap_and_starts_over_after_success() {
+        let t0 = Instant::now();
+        let mut r = Retry::new(Duration::from_millis(500));
+        assert!(r.due(t0), "nothing failed yet: due at once");
+        assert_eq!(r.failed(t0), Duration::from_millis(500));
+        assert!(!r.due(t0 + Duration::from_millis(499)));
+        assert!(r.due(t0 + Duration::from_millis(500)));
+        assert_eq!(r.failed(t0), Duration::from_secs(1));
+        assert_eq!(r.failed(t0), Duration::from_secs(2));
+        for _ in 0..10 {
+            r.failed(t0);
+        }
+        assert_eq!(r.failed(t0), RETRY_MAX);
+        assert!(!r.due(t0 + RETRY_MAX - Duration::from_millis(1)));
+        r.succeeded();
+        assert!(r.due(t0), "a success clears the wait");
+        assert_eq!(r.failed(t0), Duration::from_millis(500));
     }
 }

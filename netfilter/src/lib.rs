@@ -18,6 +18,6 @@ pub mod ports;
 pub mod render;
 
 pub use config::{BridgeMatch, Config, Policy};
-pub use engine::{Applied, Error, Firewall};
+pub use engine::{Applied, Error, Firewall, WatchStats, watch_stats};
 pub use nft::NftError;
 pub use render::{L2Match, Network, Reason, Ruleset, render};

@@ -10,6 +10,7 @@ use nftables::schema::{Chain, FlushObject, NfCmd, NfListObject, Nftables, Rule, 
 use nftables::types::NfFamily;
 
 use super::model::Ruleset;
+use super::port_binding::FORWARD_PORTS;
 
 impl Ruleset {
     /// One transaction that replaces both tables wholesale: add (so delete cannot fail),
@@ -43,6 +44,12 @@ impl Ruleset {
         has_dispatch.then_some(out)
     }
 
+    fn has_bridge_chain(&self, name: &str) -> bool {
+        self.objects.iter().any(|o| {
+            matches!(o, NfListObject::Chain(c) if c.family == NfFamily::Bridge && c.name == name)
+        })
+    }
+
     /// The rules of one chain of the bridge table, in order.
     fn bridge_rules(&self, chain: &str) -> Vec<&Rule<'static>> {
         self.objects
@@ -65,6 +72,12 @@ impl Ruleset {
     pub fn ports_update_batch(&self, previous: &Ruleset) -> Option<Nftables<'static>> {
         let old = previous.port_chains()?;
         let new = self.port_chains()?;
+        // The forward chain's list of tenant ports (kernels without bridge meta) moves with
+        // the port map; a ruleset that has it on one side only needs a full apply.
+        let forward_ports = self.has_bridge_chain(FORWARD_PORTS);
+        if forward_ports != previous.has_bridge_chain(FORWARD_PORTS) {
+            return None;
+        }
         let same = |name: &String| {
             old.contains(name) && previous.bridge_rules(name) == self.bridge_rules(name)
         };
@@ -87,6 +100,9 @@ impl Ruleset {
         let added: Vec<&String> = new.iter().filter(|n| !same(n)).collect();
         let mut batch = Batch::new();
         batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain("ports"))));
+        if forward_ports {
+            batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(FORWARD_PORTS))));
+        }
         for name in &gone {
             batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name))));
         }
@@ -99,7 +115,9 @@ impl Ruleset {
         for o in &self.objects {
             if let NfListObject::Rule(r) = o
                 && r.family == NfFamily::Bridge
-                && (r.chain == "ports" || added.iter().any(|n| **n == r.chain))
+                && (r.chain == "ports"
+                    || r.chain == FORWARD_PORTS
+                    || added.iter().any(|n| **n == r.chain))
             {
                 batch.add(o.clone());
             }

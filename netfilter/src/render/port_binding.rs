@@ -47,6 +47,9 @@ pub(super) fn render(
         Some((NfHook::Prerouting, -200 + p.priority)),
     );
     b.chain(BRIDGE, "port_common", None);
+    if l2 == L2Match::Addresses {
+        forward_ports(b, ports, unbound);
+    }
     dispatch(b, net, l2, ports, unbound);
     port_common(b);
     for pb in ports {
@@ -55,6 +58,45 @@ pub(super) fn render(
     b.drop_chain(BRIDGE, Reason::Spoof, p);
     b.drop_chain(BRIDGE, Reason::Unbound, p);
 }
+
+/// Without bridge meta the `forward` chain recognises tenant ↔ tenant frames by tenant-subnet
+/// address only, which misses link-local IPv6 (and anything else a port's binding lets it send
+/// outside the subnet). With the port map the tenant bridge's ports are known by name: a frame
+/// forwarded in from any of them is tenant ↔ tenant (forwarding is port to port on one bridge),
+/// whatever its addresses. `forward_ports` holds that one rule and moves with the port map.
+fn forward_ports(b: &mut Builder, ports: &[PortBinding], unbound: &[String]) {
+    b.chain(BRIDGE, FORWARD_PORTS, None);
+    b.rule(BRIDGE, "forward", vec![jump(FORWARD_PORTS)]);
+    let mut names: Vec<String> = ports
+        .iter()
+        .map(|pb| pb.port.clone())
+        .chain(
+            unbound
+                .iter()
+                .filter(|u| crate::bindings::valid_ifname(u))
+                .cloned(),
+        )
+        .collect();
+    names.sort();
+    names.dedup();
+    if !names.is_empty() {
+        b.rule(
+            BRIDGE,
+            FORWARD_PORTS,
+            vec![
+                m(
+                    meta(MetaKey::Iifname),
+                    Operator::EQ,
+                    values(names.into_iter()),
+                ),
+                goto(Reason::Tenant),
+            ],
+        );
+    }
+}
+
+/// The chain of [`forward_ports`] (kernels without bridge meta only).
+pub(super) const FORWARD_PORTS: &str = "forward_ports";
 
 /// `ports`: each bound port to its own chain, a port known to be unbound to `drop_unbound`,
 /// and then whatever else comes from the tenant bridge (or claims a tenant address) to

@@ -204,6 +204,27 @@ fn ports_update_touches_only_port_chains() {
         cmds.iter()
             .any(|c| c.starts_with(r#"{"add":{"chain""#) && c.contains("port_vethB"))
     );
+    // The forward chain's list of tenant ports follows: vethB in, vethA out.
+    assert!(
+        cmds.iter()
+            .any(|c| c.starts_with(r#"{"flush":{"chain""#) && c.contains("forward_ports")),
+        "{cmds:#?}"
+    );
+    let fwd: Vec<&String> = cmds
+        .iter()
+        .filter(|c| c.contains(r#""chain":"forward_ports""#))
+        .collect();
+    assert!(
+        fwd.len() == 1 && fwd[0].contains("vethB") && !fwd[0].contains("vethA"),
+        "{fwd:#?}"
+    );
+    // With bridge meta the forward chain needs no port list (`ibrname` covers every port).
+    let meta = render(&p, &net(false), L2Match::Meta, Some(&bindings()));
+    assert!(
+        !to_nft_json(&meta.apply_batch())
+            .to_string()
+            .contains("forward_ports")
+    );
     for c in &cmds {
         assert!(!c.contains(r#""family":"inet""#), "{c}");
         assert!(!c.contains("drop_") || c.contains(r#""rule""#), "{c}");
