@@ -108,8 +108,11 @@ impl MetricsConfig {
 pub struct ClusterConfig {
     /// This host's node name (`berth node list`); empty on a single host.
     pub node: String,
-    /// `address:port` of this node's internal SSH endpoint, as fronts reach it.
+    /// `address:port` of this node's internal SSH endpoint, as fronts reach it; `berth run
+    /// node` listens there.
     pub advertise: String,
+    /// This host's front name (`berth node fronts`); empty: the node name.
+    pub front: String,
     /// A node not seen for this long gets no new servers.
     pub node_timeout_secs: u64,
 }
@@ -119,12 +122,22 @@ impl Default for ClusterConfig {
         Self {
             node: String::new(),
             advertise: String::new(),
+            front: String::new(),
             node_timeout_secs: 60,
         }
     }
 }
 
 impl ClusterConfig {
+    /// The name this host's front registers under.
+    pub fn front_name(&self) -> &str {
+        if self.front.is_empty() {
+            &self.node
+        } else {
+            &self.front
+        }
+    }
+
     fn validate(&self, database_url: &str) -> std::result::Result<(), String> {
         if self.node.is_empty() {
             if !self.advertise.is_empty() {

@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod activation;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod dns;

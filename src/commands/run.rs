@@ -1,4 +1,5 @@
-//! `berth run [gateway|dns|netfilter]…`: brings up the user plane in dependency order.
+//! `berth run [gateway|dns|netfilter|node|front]…`: brings up the user plane in dependency
+//! order. `node` and `front` are the cluster roles (docs/CLUSTER.md, `commands/cluster.rs`).
 //!
 //! Order: netfilter first (a gateway must never serve tenants whose egress filter failed to
 //! apply), then the resolver, then the gateway. Each component's `run_daemon` reports readiness
@@ -24,7 +25,9 @@ use crate::config::Config;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Components to run (all when none named), started in the order netfilter, dns, gateway.
+    /// Components to run, started in the order netfilter, dns, node, gateway/front. None named:
+    /// netfilter, dns and gateway on a single host; netfilter, dns, node and front when
+    /// `[cluster] node` is set.
     #[arg(value_enum)]
     components: Vec<Component>,
     /// First-five-minutes mode: build the tenant image if missing, create account `demo`
@@ -38,6 +41,10 @@ pub enum Component {
     Gateway,
     Dns,
     Netfilter,
+    /// This host's hop endpoint, registration and heartbeat in a cluster.
+    Node,
+    /// Client SSH relayed to each server's node.
+    Front,
 }
 
 impl Component {
@@ -46,6 +53,8 @@ impl Component {
             Component::Gateway => "gateway",
             Component::Dns => "dns",
             Component::Netfilter => "netfilter",
+            Component::Node => "node",
+            Component::Front => "front",
         }
     }
 }
@@ -55,14 +64,22 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub async fn run(path: Option<&Path>, args: Args) -> Result<ExitCode> {
     let cfg = commands::load_config(path)?;
-    let wanted = order(&args.components);
+    let wanted = order(&args.components, !cfg.cluster.node.is_empty());
+    if wanted.contains(&Component::Gateway) && wanted.contains(&Component::Front) {
+        return Err(Exit {
+            code: 64,
+            message: "gateway and front both serve [ssh] listen: a cluster host runs front (it serves its own node's servers without a hop)".into(),
+        }
+        .into());
+    }
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
 
     if args.demo {
         crate::commands::demo::prepare(&cfg).await?;
     }
-    let with_gateway = wanted.contains(&Component::Gateway);
+    // The process that owns this host's tenants: the single-host gateway or a cluster node.
+    let with_gateway = wanted.contains(&Component::Gateway) || wanted.contains(&Component::Node);
     if with_gateway {
         // A resolver alone needs no bridge (it binds with IP_FREEBIND) and has no store.
         ensure_tenant_network(&cfg).await;
@@ -75,7 +92,7 @@ pub async fn run(path: Option<&Path>, args: Args) -> Result<ExitCode> {
         }
     }
     let parts = crate::metrics_http::Parts {
-        gateway: with_gateway,
+        gateway: with_gateway || wanted.contains(&Component::Front),
         dns: wanted.contains(&Component::Dns),
         netfilter: wanted.contains(&Component::Netfilter),
     };
@@ -207,11 +224,28 @@ async fn ensure_tenant_network(cfg: &Config) {
     }
 }
 
-/// Dedup and put in start order.
-fn order(requested: &[Component]) -> Vec<Component> {
-    let all = [Component::Netfilter, Component::Dns, Component::Gateway];
+/// Dedup and put in start order; none requested means the host's default set.
+fn order(requested: &[Component], cluster: bool) -> Vec<Component> {
+    let all = [
+        Component::Netfilter,
+        Component::Dns,
+        Component::Node,
+        Component::Gateway,
+        Component::Front,
+    ];
+    let default = |c: &Component| match c {
+        Component::Node | Component::Front => cluster,
+        Component::Gateway => !cluster,
+        Component::Netfilter | Component::Dns => true,
+    };
     all.into_iter()
-        .filter(|c| requested.is_empty() || requested.contains(c))
+        .filter(|c| {
+            if requested.is_empty() {
+                default(c)
+            } else {
+                requested.contains(c)
+            }
+        })
         .collect()
 }
 
@@ -237,6 +271,8 @@ async fn start(
             Component::Netfilter => {
                 commands::netfilter::run_daemon(&cfg, config_path, shutdown, ready_tx).await
             }
+            Component::Node => commands::cluster::run_node(&cfg, shutdown, ready_tx).await,
+            Component::Front => commands::cluster::run_front(&cfg, shutdown, ready_tx).await,
         }
     });
     tokio::select! {

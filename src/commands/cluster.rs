@@ -1,0 +1,162 @@
+//! The cluster components of `berth run` (docs/CLUSTER.md): `node` (this host's hop endpoint,
+//! its registration with the pinned hop host key, and its heartbeat) and `front` (client SSH
+//! on `[ssh] listen`, authenticated as on a single host, relayed to the server's node).
+//!
+//! Only the glue between the binary's config and the `hop` crate lives here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use gateway::Backend;
+use gateway::tenants_backend::TenantsBackend;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// The node's hop host key and the front's hop client key, in the state dir.
+const HOP_HOST_KEY: &str = "hop_host_ed25519_key";
+const HOP_CLIENT_KEY: &str = "hop_client_ed25519_key";
+
+fn need_cluster(cfg: &Config, what: &str) -> Result<()> {
+    if cfg.cluster.node.is_empty() {
+        bail!(
+            "{what} needs [cluster] node (this host's node name), advertise and a PostgreSQL database_url; see docs/CLUSTER.md"
+        );
+    }
+    Ok(())
+}
+
+async fn local_backend(cfg: &Config, store: &tenants::Store) -> Result<Arc<dyn Backend>> {
+    let provisioner = tenants::Provisioner::connect(&cfg.network, &cfg.tenants, store.clone())
+        .await
+        .context("cannot set up the docker client")?;
+    Ok(Arc::new(TenantsBackend::new(
+        store.clone(),
+        provisioner,
+        &cfg.ssh,
+    )))
+}
+
+fn hop_key(cfg: &Config, file: &str) -> Result<russh::keys::PrivateKey> {
+    let path = cfg.state_dir.join(file);
+    gateway::hostkeys::load_or_generate_one(&path, gateway::hostkeys::KeyKind::Ed25519, true)
+        .with_context(|| format!("hop key {}", path.display()))
+}
+
+/// `berth run node`: registers this node (pinning its hop host key on first start), keeps it
+/// marked alive, and serves the hop endpoint on `[cluster] advertise`.
+pub async fn run_node(
+    cfg: &Config,
+    shutdown: CancellationToken,
+    ready: oneshot::Sender<()>,
+) -> Result<()> {
+    need_cluster(cfg, "the node component")?;
+    let advertise = cfg.cluster.advertise.as_str();
+    if advertise.is_empty() {
+        bail!("the node component needs [cluster] advertise (ADDRESS:PORT fronts reach it at)");
+    }
+    let store = tenants::Store::connect(&cfg.database_url())
+        .await
+        .context("node: cannot open the tenant store")?;
+    let key = hop_key(cfg, HOP_HOST_KEY)?;
+    let line = key
+        .public_key()
+        .to_openssh()
+        .context("node: encode the hop host key")?;
+    let node = &cfg.cluster.node;
+    store
+        .register_node(node, advertise, &line)
+        .await
+        .with_context(|| format!("node: cannot register node {node}"))?;
+    let listener = tokio::net::TcpListener::bind(advertise)
+        .await
+        .with_context(|| format!("node: cannot listen on {advertise} (cluster.advertise)"))?;
+    tracing::info!(node = %node, %advertise, "hop endpoint listening");
+
+    let beat = Duration::from_secs((cfg.cluster.node_timeout_secs / 3).max(1));
+    let heartbeat = {
+        let store = store.clone();
+        let node = node.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(beat) => {}
+                }
+                if let Err(e) = store.node_seen(&node).await {
+                    tracing::warn!(node = %node, error = %e, "cannot mark this node alive");
+                }
+            }
+        })
+    };
+
+    let backend = local_backend(cfg, &store).await?;
+    let gate = Arc::new(hop::HopGate::new(store, backend.clone()));
+    let shared = gateway::Shared::new(
+        cfg.ssh.clone(),
+        backend,
+        gate,
+        vec![key],
+        Arc::new(gateway::Stats::default()),
+    );
+    let _ = ready.send(());
+    let served = gateway::serve(shared, vec![listener], shutdown).await;
+    heartbeat.abort();
+    served.context("node hop endpoint")
+}
+
+/// `berth run front`: client SSH on `[ssh] listen`, relayed to each server's node.
+pub async fn run_front(
+    cfg: &Config,
+    shutdown: CancellationToken,
+    ready: oneshot::Sender<()>,
+) -> Result<()> {
+    need_cluster(cfg, "the front component")?;
+    let ssh = cfg.ssh.clone();
+    ssh.validate().map_err(anyhow::Error::msg)?;
+    let store = tenants::Store::connect(&cfg.database_url())
+        .await
+        .context("front: cannot open the tenant store")?;
+    let key = hop_key(cfg, HOP_CLIENT_KEY)?;
+    let line = key
+        .public_key()
+        .to_openssh()
+        .context("front: encode the hop client key")?;
+    let name = cfg.cluster.front_name();
+    store
+        .register_front(name, &line)
+        .await
+        .with_context(|| format!("front: cannot register front {name}"))?;
+    let host_keys = gateway::hostkeys::load_or_generate(&cfg.state_dir, &ssh.auth.host_keys)
+        .context("front: host keys")?;
+    let mut listeners = Vec::new();
+    for addr in &ssh.listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("front: cannot listen on {addr} (ssh.listen)"))?;
+        tracing::info!(%addr, front = %name, "front listening");
+        listeners.push(l);
+    }
+    let local = local_backend(cfg, &store).await?;
+    let relay: Arc<dyn Backend> = Arc::new(hop::RelayBackend::new(
+        local,
+        store,
+        cfg.cluster.node.clone(),
+        key,
+    ));
+    let auth = gateway::auth::Authenticator::new(&ssh, relay.clone());
+    let shared = gateway::Shared::new(
+        ssh,
+        relay,
+        Arc::new(auth),
+        host_keys,
+        Arc::new(gateway::Stats::default()),
+    );
+    let _ = ready.send(());
+    gateway::serve(shared, listeners, shutdown)
+        .await
+        .context("front")
+}
