@@ -300,16 +300,18 @@ async fn a_client_ignoring_the_window_is_disconnected_with_bounded_memory() -> R
     let _serial = SERIAL.lock().await;
     let h = GatewayHarness::start_with("hostile_window", hostile_opts()).await?;
     let violations_before = gateway::metrics::PROTOCOL_VIOLATIONS.get(0);
-    let base = GatewayHarness::rss_kib();
+    let base = GatewayHarness::rss_kib()?;
     let peak = Arc::new(AtomicU64::new(base));
     let stop = Arc::new(AtomicBool::new(false));
+    // Ends with an error when RSS cannot be read, and the test fails with it.
     let sampler = {
         let (peak, stop) = (peak.clone(), stop.clone());
-        std::thread::spawn(move || {
+        std::thread::spawn(move || -> Result<()> {
             while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(GatewayHarness::rss_kib(), Ordering::Relaxed);
+                peak.fetch_max(GatewayHarness::rss_kib()?, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
+            Ok(())
         })
     };
     let port = h.addr.port().to_string();
@@ -325,7 +327,9 @@ async fn a_client_ignoring_the_window_is_disconnected_with_bounded_memory() -> R
         &gib,
     ]);
     stop.store(true, Ordering::Relaxed);
-    let _ = sampler.join();
+    sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("the RSS sampler panicked"))??;
     let report = report?;
     let growth = peak.load(Ordering::Relaxed).saturating_sub(base);
     eprintln!("window flood: {report}; gateway RSS {base} KiB, peak growth {growth} KiB");
