@@ -362,7 +362,13 @@ impl russh::server::Handler for ConnHandler {
         {
             session.channel_success(channel)?;
         } else {
-            debug!(name = variable_name, "env variable not passed");
+            if self.conn.as_ref().is_none_or(|c| c.log_allowed()) {
+                debug!(
+                    peer = %self.peer,
+                    name = %crate::audit::loggable(variable_name, 64),
+                    "env variable not passed"
+                );
+            }
             session.channel_failure(channel)?;
         }
         Ok(())
@@ -401,6 +407,13 @@ impl russh::server::Handler for ConnHandler {
         if name == "sftp" {
             self.start(channel, Program::Sftp, session);
         } else {
+            if self.conn.as_ref().is_none_or(|c| c.log_allowed()) {
+                debug!(
+                    peer = %self.peer,
+                    name = %crate::audit::loggable(name, 64),
+                    "subsystem refused"
+                );
+            }
             session.channel_failure(channel)?;
         }
         Ok(())

@@ -489,3 +489,179 @@ async fn a_request_flood_before_exec_does_not_freeze_the_connection() -> Result<
     assert!(failed >= (n - 64) as u64, "refusals: {report}");
     Ok(())
 }
+
+/// Every tracing event of this binary from the first call on (info, and debug for the gateway),
+/// so a test can measure what one connection made the gateway write.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+    fn since(&self, from: usize) -> String {
+        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(all.get(from..).unwrap_or_default()).into_owned()
+    }
+}
+
+fn captured_logs() -> Result<&'static Captured> {
+    static LOGS: std::sync::OnceLock<Option<Captured>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,gateway=debug"))
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .ok()
+            .map(|()| captured)
+    })
+    .as_ref()
+    .context("another subscriber was installed first (unset BERTH_TEST_LOG for this test)")
+}
+
+/// A client sends 1000 forward requests to a 30 000-character host full of escape sequences and
+/// newlines, then 200 env and 200 subsystem requests with names like it: the log lines and audit
+/// records the connection causes stay within its budget, each bounded and escaped, and every
+/// record not written is counted in the connection's closing summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_text_floods_leave_a_bounded_log_and_audit_trail() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = captured_logs()?;
+    let h = GatewayHarness::start_with("hostile_text", hostile_opts()).await?;
+    let (forwards, requests) = (1000u64, 200u64);
+    let from = logs.len();
+    let started = Instant::now();
+    let report = run_py(&[
+        script("tenant_text_flood.py").to_str().unwrap_or_default(),
+        "127.0.0.1",
+        &h.addr.port().to_string(),
+        &h.user(),
+        &h.key.display().to_string(),
+        &forwards.to_string(),
+        &requests.to_string(),
+    ])?;
+    eprintln!("tenant text flood: {report}");
+    assert_eq!(report["refused"], forwards, "{report}");
+    assert_eq!(report["exit"], 0, "{report}");
+
+    // Audit: every forward refusal and the exec is either written or counted, in the next
+    // record written (`suppressed_records`) or the connection's closing summary (`records`).
+    let account = |audit: &[tenants::AuditEntry]| -> (Vec<tenants::AuditEntry>, u64) {
+        let rows: Vec<_> = audit
+            .iter()
+            .filter(|r| r.event.kind == tenants::AuditKind::Session)
+            .cloned()
+            .collect();
+        let counted = rows
+            .iter()
+            .map(|r| {
+                r.event.detail["suppressed_records"].as_u64().unwrap_or(0)
+                    + r.event.detail["records"].as_u64().unwrap_or(0)
+            })
+            .sum::<u64>();
+        let written = rows
+            .into_iter()
+            .filter(|r| r.event.outcome != "suppressed")
+            .collect();
+        (written, counted)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (written, counted) = loop {
+        let audit = h.store.audit_events(100_000).await?;
+        let (written, counted) = account(&audit);
+        if written.len() as u64 + counted == forwards + 1 {
+            break (written, counted);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} records written and {counted} counted, expected {} in all",
+                written.len(),
+                forwards + 1
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = started.elapsed();
+    let text = logs.since(from);
+    // What the budget allows over the run: a burst, then one per period.
+    let allowed = |burst: u32, every: Duration| -> u64 {
+        u64::from(burst) + took.as_secs() / every.as_secs().max(1) + 1
+    };
+    let audit_allowed = allowed(
+        gateway::audit::Budget::AUDIT_BURST,
+        gateway::audit::Budget::AUDIT_EVERY,
+    );
+    let log_allowed = allowed(
+        gateway::audit::Budget::LOG_BURST,
+        gateway::audit::Budget::LOG_EVERY,
+    );
+    assert!(
+        (written.len() as u64) <= audit_allowed,
+        "{} audit records written in {took:?} (budget {audit_allowed})",
+        written.len()
+    );
+    for r in &written {
+        let detail = r.event.detail.to_string();
+        assert!(
+            detail.len() <= gateway::audit::MAX_DETAIL_BYTES,
+            "{} bytes",
+            detail.len()
+        );
+        if let Some(host) = r.event.detail["host"].as_str() {
+            assert!(
+                host.chars().count() <= 12 * gateway::audit::MAX_FIELD_CHARS,
+                "host of {} chars",
+                host.chars().count()
+            );
+            assert!(
+                !host.contains(['\u{1b}', '\n', '\u{7}']),
+                "raw control characters in {host:?}"
+            );
+        }
+    }
+
+    // Log: lines about this connection within its budget, none raw, and small in total.
+    let refusals = text.matches("direct-tcpip refused").count() as u64;
+    let env = text.matches("env variable not passed").count() as u64;
+    let subsystem = text.matches("subsystem refused").count() as u64;
+    assert!(
+        refusals + env + subsystem <= log_allowed,
+        "{refusals} forward, {env} env and {subsystem} subsystem lines in {took:?} (budget {log_allowed})"
+    );
+    assert!(
+        text.contains("suppressed"),
+        "the closing summary is in the log (the capture works)"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("forged log line")),
+        "a client's newline started a log line of its own"
+    );
+    assert!(!text.contains('\u{1b}'), "raw escape sequences in the log");
+    let bytes = text.len();
+    eprintln!(
+        "{} audit records written, {counted} counted; {bytes} bytes of log in {took:?}",
+        written.len()
+    );
+    assert!(
+        bytes < 4 << 20,
+        "{bytes} bytes of log for one connection (the client sent ~40 MB of names)"
+    );
+    Ok(())
+}
