@@ -19,8 +19,11 @@ pub struct Config {
     /// Largest SSH packet payload we accept.
     pub max_packet_size: u32,
     /// Replenish a channel's receive window only when its bytes have been written into the
-    /// container (bounded memory). `false` restores russh's acknowledge-on-receipt behaviour,
-    /// which lets a fast client fill the gateway's memory: a diagnostic switch, not a tuning knob.
+    /// container: this is what bounds the gateway's per-channel input buffer by `window_size`.
+    /// Must be `true` in a config file ([`Config::validate`] refuses `false`). `false` restores
+    /// russh's acknowledge-on-receipt behaviour, under which a client may legitimately send
+    /// without limit while the container reads slowly, so no bound can hold without dropping a
+    /// well-behaved client's data; it exists only for the flow test to demonstrate that failure.
     pub consumption_window: bool,
     /// User inside the container; empty = `tenant` when the image has it, else `root`.
     pub exec_user: String,
@@ -106,6 +109,14 @@ impl Config {
                 self.max_packet_size
             ));
         }
+        if !self.consumption_window {
+            return Err(
+                "ssh.consumption_window = false is not supported: it replenishes channel \
+                 windows on receipt, which removes the per-channel memory bound (a fast client \
+                 could fill the gateway's memory); remove the key or set it to true"
+                    .into(),
+            );
+        }
         self.auth.validate()?;
         if self.max_sessions_per_connection == 0 || self.max_sessions_per_server == 0 {
             return Err("ssh.max_sessions_per_connection and ssh.max_sessions_per_server must be at least 1".into());
@@ -128,5 +139,19 @@ mod tests {
             ..Default::default()
         };
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn acknowledge_on_receipt_windows_are_refused() {
+        let cfg: Config = serde_json::from_str(r#"{"consumption_window": false}"#)
+            .unwrap_or_else(|e| panic!("the key itself parses: {e}"));
+        let err = cfg.validate().err().unwrap_or_default();
+        assert!(
+            err.contains("ssh.consumption_window") && err.contains("memory bound"),
+            "a clear refusal naming the key: {err:?}"
+        );
+        let cfg: Config = serde_json::from_str(r#"{"consumption_window": true}"#)
+            .unwrap_or_else(|e| panic!("the key itself parses: {e}"));
+        assert_eq!(cfg.validate(), Ok(()));
     }
 }

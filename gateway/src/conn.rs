@@ -1,6 +1,7 @@
 //! What outlives one callback: [`Shared`] (per gateway: config, backend, gate, russh config,
 //! per-server session counts, drain tokens), [`Conn`] (per authenticated connection: who, its
-//! container, activity) and [`Slot`] (one reserved channel, released on drop).
+//! container, activity, its budget of log lines and audit records) and [`Slot`] (one reserved
+//! channel, released on drop).
 //!
 //! Its own file because the accept loop (`server.rs`), the russh handler (`handler.rs`) and the
 //! channel tasks (`session.rs`, `forward.rs`, `pipe.rs`) all hold these; none of them owns them.
@@ -18,7 +19,8 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::backend::{Backend, BackendError, Target};
+use crate::audit::{Budget, Verdict};
+use crate::backend::{AuditRecord, Backend, BackendError, Target};
 use crate::config::Config;
 use crate::gate::{Gate, Login};
 
@@ -152,6 +154,8 @@ pub struct Conn {
     last_activity_ms: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Log lines and audit records this connection may still cause (see [`crate::audit`]).
+    budget: Mutex<Budget>,
 }
 
 impl Conn {
@@ -168,7 +172,65 @@ impl Conn {
             last_activity_ms: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            budget: Mutex::new(Budget::new(Instant::now())),
         })
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {
+        // A poisoned budget is still a budget: counts only.
+        self.budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a log line this connection's client caused may be written now (within the
+    /// connection's budget); says first how many were suppressed since the last one.
+    pub fn log_allowed(&self) -> bool {
+        let verdict = self.budget().log(Instant::now());
+        match verdict {
+            Verdict::Write { suppressed } => {
+                if suppressed > 0 {
+                    info!(server = %self.login.server.login_name(), peer = %self.peer, suppressed, "log lines of this connection suppressed (per-connection budget)");
+                }
+                true
+            }
+            Verdict::Suppress => false,
+        }
+    }
+
+    /// Writes an audit record about this connection (server, owner and peer filled in), within
+    /// its budget: beyond it the record is counted, and the count goes into the next record
+    /// written (`suppressed_records`) or the connection's closing summary. Strings in `detail`
+    /// are bounded and escaped ([`crate::audit::bound_detail`]).
+    pub async fn audit(
+        &self,
+        kind: &'static str,
+        method: &str,
+        outcome: &str,
+        mut detail: serde_json::Value,
+    ) {
+        let verdict = self.budget().audit(Instant::now());
+        let Verdict::Write { suppressed } = verdict else {
+            return;
+        };
+        crate::audit::bound_detail(&mut detail);
+        if suppressed > 0
+            && let Some(m) = detail.as_object_mut()
+        {
+            m.insert("suppressed_records".into(), suppressed.into());
+        }
+        self.shared
+            .backend
+            .audit(AuditRecord {
+                kind,
+                server: Some(self.login.server),
+                account: Some(self.login.owner.clone()),
+                peer: Some(self.peer.ip()),
+                method: Some(method.into()),
+                outcome: outcome.into(),
+                detail,
+            })
+            .await;
     }
 
     pub fn touch(&self) {
@@ -213,5 +275,30 @@ impl Conn {
     pub fn take_start_note(&self) -> bool {
         self.target.get().is_some_and(|t| t.started_now)
             && !self.start_noted.swap(true, Ordering::Relaxed)
+    }
+}
+
+impl Drop for Conn {
+    /// The closing summary: what the budget dropped since the last record and line written.
+    fn drop(&mut self) {
+        let (records, lines) = self.budget().take_suppressed();
+        if records == 0 && lines == 0 {
+            return;
+        }
+        let server = self.login.server;
+        info!(server = %server.login_name(), peer = %self.peer, suppressed_records = records, suppressed_log_lines = lines, "connection closed with audit records or log lines suppressed (per-connection budget)");
+        let record = AuditRecord {
+            kind: "session",
+            server: Some(server),
+            account: Some(self.login.owner.clone()),
+            peer: Some(self.peer.ip()),
+            method: Some("connection".into()),
+            outcome: "suppressed".into(),
+            detail: serde_json::json!({ "records": records, "log_lines": lines }),
+        };
+        let backend = self.shared.backend.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { backend.audit(record).await });
+        }
     }
 }

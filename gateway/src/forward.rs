@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::backend::{AuditRecord, Stream};
+use crate::backend::Stream;
 use crate::channel::Input;
 use crate::conn::Conn;
 use crate::pipe;
@@ -43,23 +43,10 @@ pub async fn run(spec: Spec) {
     } = spec;
     let started = Instant::now();
     let _active = crate::metrics::session_opened(crate::metrics::SessionKind::DirectTcpip);
-    let audit = |outcome: &str, detail: serde_json::Value| {
+    // The host is the client's text: bounded and escaped here and again in `Conn::audit`.
+    let audit = |outcome: &'static str, detail: serde_json::Value| {
         let conn = conn.clone();
-        let outcome = outcome.to_string();
-        async move {
-            conn.shared
-                .backend
-                .audit(AuditRecord {
-                    kind: "forward",
-                    server: Some(conn.login.server),
-                    account: Some(conn.login.owner.clone()),
-                    peer: Some(conn.peer.ip()),
-                    method: Some("direct-tcpip".into()),
-                    outcome,
-                    detail,
-                })
-                .await
-        }
+        async move { conn.audit("forward", "direct-tcpip", outcome, detail).await }
     };
     let target = match conn.target().await {
         Ok(t) => t,
@@ -80,7 +67,15 @@ pub async fn run(spec: Spec) {
     ) {
         (Some(d), Ok(p)) if p != 0 => (d, p),
         _ => {
-            info!(server = %login, host = %host, port, "direct-tcpip refused: not the tenant's own container");
+            if conn.log_allowed() {
+                info!(
+                    server = %login,
+                    peer = %conn.peer,
+                    host = %crate::audit::loggable(&host, crate::audit::MAX_FIELD_CHARS),
+                    port,
+                    "direct-tcpip refused: not the tenant's own container"
+                );
+            }
             crate::metrics::exec_error();
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)

@@ -26,6 +26,11 @@ pub trait Permit: Send {
     fn grace_deadline(&self) -> Option<tokio::time::Instant> {
         None
     }
+    /// An authentication request for `user`: false when the connection must be dropped (a
+    /// reserve slot naming no server its source is trusted for).
+    fn claim(&mut self, _user: &str) -> bool {
+        true
+    }
 }
 
 /// The session code's view of authentication (implemented over `auth::Authenticator`).
@@ -93,6 +98,9 @@ impl Permit for crate::auth::Permit {
     fn grace_deadline(&self) -> Option<tokio::time::Instant> {
         Some(crate::auth::Permit::grace_deadline(self))
     }
+    fn claim(&mut self, user: &str) -> bool {
+        crate::auth::Permit::claim(self, user)
+    }
 }
 
 /// The connection's unauthenticated slot, shared by the connection task (which drops it at
@@ -117,6 +125,16 @@ impl PermitCell {
         if let Some(p) = self.take() {
             p.authenticated();
         }
+    }
+
+    /// An authentication request for `user`: false when the connection must be dropped (see
+    /// [`Permit::claim`]). True once the slot is gone (authenticated or released).
+    pub fn claim(&self, user: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+            .is_none_or(|p| p.claim(user))
     }
 
     /// Frees the slot (no-op after [`PermitCell::authenticated`]).

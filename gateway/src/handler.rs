@@ -56,6 +56,17 @@ impl ConnHandler {
         }
     }
 
+    /// Every authentication request first: a connection admitted through the owners' reserve
+    /// that names no server its source is trusted for is dropped, and its slot freed at once.
+    fn claim(&self, user: &str) -> Result<(), russh::Error> {
+        if self.permit.claim(user) {
+            return Ok(());
+        }
+        self.permit.release();
+        debug!(peer = %self.peer, "reserve slot used for a server the source is not trusted for: closing");
+        Err(russh::Error::Disconnect)
+    }
+
     fn accept_login(&mut self, login: Login) -> Auth {
         self.login = Some(login);
         Auth::Accept
@@ -104,11 +115,13 @@ impl ConnHandler {
 impl russh::server::Handler for ConnHandler {
     type Error = russh::Error;
 
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        self.claim(user)?;
         Ok(crate::auth::rejection())
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        self.claim(user)?;
         match self
             .shared
             .gate
@@ -125,6 +138,7 @@ impl russh::server::Handler for ConnHandler {
         user: &str,
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        self.claim(user)?;
         match self
             .shared
             .gate
@@ -141,6 +155,7 @@ impl russh::server::Handler for ConnHandler {
         user: &str,
         key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        self.claim(user)?;
         match self
             .shared
             .gate
@@ -158,6 +173,7 @@ impl russh::server::Handler for ConnHandler {
         _submethods: &str,
         response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        self.claim(user)?;
         match response {
             // First round: one no-echo password prompt.
             None => Ok(Auth::Partial {
@@ -346,7 +362,13 @@ impl russh::server::Handler for ConnHandler {
         {
             session.channel_success(channel)?;
         } else {
-            debug!(name = variable_name, "env variable not passed");
+            if self.conn.as_ref().is_none_or(|c| c.log_allowed()) {
+                debug!(
+                    peer = %self.peer,
+                    name = %crate::audit::loggable(variable_name, 64),
+                    "env variable not passed"
+                );
+            }
             session.channel_failure(channel)?;
         }
         Ok(())
@@ -385,6 +407,13 @@ impl russh::server::Handler for ConnHandler {
         if name == "sftp" {
             self.start(channel, Program::Sftp, session);
         } else {
+            if self.conn.as_ref().is_none_or(|c| c.log_allowed()) {
+                debug!(
+                    peer = %self.peer,
+                    name = %crate::audit::loggable(name, 64),
+                    "subsystem refused"
+                );
+            }
             session.channel_failure(channel)?;
         }
         Ok(())

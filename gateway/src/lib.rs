@@ -3,6 +3,7 @@
 //! in-container agent that hands the gateway their pipes (`docker/agent.rs`), or through Docker's
 //! exec stream where the agent cannot run (`docker/attach.rs`).
 
+pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod build;

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::backend::{AuditRecord, BackendError, Chunk, ExecRequest, Process};
+use crate::backend::{BackendError, Chunk, ExecRequest, Process};
 use crate::channel::{Ctl, Input, PtySpec};
 use crate::conn::Conn;
 use crate::pipe;
@@ -61,12 +61,16 @@ pub async fn run(spec: Spec) {
     };
     let bi = bytes_in.load(Ordering::Relaxed);
     let bo = bytes_out.load(Ordering::Relaxed);
-    info!(
-        server = %conn.login.server.login_name(), peer = %conn.peer, kind, outcome = outcome_s, path,
-        bytes_in = bi, bytes_out = bo, duration_ms = started.elapsed().as_millis() as u64, detail = %exit,
-        "session closed"
-    );
     let mut detail = exit;
+    // Error texts can carry what the tenant's agent wrote: bounded before the log line too.
+    crate::audit::bound_detail(&mut detail);
+    if conn.log_allowed() {
+        info!(
+            server = %conn.login.server.login_name(), peer = %conn.peer, kind, outcome = outcome_s, path,
+            bytes_in = bi, bytes_out = bo, duration_ms = started.elapsed().as_millis() as u64, detail = %detail,
+            "session closed"
+        );
+    }
     if let Some(m) = detail.as_object_mut() {
         m.insert("bytes_in".into(), bi.into());
         m.insert("bytes_out".into(), bo.into());
@@ -76,18 +80,7 @@ pub async fn run(spec: Spec) {
             (started.elapsed().as_millis() as u64).into(),
         );
     }
-    conn.shared
-        .backend
-        .audit(AuditRecord {
-            kind: "session",
-            server: Some(conn.login.server),
-            account: Some(conn.login.owner.clone()),
-            peer: Some(conn.peer.ip()),
-            method: Some(kind.to_string()),
-            outcome: outcome_s.to_string(),
-            detail,
-        })
-        .await;
+    conn.audit("session", kind, outcome_s, detail).await;
 }
 
 enum Outcome {

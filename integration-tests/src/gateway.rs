@@ -355,16 +355,24 @@ impl GatewayHarness {
             .context("docker exec")
     }
 
-    /// The gateway's resident set size in KiB (the test process is the gateway).
-    pub fn rss_kib() -> u64 {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-            })
-            .unwrap_or(0)
+    /// The gateway's resident set size in KiB (the test process is the gateway). An error when
+    /// it cannot be read, so a memory bound can never pass by measuring nothing.
+    pub fn rss_kib() -> Result<u64> {
+        let status =
+            std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .context("no VmRSS line in /proc/self/status")?
+            .split_whitespace()
+            .next()
+            .context("empty VmRSS line in /proc/self/status")?
+            .parse::<u64>()
+            .context("VmRSS in /proc/self/status is not a number")?;
+        if kib == 0 {
+            bail!("VmRSS in /proc/self/status is 0");
+        }
+        Ok(kib)
     }
 
     /// Path helper for files in the harness temp dir.

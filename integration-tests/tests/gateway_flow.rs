@@ -67,7 +67,8 @@ fn ping_latency(m: &Master) -> Result<Duration> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_gib_with_stalled_consumers_keeps_rss_bounded_and_channels_responsive() -> Result<()> {
     // `BERTH_FLOW_UPSTREAM=1` runs the same test with russh's acknowledge-on-receipt window
-    // (`ssh.consumption_window = false`) to show that it fails without the patch.
+    // (`ssh.consumption_window = false`, which config validation refuses; the harness does not
+    // validate) to show that it fails without the patch.
     let mut opts = integration_tests::gateway::Options::default();
     opts.ssh.consumption_window = std::env::var_os("BERTH_FLOW_UPSTREAM").is_none();
     let h = GatewayHarness::start_with("flow", opts).await?;
@@ -89,17 +90,19 @@ async fn one_gib_with_stalled_consumers_keeps_rss_bounded_and_channels_responsiv
     // Warm up (first exec, user probe) before taking the baseline.
     tokio::task::block_in_place(|| ping_latency(&m))?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let baseline = GatewayHarness::rss_kib();
+    let baseline = GatewayHarness::rss_kib()?;
     let peak = Arc::new(AtomicU64::new(baseline));
     let stop = tokio_util::sync::CancellationToken::new();
+    // Ends with an error when RSS cannot be read: the bound below is then not checked.
     let sampler = {
         let peak = peak.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             while !stop.is_cancelled() {
-                peak.fetch_max(GatewayHarness::rss_kib(), Ordering::Relaxed);
+                peak.fetch_max(GatewayHarness::rss_kib()?, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            anyhow::Ok(())
         })
     };
 
@@ -148,6 +151,11 @@ async fn one_gib_with_stalled_consumers_keeps_rss_bounded_and_channels_responsiv
             want,
             "{name}: byte count"
         );
+        anyhow::ensure!(
+            !sampler.is_finished(),
+            "{name}: the RSS sampler stopped: {:?}",
+            sampler.await
+        );
         let grown = peak.load(Ordering::Relaxed).saturating_sub(baseline);
         eprintln!(
             "{name}: 1 GiB in {took:?} ({:.0} MiB/s incl. 6 s stall), second-channel worst latency {worst:?}, RSS growth {} KiB",
@@ -164,6 +172,6 @@ async fn one_gib_with_stalled_consumers_keeps_rss_bounded_and_channels_responsiv
         );
     }
     stop.cancel();
-    let _ = sampler.await;
+    sampler.await??;
     Ok(())
 }

@@ -199,13 +199,5 @@ impl LogBudget {
 
 /// The user name as typed, made safe for logs: control characters escaped, length capped.
 pub fn loggable_user(user: &str) -> String {
-    let mut out: String = user
-        .chars()
-        .take(MAX_LOGGED_USER)
-        .flat_map(char::escape_debug)
-        .collect();
-    if user.chars().count() > MAX_LOGGED_USER {
-        out.push('…');
-    }
-    out
+    crate::audit::loggable(user, MAX_LOGGED_USER)
 }

@@ -9,7 +9,13 @@
 //! recent successful login anywhere), the global or per-address unauthenticated cap is full, or
 //! the address opens connections too fast. A connection that authenticates gives its connection
 //! cell back (like OpenSSH's PerSourcePenalties, only what attackers do costs: abandoned,
-//! failed and stalled connections), so an owner's deploy loop never runs out. A password (or keyboard-interactive) attempt costs
+//! failed and stalled connections), so an owner's deploy loop never runs out. When strangers fill
+//! the unauthenticated cap, a reserve of a quarter of it beyond the cap is kept for owners: a source
+//! that logged in to a server within `trusted_for` may take a reserve slot charged to that server,
+//! at most [`RESERVE_PER_SERVER`] at once per server, and the connection's first authentication
+//! request must name a server its source is trusted for (else it is dropped), so one account
+//! logging in from many sources holds at most that many reserve slots and cannot starve other
+//! servers' owners. A password (or keyboard-interactive) attempt costs
 //! one cell of the address's budget and one of the server's budget — unless the address logged
 //! in to that server successfully within `trusted_for`, in which case it costs one cell of a
 //! budget private to that (server, address) pair and ignores bans and the server budget, so an
@@ -32,6 +38,27 @@ use governor::{Quota, RateLimiter};
 use tenants::ServerId;
 
 use super::config::AuthConfig;
+
+/// Reserve slots (beyond the unauthenticated cap) one server's trusted sources may hold at once.
+pub const RESERVE_PER_SERVER: usize = 2;
+
+/// Servers remembered per source for the reserve (the most recent logins win).
+const TRUSTED_SERVERS_PER_SOURCE: usize = 16;
+
+/// Which pool an admitted connection's unauthenticated slot came from; given back to
+/// [`Limits::release`] / [`Limits::authenticated`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    /// The unauthenticated cap, open to everyone.
+    Regular,
+    /// The owners' reserve beyond the cap, charged to a server the source logged in to recently.
+    Reserve(ServerId),
+}
+
+/// A reserve connection's first authentication request named no server its source is trusted
+/// for, or that server's reserve share is taken: the connection must be dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReserveRefused;
 
 /// How a credential was presented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -294,8 +321,14 @@ pub struct Limits<C: Clock<Instant = Nanos> + Clone> {
     /// Last successful login per address, any server (lets the owner's address past a ban at
     /// accept time; the per-attempt checks still apply to other servers).
     trusted_ips: HashMap<IpAddr, Nanos>,
+    /// Servers each address logged in to, oldest first (at most `TRUSTED_SERVERS_PER_SOURCE`):
+    /// the candidates a reserve slot can be charged to.
+    trusted_servers: HashMap<IpAddr, Vec<ServerId>>,
     unauthenticated: usize,
     unauthenticated_per_ip: HashMap<IpAddr, usize>,
+    /// Reserve slots held, in total and per server they are charged to.
+    reserve: usize,
+    reserve_per_server: HashMap<ServerId, usize>,
 }
 
 impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
@@ -310,8 +343,11 @@ impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
             strikes: HashMap::new(),
             trusted: HashMap::new(),
             trusted_ips: HashMap::new(),
+            trusted_servers: HashMap::new(),
             unauthenticated: 0,
             unauthenticated_per_ip: HashMap::new(),
+            reserve: 0,
+            reserve_per_server: HashMap::new(),
         }
     }
 
@@ -353,24 +389,47 @@ impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
             .is_some_and(|t| self.within(*t, self.p.trusted_for))
     }
 
-    /// Accept-time check; on `Ok` the connection holds one unauthenticated slot until
-    /// [`Limits::release`].
-    pub fn admit(&mut self, ip: IpAddr) -> Result<(), AdmitDenied> {
+    /// The reserve's size: a quarter of the unauthenticated cap (at least one slot).
+    fn reserve_cap(&self) -> usize {
+        (self.p.max_unauthenticated / 4).max(1)
+    }
+
+    /// A server `ip` is trusted for whose reserve share has room, most recent login first.
+    fn reserve_server(&self, ip: IpAddr) -> Option<ServerId> {
+        self.trusted_servers
+            .get(&ip)?
+            .iter()
+            .rev()
+            .copied()
+            .find(|s| self.is_trusted(*s, ip) && self.reserve_room(*s))
+    }
+
+    fn reserve_room(&self, server: ServerId) -> bool {
+        self.reserve_per_server.get(&server).copied().unwrap_or(0) < RESERVE_PER_SERVER
+    }
+
+    /// Accept-time check; on `Ok` the connection holds one unauthenticated slot (from the pool
+    /// named in the answer) until [`Limits::release`] or [`Limits::authenticated`].
+    pub fn admit(&mut self, ip: IpAddr) -> Result<Admitted, AdmitDenied> {
         let ip = self.src(ip);
         let trusted = self.trusted_ip(ip);
         if self.is_banned(ip) && !trusted {
             return Err(AdmitDenied::Banned);
         }
-        // Sources with a recent successful login may use a reserve of a quarter of the cap
-        // beyond it: stalled handshakes from many addresses fill the cap, not the owners' way in.
-        let cap = if trusted {
-            self.p.max_unauthenticated + (self.p.max_unauthenticated / 4).max(1)
-        } else {
-            self.p.max_unauthenticated
-        };
-        if self.unauthenticated >= cap {
+        // Stalled handshakes from many addresses fill the cap, not the owners' way in: beyond
+        // it, a source with a recent successful login takes a reserve slot charged to one of
+        // its servers, each server holding at most `RESERVE_PER_SERVER` of them.
+        let pool = if self.unauthenticated.saturating_sub(self.reserve) < self.p.max_unauthenticated
+        {
+            Admitted::Regular
+        } else if self.reserve >= self.reserve_cap() {
             return Err(AdmitDenied::UnauthenticatedCap);
-        }
+        } else {
+            match self.reserve_server(ip) {
+                Some(s) => Admitted::Reserve(s),
+                None => return Err(AdmitDenied::UnauthenticatedCap),
+            }
+        };
         let per_ip = self.unauthenticated_per_ip.get(&ip).copied().unwrap_or(0);
         if per_ip >= self.p.max_unauthenticated_per_ip {
             return Err(AdmitDenied::UnauthenticatedCapPerIp);
@@ -381,11 +440,52 @@ impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
         }
         self.unauthenticated += 1;
         *self.unauthenticated_per_ip.entry(ip).or_insert(0) += 1;
-        Ok(())
+        if let Admitted::Reserve(s) = pool {
+            self.reserve += 1;
+            *self.reserve_per_server.entry(s).or_insert(0) += 1;
+        }
+        Ok(pool)
     }
 
-    /// Gives back the unauthenticated slot taken by a successful [`Limits::admit`].
-    pub fn release(&mut self, ip: IpAddr) {
+    /// A connection's authentication request for `named` (`None`: not a server name). A
+    /// regular slot passes. A reserve slot passes only when its source is trusted for `named`:
+    /// the slot is then charged to `named` (moved there if it has room). On `Err` the caller
+    /// drops the connection and releases the slot it still holds (the one passed in).
+    pub fn claim(
+        &mut self,
+        ip: IpAddr,
+        slot: Admitted,
+        named: Option<ServerId>,
+    ) -> Result<Admitted, ReserveRefused> {
+        let Admitted::Reserve(charged) = slot else {
+            return Ok(slot);
+        };
+        let Some(named) = named.filter(|s| self.is_trusted(*s, ip)) else {
+            return Err(ReserveRefused);
+        };
+        if named == charged {
+            return Ok(slot);
+        }
+        if !self.reserve_room(named) {
+            return Err(ReserveRefused);
+        }
+        self.uncharge(charged);
+        *self.reserve_per_server.entry(named).or_insert(0) += 1;
+        Ok(Admitted::Reserve(named))
+    }
+
+    fn uncharge(&mut self, server: ServerId) {
+        if let Some(n) = self.reserve_per_server.get_mut(&server) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.reserve_per_server.remove(&server);
+            }
+        }
+    }
+
+    /// Gives back the unauthenticated slot taken by a successful [`Limits::admit`] (as last
+    /// answered by [`Limits::claim`]).
+    pub fn release(&mut self, ip: IpAddr, slot: Admitted) {
         let ip = self.src(ip);
         self.unauthenticated = self.unauthenticated.saturating_sub(1);
         if let Some(n) = self.unauthenticated_per_ip.get_mut(&ip) {
@@ -394,15 +494,27 @@ impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
                 self.unauthenticated_per_ip.remove(&ip);
             }
         }
+        if let Admitted::Reserve(s) = slot {
+            self.reserve = self.reserve.saturating_sub(1);
+            self.uncharge(s);
+        }
     }
 
     /// The connection from `ip` authenticated: its unauthenticated slot is freed and the
     /// connection cell it took at [`Limits::admit`] is given back.
-    pub fn authenticated(&mut self, ip: IpAddr) {
-        self.release(ip);
+    pub fn authenticated(&mut self, ip: IpAddr, slot: Admitted) {
+        self.release(ip, slot);
         let key = self.src(ip);
         let now = self.now();
         self.connections.refund(self.p.connections, key, now);
+    }
+
+    /// Reserve slots held right now, in total and charged to `server`.
+    pub fn reserve_held(&self, server: ServerId) -> (usize, usize) {
+        (
+            self.reserve,
+            self.reserve_per_server.get(&server).copied().unwrap_or(0),
+        )
     }
 
     /// Unauthenticated connections right now (gateway-wide).
@@ -461,6 +573,12 @@ impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
             if let Some(s) = server {
                 self.trusted.insert((s, ip), now);
                 self.trusted_ips.insert(ip, now);
+                let servers = self.trusted_servers.entry(ip).or_default();
+                servers.retain(|x| *x != s);
+                if servers.len() >= TRUSTED_SERVERS_PER_SOURCE {
+                    servers.remove(0);
+                }
+                servers.push(s);
             }
             return Recorded::Nothing;
         }
@@ -526,6 +644,16 @@ impl<C: Clock<Instant = Nanos> + Clone> Limits<C> {
         self.trusted.retain(|_, t| now.duration_since(*t) < trust);
         self.trusted_ips
             .retain(|_, t| now.duration_since(*t) < trust);
+        let trusted = &self.trusted;
+        self.trusted_servers.retain(|ip, servers| {
+            servers.retain(|s| {
+                trusted
+                    .get(&(*s, *ip))
+                    .is_some_and(|t| now.duration_since(*t) < trust)
+            });
+            !servers.is_empty()
+        });
+        self.trusted_servers.shrink_to_fit();
         self.strikes.shrink_to_fit();
         self.trusted.shrink_to_fit();
         self.trusted_ips.shrink_to_fit();
@@ -608,6 +736,8 @@ mod tests {
         }
     }
 
+    const REG: Admitted = Admitted::Regular;
+
     fn limits(c: &AuthConfig) -> (Limits<FakeRelativeClock>, FakeRelativeClock) {
         let clock = FakeRelativeClock::default();
         (Limits::new(Params::from_config(c), clock.clone()), clock)
@@ -628,21 +758,21 @@ mod tests {
     #[test]
     fn unauthenticated_caps_global_and_per_ip() {
         let (mut l, _) = limits(&cfg());
-        assert_eq!(l.admit(ip(1)), Ok(()));
-        assert_eq!(l.admit(ip(1)), Ok(()));
+        assert_eq!(l.admit(ip(1)), Ok(REG));
+        assert_eq!(l.admit(ip(1)), Ok(REG));
         assert_eq!(l.admit(ip(1)), Err(AdmitDenied::UnauthenticatedCapPerIp));
-        assert_eq!(l.admit(ip(2)), Ok(()));
-        assert_eq!(l.admit(ip(3)), Ok(()));
+        assert_eq!(l.admit(ip(2)), Ok(REG));
+        assert_eq!(l.admit(ip(3)), Ok(REG));
         assert_eq!(l.unauthenticated(), 4);
         assert_eq!(l.admit(ip(4)), Err(AdmitDenied::UnauthenticatedCap));
-        l.release(ip(1));
-        assert_eq!(l.admit(ip(4)), Ok(()));
+        l.release(ip(1), REG);
+        assert_eq!(l.admit(ip(4)), Ok(REG));
         for a in [1, 2, 3, 4] {
-            l.release(ip(a));
+            l.release(ip(a), REG);
         }
         assert_eq!(l.unauthenticated(), 0);
         // Releasing more than was taken never underflows.
-        l.release(ip(9));
+        l.release(ip(9), REG);
         assert_eq!(l.unauthenticated(), 0);
     }
 
@@ -679,16 +809,16 @@ mod tests {
         let a = addr("2001:db8:0:1::1");
         let b = addr("2001:db8:0:1:ffff::2");
         let other = addr("2001:db8:0:2::1");
-        assert_eq!(l.admit(a), Ok(()));
-        assert_eq!(l.admit(b), Ok(()));
+        assert_eq!(l.admit(a), Ok(REG));
+        assert_eq!(l.admit(b), Ok(REG));
         // Per-source cap is 2 in `cfg()`: a third address of the same /64 is refused…
         let c = addr("2001:db8:0:1:1234::9");
         assert_eq!(l.admit(c), Err(AdmitDenied::UnauthenticatedCapPerIp));
         // …while the next /64 is a different source.
-        assert_eq!(l.admit(other), Ok(()));
+        assert_eq!(l.admit(other), Ok(REG));
         // Releasing by any address of the prefix frees the prefix's slot.
-        l.release(c);
-        assert_eq!(l.admit(a), Ok(()));
+        l.release(c, REG);
+        assert_eq!(l.admit(a), Ok(REG));
         // Failures from many addresses of one /64 add up to one ban.
         let (mut l, _) = limits(&cfg());
         let n = cfg().ban_after_failures;
@@ -723,13 +853,136 @@ mod tests {
         assert_eq!(l.check_attempt(owner, Some(s), Method::Password), Ok(()));
         l.record(owner, Some(s), Method::Password, true);
         for a in 1..=4 {
-            assert_eq!(l.admit(ip(a)), Ok(()));
+            assert_eq!(l.admit(ip(a)), Ok(REG));
         }
         assert_eq!(l.admit(ip(5)), Err(AdmitDenied::UnauthenticatedCap));
-        // The reserve (a quarter of the cap of 4 = 1) is the trusted source's only.
-        assert_eq!(l.admit(owner), Ok(()));
+        // The reserve (a quarter of the cap of 4 = 1) is the trusted source's only, charged to
+        // the server it logged in to.
+        assert_eq!(l.admit(owner), Ok(Admitted::Reserve(s)));
+        assert_eq!(l.reserve_held(s), (1, 1));
         assert_eq!(l.admit(owner), Err(AdmitDenied::UnauthenticatedCap));
         assert_eq!(l.admit(ip(6)), Err(AdmitDenied::UnauthenticatedCap));
+        // Releasing the reserve slot frees it for the next owner.
+        l.release(owner, Admitted::Reserve(s));
+        assert_eq!(l.reserve_held(s), (0, 0));
+        assert_eq!(l.admit(owner), Ok(Admitted::Reserve(s)));
+        l.authenticated(owner, Admitted::Reserve(s));
+        assert_eq!(l.reserve_held(s), (0, 0));
+        assert_eq!(l.unauthenticated(), 4);
+    }
+
+    /// One account logging in from many sources holds at most `RESERVE_PER_SERVER` reserve
+    /// slots; the reserve stays open to another server's owner.
+    #[test]
+    fn the_reserve_is_keyed_to_the_server_logged_in_to() {
+        let (mut l, clock) = limits(&AuthConfig {
+            max_unauthenticated: 40, // reserve: 10
+            max_unauthenticated_per_ip: 100,
+            connections_per_ip_burst: 100,
+            ..cfg()
+        });
+        let (mine, theirs) = (server(1), server(2));
+        let many: Vec<IpAddr> = (100..110).map(ip).collect();
+        for a in &many {
+            l.record(*a, Some(mine), Method::PublicKey, true);
+        }
+        let owner = ip(200);
+        l.record(owner, Some(theirs), Method::PublicKey, true);
+        for a in 1..=40 {
+            assert_eq!(l.admit(IpAddr::from([198, 51, 100, a])), Ok(REG));
+        }
+        // Ten sources trusted for one server, three connections each: two reserve slots.
+        let mut held = Vec::new();
+        for a in &many {
+            for _ in 0..3 {
+                match l.admit(*a) {
+                    Ok(slot) => held.push((*a, slot)),
+                    Err(e) => assert_eq!(e, AdmitDenied::UnauthenticatedCap),
+                }
+            }
+        }
+        assert_eq!(
+            held,
+            [
+                (many[0], Admitted::Reserve(mine)),
+                (many[0], Admitted::Reserve(mine))
+            ]
+        );
+        assert_eq!(l.reserve_held(mine), (2, 2));
+        // The other server's owner still gets in, twice, charged to their own server.
+        assert_eq!(l.admit(owner), Ok(Admitted::Reserve(theirs)));
+        assert_eq!(l.admit(owner), Ok(Admitted::Reserve(theirs)));
+        assert_eq!(l.admit(owner), Err(AdmitDenied::UnauthenticatedCap));
+        assert_eq!(l.reserve_held(theirs), (4, 2));
+        // A freed slot is the account's again.
+        let (a, slot) = held[0];
+        l.release(a, slot);
+        assert_eq!(l.admit(many[5]), Ok(Admitted::Reserve(mine)));
+        // Trust expires: the reserve closes to the source.
+        l.release(many[5], Admitted::Reserve(mine));
+        clock.advance(Duration::from_secs(3_600));
+        assert_eq!(l.admit(many[5]), Err(AdmitDenied::UnauthenticatedCap));
+    }
+
+    #[test]
+    fn a_reserve_slot_must_name_a_server_its_source_is_trusted_for() {
+        let (mut l, _) = limits(&AuthConfig {
+            max_unauthenticated: 4, // reserve: 1
+            max_unauthenticated_per_ip: 100,
+            connections_per_ip_burst: 100,
+            ..cfg()
+        });
+        let (a, b, c) = (server(1), server(2), server(3));
+        let src = ip(200);
+        l.record(src, Some(a), Method::PublicKey, true);
+        l.record(src, Some(b), Method::PublicKey, true);
+        for n in 1..=4 {
+            assert_eq!(l.admit(ip(n)), Ok(REG));
+        }
+        // Regular slots never need a claim.
+        assert_eq!(l.claim(ip(1), REG, None), Ok(REG));
+        assert_eq!(l.claim(ip(1), REG, Some(c)), Ok(REG));
+        // Charged to the most recent login's server…
+        let slot = l.admit(src);
+        assert_eq!(slot, Ok(Admitted::Reserve(b)));
+        let slot = Admitted::Reserve(b);
+        // …a request for it passes, one for another trusted server moves the charge…
+        assert_eq!(l.claim(src, slot, Some(b)), Ok(slot));
+        assert_eq!(l.claim(src, slot, Some(a)), Ok(Admitted::Reserve(a)));
+        assert_eq!(l.reserve_held(a), (1, 1));
+        assert_eq!(l.reserve_held(b), (1, 0));
+        let slot = Admitted::Reserve(a);
+        // …and one for a server the source never logged in to, or no server, is refused.
+        assert_eq!(l.claim(src, slot, Some(c)), Err(ReserveRefused));
+        assert_eq!(l.claim(src, slot, None), Err(ReserveRefused));
+        // The caller then releases what it holds: the reserve is empty again.
+        l.release(src, slot);
+        assert_eq!(l.reserve_held(a), (0, 0));
+        assert_eq!(l.unauthenticated(), 4);
+        // A source trusted for two servers falls back to the second when the first's share is
+        // taken, and cannot move into the full one.
+        let (mut l, _) = limits(&AuthConfig {
+            max_unauthenticated: 40, // reserve: 10
+            max_unauthenticated_per_ip: 100,
+            connections_per_ip_burst: 100,
+            ..cfg()
+        });
+        let (x, y) = (ip(150), ip(151));
+        l.record(x, Some(a), Method::PublicKey, true);
+        l.record(y, Some(b), Method::PublicKey, true);
+        l.record(y, Some(a), Method::PublicKey, true);
+        for n in 1..=40 {
+            assert_eq!(l.admit(IpAddr::from([198, 51, 100, n])), Ok(REG));
+        }
+        assert_eq!(l.admit(x), Ok(Admitted::Reserve(a)));
+        assert_eq!(l.admit(x), Ok(Admitted::Reserve(a)));
+        assert_eq!(l.admit(y), Ok(Admitted::Reserve(b)));
+        assert_eq!(
+            l.claim(y, Admitted::Reserve(b), Some(a)),
+            Err(ReserveRefused)
+        );
+        assert_eq!(l.reserve_held(a), (3, 2));
+        assert_eq!(l.reserve_held(b), (3, 1));
     }
 
     #[test]
@@ -739,14 +992,14 @@ mod tests {
             ..cfg()
         });
         for _ in 0..3 {
-            assert_eq!(l.admit(ip(1)), Ok(()));
-            l.release(ip(1));
+            assert_eq!(l.admit(ip(1)), Ok(REG));
+            l.release(ip(1), REG);
         }
         assert_eq!(l.admit(ip(1)), Err(AdmitDenied::ConnectionRate));
         // Another address is unaffected.
-        assert_eq!(l.admit(ip(2)), Ok(()));
+        assert_eq!(l.admit(ip(2)), Ok(REG));
         clock.advance(Duration::from_millis(1_000));
-        assert_eq!(l.admit(ip(1)), Ok(()));
+        assert_eq!(l.admit(ip(1)), Ok(REG));
         assert_eq!(l.admit(ip(1)), Err(AdmitDenied::ConnectionRate));
     }
 
@@ -759,14 +1012,14 @@ mod tests {
         // An owner's loop: far more connections than the burst of 3, all within one instant,
         // each authenticating.
         for i in 0..300 {
-            assert_eq!(l.admit(ip(1)), Ok(()), "login #{i}");
-            l.authenticated(ip(1));
+            assert_eq!(l.admit(ip(1)), Ok(REG), "login #{i}");
+            l.authenticated(ip(1), REG);
         }
         assert_eq!(l.unauthenticated(), 0);
         // Abandoned connections still cost: three, then refused.
         for _ in 0..3 {
-            assert_eq!(l.admit(ip(1)), Ok(()));
-            l.release(ip(1));
+            assert_eq!(l.admit(ip(1)), Ok(REG));
+            l.release(ip(1), REG);
         }
         assert_eq!(l.admit(ip(1)), Err(AdmitDenied::ConnectionRate));
         // One authentication never gives back more than one cell, and never beyond the burst.
@@ -775,14 +1028,14 @@ mod tests {
             ..cfg()
         });
         for _ in 0..3 {
-            assert_eq!(l.admit(ip(2)), Ok(()));
+            assert_eq!(l.admit(ip(2)), Ok(REG));
         }
-        l.authenticated(ip(2));
-        l.authenticated(ip(2));
-        l.authenticated(ip(2));
-        l.authenticated(ip(2));
+        l.authenticated(ip(2), REG);
+        l.authenticated(ip(2), REG);
+        l.authenticated(ip(2), REG);
+        l.authenticated(ip(2), REG);
         for _ in 0..3 {
-            assert_eq!(l.admit(ip(2)), Ok(()));
+            assert_eq!(l.admit(ip(2)), Ok(REG));
         }
         assert_eq!(l.admit(ip(2)), Err(AdmitDenied::ConnectionRate));
         // The table forgets a source whose bucket is full again.
@@ -797,14 +1050,14 @@ mod tests {
             max_unauthenticated_per_ip: 1,
             ..cfg()
         });
-        assert_eq!(l.admit(ip(1)), Ok(()));
+        assert_eq!(l.admit(ip(1)), Ok(REG));
         for _ in 0..10 {
             assert_eq!(l.admit(ip(1)), Err(AdmitDenied::UnauthenticatedCapPerIp));
         }
-        l.release(ip(1));
+        l.release(ip(1), REG);
         assert_eq!(
             l.admit(ip(1)),
-            Ok(()),
+            Ok(REG),
             "rejections by cap must not eat the rate budget"
         );
     }
@@ -976,7 +1229,7 @@ mod tests {
         assert!(l.is_banned(nat));
         assert_eq!(
             l.admit(nat),
-            Ok(()),
+            Ok(REG),
             "an address with a recent login is still admitted"
         );
         assert!(l.probe_allowed(nat, sid(7)));
@@ -1017,8 +1270,8 @@ mod tests {
             ..cfg()
         });
         for a in 0..50 {
-            assert_eq!(l.admit(ip(a)), Ok(()));
-            l.release(ip(a));
+            assert_eq!(l.admit(ip(a)), Ok(REG));
+            l.release(ip(a), REG);
             let _ = l.check_attempt(ip(a), sid(u32::from(a) + 1), Method::Password);
             l.record(ip(a), sid(u32::from(a) + 1), Method::Password, a % 2 == 0);
         }

@@ -214,7 +214,7 @@ impl Authenticator {
         self.start_background();
         let verdict = self.inner.limits().admit(peer);
         match verdict {
-            Ok(()) => {
+            Ok(slot) => {
                 metrics::count_connection(true);
                 metrics::UNAUTHENTICATED.inc();
                 Admission::Accept(Permit {
@@ -222,6 +222,7 @@ impl Authenticator {
                     peer,
                     deadline: tokio::time::Instant::now() + self.inner.cfg.login_grace_time(),
                     released: false,
+                    slot,
                 })
             }
             Err(denied) => {

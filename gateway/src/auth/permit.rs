@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Weak;
 
 use super::Inner;
+use super::limits::Admitted;
 use crate::metrics;
 
 /// An admitted, not yet authenticated connection's slot. Dropping it (connection closed) or
@@ -16,6 +17,8 @@ pub struct Permit {
     pub(super) peer: IpAddr,
     pub(super) deadline: tokio::time::Instant,
     pub(super) released: bool,
+    /// The pool the slot came from (a reserve slot: the server it is charged to).
+    pub(super) slot: Admitted,
 }
 
 impl Permit {
@@ -27,7 +30,30 @@ impl Permit {
         }
         metrics::UNAUTHENTICATED.dec();
         if let Some(inner) = self.inner.upgrade() {
-            inner.limits().authenticated(self.peer);
+            inner.limits().authenticated(self.peer, self.slot);
+        }
+    }
+
+    /// An authentication request for `user` on this connection: true when it may proceed. A
+    /// connection admitted through the owners' reserve must name a server its source logged in
+    /// to recently (see [`super::limits::Limits::claim`]); when it does not, the caller drops
+    /// the connection (and this slot with it).
+    pub fn claim(&mut self, user: &str) -> bool {
+        if self.released {
+            return true;
+        }
+        let Some(inner) = self.inner.upgrade() else {
+            return true;
+        };
+        let claimed = inner
+            .limits()
+            .claim(self.peer, self.slot, tenants::parse_login(user));
+        match claimed {
+            Ok(slot) => {
+                self.slot = slot;
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -52,7 +78,7 @@ impl Permit {
         }
         metrics::UNAUTHENTICATED.dec();
         if let Some(inner) = self.inner.upgrade() {
-            inner.limits().release(self.peer);
+            inner.limits().release(self.peer, self.slot);
         }
     }
 }
