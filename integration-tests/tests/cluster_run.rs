@@ -1,0 +1,246 @@
+//! The cluster roles as an operator starts them: two `berth run` processes on one Docker host
+//! sharing one real PostgreSQL database — `berth run node` as node n2 (hop endpoint) and
+//! `berth run front` as front f1 on node n1 — and the real OpenSSH client logging in through
+//! the front to a server placed on n2. Then n2 goes away and the client gets one clear line.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use integration_tests::tenants::{DbKind, DockerWorld, TestDb, berth, berth_bin, write_cli_config};
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A `berth run` child, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn config(
+    dir: &Path,
+    db: &TestDb,
+    world: &DockerWorld,
+    cluster: &str,
+    ssh: &str,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = write_cli_config(dir, &db.url, world, "")?;
+    let mut text = std::fs::read_to_string(&path)?;
+    let agent = integration_tests::gateway::agent_binary()?;
+    text.push_str(&format!(
+        "[ssh]\n{ssh}\nagent_binary = \"{}\"\n[ssh.auth]\nbcrypt_dummy_cost = 4\n\
+         [metrics]\nlisten = \"\"\ndns_listen = \"\"\n[publish]\nhosts_file = \"\"\n\
+         [netfilter]\nports_file = \"\"\n[cluster]\n{cluster}\n",
+        agent.display()
+    ));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn start(cfg: &Path, component: &str, log: &Path) -> Result<Daemon> {
+    let child = Command::new(berth_bin()?)
+        .arg("--config")
+        .arg(cfg)
+        .args(["run", component])
+        .env_remove("BERTH_DATABASE_URL")
+        .env_remove("BERTH_STATE_DIR")
+        .env("BERTH_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .context("spawn berth run")?;
+    Ok(Daemon(child))
+}
+
+fn wait_port(port: u16, what: &str, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!(
+        "{what} never listened on {port}; its log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    )
+}
+
+fn ok(cfg: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let (code, out, err) = berth(cfg, args, stdin)?;
+    if code != 0 {
+        bail!("berth {args:?} failed ({code}): {err}");
+    }
+    Ok(out)
+}
+
+fn ssh(port: u16, key: &Path, user: &str, cmd: &str) -> Result<Output> {
+    Command::new("ssh")
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=20",
+            "-i",
+        ])
+        .arg(key)
+        .arg("-p")
+        .arg(port.to_string())
+        .arg(format!("{user}@127.0.0.1"))
+        .arg("--")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .context("run ssh")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout {}\nstderr {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_through_a_front_reaches_a_server_on_another_node() -> Result<()> {
+    integration_tests::tenants::require_docker()?;
+    let db = TestDb::new(DbKind::Postgres, "clusterrun")?;
+    let world = DockerWorld::new("clusterrun", 0);
+    let hop_port = free_port()?;
+    let front_port = free_port()?;
+    let base = db.dir.path();
+    let node_cfg = config(
+        &base.join("node"),
+        &db,
+        &world,
+        &format!("node = \"n2\"\nadvertise = \"127.0.0.1:{hop_port}\""),
+        "listen = []",
+    )?;
+    let front_cfg = config(
+        &base.join("front"),
+        &db,
+        &world,
+        "node = \"n1\"\nfront = \"f1\"",
+        &format!("listen = [\"127.0.0.1:{front_port}\"]"),
+    )?;
+
+    // The node first: it makes the tenant network and registers with its hop host key.
+    let node_log = base.join("node.log");
+    let node = start(&node_cfg, "node", &node_log)?;
+    tokio::task::block_in_place(|| wait_port(hop_port, "the node", &node_log))?;
+    let front_log = base.join("front.log");
+    let _front = start(&front_cfg, "front", &front_log)?;
+    tokio::task::block_in_place(|| wait_port(front_port, "the front", &front_log))?;
+
+    // An account with a key and a server, placed on n2.
+    let key = base.join("id_ed25519");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()?;
+    anyhow::ensure!(st.success(), "ssh-keygen");
+    let public = std::fs::read_to_string(key.with_extension("pub"))?;
+    ok(
+        &node_cfg,
+        &["account", "add", "alice", "--no-password"],
+        None,
+    )?;
+    ok(
+        &node_cfg,
+        &["account", "key", "add", "alice", public.trim()],
+        None,
+    )?;
+    let out = ok(&node_cfg, &["server", "create", "--owner", "alice"], None)?;
+    let user = out.lines().last().unwrap_or_default().to_string();
+    let id = tenants::parse_login(&user).context("server name")?;
+    let store = db.store().await?;
+    store.place_server(id, "n2").await?;
+
+    // The operator's view: n2 ready with its server and pinned key, f1 registered.
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&node_cfg, &["node", "list", "--json"], None)?)?;
+    let n2 = list
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == "n2"))
+        .context("n2 listed")?;
+    assert_eq!(n2["state"], "ready", "{list}");
+    assert_eq!(n2["servers"], 1, "{list}");
+    assert!(
+        n2["host_key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("ssh-ed25519 ")),
+        "{list}"
+    );
+    let fronts = ok(&node_cfg, &["node", "fronts"], None)?;
+    assert!(fronts.contains("f1"), "{fronts}");
+
+    // Through the front, across the hop, into the server's container.
+    let out = tokio::task::block_in_place(|| {
+        ssh(
+            front_port,
+            &key,
+            &user,
+            "echo hello-$BERTH_SERVER; hostname",
+        )
+    })?;
+    assert!(
+        out.status.success(),
+        "{}\nfront log:\n{}",
+        text(&out),
+        std::fs::read_to_string(&front_log).unwrap_or_default()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("hello-{user}\n{user}\n")
+    );
+    let front_text = std::fs::read_to_string(&front_log)?;
+    assert!(front_text.contains("relaying to node"), "{front_text}");
+    let node_text = std::fs::read_to_string(&node_log)?;
+    assert!(node_text.contains("hop login"), "{node_text}");
+
+    // n2 goes away: the next login through the front gets one clear line, promptly.
+    drop(node);
+    let t = Instant::now();
+    let out = tokio::task::block_in_place(|| ssh(front_port, &key, &user, "true"))?;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("{user}'s host n2 is unreachable; try again later")),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    Ok(())
+}
