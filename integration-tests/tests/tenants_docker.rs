@@ -30,6 +30,7 @@ async fn lifecycle(kind: DbKind) {
         pids: Some(77),
         user: None,
         dind: None,
+        init: None,
     };
     let server = env.prov.create_server("alice", spec).await.unwrap();
     let id = server.id;
