@@ -148,20 +148,34 @@ impl Provisioner {
     /// Ok when server `id`'s existing container matches the settings the store holds now.
     pub(super) async fn existing_matches_store(&self, id: ServerId) -> Result<(), ProvisionError> {
         let name = self.inner.names.container(id);
-        match self.drift(id).await? {
-            Some(d) if d.is_empty() => Ok(()),
-            Some(drift) => Err(ProvisionError::Drift {
-                server: id,
-                container: name,
-                drift,
-            }),
-            // Removed again between the 409 and the inspect: report it as the conflict it was.
-            None => Err(ProvisionError::Docker {
-                action: "create container",
-                object: name,
-                status: Some(409),
-                message: "a container of that name existed and vanished again".into(),
-            }),
+        // Right after another process's create, the engine may answer 409 before an inspect
+        // finds the container: ask again briefly (as `start_container` does for its 404).
+        let mut attempt = 0;
+        loop {
+            match self.drift(id).await? {
+                Some(d) if d.is_empty() => return Ok(()),
+                Some(drift) => {
+                    return Err(ProvisionError::Drift {
+                        server: id,
+                        container: name,
+                        drift,
+                    });
+                }
+                None if attempt < 30 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => {
+                    return Err(ProvisionError::Docker {
+                        action: "create container",
+                        object: name,
+                        status: Some(409),
+                        message:
+                            "docker reports a container of that name but none can be inspected"
+                                .into(),
+                    });
+                }
+            }
         }
     }
 
