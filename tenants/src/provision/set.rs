@@ -74,14 +74,15 @@ impl Provisioner {
         change: ServerChange,
     ) -> Result<(Server, Applied), ProvisionError> {
         loop {
-            let held = {
+            // (mine, slot): the change this call started, or someone else's start or change.
+            let (mine, held) = {
                 let mut map = self
                     .inner
                     .inflight
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
                 match map.get(&id) {
-                    Some(slot) => slot.clone(),
+                    Some(slot) => (false, slot.clone()),
                     None => {
                         let this = self.clone();
                         let change = change.clone();
@@ -100,18 +101,18 @@ impl Provisioner {
                         .boxed()
                         .shared();
                         map.insert(id, Slot::Change(f.clone()));
-                        drop(map);
-                        return f.await;
+                        (true, Slot::Change(f))
                     }
                 }
             };
-            // Someone else's start or change: wait for it, then take the slot.
             match held {
-                Slot::Start(f) => {
-                    let _ = f.await;
-                }
+                Slot::Change(c) if mine => return c.await,
+                // Someone else's start or change: wait for it, then take the slot.
                 Slot::Change(c) => {
                     let _ = c.await;
+                }
+                Slot::Start(f) => {
+                    let _ = f.await;
                 }
             }
         }
