@@ -538,3 +538,135 @@ async fn cli_server_set_and_user_sqlite() {
 async fn cli_server_set_and_user_postgres() {
     set_and_user(DbKind::Postgres).await;
 }
+
+/// systemd as PID 1 is the operator's explicit `--init systemd`, stored and shown: an image's
+/// `berth.init=systemd` label alone is refused with what to do, the grant is visible in `show`
+/// (text and JSON), it can be revoked, and a container that differs from its settings is
+/// reported by `show` and `reconcile`.
+#[tokio::test]
+async fn cli_init_is_the_operators_decision() {
+    require_docker().unwrap();
+    let systemd =
+        integration_tests::tenants::variant_image("systemd", "BERTH_TEST_SYSTEMD_IMAGE").unwrap();
+    let base = integration_tests::tenants::test_image();
+    let db = TestDb::new(DbKind::Sqlite, "cliinit").unwrap();
+    let world = DockerWorld::new("cliinit", 0);
+    let cfg = write_cli_config(db.dir.path(), &db.url, &world, "").unwrap();
+    let cfg = cfg.as_path();
+    ok(cfg, &["account", "add", "kim", "--no-password"], None);
+    let inspect = |n: u32, fmt: &str| docker(&["inspect", "-f", fmt, &world.container(n)]).unwrap();
+
+    // The label alone: refused, naming the label and both flags; nothing registered.
+    let before = ok(cfg, &["server", "list", "--json"], None);
+    let err = fails(
+        cfg,
+        &["server", "create", "--owner", "kim", "--image", &systemd],
+        None,
+        65,
+    );
+    assert!(
+        err.contains("berth.init=systemd")
+            && err.contains("--init systemd")
+            && err.contains("--init default"),
+        "{err}"
+    );
+    assert_eq!(ok(cfg, &["server", "list", "--json"], None), before);
+    let err = fails(
+        cfg,
+        &["server", "create", "--owner", "kim", "--init", "sometimes"],
+        None,
+        2,
+    );
+    assert!(
+        err.contains("invalid init") && err.contains("systemd"),
+        "{err}"
+    );
+
+    // The grant: stored, shown, applied.
+    let out = ok(
+        cfg,
+        &[
+            "server", "create", "--owner", "kim", "--image", &systemd, "--init", "systemd",
+        ],
+        None,
+    );
+    let name = out.lines().last().unwrap().to_string();
+    let n: u32 = name.trim_start_matches("server").parse().unwrap();
+    assert!(inspect(n, "{{.HostConfig.CapAdd}}").contains("SYS_ADMIN"));
+    let show = ok(cfg, &["server", "show", &name], None);
+    assert!(show.contains("init:      systemd\n"), "{show}");
+    assert!(!show.contains("drift:"), "{show}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(cfg, &["server", "show", &name, "--json"], None)).unwrap();
+    assert_eq!(json["init"], "systemd", "{json}");
+    assert_eq!(json["init_effective"], "systemd", "{json}");
+    assert_eq!(json["image_asks_systemd"], true, "{json}");
+    assert_eq!(json["drift"], serde_json::json!([]), "{json}");
+
+    // Revoked together with an image that needs no systemd: no extra privileges left.
+    let out = ok(
+        cfg,
+        &[
+            "server", "set", &name, "--image", &base, "--init", "default",
+        ],
+        None,
+    );
+    assert!(
+        out.contains("recreated") && out.contains("init default"),
+        "{out}"
+    );
+    assert!(!inspect(n, "{{.HostConfig.CapAdd}}").contains("SYS_ADMIN"));
+    // Back to the systemd image without a decision: refused before anything changes.
+    let id_before = inspect(n, "{{.Id}}");
+    let err = fails(
+        cfg,
+        &["server", "set", &name, "--image", &systemd],
+        None,
+        65,
+    );
+    assert!(
+        err.contains("berth.init=systemd")
+            && err.contains(&format!("berth server set {name} --init systemd")),
+        "{err}"
+    );
+    assert_eq!(inspect(n, "{{.Id}}"), id_before);
+    assert_eq!(inspect(n, "{{.Config.Image}}"), base);
+
+    // A container that differs from its settings (here: made by hand with an extra
+    // capability) is reported, with the command that replaces it.
+    let c = world.container(n);
+    docker(&["rm", "-f", &c]).unwrap();
+    docker(&[
+        "create",
+        "--name",
+        &c,
+        "--label",
+        &format!("berth.server={n}"),
+        "--label",
+        "berth.managed=true",
+        "--label",
+        &format!("berth.instance={}", world.prefix),
+        "--label",
+        "berth.owner=kim",
+        "--label",
+        "berth.user=tenant",
+        "--cap-add",
+        "SYS_ADMIN",
+        &base,
+    ])
+    .unwrap();
+    let show = ok(cfg, &["server", "show", &name], None);
+    assert!(
+        show.contains("drift:") && show.contains("SYS_ADMIN") && show.contains("--recreate"),
+        "{show}"
+    );
+    let rec = ok(cfg, &["server", "reconcile"], None);
+    assert!(
+        rec.contains(&format!("drift:    {name}")) && rec.contains("SYS_ADMIN"),
+        "{rec}"
+    );
+    ok(cfg, &["server", "set", &name, "--recreate"], None);
+    let rec = ok(cfg, &["server", "reconcile"], None);
+    assert!(!rec.contains("drift:"), "{rec}");
+    ok(cfg, &["server", "rm", &name, "--purge"], None);
+}

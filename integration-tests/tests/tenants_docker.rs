@@ -30,6 +30,7 @@ async fn lifecycle(kind: DbKind) {
         pids: Some(77),
         user: None,
         dind: None,
+        init: None,
     };
     let server = env.prov.create_server("alice", spec).await.unwrap();
     let id = server.id;
@@ -561,7 +562,8 @@ async fn watch_addresses_follows_docker_events() {
 
 /// Two gateways sharing one PostgreSQL (two stores, two provisioners, no shared memory): ids
 /// stay unique and racing on-demand starts of a stopped or missing server still make exactly
-/// one container and one start (Docker's 409/304 answers are treated as success).
+/// one container and one start (a 304 is success; a 409 is when the container that exists
+/// matches the settings in the store).
 #[tokio::test]
 async fn two_gateways_share_postgres() {
     let env = TenantsEnv::new("twogw", DbKind::Postgres).await.unwrap();

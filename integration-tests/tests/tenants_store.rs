@@ -182,6 +182,7 @@ async fn servers_and_audit(kind: DbKind) {
         pids: Some(100),
         user: Some("root".into()),
         dind: Some(tenants::DindMode::Caps),
+        init: Some(tenants::spec::InitMode::Systemd),
     };
     let s1 = store.insert_server("carol", &spec).await.unwrap();
     let got = store.server(s1.id).await.unwrap().unwrap();

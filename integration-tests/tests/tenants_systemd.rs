@@ -1,7 +1,8 @@
-//! A virtual server that boots systemd as PID 1 (`berth image build --variant systemd`): berth
-//! reads the image's `berth.init=systemd` label and runs the container the way systemd needs
-//! (no tini, tmpfs on /run, a private cgroup namespace and the `caps` grant). The tenant logs
-//! in through the gateway, finds systemd running, and a stop is a clean systemd shutdown.
+//! A virtual server that boots systemd as PID 1 (`berth image build --variant systemd`): with
+//! the operator's per-server grant (`--init systemd`; the image's `berth.init=systemd` label
+//! alone grants nothing) berth runs the container the way systemd needs (no tini, tmpfs on
+//! /run, a private cgroup namespace and the `caps` grant). The tenant logs in through the
+//! gateway, finds systemd running, and a stop is a clean systemd shutdown.
 //!
 //! Needs the systemd tenant image (`<test image>-systemd`; `scripts/test` builds it).
 
@@ -46,10 +47,22 @@ fn booted(h: &GatewayHarness, id: tenants::ServerId) -> Result<(String, String)>
 async fn a_server_can_boot_systemd_as_pid_1() -> Result<()> {
     let image = integration_tests::tenants::variant_image("systemd", "BERTH_TEST_SYSTEMD_IMAGE")?;
     let opts = Options {
-        image,
+        image: image.clone(),
+        create_server: false,
         ..Default::default()
     };
-    let h = GatewayHarness::start_with("systemd", opts).await?;
+    let mut h = GatewayHarness::start_with("systemd", opts).await?;
+    let spec = tenants::ServerSpec {
+        image: Some(image),
+        init: Some(tenants::spec::InitMode::Systemd),
+        ..Default::default()
+    };
+    let server = h
+        .provisioner
+        .create_server(&h.account, spec)
+        .await
+        .map_err(|e| anyhow::anyhow!("create server: {e}"))?;
+    h.server = Some(server.id);
     let id = h.server.context("server")?;
     let (state, pid1) = booted(&h, id)?;
     assert_eq!(pid1, "systemd", "PID 1 inside the server");

@@ -13,6 +13,8 @@ use tenants::{
     ProvisionError, Provisioner, Server, ServerChange, ServerId, ServerSpec, Store, StoreError,
 };
 
+use tenants::spec::InitMode;
+
 use super::account::{audit, exit, fail, open_store, print_table, store_error};
 
 #[derive(clap::Subcommand)]
@@ -41,9 +43,14 @@ pub enum Cmd {
         /// docs/SECURITY.md for what each gives the tenant.
         #[arg(long, value_parser = parse_dind)]
         dind: Option<DindMode>,
+        /// PID 1: default (tini, no extra privileges) or systemd (grants SYS_ADMIN, NET_ADMIN,
+        /// SYS_PTRACE, MKNOD and unconfined seccomp/AppArmor; see docs/SECURITY.md). Needed for
+        /// an image labelled berth.init=systemd: the label alone grants nothing.
+        #[arg(long, value_parser = parse_init)]
+        init: Option<InitMode>,
     },
-    /// Change a server: limits apply live; --image and --user recreate the container with its
-    /// data volume intact.
+    /// Change a server: limits apply live; --image, --user, --dind and --init recreate the
+    /// container with its data volume intact.
     Set {
         server: String,
         /// Image to run (recreates the container).
@@ -64,6 +71,9 @@ pub enum Cmd {
         /// Docker inside: off, caps, privileged or runtime (recreates the container).
         #[arg(long, value_parser = parse_dind)]
         dind: Option<DindMode>,
+        /// PID 1: default or systemd (grants systemd's privileges; recreates the container).
+        #[arg(long, value_parser = parse_init)]
+        init: Option<InitMode>,
         /// Recreate the container from the current settings, data volume kept (e.g. to give a
         /// server made before `[tenants] agent_dir` its agent mount).
         #[arg(long)]
@@ -122,6 +132,14 @@ fn parse_dind(s: &str) -> Result<DindMode, String> {
         .ok_or_else(|| format!("invalid dind mode {s:?}: use off, caps, privileged or runtime"))
 }
 
+fn parse_init(s: &str) -> Result<InitMode, String> {
+    InitMode::parse(s).ok_or_else(|| {
+        format!(
+            "invalid init {s:?}: use default (tini) or systemd (systemd as PID 1, with its privileges)"
+        )
+    })
+}
+
 fn parse_cpus(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .parse()
@@ -146,7 +164,10 @@ pub(crate) fn provision_error(e: ProvisionError) -> anyhow::Error {
         ProvisionError::UnknownServer(_) | ProvisionError::ServerDeleted(_) => exit::NOUSER,
         ProvisionError::ImageMissing { .. } => exit::NOINPUT,
         ProvisionError::UserMissing { .. } | ProvisionError::Invalid(_) => exit::DATAERR,
-        ProvisionError::NetworkConflict { .. } | ProvisionError::Leftover { .. } => exit::CANTCREAT,
+        ProvisionError::NetworkConflict { .. }
+        | ProvisionError::Leftover { .. }
+        | ProvisionError::Drift { .. }
+        | ProvisionError::RollbackFailed { .. } => exit::CANTCREAT,
         ProvisionError::Store(s) => match s.as_ref() {
             StoreError::UnknownAccount(_) => exit::NOUSER,
             s if s.is_retryable() => exit::UNAVAILABLE,
@@ -178,6 +199,15 @@ struct View {
     container: Option<ContainerStatus>,
     /// "ok", or why Docker's state is unknown.
     docker: String,
+    /// What runs as PID 1: "default" or "systemd" (the operator's grant).
+    init_effective: &'static str,
+    /// `show` only: whether the image's labels ask for systemd (never a grant by itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_asks_systemd: Option<bool>,
+    /// `show` only: how the container differs from the settings (empty: it matches; absent:
+    /// no container or Docker's state unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drift: Option<Vec<String>>,
 }
 
 fn view(
@@ -193,9 +223,12 @@ fn view(
             .image
             .clone()
             .unwrap_or_else(|| cfg.tenants.image.clone()),
+        init_effective: tenants::spec::init(&server).as_str(),
         server,
         container: status,
         docker: docker.to_string(),
+        image_asks_systemd: None,
+        drift: None,
     }
 }
 
@@ -256,6 +289,7 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
             pids,
             user,
             dind,
+            init,
         } => {
             // Fail on the store's answers before touching Docker.
             match store.account(&owner).await.map_err(store_error)? {
@@ -273,6 +307,7 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 pids,
                 user,
                 dind,
+                init,
             };
             let server = prov
                 .create_server(&owner, spec)
@@ -288,7 +323,10 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                     server: Some(server.id),
                     account: Some(owner.clone()),
                     method: Some("server create".into()),
-                    detail: serde_json::json!({ "image": tenants::spec::image(&cfg.tenants, &server) }),
+                    detail: serde_json::json!({
+                        "image": tenants::spec::image(&cfg.tenants, &server),
+                        "init": tenants::spec::init(&server).as_str(),
+                    }),
                     ..AuditEvent::new(AuditKind::Admin, "success")
                 },
             )
@@ -309,6 +347,7 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
             pids,
             user,
             dind,
+            init,
             recreate,
         } => {
             let id = server_ref(&server)?;
@@ -319,12 +358,13 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 pids,
                 user,
                 dind,
+                init,
                 recreate,
             };
             if change == ServerChange::default() {
                 return Err(fail(
                     exit::USAGE,
-                    "nothing to change: give at least one of --image, --memory, --cpus, --pids, --user, --dind, --recreate",
+                    "nothing to change: give at least one of --image, --memory, --cpus, --pids, --user, --dind, --init, --recreate",
                 ));
             }
             let prov = connect(cfg, store).await?;
@@ -337,10 +377,11 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 Applied::Recreated => "recreated, data volume kept",
             };
             println!(
-                "{id} {how}: image {}, user {}, dind {}, memory {mem}, cpus {cpus}, pids {pids}",
+                "{id} {how}: image {}, user {}, dind {}, init {}, memory {mem}, cpus {cpus}, pids {pids}",
                 tenants::spec::image(&cfg.tenants, &s),
                 tenants::spec::login_user(&cfg.tenants, &s),
-                tenants::spec::dind(&cfg.tenants, &s).as_str()
+                tenants::spec::dind(&cfg.tenants, &s).as_str(),
+                tenants::spec::init(&s).as_str()
             );
         }
         Cmd::List { all, json } => {
@@ -401,14 +442,29 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 .await
                 .map_err(store_error)?
                 .ok_or_else(|| store_error(StoreError::UnknownServer(id)))?;
-            let (status, docker) = match connect(cfg, store).await {
+            let deleted = s.deleted.is_some();
+            let image = tenants::spec::image(&cfg.tenants, &s).to_string();
+            let (status, docker, asks, drift) = match connect(cfg, store).await {
                 Ok(prov) => match prov.status(id).await {
-                    Ok(st) => (st, "ok".to_string()),
-                    Err(e) => (None, e.to_string()),
+                    Ok(st) => {
+                        let asks = prov.image_asks_systemd(&image).await;
+                        let drift = if deleted {
+                            Ok(None)
+                        } else {
+                            prov.drift(id).await
+                        };
+                        match drift {
+                            Ok(d) => (st, "ok".to_string(), Some(asks), d),
+                            Err(e) => (st, e.to_string(), Some(asks), None),
+                        }
+                    }
+                    Err(e) => (None, e.to_string(), None, None),
                 },
-                Err(e) => (None, super::format_error(&e)),
+                Err(e) => (None, super::format_error(&e), None, None),
             };
-            let v = view(cfg, s, status, &docker);
+            let mut v = view(cfg, s, status, &docker);
+            v.image_asks_systemd = asks;
+            v.drift = drift;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -445,6 +501,14 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                     "dind:      {}",
                     tenants::spec::dind(&cfg.tenants, &v.server).as_str()
                 );
+                if v.image_asks_systemd == Some(true) && v.init_effective != "systemd" {
+                    println!(
+                        "init:      {} (the image asks for systemd as PID 1, not granted: `berth server set {id} --init systemd` grants it)",
+                        v.init_effective
+                    );
+                } else {
+                    println!("init:      {}", v.init_effective);
+                }
                 println!("limits:    memory {mem}, cpus {cpus}, pids {pids}");
                 println!(
                     "created:   {}",
@@ -452,6 +516,12 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 );
                 if let Some(d) = v.server.deleted {
                     println!("deleted:   {}", d.format("%Y-%m-%d %H:%M:%S UTC"));
+                }
+                if let Some(d) = v.drift.as_ref().filter(|d| !d.is_empty()) {
+                    println!(
+                        "drift:     the container differs from these settings: {}; replace it with `berth server set {id} --recreate`",
+                        d.join("; ")
+                    );
                 }
                 if v.docker != "ok" {
                     println!("docker:    {}", v.docker);
@@ -532,6 +602,15 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                     list(&r.missing)
                 );
                 println!("stopped:  {} (desired running)", list(&r.stopped));
+                for d in &r.drift {
+                    println!(
+                        "drift:    {} ({}) — {}; replace with `berth server set {} --recreate`",
+                        d.server,
+                        d.name,
+                        d.differences.join("; "),
+                        d.server
+                    );
+                }
                 for u in &r.unknown {
                     println!(
                         "unknown:  {} ({}) — {}; left alone",

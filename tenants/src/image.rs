@@ -23,8 +23,8 @@ pub enum Variant {
     Base,
     /// Base plus docker.io and a CMD that starts a nested dockerd (needs `tenants.dind`).
     Dind,
-    /// Base plus systemd as PID 1 (labelled `berth.init=systemd`: berth then runs the container
-    /// the way systemd needs, see `spec::container_body`).
+    /// Base plus systemd as PID 1, labelled `berth.init=systemd`; a server runs it the way
+    /// systemd needs only when the operator grants it (`server create/set --init systemd`).
     Systemd,
 }
 
@@ -163,9 +163,10 @@ pub fn image_changes(variant: Variant, suite: &str) -> Vec<String> {
         "WORKDIR /apps".to_string(),
     ];
     if variant == Variant::Systemd {
-        // How berth knows to run it as systemd needs (`docker import` takes no STOPSIGNAL: the
-        // container gets SIGRTMIN+3 from `spec::container_body_for`), and how systemd knows it
-        // runs in a container.
+        // Tells the operator the image wants systemd as PID 1 (the label grants nothing: a
+        // server runs it as systemd needs only with `--init systemd`, and `docker import` takes
+        // no STOPSIGNAL, so SIGRTMIN+3 comes from `spec::container_body`), and how systemd
+        // knows it runs in a container.
         changes.push(format!("LABEL {}=systemd", crate::spec::IMAGE_LABEL_INIT));
         changes.push("ENV container=docker".to_string());
     }

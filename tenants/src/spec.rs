@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigCgroupnsModeEnum, Ipam,
-    IpamConfig, Mount, MountType, NetworkCreateRequest, NetworkingConfig,
-    RestartPolicy as DockerRestart, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HostConfig,
+    HostConfigCgroupnsModeEnum, Ipam, IpamConfig, Mount, MountType, NetworkCreateRequest,
+    NetworkingConfig, RestartPolicy as DockerRestart, RestartPolicyNameEnum,
 };
 
 use crate::config::{Config, DindMode, NetworkConfig, RestartPolicy};
@@ -23,25 +23,53 @@ pub const LABEL_MANAGED: &str = "berth.managed";
 pub const LABEL_INSTANCE: &str = "berth.instance";
 /// The login user inside the container (the gateway's exec user for this server).
 pub const LABEL_USER: &str = "berth.user";
-/// Image label: `systemd` when the image's CMD boots systemd as PID 1.
+/// Image label: `systemd` when the image's CMD boots systemd as PID 1. Informational only: it
+/// lets berth tell the operator what the image wants; the grant itself comes only from the
+/// server's own [`InitMode`], never from image metadata (anyone who can build or push an image
+/// could otherwise hand it capabilities).
 pub const IMAGE_LABEL_INIT: &str = "berth.init";
 
-/// What an image's labels ask of the container berth makes from it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ImageTraits {
-    /// systemd is PID 1 (`berth.init=systemd`): no tini, tmpfs on /run, /run/lock and /tmp, and
-    /// the same grant as `dind = "caps"` (it mounts and manages cgroups).
-    pub systemd: bool,
+/// What runs as PID 1 in a server's container: an operator's explicit, per-server decision
+/// (`berth server create/set --init`), stored with the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitMode {
+    /// tini as PID 1 (reaps orphans, forwards signals); no extra privileges.
+    #[default]
+    Default,
+    /// systemd as PID 1: no tini, tmpfs on /run, /run/lock and /tmp, SIGRTMIN+3 to stop, and
+    /// the same grant as `dind = "caps"` (SYS_ADMIN, NET_ADMIN, SYS_PTRACE, MKNOD, a private
+    /// cgroup namespace, seccomp and AppArmor unconfined): systemd mounts and manages cgroups.
+    Systemd,
 }
 
-impl ImageTraits {
-    pub fn from_labels(labels: Option<&HashMap<String, String>>) -> Self {
-        Self {
-            systemd: labels
-                .and_then(|l| l.get(IMAGE_LABEL_INIT))
-                .is_some_and(|v| v == "systemd"),
+impl InitMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitMode::Default => "default",
+            InitMode::Systemd => "systemd",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [InitMode::Default, InitMode::Systemd]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+}
+
+/// Whether an image's labels say it boots systemd as PID 1 (`berth.init=systemd`). Grants
+/// nothing: see [`IMAGE_LABEL_INIT`].
+pub fn image_asks_systemd(labels: Option<&HashMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get(IMAGE_LABEL_INIT))
+        .is_some_and(|v| v == "systemd")
+}
+
+/// A server's init: its own decision, else [`InitMode::Default`] (there is no config-wide
+/// default: the systemd grant is always per server).
+pub fn init(server: &Server) -> InitMode {
+    server.spec.init.unwrap_or_default()
 }
 
 /// Docker object names for one berth instance (`tenants.name_prefix`).
@@ -145,23 +173,14 @@ pub fn image<'a>(cfg: &'a Config, server: &'a Server) -> &'a str {
     server.spec.image.as_deref().unwrap_or(&cfg.image)
 }
 
-/// The full create body for server `server`'s container from an image without berth labels.
+/// The full create body for server `server`'s container: a function of the config and the
+/// server's stored settings only (never of the image's labels), so what a container may do is
+/// decided by the operator and can be checked against a running container ([`container_drift`]).
 pub fn container_body(
     cfg: &Config,
     net: &NetworkConfig,
     names: &Names,
     server: &Server,
-) -> ContainerCreateBody {
-    container_body_for(cfg, net, names, server, ImageTraits::default())
-}
-
-/// The full create body for server `server`'s container from an image with `traits`.
-pub fn container_body_for(
-    cfg: &Config,
-    net: &NetworkConfig,
-    names: &Names,
-    server: &Server,
-    traits: ImageTraits,
 ) -> ContainerCreateBody {
     let limits = effective_limits(cfg, server);
     let memory = i64::try_from(limits.memory).unwrap_or(i64::MAX);
@@ -171,7 +190,8 @@ pub fn container_body_for(
         DindMode::Privileged => (true, cfg.runtime.clone()),
         DindMode::Runtime => (false, cfg.runtime.clone()),
     };
-    let caps = dind == DindMode::Caps || traits.systemd;
+    let systemd = init(server) == InitMode::Systemd;
+    let caps = dind == DindMode::Caps || systemd;
     let host_config = HostConfig {
         memory: (memory > 0).then_some(memory),
         // Same as memory: no swap beyond the limit.
@@ -190,8 +210,8 @@ pub fn container_body_for(
         }),
         // tini as PID 1: reaps orphans of tenant shells, forwards signals (systemd does both
         // itself when it is PID 1).
-        init: Some(!traits.systemd),
-        tmpfs: traits.systemd.then(|| {
+        init: Some(!systemd),
+        tmpfs: systemd.then(|| {
             HashMap::from(["/run", "/run/lock", "/tmp"].map(|p| (p.to_string(), String::new())))
         }),
         network_mode: Some(net.name.clone()),
@@ -230,7 +250,7 @@ pub fn container_body_for(
         image: Some(image(cfg, server).to_string()),
         hostname: Some(server.id.login_name()),
         // systemd shuts down cleanly on SIGRTMIN+3 (SIGTERM would make it re-execute).
-        stop_signal: traits.systemd.then(|| "SIGRTMIN+3".to_string()),
+        stop_signal: systemd.then(|| "SIGRTMIN+3".to_string()),
         // A nested engine keeps its images and containers on the server's volume, so they
         // survive stop/start, recreation and `rm` without `--purge`.
         env: (dind != DindMode::Off).then(|| {
@@ -258,6 +278,146 @@ pub fn container_body_for(
         }),
         ..Default::default()
     }
+}
+
+/// How a container differs from the body berth would create for the server now, as readable
+/// phrases ("capabilities are SYS_ADMIN, settings grant none"); empty = it matches. Covers what
+/// decides what the tenant may do (image, login user and server labels, privileged, added
+/// capabilities, security options, init, cgroup namespace, runtime) and the resource limits.
+/// Values Docker fills in itself (an unset runtime or cgroup namespace) are compared only when
+/// berth asks for one.
+pub fn container_drift(
+    expected: &ContainerCreateBody,
+    actual: &ContainerInspectResponse,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let cfg = actual.config.as_ref();
+    let want_image = expected.image.as_deref().unwrap_or_default();
+    let have_image = cfg.and_then(|c| c.image.as_deref()).unwrap_or_default();
+    if want_image != have_image {
+        out.push(format!(
+            "image is {have_image:?}, settings say {want_image:?}"
+        ));
+    }
+    let have_labels = cfg.and_then(|c| c.labels.as_ref());
+    let mut want_labels: Vec<_> = expected.labels.iter().flatten().collect();
+    want_labels.sort();
+    for (k, v) in want_labels {
+        let have = have_labels.and_then(|l| l.get(k));
+        if have != Some(v) {
+            out.push(format!(
+                "label {k} is {}, settings say {v:?}",
+                have.map_or("missing".to_string(), |h| format!("{h:?}"))
+            ));
+        }
+    }
+    let have_env = cfg.and_then(|c| c.env.as_ref());
+    for e in expected.env.iter().flatten() {
+        if !have_env.is_some_and(|h| h.contains(e)) {
+            out.push(format!("environment lacks {e}"));
+        }
+    }
+    let want = expected.host_config.clone().unwrap_or_default();
+    let have = actual.host_config.clone().unwrap_or_default();
+    let flag = |b: Option<bool>| b.unwrap_or(false);
+    if flag(want.privileged) != flag(have.privileged) {
+        out.push(format!(
+            "privileged is {}, settings say {}",
+            flag(have.privileged),
+            flag(want.privileged)
+        ));
+    }
+    let caps = |c: &Option<Vec<String>>| -> Vec<String> {
+        let mut v: Vec<String> = c
+            .iter()
+            .flatten()
+            .map(|c| {
+                let c = c.trim().to_ascii_uppercase();
+                c.strip_prefix("CAP_").map(str::to_string).unwrap_or(c)
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let (wc, hc) = (caps(&want.cap_add), caps(&have.cap_add));
+    if wc != hc {
+        out.push(format!(
+            "added capabilities are {}, settings grant {}",
+            list(&hc),
+            list(&wc)
+        ));
+    }
+    let secopts = |s: &Option<Vec<String>>| -> Vec<String> {
+        let mut v: Vec<String> = s
+            .iter()
+            .flatten()
+            .map(|o| match o.as_str() {
+                "no-new-privileges:true" | "no-new-privileges=true" => "no-new-privileges".into(),
+                o => o.replace(':', "="),
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let (ws, hs) = (secopts(&want.security_opt), secopts(&have.security_opt));
+    if ws != hs {
+        out.push(format!(
+            "security options are {}, settings say {}",
+            list(&hs),
+            list(&ws)
+        ));
+    }
+    if flag(want.init) != flag(have.init) {
+        out.push(format!(
+            "tini as init is {}, settings say {}",
+            onoff(flag(have.init)),
+            onoff(flag(want.init))
+        ));
+    }
+    if let Some(w) = want.cgroupns_mode {
+        let h = have
+            .cgroupns_mode
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        if w.to_string() != h {
+            out.push(format!(
+                "cgroup namespace is {h:?}, settings say {:?}",
+                w.to_string()
+            ));
+        }
+    }
+    if let Some(w) = want.runtime.as_deref().filter(|w| !w.is_empty()) {
+        let h = have.runtime.as_deref().unwrap_or_default();
+        if w != h {
+            out.push(format!("runtime is {h:?}, settings say {w:?}"));
+        }
+    }
+    // Docker's "unlimited" is 0, -1 or absent depending on the field and version.
+    let limit = |v: Option<i64>| v.filter(|v| *v > 0).unwrap_or(0);
+    for (what, w, h) in [
+        ("memory limit", want.memory, have.memory),
+        ("cpu limit (nano cpus)", want.nano_cpus, have.nano_cpus),
+        ("pids limit", want.pids_limit, have.pids_limit),
+    ] {
+        if limit(w) != limit(h) {
+            out.push(format!("{what} is {}, settings say {}", limit(h), limit(w)));
+        }
+    }
+    out
+}
+
+fn list(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".to_string()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn onoff(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
 }
 
 /// Where the agent socket directory is mounted inside every tenant container.
@@ -461,6 +621,7 @@ mod tests {
             pids: Some(64),
             user: None,
             dind: None,
+            init: None,
         };
         let body = container_body(&cfg, &net, &names, &server(2, spec));
         assert_eq!(body.image.as_deref(), Some("ubuntu:24.04"));
@@ -515,17 +676,17 @@ mod tests {
         let sec = hc.security_opt.unwrap();
         assert!(sec.contains(&"seccomp=unconfined".to_string()), "{sec:?}");
         assert!(!sec.contains(&"no-new-privileges".to_string()), "{sec:?}");
-        // A systemd image: no tini, tmpfs for /run, the caps grant.
-        let systemd = ImageTraits::from_labels(Some(&HashMap::from([(
-            IMAGE_LABEL_INIT.to_string(),
-            "systemd".to_string(),
-        )])));
-        assert!(systemd.systemd);
-        let hc = container_body_for(&Config::default(), &net, &names, &s, systemd)
-            .host_config
-            .unwrap();
-        let body = container_body_for(&Config::default(), &net, &names, &s, systemd);
+        // The operator's systemd grant: no tini, tmpfs for /run, the caps grant.
+        let sd = server(
+            3,
+            ServerSpec {
+                init: Some(InitMode::Systemd),
+                ..ServerSpec::default()
+            },
+        );
+        let body = container_body(&Config::default(), &net, &names, &sd);
         assert_eq!(body.stop_signal.as_deref(), Some("SIGRTMIN+3"));
+        let hc = body.host_config.unwrap();
         assert_eq!(hc.init, Some(false));
         assert!(hc.tmpfs.unwrap().contains_key("/run"));
         assert!(hc.cap_add.unwrap().contains(&"SYS_ADMIN".to_string()));
@@ -536,6 +697,119 @@ mod tests {
             .unwrap();
         assert_eq!(hc.cap_add, None);
         assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_string()]));
+    }
+
+    /// An image's `berth.init=systemd` label is read (to tell the operator), but what a
+    /// container may do is decided by the server's settings alone: the body has no input from
+    /// image metadata, and a server without the systemd grant gets none of its privileges.
+    #[test]
+    fn image_label_grants_nothing() {
+        let labels = HashMap::from([(IMAGE_LABEL_INIT.to_string(), "systemd".to_string())]);
+        assert!(image_asks_systemd(Some(&labels)));
+        assert!(!image_asks_systemd(None));
+        assert!(!image_asks_systemd(Some(&HashMap::from([(
+            IMAGE_LABEL_INIT.to_string(),
+            "tini".to_string()
+        )]))));
+        let net = NetworkConfig::default();
+        let names = Names::new("berth");
+        for init in [None, Some(InitMode::Default)] {
+            let s = server(
+                4,
+                ServerSpec {
+                    image: Some("berth/tenant:bookworm-systemd".into()),
+                    init,
+                    ..ServerSpec::default()
+                },
+            );
+            let body = container_body(&Config::default(), &net, &names, &s);
+            assert_eq!(body.stop_signal, None);
+            let hc = body.host_config.unwrap();
+            assert_eq!(hc.cap_add, None, "{init:?}");
+            assert_eq!(hc.privileged, None);
+            assert_eq!(hc.cgroupns_mode, None);
+            assert_eq!(hc.init, Some(true));
+            assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_string()]));
+        }
+        assert_eq!(InitMode::parse("systemd"), Some(InitMode::Systemd));
+        assert_eq!(InitMode::parse("default"), Some(InitMode::Default));
+        assert_eq!(InitMode::parse("Systemd"), None);
+    }
+
+    /// A container made from other settings (here: the caps grant the server no longer has,
+    /// another login user) is told apart from one made from the current settings, the way
+    /// Docker reports it (capabilities with CAP_ prefix, unlimited pids as absent).
+    #[test]
+    fn drift_between_settings_and_container() {
+        use bollard::models::{ContainerConfig, HostConfig as Hc};
+        let net = NetworkConfig::default();
+        let names = Names::new("berth");
+        let cfg = Config::default();
+        let now = server(5, ServerSpec::default());
+        let inspected = |body: &ContainerCreateBody, caps_prefixed: bool| {
+            let mut hc: Hc = body.host_config.clone().unwrap();
+            if caps_prefixed {
+                hc.cap_add = hc
+                    .cap_add
+                    .map(|c| c.into_iter().map(|c| format!("CAP_{c}")).collect());
+            }
+            ContainerInspectResponse {
+                config: Some(ContainerConfig {
+                    image: body.image.clone(),
+                    labels: body.labels.clone(),
+                    env: body.env.clone(),
+                    ..Default::default()
+                }),
+                host_config: Some(hc),
+                ..Default::default()
+            }
+        };
+        let want = container_body(&cfg, &net, &names, &now);
+        assert_eq!(
+            container_drift(&want, &inspected(&want, false)),
+            Vec::<String>::new()
+        );
+        let old = server(
+            5,
+            ServerSpec {
+                dind: Some(DindMode::Caps),
+                user: Some("root".into()),
+                ..ServerSpec::default()
+            },
+        );
+        let old_body = container_body(&cfg, &net, &names, &old);
+        assert_eq!(
+            container_drift(&old_body, &inspected(&old_body, true)),
+            Vec::<String>::new(),
+            "docker's CAP_ spelling is the same grant"
+        );
+        let d = container_drift(&want, &inspected(&old_body, true));
+        let text = d.join("; ");
+        assert!(text.contains("added capabilities are MKNOD, NET_ADMIN, SYS_ADMIN, SYS_PTRACE, settings grant none"), "{text}");
+        assert!(
+            text.contains("label berth.user is \"root\", settings say \"tenant\""),
+            "{text}"
+        );
+        assert!(text.contains("security options"), "{text}");
+        // Limits: Docker's absent, 0 and -1 all mean unlimited.
+        let unlimited = server(
+            5,
+            ServerSpec {
+                pids: Some(0),
+                ..ServerSpec::default()
+            },
+        );
+        let ub = container_body(&cfg, &net, &names, &unlimited);
+        let mut c = inspected(&ub, false);
+        if let Some(h) = c.host_config.as_mut() {
+            h.pids_limit = Some(-1);
+        }
+        assert_eq!(container_drift(&ub, &c), Vec::<String>::new());
+        assert!(
+            container_drift(&want, &c)
+                .join(";")
+                .contains("pids limit is 0, settings say 1024")
+        );
     }
 
     #[test]

@@ -75,8 +75,11 @@ impl Provisioner {
             .map_err(|e| self.docker_err("create volume", &name, e))
     }
 
-    /// Creates the container (volume must exist or Docker creates it unlabelled). 409 = made
-    /// concurrently by another process: fine.
+    /// Creates the container from `server`'s settings (the volume must exist or Docker creates
+    /// it unlabelled). A 409 (a container of that name exists: another process's start, or an
+    /// on-demand start that read older settings) counts as made only when the existing container
+    /// matches what the store holds now; otherwise [`ProvisionError::Drift`], never a silent
+    /// success with other privileges.
     pub(super) async fn create_container(&self, server: &Server) -> Result<(), ProvisionError> {
         let name = self.inner.names.container(server.id);
         if let Some(dir) = spec::agent_dir(&self.inner.cfg, server.id)
@@ -87,28 +90,23 @@ impl Provisioner {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot prepare the agent directory");
         }
         let image = spec::image(&self.inner.cfg, server);
-        // The image's labels say what it needs (systemd as PID 1); an image that vanished is
-        // reported by the create below.
-        let traits = match self.inner.docker.inspect_image(image).await {
-            Ok(i) => {
-                spec::ImageTraits::from_labels(i.config.as_ref().and_then(|c| c.labels.as_ref()))
-            }
-            Err(_) => spec::ImageTraits::default(),
-        };
-        let body = spec::container_body_for(
-            &self.inner.cfg,
-            &self.inner.net,
-            &self.inner.names,
-            server,
-            traits,
-        );
+        if spec::init(server) != spec::InitMode::Systemd && self.image_asks_systemd(image).await {
+            tracing::warn!(
+                server = %server.id,
+                image,
+                "image asks for systemd as PID 1 (berth.init=systemd) but the server is not granted it; \
+                 it runs without systemd's privileges (grant with `berth server set {} --init systemd`)",
+                server.id
+            );
+        }
+        let body = self.body(server);
         let opts = CreateContainerOptions {
             name: Some(name.clone()),
             ..Default::default()
         };
         match self.inner.docker.create_container(Some(opts), body).await {
             Ok(_) => Ok(()),
-            Err(e) if status_of(&e) == Some(409) => Ok(()),
+            Err(e) if status_of(&e) == Some(409) => self.existing_matches_store(server.id).await,
             Err(e) if is_not_found(&e) => {
                 // Image (or network) vanished between our check and the create.
                 let image = spec::image(&self.inner.cfg, server).to_string();
@@ -119,6 +117,65 @@ impl Provisioner {
                 }
             }
             Err(e) => Err(self.docker_err("create container", &name, e)),
+        }
+    }
+
+    /// The create body for `server` under this provisioner's config.
+    pub(super) fn body(&self, server: &Server) -> bollard::models::ContainerCreateBody {
+        spec::container_body(&self.inner.cfg, &self.inner.net, &self.inner.names, server)
+    }
+
+    /// Whether `image`'s labels ask for systemd as PID 1 (false when it cannot be inspected).
+    /// Informational: it never changes the container berth makes.
+    pub async fn image_asks_systemd(&self, image: &str) -> bool {
+        match self.inner.docker.inspect_image(image).await {
+            Ok(i) => spec::image_asks_systemd(i.config.as_ref().and_then(|c| c.labels.as_ref())),
+            Err(_) => false,
+        }
+    }
+
+    /// How server `id`'s container differs from its stored settings (empty = it matches);
+    /// `None` when it has no container.
+    pub async fn drift(&self, id: ServerId) -> Result<Option<Vec<String>>, ProvisionError> {
+        let server = self.live_server(id).await?;
+        let Some(c) = self.inspect(id).await? else {
+            return Ok(None);
+        };
+        self.check_ours(id, &c)?;
+        Ok(Some(spec::container_drift(&self.body(&server), &c)))
+    }
+
+    /// Ok when server `id`'s existing container matches the settings the store holds now.
+    pub(super) async fn existing_matches_store(&self, id: ServerId) -> Result<(), ProvisionError> {
+        let name = self.inner.names.container(id);
+        // Right after another process's create, the engine may answer 409 before an inspect
+        // finds the container: ask again briefly (as `start_container` does for its 404).
+        let mut attempt = 0;
+        loop {
+            match self.drift(id).await? {
+                Some(d) if d.is_empty() => return Ok(()),
+                Some(drift) => {
+                    return Err(ProvisionError::Drift {
+                        server: id,
+                        container: name,
+                        drift,
+                    });
+                }
+                None if attempt < 30 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => {
+                    return Err(ProvisionError::Docker {
+                        action: "create container",
+                        object: name,
+                        status: Some(409),
+                        message:
+                            "docker reports a container of that name but none can be inspected"
+                                .into(),
+                    });
+                }
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 use bollard::query_parameters::{RemoveContainerOptions, RemoveVolumeOptions};
 
 use super::container::check_dind;
+use super::set::not_granted;
 use super::users::check_user_name;
 use super::{ProvisionError, Provisioner};
 use crate::store::{Server, ServerSpec};
@@ -13,7 +14,9 @@ use crate::store::{Server, ServerSpec};
 impl Provisioner {
     /// Registers a server for `owner`, creates its volume and container, and starts it.
     /// On any failure the container, volume and row made here are removed again, so the store
-    /// and Docker stay consistent (the id is still never reused).
+    /// and Docker stay consistent (the id is still never reused). An image labelled
+    /// `berth.init=systemd` is refused unless `spec.init` says what to do: the label never
+    /// grants systemd's privileges by itself.
     pub async fn create_server(
         &self,
         owner: &str,
@@ -28,6 +31,9 @@ impl Provisioner {
         }
         check_dind(&self.inner.cfg, &spec)?;
         self.check_image(&image).await?;
+        if spec.init.is_none() && self.image_asks_systemd(&image).await {
+            return Err(not_granted(&image, "`--init systemd`"));
+        }
         self.ensure_network().await?;
         let server = self.inner.store.insert_server(owner, &spec).await?;
         let id = server.id;

@@ -64,6 +64,30 @@ pub enum ProvisionError {
     UserMissing { user: String, image: String },
     #[error("{0}")]
     Invalid(String),
+    /// Docker holds a container for the server that was made from other settings than the
+    /// store's (a concurrent start that read older settings, a failed rollback, a change made
+    /// behind berth's back). Never treated as success.
+    #[error(
+        "container {container} does not match {server}'s settings ({}); replace it with `berth server set {server} --recreate`",
+        .drift.join("; ")
+    )]
+    Drift {
+        server: ServerId,
+        container: String,
+        drift: Vec<String>,
+    },
+    /// `server set` failed and so did restoring the old settings: the message says what the
+    /// store and Docker each hold and the command that makes them agree.
+    #[error(
+        "changing {server} failed: {error}; restoring its old settings failed too: {rollback}. Now the store holds {store}; docker holds {docker}. Run `berth server set {server} --recreate` to make docker match the store (or `berth server set {server}` with the settings you want), then check with `berth server show {server}`"
+    )]
+    RollbackFailed {
+        server: ServerId,
+        error: String,
+        rollback: String,
+        store: String,
+        docker: String,
+    },
     #[error("{server} is running but has no address on network {network}")]
     NoAddress { server: ServerId, network: String },
     #[error(transparent)]

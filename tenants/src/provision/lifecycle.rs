@@ -13,6 +13,7 @@ use bollard::query_parameters::{
 use futures::future::{BoxFuture, FutureExt, Shared};
 
 use super::error::is_not_found;
+use super::set::ChangeFlight;
 use super::{ProvisionError, Provisioner};
 use crate::name::ServerId;
 use crate::spec;
@@ -37,45 +38,80 @@ pub struct RunningServer {
 
 pub(super) type Flight = Shared<BoxFuture<'static, Result<RunningServer, ProvisionError>>>;
 
+/// What holds a server's single-flight slot in this process.
+#[derive(Clone)]
+pub(super) enum Slot {
+    /// An on-demand start: callers join it and share its result.
+    Start(Flight),
+    /// A change that may replace the container (`server set`): a start waits until it is done
+    /// and then starts from the settings it left in the store, so no start in this process can
+    /// make a container from settings the change is replacing.
+    Change(ChangeFlight),
+}
+
+/// Frees a server's slot when the task holding it ends, also when it panics.
+pub(super) struct SlotGuard {
+    pub(super) prov: Provisioner,
+    pub(super) id: ServerId,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.prov
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
 impl Provisioner {
     /// Makes sure server `id` runs and returns its address. Idempotent; concurrent callers for
     /// the same server share one attempt (one start) and get the same result. A missing
     /// container is recreated from the store with its volume intact. Sets desired state to
     /// running.
     pub async fn ensure_running(&self, id: ServerId) -> Result<RunningServer, ProvisionError> {
-        let flight = {
-            let mut map = self
-                .inner
-                .inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(f) = map.get(&id) {
-                f.clone()
-            } else {
-                let this = self.clone();
-                // Spawned so a caller that gives up (client disconnect) does not abort a
-                // half-done start for the others.
-                let task = tokio::spawn(async move {
-                    let r = this.ensure_running_once(id).await;
-                    this.inner
-                        .inflight
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
-                    r
-                });
-                let f: Flight = async move {
-                    task.await.unwrap_or_else(|e| {
-                        Err(ProvisionError::Internal(format!("start task failed: {e}")))
-                    })
+        loop {
+            let held = {
+                let mut map = self
+                    .inner
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                match map.get(&id) {
+                    Some(slot) => slot.clone(),
+                    None => {
+                        let this = self.clone();
+                        // Spawned so a caller that gives up (client disconnect) does not abort
+                        // a half-done start for the others.
+                        let task = tokio::spawn(async move {
+                            let _slot = SlotGuard {
+                                prov: this.clone(),
+                                id,
+                            };
+                            this.ensure_running_once(id).await
+                        });
+                        let f: Flight = async move {
+                            task.await.unwrap_or_else(|e| {
+                                Err(ProvisionError::Internal(format!("start task failed: {e}")))
+                            })
+                        }
+                        .boxed()
+                        .shared();
+                        map.insert(id, Slot::Start(f.clone()));
+                        Slot::Start(f)
+                    }
                 }
-                .boxed()
-                .shared();
-                map.insert(id, f.clone());
-                f
+            };
+            match held {
+                Slot::Start(f) => return f.await,
+                // Its outcome is the change's caller's business; start afresh once it is done.
+                Slot::Change(c) => {
+                    let _ = c.await;
+                }
             }
-        };
-        flight.await
+        }
     }
 
     async fn ensure_running_once(&self, id: ServerId) -> Result<RunningServer, ProvisionError> {

@@ -7,8 +7,12 @@
 //! does not know are reported, never deleted.
 //!
 //! `ensure_running` is single-flight per server inside this process (a shared, spawned
-//! future); across processes it relies on Docker's own idempotence (create → 409, start of a
-//! running container → 304), so several gateways may race safely.
+//! future), and `server set` holds the same slot while it replaces a container, so no start in
+//! this process makes a container from settings being replaced. Across processes it relies on
+//! Docker's own idempotence (create → 409, start of a running container → 304) and on one
+//! rule: a 409 counts as made only when the existing container matches the settings the store
+//! holds now (`server set` stores the new settings before it removes the old container, and
+//! checks the container it leaves running against them).
 //!
 //! Deliberately not here: session execs (the gateway drives `docker()` itself) and
 //! firewalling. The only execs here are root helpers at create/recreate time (does the login
@@ -50,11 +54,11 @@ use crate::store::{AuditEvent, AuditKind, Server, Store};
 pub use engine::{ExecFailed, connect_docker, docker_endpoint, exec_as_root};
 pub use error::{DockerError, ProvisionError};
 pub use lifecycle::RunningServer;
-pub use reconcile::{ForeignContainer, ReconcileReport};
+pub use reconcile::{DriftedContainer, ForeignContainer, ReconcileReport};
 pub use set::{Applied, ServerChange};
 pub use status::{ContainerStatus, ServerEndpoint};
 
-use lifecycle::Flight;
+use lifecycle::Slot;
 
 struct Inner {
     docker: Docker,
@@ -63,8 +67,14 @@ struct Inner {
     cfg: Config,
     names: Names,
     store: Store,
-    inflight: Mutex<HashMap<ServerId, Flight>>,
+    inflight: Mutex<HashMap<ServerId, Slot>>,
+    recreate_hook: Mutex<Option<RecreateHook>>,
 }
+
+/// Called by `server set` between removing a server's container and creating its replacement
+/// (see [`Provisioner::set_recreate_hook`]).
+pub type RecreateHook =
+    Arc<dyn Fn(ServerId) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 /// Creates, starts, stops and removes tenant containers. Cheap to clone.
 #[derive(Clone)]
@@ -102,6 +112,7 @@ impl Provisioner {
                 names: Names::new(&cfg.name_prefix),
                 store,
                 inflight: Mutex::new(HashMap::new()),
+                recreate_hook: Mutex::new(None),
             }),
         })
     }
@@ -129,6 +140,18 @@ impl Provisioner {
 
     pub fn network(&self) -> &NetworkConfig {
         &self.inner.net
+    }
+
+    /// Runs `hook` in every recreate of `server set`, after the old container is removed and
+    /// before the new one is created: lets tests put a concurrent process's container in that
+    /// window deterministically. Not for production use.
+    #[doc(hidden)]
+    pub fn set_recreate_hook(&self, hook: Option<RecreateHook>) {
+        *self
+            .inner
+            .recreate_hook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = hook;
     }
 
     async fn live_server(&self, id: ServerId) -> Result<Server, ProvisionError> {

@@ -1,5 +1,5 @@
-//! Comparing the store with Docker: missing, stopped and unknown containers reported, never
-//! deleted or started.
+//! Comparing the store with Docker: missing, stopped and unknown containers, and containers
+//! that differ from their server's settings, reported, never deleted, started or replaced.
 //!
 //! Deliberately not here: acting on the report (a missing container is recreated by the next
 //! `ensure_running`; unknown ones are for the operator).
@@ -19,6 +19,15 @@ pub struct ForeignContainer {
     pub reason: String,
 }
 
+/// A live server's container made from other settings than the store holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DriftedContainer {
+    pub server: ServerId,
+    pub name: String,
+    /// What differs, as phrases ("added capabilities are SYS_ADMIN, settings grant none").
+    pub differences: Vec<String>,
+}
+
 /// Result of [`Provisioner::reconcile`]. Nothing is deleted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReconcileReport {
@@ -30,13 +39,17 @@ pub struct ReconcileReport {
     pub stopped: Vec<ServerId>,
     /// Labelled containers of this instance unknown to the store (or of deleted servers).
     pub unknown: Vec<ForeignContainer>,
+    /// Live servers whose container differs from their settings (privileges, user, image,
+    /// limits): `berth server set <server> --recreate` replaces it.
+    pub drift: Vec<DriftedContainer>,
 }
 
 impl Provisioner {
     /// Compares the store with Docker. Reports live servers whose container is missing (they
     /// are recreated with their volume on next use), servers that should run but do not, and
-    /// containers labelled by this instance that the store does not know or has deleted. It
-    /// never deletes or starts anything.
+    /// containers labelled by this instance that the store does not know or has deleted, and
+    /// containers that differ from their server's settings. It never deletes, starts or
+    /// replaces anything.
     pub async fn reconcile(&self) -> Result<ReconcileReport, ProvisionError> {
         let servers = self.inner.store.servers(true).await?;
         let by_id: HashMap<ServerId, &Server> = servers.iter().map(|s| (s.id, s)).collect();
@@ -75,6 +88,22 @@ impl Provisioner {
             }
         }
         report.present.sort();
+        for &id in &report.present {
+            let Some(c) = self.inspect(id).await? else {
+                continue;
+            };
+            let Some(s) = by_id.get(&id) else { continue };
+            let differences = crate::spec::container_drift(&self.body(s), &c);
+            if !differences.is_empty() {
+                let name = self.inner.names.container(id);
+                tracing::warn!(server = %id, container = %name, drift = %differences.join("; "), "container differs from the server's settings");
+                report.drift.push(DriftedContainer {
+                    server: id,
+                    name,
+                    differences,
+                });
+            }
+        }
         report.stopped.sort();
         for u in &report.unknown {
             tracing::warn!(container = %u.name, reason = %u.reason, "berth-labelled container unknown to the store (left alone)");

@@ -61,6 +61,10 @@ pub struct ServerSpec {
     /// Docker-in-Docker mode of this server (`None`: `[tenants] dind`).
     #[serde(default)]
     pub dind: Option<crate::config::DindMode>,
+    /// What runs as PID 1 (`None`: tini, as [`crate::spec::InitMode::Default`]). Only this
+    /// grants systemd's privileges, never an image label.
+    #[serde(default)]
+    pub init: Option<crate::spec::InitMode>,
 }
 
 /// A server row.

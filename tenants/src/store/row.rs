@@ -34,10 +34,12 @@ pub(super) type ServerRow = (
     Option<i64>,
     Option<String>,
     Option<String>,
+    Option<String>,
 );
 
 pub(super) fn server_from_row(r: ServerRow) -> Result<Server, StoreError> {
-    let (id, owner, image, memory, nano_cpus, pids, desired, created, deleted, user, dind) = r;
+    let (id, owner, image, memory, nano_cpus, pids, desired, created, deleted, user, dind, init) =
+        r;
     Ok(Server {
         id: server_id(id)?,
         owner,
@@ -49,6 +51,8 @@ pub(super) fn server_from_row(r: ServerRow) -> Result<Server, StoreError> {
             user,
             // A value this version does not know follows the config, like NULL.
             dind: dind.and_then(|d| crate::config::DindMode::parse(&d)),
+            // A value this version does not know grants nothing.
+            init: init.and_then(|i| crate::spec::InitMode::parse(&i)),
         },
         desired: if desired == "stopped" {
             DesiredState::Stopped

@@ -22,8 +22,8 @@ impl Store {
         let memory = spec.memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
         let res: Result<(i64,), sqlx::Error> = with_pool!(self, p => sqlx::query_as(
             "INSERT INTO servers (owner_id, owner_name, image, memory_bytes, nano_cpus, pids_limit, \
-                                  desired_state, created_at, login_user, dind_mode) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8, $9) RETURNING id",
+                                  desired_state, created_at, login_user, dind_mode, init_mode) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10) RETURNING id",
         )
         .bind(owner_id)
         .bind(owner)
@@ -34,6 +34,7 @@ impl Store {
         .bind(created)
         .bind(spec.user.as_deref())
         .bind(spec.dind.map(|d| d.as_str()))
+        .bind(spec.init.map(|i| i.as_str()))
         .fetch_one(p)
         .await);
         let (id,) = match res {
@@ -68,7 +69,7 @@ impl Store {
     pub async fn server(&self, id: ServerId) -> Result<Option<Server>, StoreError> {
         let row: Option<ServerRow> = with_pool!(self, p => sqlx::query_as(
             "SELECT id, owner_name, image, memory_bytes, nano_cpus, pids_limit, desired_state, \
-                    created_at, deleted_at, login_user, dind_mode FROM servers WHERE id = $1",
+                    created_at, deleted_at, login_user, dind_mode, init_mode FROM servers WHERE id = $1",
         )
         .bind(i64::from(id.get()))
         .fetch_optional(p)
@@ -81,7 +82,7 @@ impl Store {
     pub async fn servers(&self, include_deleted: bool) -> Result<Vec<Server>, StoreError> {
         let rows: Vec<ServerRow> = with_pool!(self, p => sqlx::query_as(
             "SELECT id, owner_name, image, memory_bytes, nano_cpus, pids_limit, desired_state, \
-                    created_at, deleted_at, login_user, dind_mode FROM servers WHERE ($1 OR deleted_at IS NULL) ORDER BY id",
+                    created_at, deleted_at, login_user, dind_mode, init_mode FROM servers WHERE ($1 OR deleted_at IS NULL) ORDER BY id",
         )
         .bind(include_deleted)
         .fetch_all(p)
@@ -90,12 +91,12 @@ impl Store {
         rows.into_iter().map(server_from_row).collect()
     }
 
-    /// Replaces a live server's spec (image, limits, login user).
+    /// Replaces a live server's spec (image, limits, login user, DinD and init modes).
     pub async fn set_server_spec(&self, id: ServerId, spec: &ServerSpec) -> Result<(), StoreError> {
         let memory = spec.memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
         let n = with_pool!(self, p => sqlx::query(
             "UPDATE servers SET image = $1, memory_bytes = $2, nano_cpus = $3, pids_limit = $4, \
-                    login_user = $5, dind_mode = $6 WHERE id = $7 AND deleted_at IS NULL",
+                    login_user = $5, dind_mode = $6, init_mode = $7 WHERE id = $8 AND deleted_at IS NULL",
         )
         .bind(spec.image.as_deref())
         .bind(memory)
@@ -103,6 +104,7 @@ impl Store {
         .bind(spec.pids)
         .bind(spec.user.as_deref())
         .bind(spec.dind.map(|d| d.as_str()))
+        .bind(spec.init.map(|i| i.as_str()))
         .bind(i64::from(id.get()))
         .execute(p)
         .await
