@@ -178,11 +178,32 @@ async fn a_login_through_a_front_reaches_a_server_on_another_node() -> Result<()
         &["account", "key", "add", "alice", public.trim()],
         None,
     )?;
-    let out = ok(&node_cfg, &["server", "create", "--owner", "alice"], None)?;
+    // Placement: an unknown node is refused; from a host that is not the chosen node the
+    // create is refused with where to run it; on n2's own host it is made and placed there.
+    let (code, _, err) = berth(
+        &node_cfg,
+        &["server", "create", "--owner", "alice", "--node", "n9"],
+        None,
+    )?;
+    assert_eq!(code, 67, "{err}");
+    assert!(err.contains("node n9 does not exist"), "{err}");
+    let (code, _, err) = berth(&front_cfg, &["server", "create", "--owner", "alice"], None)?;
+    assert_eq!(code, 73, "{err}");
+    assert!(
+        err.contains("goes to node n2") && err.contains("this host is node n1"),
+        "{err}"
+    );
+    let out = ok(
+        &node_cfg,
+        &["server", "create", "--owner", "alice", "--node", "n2"],
+        None,
+    )?;
     let user = out.lines().last().unwrap_or_default().to_string();
     let id = tenants::parse_login(&user).context("server name")?;
     let store = db.store().await?;
-    store.place_server(id, "n2").await?;
+    assert_eq!(store.server_node(id).await?.as_deref(), Some("n2"));
+    let show = ok(&node_cfg, &["server", "show", &user], None)?;
+    assert!(show.contains("node:      n2"), "{show}");
 
     // The operator's view: n2 ready with its server and pinned key, f1 registered.
     let list: serde_json::Value =

@@ -48,6 +48,10 @@ pub enum Cmd {
         /// an image labelled berth.init=systemd: the label alone grants nothing.
         #[arg(long, value_parser = parse_init)]
         init: Option<InitMode>,
+        /// Cluster node to place it on (default: the placement policy, when the store knows
+        /// nodes; see docs/CLUSTER.md). Only this host's own node can create it.
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Change a server: limits apply live; --image, --user, --dind and --init recreate the
     /// container with its data volume intact.
@@ -159,6 +163,52 @@ fn server_ref(s: &str) -> Result<ServerId> {
     })
 }
 
+/// Where a new server goes: `None` on a single host (no nodes known and none asked for),
+/// else this host's node when the policy (or the operator's `--node`) picks it. A server whose
+/// node is another host is refused here: only a node makes its own containers.
+async fn place(
+    cfg: &crate::config::Config,
+    store: &Store,
+    spec: &ServerSpec,
+    requested: Option<&str>,
+) -> Result<Option<String>> {
+    let nodes = store.nodes().await.map_err(store_error)?;
+    if nodes.is_empty() && requested.is_none() {
+        return Ok(None);
+    }
+    let needs = tenants::placement::Needs {
+        dind: spec.dind.unwrap_or(cfg.tenants.dind),
+    };
+    let timeout = std::time::Duration::from_secs(cfg.cluster.node_timeout_secs);
+    let chosen = tenants::placement::place(&nodes, needs, requested, chrono_now(), timeout)
+        .map_err(|e| {
+            let code = match e {
+                tenants::placement::PlacementError::UnknownNode(_) => exit::NOUSER,
+                _ => exit::CANTCREAT,
+            };
+            fail(code, e.to_string())
+        })?;
+    if chosen.name != cfg.cluster.node {
+        let here = if cfg.cluster.node.is_empty() {
+            "this host is no cluster node ([cluster] node is empty)".to_string()
+        } else {
+            format!("this host is node {}", cfg.cluster.node)
+        };
+        return Err(fail(
+            exit::CANTCREAT,
+            format!(
+                "the server goes to node {0}, but {here}: a server's container is made on its own node; run this command on {0}'s host",
+                chosen.name
+            ),
+        ));
+    }
+    Ok(Some(chosen.name.clone()))
+}
+
+fn chrono_now() -> tenants::placement::Now {
+    tenants::placement::now()
+}
+
 pub(crate) fn provision_error(e: ProvisionError) -> anyhow::Error {
     let code = match &e {
         ProvisionError::UnknownServer(_) | ProvisionError::ServerDeleted(_) => exit::NOUSER,
@@ -208,6 +258,8 @@ struct View {
     /// no container or Docker's state unknown).
     #[serde(skip_serializing_if = "Option::is_none")]
     drift: Option<Vec<String>>,
+    /// The cluster node holding it (`null` on a single host).
+    node: Option<String>,
 }
 
 fn view(
@@ -229,6 +281,7 @@ fn view(
         docker: docker.to_string(),
         image_asks_systemd: None,
         drift: None,
+        node: None,
     }
 }
 
@@ -290,6 +343,7 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
             user,
             dind,
             init,
+            node,
         } => {
             // Fail on the store's answers before touching Docker.
             match store.account(&owner).await.map_err(store_error)? {
@@ -299,7 +353,6 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 }
                 None => return Err(store_error(StoreError::UnknownAccount(owner))),
             }
-            let prov = connect(cfg, store).await?;
             let spec = ServerSpec {
                 image,
                 memory: memory.map(|m| m.0),
@@ -309,10 +362,33 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 dind,
                 init,
             };
+            let placed = place(cfg, store, &spec, node.as_deref()).await?;
+            let prov = connect(cfg, store).await?;
             let server = prov
                 .create_server(&owner, spec)
                 .await
                 .map_err(provision_error)?;
+            if let Some(node) = &placed
+                && let Err(e) = store.place_server(server.id, node).await
+            {
+                // Undo the create: a server without its placement would be served as local
+                // by every front.
+                let undo = prov.remove(server.id, true).await;
+                let undone = match undo {
+                    Ok(()) => "the server was removed again".to_string(),
+                    Err(u) => format!(
+                        "removing it failed too ({u}); remove it with `berth server rm {} --purge`",
+                        server.id
+                    ),
+                };
+                return Err(fail(
+                    exit::UNAVAILABLE,
+                    format!(
+                        "created {} but could not record its node {node}: {e}; {undone}",
+                        server.id
+                    ),
+                ));
+            }
             let running = prov
                 .ensure_running(server.id)
                 .await
@@ -465,6 +541,7 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
             let mut v = view(cfg, s, status, &docker);
             v.image_asks_systemd = asks;
             v.drift = drift;
+            v.node = store.server_node(id).await.map_err(store_error)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -474,6 +551,9 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 println!("owner:     {}", v.server.owner);
                 println!("state:     {}", state_word(&v));
                 println!("desired:   {}", v.server.desired.as_str());
+                if let Some(node) = &v.node {
+                    println!("node:      {node}");
+                }
                 if let Some(c) = &v.container {
                     println!(
                         "address:   {}",

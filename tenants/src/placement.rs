@@ -93,6 +93,14 @@ pub fn is_ready(node: &Node, now: DateTime<Utc>, ready_within: std::time::Durati
     now.signed_duration_since(seen) <= window
 }
 
+/// The time placement decisions are made at.
+pub type Now = DateTime<Utc>;
+
+/// The wall clock's now, for callers that do not carry a clock of their own.
+pub fn now() -> Now {
+    Utc::now()
+}
+
 /// [`is_ready`] at the wall clock's now.
 pub fn is_ready_now(node: &Node, ready_within: std::time::Duration) -> bool {
     is_ready(node, Utc::now(), ready_within)
