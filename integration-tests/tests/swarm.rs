@@ -32,6 +32,9 @@ impl Image {
         let bin = integration_tests::tenants::berth_bin()?;
         let mut cmd = Command::new(repo().join("deploy/swarm/build-image.sh"));
         cmd.arg("--bin").arg(&bin).args(["--tag", &tag]);
+        if let Ok(base) = std::env::var("BERTH_TEST_IMAGE") {
+            cmd.args(["--base", &base]);
+        }
         if let Ok(agent) = integration_tests::gateway::agent_binary() {
             cmd.arg("--agent").arg(agent);
         }
@@ -64,10 +67,25 @@ fn diagnose(tb: &Testbed) -> String {
             .unwrap_or_else(|e| format!("{e:#}"));
     }
     for h in &tb.hosts {
-        let id = h
+        // The newest task that ended says why; else the one running.
+        let ended = h
+            .docker(&[
+                "ps",
+                "-aq",
+                "--filter",
+                &node_filter(),
+                "--filter",
+                "status=exited",
+            ])
+            .unwrap_or_default();
+        let any = h
             .docker(&["ps", "-aq", "--filter", &node_filter()])
             .unwrap_or_default();
-        if let Some(id) = id.split_whitespace().next() {
+        if let Some(id) = ended
+            .split_whitespace()
+            .chain(any.split_whitespace())
+            .next()
+        {
             let out = h.docker_cmd(&["logs", "--tail", "20", id]).output();
             if let Ok(out) = out {
                 s += &format!(
