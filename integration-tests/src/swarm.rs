@@ -94,6 +94,11 @@ impl Host {
         nsenter(&self.netns, args)
     }
 
+    /// Its dockerd's pid while the testbed runs.
+    pub fn dockerd_pid(&self) -> Option<u32> {
+        self.dockerd.as_ref().map(Child::id)
+    }
+
     fn dockerd_log(&self) -> String {
         let log = self.run_dir.parent().map(|p| p.join("dockerd.log"));
         let text = log
@@ -393,6 +398,11 @@ impl Testbed {
         let _ = std::fs::remove_file(&tar);
         self.timings.image_load = t.elapsed();
         Ok(())
+    }
+
+    /// The directories the testbed owns (`/run/bsw-…` and `/var/lib/bsw-…`), removed by Drop.
+    pub fn dirs(&self) -> [&Path; 2] {
+        [&self.root, &self.data_root]
     }
 
     /// A directory for the test's own files (removed with the testbed).

@@ -285,10 +285,91 @@ fn stack_runs_a_node_task_per_host_that_programs_only_its_own_host() -> Result<(
         "front service"
     );
 
+    // Dropping the testbed removes all of it, including the daemons' cgroups (which exist
+    // now: containers ran under each `--cgroup-parent`).
+    let footprint = Footprint::of(&tb);
+    assert_eq!(footprint.pids.len(), HOSTS);
+    for h in &tb.hosts {
+        assert!(
+            !cgroups_of(&h.netns).is_empty(),
+            "no cgroup for {}",
+            h.netns
+        );
+    }
+    let timings = tb.timings.clone();
+    drop(tb);
+    footprint.assert_gone();
+
     eprintln!(
         "swarm testbed timings: network {:?}, {HOSTS} daemons {:?}, swarm {:?}, image load {:?}, \
          deploy until every host is programmed {:?}",
-        tb.timings.network, tb.timings.daemons, tb.timings.swarm, tb.timings.image_load, deployed
+        timings.network, timings.daemons, timings.swarm, timings.image_load, deployed
     );
+    Ok(())
+}
+
+/// What a testbed owns outside itself, to check it is gone after Drop.
+struct Footprint {
+    netns: Vec<String>,
+    pids: Vec<u32>,
+    dirs: Vec<PathBuf>,
+}
+
+fn cgroups_of(name: &str) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(hier) = std::fs::read_dir("/sys/fs/cgroup") {
+        for h in hier.flatten() {
+            let d = h.path().join(name);
+            if d.is_dir() {
+                v.push(d);
+            }
+        }
+    }
+    v
+}
+
+impl Footprint {
+    fn of(tb: &Testbed) -> Footprint {
+        let mut netns: Vec<String> = tb.hosts.iter().map(|h| h.netns.clone()).collect();
+        netns.push(tb.fabric.clone());
+        Footprint {
+            netns,
+            pids: tb.hosts.iter().filter_map(Host::dockerd_pid).collect(),
+            dirs: tb.dirs().iter().map(|d| d.to_path_buf()).collect(),
+        }
+    }
+
+    fn assert_gone(&self) {
+        for n in &self.netns {
+            assert!(
+                !Path::new("/run/netns").join(n).exists(),
+                "namespace {n} left behind"
+            );
+            assert_eq!(cgroups_of(n), Vec::<PathBuf>::new(), "cgroups left behind");
+        }
+        for pid in &self.pids {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "dockerd {pid} still runs"
+            );
+        }
+        for d in &self.dirs {
+            assert!(!d.exists(), "{} left behind", d.display());
+        }
+    }
+}
+
+/// A testbed dropped early (swarm formed, nothing deployed) leaves nothing behind either.
+#[test]
+fn testbed_dropped_before_any_deploy_leaves_nothing_behind() -> Result<()> {
+    let mut tb = Testbed::start(2)?;
+    tb.form_swarm()?;
+    let footprint = Footprint::of(&tb);
+    assert_eq!(footprint.pids.len(), 2);
+    for d in &footprint.dirs {
+        assert!(d.is_dir(), "{} exists while the testbed runs", d.display());
+    }
+    drop(tb);
+    footprint.assert_gone();
     Ok(())
 }
