@@ -239,6 +239,20 @@ fn stack_runs_a_node_task_per_host_that_programs_only_its_own_host() -> Result<(
             h.index
         );
     }
+    // Each task drove its own host's engine through the bound socket: the tenant network
+    // exists there, with its bridge in that host's namespace.
+    for h in &tb.hosts {
+        let net = h.docker(&[
+            "network",
+            "inspect",
+            "berth-tenants",
+            "--format",
+            "{{index .Options \"com.docker.network.bridge.name\"}}",
+        ])?;
+        assert_eq!(net.trim(), "berth0", "host {}", h.index);
+        let link = h.in_netns(&["ip", "link", "show", "berth0"])?;
+        assert!(link.status.success(), "host {}: no berth0", h.index);
+    }
     let root = Command::new("nft")
         .args(["list", "table", "inet", &table])
         .output()?;
