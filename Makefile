@@ -9,7 +9,7 @@ BIN ?= target/release/berth
 AGENT_TARGET ?= x86_64-unknown-linux-gnu
 AGENT ?= target/$(AGENT_TARGET)/release/berth-agent
 
-.PHONY: build agent install install-files uninstall test
+.PHONY: build agent install install-files uninstall test swarm-image
 
 build: agent
 	cargo build --release --locked
@@ -41,3 +41,13 @@ uninstall:
 
 test:
 	scripts/test
+
+# The image berth's own daemons run from on a swarm (deploy/swarm/stack.yml), built offline from
+# the tenant base image: `make swarm-image`, then `docker save berth/berth:local | docker load`
+# on every node. SWARM_BIN=target/debug/berth skips the release build.
+SWARM_TAG ?= berth/berth:local
+SWARM_BIN ?= $(BIN)
+
+swarm-image:
+	if [ "$(SWARM_BIN)" = "$(BIN)" ]; then $(MAKE) build; fi
+	deploy/swarm/build-image.sh --bin $(SWARM_BIN) --agent $(AGENT) --tag $(SWARM_TAG)

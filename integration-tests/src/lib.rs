@@ -10,4 +10,5 @@
 pub mod dns;
 pub mod gateway;
 pub mod netfilter;
+pub mod swarm;
 pub mod tenants;
