@@ -21,14 +21,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use berth_agent::{CONTAINER_DIR, PROTOCOL_VERSION, Reply, Request, SOCKET_NAME, TOKEN_ENV};
+use berth_agent::{
+    CONNECT_TIMEOUT, CONTAINER_DIR, PROTOCOL_VERSION, Reply, Request, SOCKET_NAME, TOKEN_ENV,
+};
 use rustix::process::{Pid, Signal};
 
 /// Sessions one agent serves at once.
 const MAX_SESSIONS: usize = 1024;
 /// Forward connects in flight at once.
 const MAX_CONNECTS: usize = 64;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
