@@ -470,7 +470,8 @@ enum Admit {
 /// presents that start's token, to the starter.
 struct Listener {
     waiting: Mutex<HashMap<String, Pending>>,
-    /// Bumped whenever a pending start learns its pid, so handshakes of other peers end.
+    /// Bumped whenever the pending starts change (one begins, learns its pid, ends): the
+    /// accept loop pauses or resumes, handshakes of other peers end.
     pids: watch::Sender<u64>,
     /// The socket file as bound: (device, inode).
     file: (u64, u64),
@@ -554,6 +555,7 @@ impl Listener {
         let (tx, rx) = oneshot::channel();
         self.lock()
             .insert(token.to_string(), Pending { tx, pid: None });
+        self.pids.send_modify(|n| *n += 1);
         rx
     }
 
@@ -613,10 +615,31 @@ async fn accept_loop(
     stop: CancellationToken,
 ) {
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let Some(mut pids) = listener.upgrade().map(|l| l.pids.subscribe()) else {
+        closed.cancel();
+        return;
+    };
     loop {
+        // While Docker has not yet named the process a start waits for, nothing is accepted:
+        // connections wait in the kernel's backlog (the agent's blocking connect with them)
+        // and are then sorted by the one rule below, so none can take a slot in that window.
+        let naming = listener
+            .upgrade()
+            .is_some_and(|l| l.admit(None) == Admit::NotYet);
+        if naming {
+            tokio::select! {
+                changed = pids.changed() => if changed.is_err() { break },
+                _ = stop.cancelled() => break,
+                // A pending start always ends (named, forgotten) within its own bound.
+                _ = tokio::time::sleep(START_TIMEOUT) => {}
+            }
+            continue;
+        }
         let ready = tokio::select! {
             r = fd.readable() => r,
             _ = stop.cancelled() => break,
+            // A start beginning pauses accepting (above).
+            changed = pids.changed() => if changed.is_err() { break } else { continue },
         };
         let Ok(mut guard) = ready else {
             break;
@@ -635,9 +658,8 @@ async fn accept_loop(
                     continue;
                 };
                 // Only the process a start is waiting for may hold a slot; everyone else is
-                // closed unread at once (while Docker has not yet named the process, anyone
-                // may, and is dropped as soon as it has).
-                if l.admit(peer) == Admit::No {
+                // closed unread at once.
+                if l.admit(peer) != Admit::Yes {
                     debug!(
                         ?peer,
                         "agent socket connection from a process no start waits for"
@@ -645,8 +667,8 @@ async fn accept_loop(
                     continue;
                 }
                 drop(l);
-                // Past the bound, new connections are closed unread: a flood only slows the
-                // flooding tenant's own agent start.
+                // Past the bound, new connections are closed unread (only starts in flight
+                // at once can be admitted, so this is a backstop).
                 let Ok(permit) = handshakes.clone().try_acquire_owned() else {
                     continue;
                 };
@@ -934,7 +956,12 @@ impl AgentConn {
                 Err(AgentError::Unavailable(format!("agent send: {e:?}")))
             }
             Ok(()) => {
-                let lost = || AgentError::Sent("the session agent connection was lost".into());
+                let lost = || {
+                    // An agent that goes away with a request in flight is not restarted at once
+                    // either: one that dies on every request would fail every session.
+                    self.misbehaved.store(true, Ordering::Relaxed);
+                    AgentError::Sent("the session agent connection was lost".into())
+                };
                 tokio::select! {
                     r = rx => r.map_err(|_| lost()),
                     _ = self.dead.cancelled() => Err(lost()),
