@@ -724,3 +724,64 @@ async fn an_undecidable_session_user_refuses_the_session_instead_of_root() -> Re
     );
     Ok(())
 }
+
+/// A forward whose connect hangs inside the container (the service's accept queue is full, so
+/// its SYNs are dropped): the agent gives up first and answers with an error, so the gateway
+/// does not take the honest agent for a stuck one; the next session still takes the agent path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_forward_connect_is_not_taken_for_a_stuck_agent() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut opts = Options {
+        agent_mount: true,
+        ..Options::default()
+    };
+    let mut audits = Audits::observe(&mut opts, false);
+    let h = GatewayHarness::start_with("agentslowconn", opts).await?;
+    let id = h.server.context("server")?;
+    let out = blocking(|| h.ssh_exec("echo one", b""))?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\n");
+    assert_eq!(audits.next_path().await?, "agent");
+    let full = r#"
+import socket, time
+l = socket.socket()
+l.bind(('127.0.0.1', 8090))
+l.listen(0)
+held = []
+for _ in range(4):
+    c = socket.socket()
+    c.setblocking(False)
+    try:
+        c.connect(('127.0.0.1', 8090))
+    except BlockingIOError:
+        pass
+    held.append(c)
+time.sleep(1)
+open('/tmp/queue-full', 'w').close()
+time.sleep(600)
+"#;
+    let st = Command::new("docker")
+        .args(["exec", "-d", &h.container(id), "python3", "-c", full])
+        .status()?;
+    anyhow::ensure!(st.success(), "could not start the full listener");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !h
+        .docker_exec(id, &["test", "-e", "/tmp/queue-full"])?
+        .status
+        .success()
+    {
+        anyhow::ensure!(Instant::now() < deadline, "listener did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = violations();
+    let out = blocking(|| ssh_w(&h, "127.0.0.1:8090"))?;
+    assert!(!out.status.success(), "the hanging connect succeeded");
+    assert_eq!(
+        violations(),
+        before,
+        "an honest slow connect counted as a violation"
+    );
+    let out = blocking(|| h.ssh_exec("echo after", b""))?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "after\n");
+    assert_eq!(audits.next_path().await?, "agent");
+    Ok(())
+}
