@@ -248,7 +248,7 @@ impl DockerExec {
                 None => {
                     warn!(server = %login, answer = %ProbeAnswer(&answer), "cannot tell which user sessions run as; refusing the session");
                     return Err(BackendError::Failed(format!(
-                        "cannot tell which user sessions of {login} run as ({})",
+                        "cannot tell which user sessions of {login} run as (`id -u tenant` as root {})",
                         ProbeAnswer(&answer)
                     )));
                 }
@@ -292,8 +292,8 @@ struct ProbeAnswer<'a>(&'a attach::RootRun);
 impl std::fmt::Display for ProbeAnswer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Ok(Some(code)) => write!(f, "the probe exited with {code}"),
-            Ok(None) => f.write_str("the probe did not finish in time"),
+            Ok(Some(code)) => write!(f, "exited with {code}"),
+            Ok(None) => f.write_str("did not finish within its bound"),
             Err(e) => write!(f, "docker {}: {}", e.step, e.source),
         }
     }
