@@ -43,6 +43,11 @@ pub const CONTAINER_DIR: &str = "/dev/berth";
 /// is mounted there).
 pub const SOCKET_NAME: &str = "gw.sock";
 
+/// How long the agent tries to connect a forward before it answers with an error. Shorter
+/// than the gateway's wait for any reply, so an honest slow connect is never taken for a stuck
+/// agent (the gateway asserts the order at compile time).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Environment variable carrying the one-time token (never passed on to session processes).
 pub const TOKEN_ENV: &str = "BERTH_AGENT_TOKEN";
 
@@ -171,11 +176,24 @@ pub struct Received {
 /// error (every fd that did arrive is closed); the kernel closes fds beyond the control buffer.
 pub fn recv(sock: BorrowedFd<'_>, max_fds: usize) -> Result<Received, WireError> {
     let mut buf = vec![0u8; MAX_MESSAGE + 1];
+    let (n, fds) = recv_into(sock, max_fds, &mut buf)?;
+    buf.truncate(n);
+    Ok(Received { bytes: buf, fds })
+}
+
+/// [`recv`] into a buffer the caller keeps (and reuses): the message's length and its fds. A
+/// message that does not fit `buf` (or is over [`MAX_MESSAGE`]) is refused as oversized, so a
+/// smaller buffer is a smaller limit.
+pub fn recv_into(
+    sock: BorrowedFd<'_>,
+    max_fds: usize,
+    buf: &mut [u8],
+) -> Result<(usize, Vec<OwnedFd>), WireError> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let r = rustix::net::recvmsg(
         sock,
-        &mut [IoSliceMut::new(&mut buf)],
+        &mut [IoSliceMut::new(buf)],
         &mut control,
         RecvFlags::CMSG_CLOEXEC,
     )?;
@@ -195,11 +213,11 @@ pub fn recv(sock: BorrowedFd<'_>, max_fds: usize) -> Result<Received, WireError>
     }
     if r.flags.contains(ReturnFlags::TRUNC) || r.bytes > MAX_MESSAGE {
         return Err(WireError::Malformed(format!(
-            "message over the {MAX_MESSAGE}-byte limit"
+            "message over the {}-byte limit",
+            MAX_MESSAGE.min(buf.len())
         )));
     }
-    buf.truncate(r.bytes);
-    Ok(Received { bytes: buf, fds })
+    Ok((r.bytes, fds))
 }
 
 /// Decodes a message received with [`recv`].
@@ -254,6 +272,29 @@ mod tests {
         assert!(decode::<Reply>(&got.bytes).is_err());
         drop(a);
         assert!(matches!(recv(b.as_fd(), 1), Err(WireError::Closed)));
+    }
+
+    #[test]
+    fn a_reused_buffer_bounds_and_carries_each_message() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let mut buf = vec![0u8; 64];
+        send(a.as_fd(), &Reply::Connected { id: 1 }, &[]).unwrap();
+        send(a.as_fd(), &Reply::Spawned { id: 2, pid: 3 }, &[]).unwrap();
+        let (n, _) = recv_into(b.as_fd(), 0, &mut buf).unwrap();
+        assert_eq!(
+            decode::<Reply>(&buf[..n]).unwrap(),
+            Reply::Connected { id: 1 }
+        );
+        let (n, _) = recv_into(b.as_fd(), 0, &mut buf).unwrap();
+        assert_eq!(
+            decode::<Reply>(&buf[..n]).unwrap(),
+            Reply::Spawned { id: 2, pid: 3 }
+        );
+        send_raw(a.as_fd(), &[b' '; 65], &[]).unwrap();
+        assert!(matches!(
+            recv_into(b.as_fd(), 0, &mut buf),
+            Err(WireError::Malformed(_))
+        ));
     }
 
     #[test]

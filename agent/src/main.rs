@@ -21,14 +21,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use berth_agent::{CONTAINER_DIR, PROTOCOL_VERSION, Reply, Request, SOCKET_NAME, TOKEN_ENV};
+use berth_agent::{
+    CONNECT_TIMEOUT, CONTAINER_DIR, PROTOCOL_VERSION, Reply, Request, SOCKET_NAME, TOKEN_ENV,
+};
 use rustix::process::{Pid, Signal};
 
 /// Sessions one agent serves at once.
 const MAX_SESSIONS: usize = 1024;
 /// Forward connects in flight at once.
 const MAX_CONNECTS: usize = 64;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -145,16 +146,18 @@ fn serve(path: &std::path::Path) -> Result<(), String> {
         let state = state.clone();
         std::thread::spawn(move || reaper(&state));
     }
+    // One receive buffer, reused for every request.
+    let mut buf = vec![0u8; berth_agent::MAX_MESSAGE + 1];
     loop {
-        let msg = match berth_agent::recv(state.sock.as_fd(), 0) {
-            Ok(m) => m,
+        let n = match berth_agent::recv_into(state.sock.as_fd(), 0, &mut buf) {
+            Ok((n, _)) => n,
             Err(berth_agent::WireError::Malformed(e)) => {
                 eprintln!("berth-agent: {e}");
                 continue;
             }
             Err(_) => break,
         };
-        match berth_agent::decode::<Request>(&msg.bytes) {
+        match berth_agent::decode::<Request>(&buf[..n]) {
             Ok(req) => handle(&state, req),
             Err(e) => eprintln!("berth-agent: {e}"),
         }

@@ -3,34 +3,38 @@
 //!
 //! Life of an agent: on a container's first session the gateway copies its agent binary into
 //! the container (once per container per gateway process), starts it with a Docker exec as the
-//! session user with a fresh token in its environment, and waits until a connection on that
-//! container's socket presents the token. From then on sessions and forwards cost one message
-//! round trip plus the tenant's own process; the exec stays until the container stops or the
-//! gateway goes away (the agent then hangs up its sessions and exits).
+//! session user with a fresh token in its environment, and waits until the process it started
+//! connects to that container's socket and presents the token. From then on sessions and
+//! forwards cost one message round trip plus the tenant's own process; the exec stays until the
+//! container stops or the gateway goes away (the agent then hangs up its sessions and exits).
 //!
-//! Trust: anything in the container can connect to the socket, and the agent runs as the
-//! tenant, so nothing it says is believed beyond its own container: a connection only ever
-//! serves the container whose directory it came through, replies are matched to requests we
-//! made, fds are type-checked (`fds.rs`), and a connection that keeps sending garbage is
-//! dropped. A failed or misbehaving agent sends the session down the attach path instead.
+//! Trust: the agent runs as the tenant, so nothing it says is believed beyond its own
+//! container: only the process the gateway started may hold a handshake (its pid, from Docker,
+//! against `SO_PEERCRED`), a connection only ever serves the container whose directory it came
+//! through, every reply must answer a request still waiting for one (once), fds are
+//! type-checked (`fds.rs`), every send to the agent is bounded in time, and tenant text from the
+//! agent is cut to [`TEXT_MAX`] bytes before it reaches a log or the audit table. Anything else
+//! is misbehaviour: the connection is dropped and the container's sessions take the attach path
+//! for a while. A session whose Spawn reached the agent is never started a second time on the
+//! attach path: it fails with a clear error instead, because the command may have run.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use berth_agent::{PROTOCOL_VERSION, Received, Reply, Request, SOCKET_NAME, TOKEN_ENV, WireError};
+use berth_agent::{PROTOCOL_VERSION, Reply, Request, SOCKET_NAME, TOKEN_ENV, WireError};
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecOptions};
 use bytes::Bytes;
 use sha2::Digest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -42,28 +46,69 @@ use crate::policy::{self, Exit};
 const START_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a request waits for its reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one send to the agent may wait for room in its socket: an agent reads every
+/// request at once, so a full socket for this long means it stopped reading.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a failed start, sessions of that container take the attach path for this long.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Handshakes in progress on one container's socket.
 const MAX_HANDSHAKES: usize = 8;
 /// Bytes read from a pipe at once.
 const CHUNK: usize = 64 * 1024;
+/// Largest hello accepted (version and a 32-character token fit many times over).
+const HELLO_MAX: usize = 1024;
+/// Tenant text from the agent (error messages, what made a message malformed) is cut to this
+/// many bytes before it is logged, audited or shown.
+pub const TEXT_MAX: usize = 256;
+/// Tenant error texts one agent connection may pass on per [`TEXT_WINDOW`]; beyond that a fixed
+/// text stands in for them.
+const TEXT_BUDGET: u32 = 32;
+const TEXT_WINDOW: Duration = Duration::from_secs(60);
+
+// The agent gives up on a forward's connect before the gateway gives up on the reply, so a slow
+// but honest connect is answered with an error instead of being taken for a stuck agent.
+const _: () = assert!(berth_agent::CONNECT_TIMEOUT.as_secs() + 3 <= REPLY_TIMEOUT.as_secs());
 
 /// Why the agent path did not serve a request.
 #[derive(Debug)]
 pub enum AgentError {
-    /// No agent (not startable, gone, misbehaving): use the attach path.
+    /// No agent (not startable, gone, misbehaving) and the request never reached one: another
+    /// path may serve it.
     Unavailable(String),
     /// The agent worked and the operation failed (e.g. connection refused): tell the client.
     Refused(String),
+    /// The request reached the agent and no usable answer came back: it may have been carried
+    /// out. A session must not be started again elsewhere (it could run twice).
+    Sent(String),
 }
 
 impl std::fmt::Display for AgentError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AgentError::Unavailable(e) | AgentError::Refused(e) => f.write_str(e),
+            AgentError::Unavailable(e) | AgentError::Refused(e) | AgentError::Sent(e) => {
+                f.write_str(e)
+            }
         }
     }
+}
+
+/// `text` as it may be logged: at most [`TEXT_MAX`] bytes (cut at a character boundary, `…`
+/// appended), control characters escaped.
+pub fn tenant_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(TEXT_MAX) + 4);
+    for c in text.chars() {
+        let escaped: String = if c.is_control() {
+            c.escape_default().collect()
+        } else {
+            c.to_string()
+        };
+        if out.len() + escaped.len() > TEXT_MAX {
+            out.push('…');
+            break;
+        }
+        out.push_str(&escaped);
+    }
+    out
 }
 
 /// The agent binary the gateway copies into containers.
@@ -120,7 +165,8 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts `argv` through the container's agent.
+    /// Starts `argv` through the container's agent. [`AgentError::Unavailable`] only when the
+    /// Spawn never reached an agent; every failure after that is [`AgentError::Sent`].
     pub async fn exec(
         &self,
         docker: &Docker,
@@ -130,10 +176,9 @@ impl Hub {
         pty: Option<(u32, u32)>,
     ) -> Result<Process, AgentError> {
         let conn = self.agent(docker, at).await?;
-        let id = conn.next_id();
-        let (exit_tx, exit_rx) = oneshot::channel();
-        conn.lock_exits().insert(id, exit_tx);
         let clamp = |n: u32| u16::try_from(n).unwrap_or(u16::MAX).max(1);
+        let id = conn.next_id();
+        let exit_rx = conn.expect_exit(id);
         let req = Request::Spawn {
             id,
             argv,
@@ -147,21 +192,24 @@ impl Hub {
         let (reply, fds) = match conn.request(id, &req).await {
             Ok(r) => r,
             Err(e) => {
-                conn.lock_exits().remove(&id);
+                conn.forget_exit(id);
                 return Err(e);
             }
         };
         match reply {
             Reply::Spawned { .. } => {}
             Reply::Failed { error, .. } => {
-                conn.lock_exits().remove(&id);
-                return Err(AgentError::Unavailable(format!(
-                    "agent could not spawn: {error}"
+                conn.forget_exit(id);
+                return Err(AgentError::Sent(format!(
+                    "the session agent could not start the session: {}",
+                    conn.passed_text(&error)
                 )));
             }
             other => {
-                conn.violation(&format!("unexpected reply to spawn: {other:?}"));
-                return Err(AgentError::Unavailable("unexpected reply".into()));
+                conn.violation(&format!("unexpected reply to spawn: {}", kind(&other)));
+                return Err(AgentError::Sent(
+                    "the session agent answered the spawn with something else".into(),
+                ));
             }
         }
         match process(&conn, id, exit_rx, fds, pty.is_some()) {
@@ -169,8 +217,8 @@ impl Hub {
             Err(e) => {
                 conn.violation(&format!("spawn reply carried the wrong fds: {e}"));
                 conn.send(&Request::Hangup { id }).await;
-                Err(AgentError::Unavailable(format!(
-                    "agent sent unusable fds: {e}"
+                Err(AgentError::Sent(format!(
+                    "the session agent sent unusable fds: {e}"
                 )))
             }
         }
@@ -193,16 +241,22 @@ impl Hub {
         let (reply, mut fds) = conn.request(id, &req).await?;
         match reply {
             Reply::Connected { .. } if fds.len() == 1 => {}
-            Reply::Failed { error, .. } => return Err(AgentError::Refused(error)),
+            Reply::Failed { error, .. } => {
+                return Err(AgentError::Refused(conn.passed_text(&error)));
+            }
             other => {
-                conn.violation(&format!("unexpected reply to connect: {other:?}"));
-                return Err(AgentError::Unavailable("unexpected reply".into()));
+                conn.violation(&format!(
+                    "unexpected reply to connect: {} with {} fds",
+                    kind(&other),
+                    fds.len()
+                ));
+                return Err(AgentError::Sent("unexpected reply".into()));
             }
         }
         let fd = fds.remove(0);
         if let Err(e) = fds::check_tcp(&fd, addr) {
             conn.violation(&format!("connect reply carried the wrong fd: {e}"));
-            return Err(AgentError::Unavailable(format!(
+            return Err(AgentError::Sent(format!(
                 "agent sent an unusable socket: {e}"
             )));
         }
@@ -210,7 +264,7 @@ impl Hub {
         let stream = std
             .set_nonblocking(true)
             .and_then(|()| tokio::net::TcpStream::from_std(std))
-            .map_err(|e| AgentError::Unavailable(format!("forward socket: {e}")))?;
+            .map_err(|e| AgentError::Sent(format!("forward socket: {e}")))?;
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
         Ok(Stream {
@@ -310,14 +364,33 @@ impl Hub {
                 .map_err(|e| format!("start agent exec: {e}"))?;
             let deadline = tokio::time::Instant::now() + START_TIMEOUT;
             let mut hello = hello;
+            let mut pid_known = false;
             loop {
+                if !pid_known {
+                    // The process Docker started is the only peer allowed a handshake.
+                    match docker.inspect_exec(&exec).await {
+                        Ok(i) if i.running == Some(false) => {
+                            return Err(format!("agent exited with code {:?}", i.exit_code));
+                        }
+                        Ok(i) => {
+                            if let Some(pid) = i.pid.and_then(|p| i32::try_from(p).ok())
+                                && pid > 0
+                            {
+                                listener.started(&token, pid);
+                                pid_known = true;
+                            }
+                        }
+                        Err(e) => debug!(error = %e, "inspect agent exec"),
+                    }
+                }
                 tokio::select! {
                     fd = &mut hello => return fd.map_err(|_| "agent socket closed".to_string()),
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    _ = tokio::time::sleep(Duration::from_millis(if pid_known { 100 } else { 10 })) => {
                         if tokio::time::Instant::now() >= deadline {
                             return Err("agent did not connect in time".to_string());
                         }
-                        if let Ok(i) = docker.inspect_exec(&exec).await
+                        if pid_known
+                            && let Ok(i) = docker.inspect_exec(&exec).await
                             && i.running == Some(false)
                         {
                             return Err(format!("agent exited with code {:?}", i.exit_code));
@@ -332,18 +405,31 @@ impl Hub {
         AgentConn::start(fd).map_err(|e| format!("agent socket: {e}"))
     }
 
-    /// The listening socket in `dir`, made on first use.
+    /// The listening socket in `dir`, made on first use and made again when the socket file
+    /// there is no longer ours (removed or replaced).
     fn listener(&self, dir: &Path) -> Result<Arc<Listener>, String> {
         let mut st = self.state();
-        if let Some(l) = st.listeners.get(dir)
-            && !l.closed.is_cancelled()
-        {
-            return Ok(l.clone());
+        if let Some(l) = st.listeners.get(dir) {
+            if !l.closed.is_cancelled() && l.in_place(dir) {
+                return Ok(l.clone());
+            }
+            debug!(dir = %dir.display(), "agent socket gone; binding it again");
         }
         let l =
             Listener::bind(dir).map_err(|e| format!("cannot listen in {}: {e}", dir.display()))?;
         st.listeners.insert(dir.to_path_buf(), l.clone());
         Ok(l)
+    }
+}
+
+/// A reply's kind, for logs (never its tenant-controlled fields).
+fn kind(r: &Reply) -> &'static str {
+    match r {
+        Reply::Hello { .. } => "hello",
+        Reply::Spawned { .. } => "spawned",
+        Reply::Failed { .. } => "failed",
+        Reply::Exited { .. } => "exited",
+        Reply::Connected { .. } => "connected",
     }
 }
 
@@ -363,10 +449,44 @@ async fn upload(docker: &Docker, container: &str, binary: &Binary) -> Result<(),
         .map_err(|e| format!("copy the agent into the container: {e}"))
 }
 
-/// One container's socket: hands connections that present an expected token to their starter.
+/// An agent start in progress: who gets the connection, and (once Docker said) the pid of the
+/// process that may make it.
+struct Pending {
+    tx: oneshot::Sender<OwnedFd>,
+    pid: Option<i32>,
+}
+
+/// Whether a peer may hold a handshake slot.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// It is the process a pending start is waiting for.
+    Yes,
+    /// A start is pending whose process Docker has not named yet.
+    NotYet,
+    No,
+}
+
+/// One container's socket: hands the connection of the process a start is waiting for, once it
+/// presents that start's token, to the starter.
 struct Listener {
-    waiting: Mutex<HashMap<String, oneshot::Sender<OwnedFd>>>,
+    waiting: Mutex<HashMap<String, Pending>>,
+    /// Bumped whenever the pending starts change (one begins, learns its pid, ends): the
+    /// accept loop pauses or resumes, handshakes of other peers end.
+    pids: watch::Sender<u64>,
+    /// The socket file as bound: (device, inode).
+    file: (u64, u64),
+    /// Cancelled when the accept loop has ended.
     closed: CancellationToken,
+    /// Cancelled when the listener is dropped: ends the accept loop.
+    stop: CancellationToken,
+    /// When a handshake last logged at warn level (tenant-driven, so rate-limited).
+    last_warn: Mutex<Option<Instant>>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl Listener {
@@ -375,6 +495,7 @@ impl Listener {
     /// nothing the tenant put in its directory is followed or chmod'ed.
     fn bind(dir: &Path) -> io::Result<Arc<Self>> {
         use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+        use std::os::unix::fs::MetadataExt;
         let parent = dir
             .parent()
             .ok_or_else(|| io::Error::other("agent directory has no parent"))?;
@@ -393,41 +514,134 @@ impl Listener {
         let placed = (|| {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o666))?;
+            let m = std::fs::symlink_metadata(&staging)?;
             rustix::net::listen(&sock, 16)?;
-            std::fs::rename(&staging, dir.join(SOCKET_NAME))
+            std::fs::rename(&staging, dir.join(SOCKET_NAME))?;
+            Ok::<_, io::Error>((m.dev(), m.ino()))
         })();
-        if let Err(e) = placed {
-            let _ = std::fs::remove_file(&staging);
-            return Err(e);
-        }
+        let file = match placed {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&staging);
+                return Err(e);
+            }
+        };
         let l = Arc::new(Self {
             waiting: Mutex::new(HashMap::new()),
+            pids: watch::Sender::new(0),
+            file,
             closed: CancellationToken::new(),
+            stop: CancellationToken::new(),
+            last_warn: Mutex::new(None),
         });
         let fd = fds::register(sock)?;
-        tokio::spawn(accept_loop(fd, Arc::downgrade(&l), l.closed.clone()));
+        tokio::spawn(accept_loop(
+            fd,
+            Arc::downgrade(&l),
+            l.closed.clone(),
+            l.stop.clone(),
+        ));
         Ok(l)
+    }
+
+    /// Whether `dir`'s socket file is still the one this listener bound.
+    fn in_place(&self, dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(dir.join(SOCKET_NAME))
+            .is_ok_and(|m| (m.dev(), m.ino()) == self.file)
     }
 
     fn expect(&self, token: &str) -> oneshot::Receiver<OwnedFd> {
         let (tx, rx) = oneshot::channel();
-        self.lock().insert(token.to_string(), tx);
+        self.lock()
+            .insert(token.to_string(), Pending { tx, pid: None });
+        self.pids.send_modify(|n| *n += 1);
         rx
+    }
+
+    /// Docker named the process of the start waiting for `token`.
+    fn started(&self, token: &str, pid: i32) {
+        if let Some(p) = self.lock().get_mut(token) {
+            p.pid = Some(pid);
+        }
+        self.pids.send_modify(|n| *n += 1);
     }
 
     fn forget(&self, token: &str) {
         self.lock().remove(token);
+        self.pids.send_modify(|n| *n += 1);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<OwnedFd>>> {
+    fn admit(&self, peer: Option<i32>) -> Admit {
+        let waiting = self.lock();
+        if peer.is_some() && waiting.values().any(|p| p.pid == peer) {
+            Admit::Yes
+        } else if waiting.values().any(|p| p.pid.is_none()) {
+            Admit::NotYet
+        } else {
+            Admit::No
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// At most one warn line a minute from this socket's handshakes; the rest go to debug.
+    fn may_warn(&self) -> bool {
+        let mut last = self.last_warn.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 }
 
-async fn accept_loop(fd: AsyncFd<OwnedFd>, listener: Weak<Listener>, closed: CancellationToken) {
+/// The pid of the process that connected (`SO_PEERCRED`, in the gateway's pid namespace:
+/// `None` when it is not visible from there).
+fn peer_pid(conn: OwnedFd) -> io::Result<(OwnedFd, Option<i32>)> {
+    let std = std::os::unix::net::UnixStream::from(conn);
+    let tokio = tokio::net::UnixStream::from_std(std)?;
+    let pid = tokio.peer_cred()?.pid().filter(|p| *p > 0);
+    let std = tokio.into_std()?;
+    Ok((OwnedFd::from(std), pid))
+}
+
+async fn accept_loop(
+    fd: AsyncFd<OwnedFd>,
+    listener: Weak<Listener>,
+    closed: CancellationToken,
+    stop: CancellationToken,
+) {
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let Some(mut pids) = listener.upgrade().map(|l| l.pids.subscribe()) else {
+        closed.cancel();
+        return;
+    };
     loop {
-        let Ok(mut guard) = fd.readable().await else {
+        // While Docker has not yet named the process a start waits for, nothing is accepted:
+        // connections wait in the kernel's backlog (the agent's blocking connect with them)
+        // and are then sorted by the one rule below, so none can take a slot in that window.
+        let naming = listener
+            .upgrade()
+            .is_some_and(|l| l.admit(None) == Admit::NotYet);
+        if naming {
+            tokio::select! {
+                changed = pids.changed() => if changed.is_err() { break },
+                _ = stop.cancelled() => break,
+                // A pending start always ends (named, forgotten) within its own bound.
+                _ = tokio::time::sleep(START_TIMEOUT) => {}
+            }
+            continue;
+        }
+        let ready = tokio::select! {
+            r = fd.readable() => r,
+            _ = stop.cancelled() => break,
+            // A start beginning pauses accepting (above).
+            changed = pids.changed() => if changed.is_err() { break } else { continue },
+        };
+        let Ok(mut guard) = ready else {
             break;
         };
         let accepted = guard.try_io(|fd| {
@@ -439,15 +653,29 @@ async fn accept_loop(fd: AsyncFd<OwnedFd>, listener: Weak<Listener>, closed: Can
         });
         match accepted {
             Ok(Ok(conn)) => {
-                // Past the bound, new connections are closed unread: a flood only slows the
-                // flooding tenant's own agent start.
+                let Some(l) = listener.upgrade() else { break };
+                let Ok((conn, peer)) = peer_pid(conn) else {
+                    continue;
+                };
+                // Only the process a start is waiting for may hold a slot; everyone else is
+                // closed unread at once.
+                if l.admit(peer) != Admit::Yes {
+                    debug!(
+                        ?peer,
+                        "agent socket connection from a process no start waits for"
+                    );
+                    continue;
+                }
+                drop(l);
+                // Past the bound, new connections are closed unread (only starts in flight
+                // at once can be admitted, so this is a backstop).
                 let Ok(permit) = handshakes.clone().try_acquire_owned() else {
                     continue;
                 };
                 let listener = listener.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    handshake(conn, listener).await;
+                    handshake(conn, peer, listener).await;
                 });
             }
             Ok(Err(e)) => {
@@ -463,18 +691,41 @@ async fn accept_loop(fd: AsyncFd<OwnedFd>, listener: Weak<Listener>, closed: Can
     closed.cancel();
 }
 
-async fn handshake(conn: OwnedFd, listener: Weak<Listener>) {
+/// Waits for the hello of a connection from `peer`, as long as `peer` may hold a slot.
+async fn handshake(conn: OwnedFd, peer: Option<i32>, weak: Weak<Listener>) {
     let Ok(afd) = fds::register(conn) else { return };
-    let first = tokio::time::timeout(START_TIMEOUT, recv(&afd, 0)).await;
+    let Some(mut pids) = weak.upgrade().map(|l| l.pids.subscribe()) else {
+        return;
+    };
+    let mut buf = vec![0u8; HELLO_MAX];
+    let deadline = tokio::time::sleep(START_TIMEOUT);
+    tokio::pin!(deadline);
+    let first = loop {
+        tokio::select! {
+            m = recv(&afd, 0, &mut buf) => break m,
+            _ = &mut deadline => return,
+            changed = pids.changed() => {
+                let admitted = weak.upgrade().map(|l| l.admit(peer));
+                if changed.is_err() || admitted == Some(Admit::No) || admitted.is_none() {
+                    return;
+                }
+            }
+        }
+    };
+    let Some(listener) = weak.upgrade() else {
+        return;
+    };
     let token = match first {
-        Ok(Ok(m)) => match berth_agent::decode::<Reply>(&m.bytes) {
+        Ok((n, _)) => match berth_agent::decode::<Reply>(&buf[..n]) {
             Ok(Reply::Hello { version, token }) if version == PROTOCOL_VERSION => token,
             Ok(Reply::Hello { version, .. }) => {
-                warn!(
-                    version,
-                    expected = PROTOCOL_VERSION,
-                    "agent speaks another protocol version"
-                );
+                if listener.may_warn() {
+                    warn!(
+                        version,
+                        expected = PROTOCOL_VERSION,
+                        "agent speaks another protocol version"
+                    );
+                }
                 return;
             }
             _ => {
@@ -482,52 +733,102 @@ async fn handshake(conn: OwnedFd, listener: Weak<Listener>) {
                 return;
             }
         },
-        _ => return,
+        Err(WireError::Malformed(_)) => {
+            crate::metrics::protocol_violation(crate::metrics::Violation::Agent);
+            return;
+        }
+        Err(_) => return,
     };
-    let Some(listener) = listener.upgrade() else {
-        return;
+    // The token must be that of a start whose process is this peer: a token read out of the
+    // agent's environment is no use to another process. A hello can beat Docker's answer
+    // naming the process: then it waits for it (within the same deadline).
+    drop(listener);
+    let waiter = loop {
+        let Some(l) = weak.upgrade() else { return };
+        let decided = {
+            let mut waiting = l.lock();
+            match waiting.get(&token) {
+                Some(p) if p.pid.is_none() => None,
+                Some(p) if p.pid == peer => Some(waiting.remove(&token)),
+                _ => Some(None),
+            }
+        };
+        drop(l);
+        if let Some(w) = decided {
+            break w;
+        }
+        tokio::select! {
+            _ = &mut deadline => return,
+            changed = pids.changed() => if changed.is_err() { return },
+        }
     };
-    let waiter = listener.lock().remove(&token);
     match waiter {
-        Some(tx) => {
-            let _ = tx.send(afd.into_inner());
+        Some(p) => {
+            let _ = p.tx.send(afd.into_inner());
         }
         None => {
-            debug!("agent connection with an unknown token closed");
+            debug!(
+                ?peer,
+                "agent connection with an unknown token or from another process closed"
+            );
             crate::metrics::protocol_violation(crate::metrics::Violation::Agent);
         }
     }
 }
 
-/// Receives one message (cancel-safe: data is taken only when the socket is ready).
-async fn recv(afd: &AsyncFd<OwnedFd>, max_fds: usize) -> Result<Received, WireError> {
+/// Receives one message into `buf` (cancel-safe: data is taken only when the socket is
+/// ready): its length and the fds that came with it.
+async fn recv(
+    afd: &AsyncFd<OwnedFd>,
+    max_fds: usize,
+    buf: &mut [u8],
+) -> Result<(usize, Vec<OwnedFd>), WireError> {
     loop {
         let mut guard = afd.readable().await?;
-        let r = guard.try_io(
-            |fd| match berth_agent::recv(fd.get_ref().as_fd(), max_fds) {
-                Err(WireError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
-                other => Ok(other),
-            },
-        );
+        let r =
+            guard.try_io(
+                |fd| match berth_agent::recv_into(fd.get_ref().as_fd(), max_fds, buf) {
+                    Err(WireError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+                    other => Ok(other),
+                },
+            );
         if let Ok(r) = r {
             return r?;
         }
     }
 }
 
-async fn send(afd: &AsyncFd<OwnedFd>, msg: &Request) -> Result<(), WireError> {
-    loop {
-        let mut guard = afd.writable().await?;
-        let r = guard.try_io(
-            |fd| match berth_agent::send(fd.get_ref().as_fd(), msg, &[]) {
-                Err(WireError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
-                other => Ok(other),
-            },
-        );
-        if let Ok(r) = r {
-            return r?;
+/// Sends one message, waiting for room in the socket at most [`SEND_TIMEOUT`].
+async fn send(afd: &AsyncFd<OwnedFd>, msg: &Request) -> Result<(), SendError> {
+    let attempt = async {
+        loop {
+            let mut guard = afd.writable().await?;
+            let r = guard.try_io(
+                |fd| match berth_agent::send(fd.get_ref().as_fd(), msg, &[]) {
+                    Err(WireError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+                    other => Ok(other),
+                },
+            );
+            if let Ok(r) = r {
+                return r?;
+            }
         }
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, attempt).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(SendError::Failed(e)),
+        Err(_elapsed) => Err(SendError::Stuck),
     }
+}
+
+/// Why a send to the agent did not happen (either way the message was not queued: a
+/// `SOCK_SEQPACKET` send takes the whole message or nothing).
+#[derive(Debug)]
+enum SendError {
+    /// The socket is gone or refused the message.
+    Failed(WireError),
+    /// The agent stopped reading: its socket stayed full for [`SEND_TIMEOUT`].
+    Stuck,
 }
 
 type ReplySender = oneshot::Sender<(Reply, Vec<OwnedFd>)>;
@@ -536,36 +837,41 @@ type ReplySender = oneshot::Sender<(Reply, Vec<OwnedFd>)>;
 struct AgentConn {
     sock: AsyncFd<OwnedFd>,
     next_id: AtomicU32,
+    /// Requests waiting for their one reply (kept until it comes, also when the requester gave
+    /// up waiting, so a late answer is known to be owed).
     replies: Mutex<HashMap<u32, ReplySender>>,
-    exits: Mutex<HashMap<u32, oneshot::Sender<Exit>>>,
-    misbehaved: std::sync::atomic::AtomicBool,
+    /// Sessions whose exit is owed; `None` once nobody waits for it any more.
+    exits: Mutex<HashMap<u32, Option<oneshot::Sender<Exit>>>>,
+    misbehaved: AtomicBool,
     dead: CancellationToken,
+    /// Tenant error texts passed on in the current window: (window start, count).
+    texts: Mutex<(Instant, u32)>,
 }
 
 impl AgentConn {
     fn start(fd: OwnedFd) -> io::Result<Arc<Self>> {
-        let conn = Arc::new(Self {
+        let conn = Arc::new(Self::new(fd)?);
+        tokio::spawn(conn.clone().dispatch());
+        Ok(conn)
+    }
+
+    fn new(fd: OwnedFd) -> io::Result<Self> {
+        Ok(Self {
             sock: fds::register(fd)?,
             next_id: AtomicU32::new(1),
             replies: Mutex::new(HashMap::new()),
             exits: Mutex::new(HashMap::new()),
-            misbehaved: std::sync::atomic::AtomicBool::new(false),
+            misbehaved: AtomicBool::new(false),
             dead: CancellationToken::new(),
-        });
-        tokio::spawn(conn.clone().dispatch());
-        Ok(conn)
+            texts: Mutex::new((Instant::now(), 0)),
+        })
     }
 
     fn next_id(&self) -> u32 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Whether `id` was handed out on this connection.
-    fn issued(&self, id: u32) -> bool {
-        id > 0 && id < self.next_id.load(Ordering::Relaxed)
-    }
-
-    fn lock_exits(&self) -> std::sync::MutexGuard<'_, HashMap<u32, oneshot::Sender<Exit>>> {
+    fn lock_exits(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Option<oneshot::Sender<Exit>>>> {
         self.exits.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -573,94 +879,189 @@ impl AgentConn {
         self.replies.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Anything malformed, unasked for or unusable ends the connection: a well-behaved agent
-    /// never does it, and the requests in flight fall back to the attach path at once.
+    /// Registers session `id`'s exit as owed (before its Spawn is sent: the exit may come
+    /// before the Spawned reply).
+    fn expect_exit(&self, id: u32) -> oneshot::Receiver<Exit> {
+        let (tx, rx) = oneshot::channel();
+        self.lock_exits().insert(id, Some(tx));
+        rx
+    }
+
+    /// Session `id` never started: no exit is owed.
+    fn forget_exit(&self, id: u32) {
+        self.lock_exits().remove(&id);
+    }
+
+    /// Nobody waits for session `id`'s exit any more; it is still owed.
+    fn abandon_exit(&self, id: u32) {
+        if let Some(tx) = self.lock_exits().get_mut(&id) {
+            *tx = None;
+        }
+    }
+
+    /// A tenant error text as it may be passed on: cut by [`tenant_text`], and past
+    /// [`TEXT_BUDGET`] texts per [`TEXT_WINDOW`] a fixed stand-in.
+    fn passed_text(&self, text: &str) -> String {
+        let mut t = self.texts.lock().unwrap_or_else(|p| p.into_inner());
+        if t.0.elapsed() >= TEXT_WINDOW {
+            *t = (Instant::now(), 0);
+        }
+        t.1 += 1;
+        if t.1 > TEXT_BUDGET {
+            return "(the agent's error text is withheld: too many)".into();
+        }
+        tenant_text(text)
+    }
+
+    /// Anything malformed, unasked for, unusable or stuck ends the connection: a well-behaved
+    /// agent never does it. Logged once per connection; `what` may carry tenant text.
     fn violation(&self, what: &str) {
-        warn!(what, "session agent misbehaved; dropping its connection");
         crate::metrics::protocol_violation(crate::metrics::Violation::Agent);
-        self.misbehaved.store(true, Ordering::Relaxed);
+        if !self.misbehaved.swap(true, Ordering::Relaxed) {
+            warn!(what = %tenant_text(what), "session agent misbehaved; dropping its connection");
+        }
         self.dead.cancel();
     }
 
+    /// A request that expects no reply (signal, hang-up); bounded by [`SEND_TIMEOUT`].
     async fn send(&self, req: &Request) {
-        if let Err(e) = send(&self.sock, req).await {
-            debug!(error = %e, "agent send failed");
-            self.dead.cancel();
+        if self.dead.is_cancelled() {
+            return;
+        }
+        match send(&self.sock, req).await {
+            Ok(()) => {}
+            Err(SendError::Stuck) => self.violation("the agent stopped reading its requests"),
+            Err(SendError::Failed(e)) => {
+                debug!(error = %e, "agent send failed");
+                self.dead.cancel();
+            }
         }
     }
 
+    /// Sends `req` and waits for its reply. [`AgentError::Unavailable`] when it was not sent,
+    /// [`AgentError::Sent`] when it was and no reply came.
     async fn request(&self, id: u32, req: &Request) -> Result<(Reply, Vec<OwnedFd>), AgentError> {
+        if self.dead.is_cancelled() {
+            return Err(AgentError::Unavailable("agent connection lost".into()));
+        }
         let (tx, rx) = oneshot::channel();
         self.lock_replies().insert(id, tx);
-        let gone = || AgentError::Unavailable("agent connection lost".into());
-        let r = async {
-            send(&self.sock, req).await.map_err(|_| gone())?;
-            tokio::select! {
-                r = rx => r.map_err(|_| gone()),
-                _ = self.dead.cancelled() => Err(gone()),
-                _ = tokio::time::sleep(REPLY_TIMEOUT) => {
-                    // Treated like misbehaviour: a stuck agent would make every session wait.
-                    warn!("session agent did not answer in time; dropping its connection");
-                    self.misbehaved.store(true, Ordering::Relaxed);
+        let r = match send(&self.sock, req).await {
+            Err(e) => {
+                if matches!(e, SendError::Stuck) {
+                    self.violation("the agent stopped reading its requests");
+                } else {
                     self.dead.cancel();
-                    Err(AgentError::Unavailable("agent did not answer".into()))
+                }
+                Err(AgentError::Unavailable(format!("agent send: {e:?}")))
+            }
+            Ok(()) => {
+                let lost = || {
+                    // An agent that goes away with a request in flight is not restarted at once
+                    // either: one that dies on every request would fail every session.
+                    self.misbehaved.store(true, Ordering::Relaxed);
+                    AgentError::Sent("the session agent connection was lost".into())
+                };
+                tokio::select! {
+                    r = rx => r.map_err(|_| lost()),
+                    _ = self.dead.cancelled() => Err(lost()),
+                    _ = tokio::time::sleep(REPLY_TIMEOUT) => {
+                        // Treated like misbehaviour: a stuck agent would make every session wait.
+                        self.violation("the agent did not answer in time");
+                        Err(AgentError::Sent("the session agent did not answer in time".into()))
+                    }
                 }
             }
+        };
+        if r.is_err() {
+            self.lock_replies().remove(&id);
         }
-        .await;
-        self.lock_replies().remove(&id);
         r
     }
 
     async fn dispatch(self: Arc<Self>) {
+        // One receive buffer per connection, reused for every message.
+        let mut buf = vec![0u8; berth_agent::MAX_MESSAGE + 1];
         loop {
             let m = tokio::select! {
-                m = recv(&self.sock, berth_agent::MAX_FDS) => m,
+                m = recv(&self.sock, berth_agent::MAX_FDS, &mut buf) => m,
                 _ = self.dead.cancelled() => break,
             };
-            let m = match m {
+            let (n, fds) = match m {
                 Ok(m) => m,
                 Err(WireError::Malformed(e)) => {
                     self.violation(&e);
-                    continue;
+                    break;
                 }
                 Err(_) => break,
             };
-            match berth_agent::decode::<Reply>(&m.bytes) {
-                Ok(Reply::Exited { id, status, signal }) => {
-                    let tx = self.lock_exits().remove(&id);
-                    match tx {
-                        Some(tx) => {
-                            let _ = tx.send(policy::exit_from_wait(status, signal));
-                        }
-                        // A session we stopped waiting for (its channel closed first).
-                        None if self.issued(id) => {}
-                        None => self.violation("exit of an unknown session"),
-                    }
-                }
-                Ok(
-                    reply @ (Reply::Spawned { id, .. }
-                    | Reply::Failed { id, .. }
-                    | Reply::Connected { id }),
-                ) => {
-                    let tx = self.lock_replies().remove(&id);
-                    match tx {
-                        Some(tx) => {
-                            let _ = tx.send((reply, m.fds));
-                        }
-                        // Too late: the request timed out (its fds are closed here).
-                        None if self.issued(id) => {}
-                        None => self.violation("reply to no request"),
-                    }
-                }
-                Ok(Reply::Hello { .. }) => self.violation("second hello"),
-                Err(e) => self.violation(&e.to_string()),
+            if let Err(what) = self.deliver(&buf[..n], fds) {
+                self.violation(&what);
+                break;
             }
         }
         self.dead.cancel();
         self.lock_replies().clear();
         self.lock_exits().clear();
         debug!("session agent connection closed");
+    }
+
+    /// Hands one message to whoever waits for it. Every message must be owed: one reply per
+    /// request, one exit per started session; anything else is an error (and ends the
+    /// connection), so a flood of replies costs the gateway one message.
+    fn deliver(&self, bytes: &[u8], fds: Vec<OwnedFd>) -> Result<(), String> {
+        match berth_agent::decode::<Reply>(bytes) {
+            Ok(Reply::Exited { id, status, signal }) => {
+                if !fds.is_empty() {
+                    return Err("fds with an exit".into());
+                }
+                match self.lock_exits().remove(&id) {
+                    Some(Some(tx)) => {
+                        let _ = tx.send(policy::exit_from_wait(status, signal));
+                        Ok(())
+                    }
+                    // A session we stopped waiting for (its channel closed first).
+                    Some(None) => Ok(()),
+                    None => Err(format!("exit of session {id}, which is not running")),
+                }
+            }
+            Ok(
+                reply @ (Reply::Spawned { id, .. }
+                | Reply::Failed { id, .. }
+                | Reply::Connected { id }),
+            ) => {
+                let tx = self.lock_replies().remove(&id);
+                match tx {
+                    Some(tx) => {
+                        // The requester gave up (its client went away): a session that started
+                        // anyway is ended, nobody will read it.
+                        match tx.send((reply, fds)) {
+                            Err((Reply::Spawned { .. }, _fds)) => {
+                                self.abandon_exit(id);
+                                self.hangup_soon(id);
+                            }
+                            Err((Reply::Failed { .. }, _)) => self.forget_exit(id),
+                            _ => {}
+                        }
+                        Ok(())
+                    }
+                    None => Err(format!(
+                        "{} for request {id}, which waits for none",
+                        kind(&reply)
+                    )),
+                }
+            }
+            Ok(Reply::Hello { .. }) => Err("second hello".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Sends a hang-up without making the dispatcher wait for room in the socket.
+    fn hangup_soon(&self, id: u32) {
+        let r = berth_agent::send(self.sock.get_ref().as_fd(), &Request::Hangup { id }, &[]);
+        if let Err(e) = r {
+            debug!(error = %e, id, "hang-up of an abandoned session not sent");
+        }
     }
 }
 
@@ -696,17 +1097,22 @@ fn process(
     let [stdin, stdout, stderr]: [OwnedFd; 3] = fds
         .try_into()
         .map_err(|_| bad("a pipe session needs three fds"))?;
+    // These checks are the only ones: tokio's unchecked constructors are used on purpose, so
+    // that what is accepted is decided here and nowhere else.
     fds::check_pipe(&stdin, PipeEnd::Write)?;
     fds::check_pipe(&stdout, PipeEnd::Read)?;
     fds::check_pipe(&stderr, PipeEnd::Read)?;
+    for fd in [&stdin, &stdout, &stderr] {
+        fds::set_nonblocking(fd)?;
+    }
     fds::grow_pipe(&stdin);
     fds::grow_pipe(&stdout);
     Ok(Process {
-        stdin: Box::new(pipe::Sender::from_owned_fd(stdin)?),
+        stdin: Box::new(pipe::Sender::from_owned_fd_unchecked(stdin)?),
         keep_stdin_open: false,
         output: Box::new(PipeOutput {
-            out: Some(pipe::Receiver::from_owned_fd(stdout)?),
-            err: Some(pipe::Receiver::from_owned_fd(stderr)?),
+            out: Some(pipe::Receiver::from_owned_fd_unchecked(stdout)?),
+            err: Some(pipe::Receiver::from_owned_fd_unchecked(stderr)?),
         }),
         control: Box::new(control(None)),
         path: "agent",
@@ -840,7 +1246,238 @@ impl ProcessControl for AgentControl {
 impl Drop for AgentControl {
     fn drop(&mut self) {
         if self.exit.is_none() {
-            self.conn.lock_exits().remove(&self.id);
+            self.conn.abandon_exit(self.id);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// An agent connection whose far end the test plays.
+    fn pair() -> (Arc<AgentConn>, OwnedFd) {
+        let (ours, theirs) = berth_agent::seqpacket_pair().unwrap();
+        fds::set_nonblocking(&ours).unwrap();
+        (AgentConn::start(ours).unwrap(), theirs)
+    }
+
+    fn reply(sock: &OwnedFd, r: &Reply) {
+        berth_agent::send(sock.as_fd(), r, &[]).unwrap();
+    }
+
+    /// Waits (bounded) until the connection is dropped.
+    async fn dropped(conn: &AgentConn) {
+        tokio::time::timeout(Duration::from_secs(30), conn.dead.cancelled())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_stops_reading_cannot_hold_a_sender() {
+        let (conn, _theirs) = pair();
+        // Never read: the socket fills, and every send gives up within SEND_TIMEOUT.
+        let all = async {
+            for id in 1..1000 {
+                conn.send(&Request::Hangup { id }).await;
+                if conn.dead.is_cancelled() {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(SEND_TIMEOUT * 3, all).await.unwrap();
+        assert!(conn.misbehaved.load(Ordering::Relaxed));
+        assert!(conn.dead.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_request_to_a_stuck_agent_is_bounded_and_was_not_sent() {
+        let (conn, theirs) = pair();
+        // Fill the agent's side until the socket takes no more.
+        let mut queued = 0;
+        while berth_agent::send(conn.sock.get_ref().as_fd(), &Request::Hangup { id: 0 }, &[])
+            .is_ok()
+        {
+            queued += 1;
+            assert!(queued < 100_000);
+        }
+        let id = conn.next_id();
+        let r = tokio::time::timeout(SEND_TIMEOUT * 3, conn.request(id, &Request::Hangup { id }))
+            .await
+            .unwrap();
+        // Not sent: another path may serve it; and the stuck agent counts as misbehaving.
+        assert!(
+            matches!(r, Err(AgentError::Unavailable(_))),
+            "{:?}",
+            r.err()
+        );
+        assert!(conn.misbehaved.load(Ordering::Relaxed));
+        // Nothing but what was queued before reached the agent.
+        rustix::io::ioctl_fionbio(&theirs, true).unwrap();
+        let mut got = 0;
+        while berth_agent::recv(theirs.as_fd(), 0).is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, queued);
+    }
+
+    #[tokio::test]
+    async fn a_request_never_answered_is_bounded_and_may_have_run() {
+        let (conn, _theirs) = pair();
+        let id = conn.next_id();
+        let r = tokio::time::timeout(REPLY_TIMEOUT * 2, conn.request(id, &Request::Hangup { id }))
+            .await
+            .unwrap();
+        assert!(matches!(r, Err(AgentError::Sent(_))), "{:?}", r.err());
+        assert!(conn.misbehaved.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_reply_to_no_request_ends_the_connection() {
+        let (conn, theirs) = pair();
+        reply(&theirs, &Reply::Connected { id: 1 });
+        dropped(&conn).await;
+        assert!(conn.misbehaved.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_second_reply_to_an_answered_request_ends_the_connection() {
+        let (conn, theirs) = pair();
+        let id = conn.next_id();
+        let answering = tokio::task::spawn_blocking(move || {
+            let m = berth_agent::recv(theirs.as_fd(), 0);
+            assert!(m.is_ok());
+            reply(
+                &theirs,
+                &Reply::Failed {
+                    id,
+                    error: "no".into(),
+                },
+            );
+            theirs
+        });
+        let connect = Request::Connect {
+            id,
+            ip: [127, 0, 0, 1].into(),
+            port: 1,
+        };
+        let r = conn.request(id, &connect).await;
+        let theirs = answering.await.unwrap();
+        assert!(matches!(r, Ok((Reply::Failed { .. }, _))));
+        assert!(!conn.dead.is_cancelled());
+        // The same answer again, then a flood: the first extra one ends the connection and the
+        // rest are never read.
+        for _ in 0..8 {
+            reply(
+                &theirs,
+                &Reply::Failed {
+                    id,
+                    error: "no".into(),
+                },
+            );
+        }
+        dropped(&conn).await;
+        assert!(conn.misbehaved.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn exits_are_owed_once_per_started_session() {
+        let (conn, theirs) = pair();
+        let waited = conn.next_id();
+        let rx = conn.expect_exit(waited);
+        let abandoned = conn.next_id();
+        drop(conn.expect_exit(abandoned));
+        conn.abandon_exit(abandoned);
+        let exited = |id| Reply::Exited {
+            id,
+            status: Some(0),
+            signal: None,
+        };
+        reply(&theirs, &exited(waited));
+        reply(&theirs, &exited(abandoned));
+        assert_eq!(rx.await.unwrap(), Exit::Status(0));
+        assert!(!conn.dead.is_cancelled());
+        // Its exit was delivered: a second one is owed to nobody.
+        reply(&theirs, &exited(waited));
+        dropped(&conn).await;
+        assert!(conn.misbehaved.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_session_started_after_its_requester_left_is_hung_up() {
+        let (conn, theirs) = pair();
+        let id = conn.next_id();
+        drop(conn.expect_exit(id));
+        let (tx, rx) = oneshot::channel();
+        conn.lock_replies().insert(id, tx);
+        drop(rx);
+        reply(&theirs, &Reply::Spawned { id, pid: 9 });
+        let got = tokio::task::spawn_blocking(move || {
+            let m = berth_agent::recv(theirs.as_fd(), 0).unwrap();
+            berth_agent::decode::<Request>(&m.bytes).unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, Request::Hangup { id });
+        assert!(!conn.misbehaved.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn tenant_text_is_cut_and_escaped() {
+        assert_eq!(tenant_text("plain"), "plain");
+        assert_eq!(tenant_text("a\nb\x1b[2J"), "a\\nb\\u{1b}[2J");
+        let long = "é".repeat(1000);
+        let cut = tenant_text(&long);
+        assert!(cut.len() <= TEXT_MAX + '…'.len_utf8(), "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        let esc = tenant_text(&"\u{7}".repeat(1000));
+        assert!(esc.len() <= TEXT_MAX + '…'.len_utf8());
+    }
+
+    #[tokio::test]
+    async fn error_texts_per_connection_are_budgeted() {
+        let (conn, _theirs) = pair();
+        let passed: Vec<String> = (0..TEXT_BUDGET + 5)
+            .map(|i| conn.passed_text(&format!("error {i}")))
+            .collect();
+        assert_eq!(passed[0], "error 0");
+        assert_eq!(
+            passed[TEXT_BUDGET as usize - 1],
+            format!("error {}", TEXT_BUDGET - 1)
+        );
+        assert!(passed[TEXT_BUDGET as usize].contains("withheld"));
+    }
+
+    #[tokio::test]
+    async fn only_the_started_process_may_hold_a_handshake() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent_dir = dir.path().join("server1");
+        std::fs::create_dir(&agent_dir).unwrap();
+        let l = Listener::bind(&agent_dir).unwrap();
+        let me = i32::try_from(std::process::id()).unwrap();
+        assert_eq!(l.admit(Some(me)), Admit::No);
+        let _rx = l.expect("tok");
+        assert_eq!(l.admit(Some(me)), Admit::NotYet);
+        l.started("tok", me);
+        assert_eq!(l.admit(Some(me)), Admit::Yes);
+        assert_eq!(l.admit(Some(me + 1)), Admit::No);
+        assert_eq!(l.admit(None), Admit::No);
+        l.forget("tok");
+        assert_eq!(l.admit(Some(me)), Admit::No);
+    }
+
+    #[tokio::test]
+    async fn a_removed_socket_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent_dir = dir.path().join("server1");
+        std::fs::create_dir(&agent_dir).unwrap();
+        let l = Listener::bind(&agent_dir).unwrap();
+        assert!(l.in_place(&agent_dir));
+        std::fs::remove_file(agent_dir.join(SOCKET_NAME)).unwrap();
+        assert!(!l.in_place(&agent_dir));
+        let other = Listener::bind(&agent_dir).unwrap();
+        assert!(other.in_place(&agent_dir));
+        assert!(!l.in_place(&agent_dir));
     }
 }

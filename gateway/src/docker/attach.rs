@@ -220,13 +220,14 @@ impl AttachControl {
     }
 }
 
-/// Runs a short helper command as root in the container (as provisioning does, at most 2 s: a
-/// login waits for it); its exit code, `None` when Docker refused or it did not finish.
-pub async fn run_root(docker: &Docker, container: &str, cmd: Vec<String>) -> Option<i64> {
-    tenants::provision::exec_as_root(docker, container, cmd, Duration::from_secs(2))
-        .await
-        .ok()
-        .flatten()
+/// What [`run_root`] saw: the exit code, `None` when the helper did not finish in time, or the
+/// Docker call that failed.
+pub type RootRun = Result<Option<i64>, tenants::provision::ExecFailed>;
+
+/// Runs a short helper command as root in the container (as provisioning does, at most 2 s in
+/// all, reading its output included: a login waits for it).
+pub async fn run_root(docker: &Docker, container: &str, cmd: Vec<String>) -> RootRun {
+    tenants::provision::exec_as_root(docker, container, cmd, Duration::from_secs(2)).await
 }
 
 /// Starts a root helper in the container and does not wait for it.

@@ -28,8 +28,20 @@ fn refuse(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-/// A FIFO opened for `end` (and nothing else).
+/// The fd's status flags, refusing an `O_PATH` fd: it names a file without opening it, and
+/// `fstat` on it reports the file's type, so a type check alone would pass one (a path fd of a
+/// FIFO even reads as `O_RDONLY`).
+fn opened(fd: &OwnedFd) -> io::Result<OFlags> {
+    let fl = rustix::fs::fcntl_getfl(fd)?;
+    if fl.contains(OFlags::PATH) {
+        return Err(refuse("an O_PATH fd (not an open file)".into()));
+    }
+    Ok(fl)
+}
+
+/// A FIFO opened for `end` (and nothing else: read-write is refused too).
 pub fn check_pipe(fd: &OwnedFd, end: PipeEnd) -> io::Result<()> {
+    let fl = opened(fd)?;
     let st = rustix::fs::fstat(fd)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::Fifo {
         return Err(refuse(format!(
@@ -37,7 +49,7 @@ pub fn check_pipe(fd: &OwnedFd, end: PipeEnd) -> io::Result<()> {
             FileType::from_raw_mode(st.st_mode)
         )));
     }
-    let mode = rustix::fs::fcntl_getfl(fd)? & OFlags::RWMODE;
+    let mode = fl & OFlags::RWMODE;
     let ok = match end {
         PipeEnd::Read => mode == OFlags::RDONLY,
         PipeEnd::Write => mode == OFlags::WRONLY,
@@ -48,8 +60,10 @@ pub fn check_pipe(fd: &OwnedFd, end: PipeEnd) -> io::Result<()> {
     Ok(())
 }
 
-/// A PTY master: a character device 5:2 (`ptmx`, of any devpts instance).
+/// A PTY master open for reading and writing: a character device 5:2 (`ptmx`, of any devpts
+/// instance) that answers `TIOCGPTN` (a slave or `/dev/tty` does not).
 pub fn check_pty_master(fd: &OwnedFd) -> io::Result<()> {
+    let fl = opened(fd)?;
     let st = rustix::fs::fstat(fd)?;
     let rdev = st.st_rdev;
     if FileType::from_raw_mode(st.st_mode) != FileType::CharacterDevice
@@ -58,13 +72,16 @@ pub fn check_pty_master(fd: &OwnedFd) -> io::Result<()> {
     {
         return Err(refuse("expected a PTY master (char device 5:2)".into()));
     }
-    // A master answers TIOCGPTN; a slave or /dev/tty does not.
+    if fl & OFlags::RWMODE != OFlags::RDWR {
+        return Err(refuse("PTY master not open for reading and writing".into()));
+    }
     rustix::pty::ptsname(fd, Vec::new()).map_err(|e| refuse(format!("not a PTY master: {e}")))?;
     Ok(())
 }
 
 /// A connected TCP stream socket whose peer is `want`.
 pub fn check_tcp(fd: &OwnedFd, want: SocketAddr) -> io::Result<()> {
+    opened(fd)?;
     let st = rustix::fs::fstat(fd)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::Socket {
         return Err(refuse("expected a socket".into()));
@@ -218,6 +235,87 @@ mod tests {
         let slave = rustix::pty::ioctl_tiocgptpeer(&master, flags).unwrap();
         assert!(check_pty_master(&master).is_ok());
         assert!(check_pty_master(&slave).is_err());
+    }
+
+    /// An `O_PATH` fd of `fd`'s file, as a hostile agent can make one (`/proc/self/fd/N`).
+    fn path_fd(fd: &OwnedFd) -> OwnedFd {
+        use std::os::fd::AsRawFd;
+        rustix::fs::open(
+            format!("/proc/self/fd/{}", fd.as_raw_fd()),
+            OFlags::PATH | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn o_path_fds_are_refused_by_the_checks_themselves() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let pr = path_fd(&r);
+        // What a type check alone would see: a FIFO whose access mode reads as read-only.
+        assert_eq!(
+            FileType::from_raw_mode(rustix::fs::fstat(&pr).unwrap().st_mode),
+            FileType::Fifo
+        );
+        assert_eq!(
+            rustix::fs::fcntl_getfl(&pr).unwrap() & OFlags::RWMODE,
+            OFlags::RDONLY
+        );
+        assert!(check_pipe(&pr, PipeEnd::Read).is_err());
+        assert!(check_pipe(&path_fd(&w), PipeEnd::Write).is_err());
+        let ptmx = rustix::fs::open(
+            "/dev/ptmx",
+            OFlags::PATH | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        assert!(check_pty_master(&ptmx).is_err());
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = OwnedFd::from(std::net::TcpStream::connect(addr).unwrap());
+        if let Ok(ps) = rustix::fs::open(
+            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&s)),
+            OFlags::PATH | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
+            assert!(check_tcp(&ps, addr).is_err());
+        }
+    }
+
+    #[test]
+    fn a_read_write_fifo_is_not_a_pipe_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &p,
+            FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let rw = OwnedFd::from(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&p)
+                .unwrap(),
+        );
+        assert!(check_pipe(&rw, PipeEnd::Read).is_err());
+        assert!(check_pipe(&rw, PipeEnd::Write).is_err());
+    }
+
+    #[test]
+    fn sockets_are_not_pipes() {
+        let (a, _b) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        assert!(check_pipe(&a, PipeEnd::Read).is_err());
+        assert!(check_pipe(&a, PipeEnd::Write).is_err());
     }
 
     #[test]

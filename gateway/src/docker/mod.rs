@@ -96,7 +96,7 @@ impl DockerExec {
         login: &str,
         req: ExecRequest,
     ) -> Result<Process, BackendError> {
-        let user = self.user(target, login).await;
+        let user = self.user(target, login).await?;
         let mut env = req.env;
         // Docker exec sets HOME from the user's passwd entry but not USER/LOGNAME (sshd sets all
         // three); tools such as Ansible read them.
@@ -113,8 +113,16 @@ impl DockerExec {
                     crate::metrics::session_path(p.path);
                     return Ok(p);
                 }
-                Err(e) => {
+                Err(AgentError::Unavailable(e)) => {
                     debug!(server = %login, error = %e, "agent path unavailable; using docker exec");
+                }
+                // The Spawn reached the agent: the command may have run, so it is not started
+                // a second time on the attach path.
+                Err(e @ (AgentError::Sent(_) | AgentError::Refused(_))) => {
+                    warn!(server = %login, error = %e, "session failed after its command was handed to the agent; not retried");
+                    return Err(BackendError::Failed(format!(
+                        "session not started, and not retried because the command may have run: {e}"
+                    )));
                 }
             }
         }
@@ -147,9 +155,14 @@ impl DockerExec {
             }
             ForwardDest::Container(ip) => vec![ip],
         };
-        if let (Some(hub), Some(dir)) = (&self.hub, &target.agent_dir) {
-            let user = self.user(target, login).await;
-            let at = self.placement(target, dir, &user);
+        // An undecidable user keeps forwards off the agent (it would start as that user and
+        // serve the container's sessions later); they connect from the gateway instead.
+        let user = match (&self.hub, &target.agent_dir) {
+            (Some(_), Some(_)) => self.user(target, login).await.ok(),
+            _ => None,
+        };
+        if let (Some(hub), Some(dir), Some(user)) = (&self.hub, &target.agent_dir, &user) {
+            let at = self.placement(target, dir, user);
             let mut last = None;
             for ip in &candidates {
                 match hub
@@ -161,7 +174,7 @@ impl DockerExec {
                         return Ok(s);
                     }
                     Err(AgentError::Refused(e)) => last = Some(e),
-                    Err(AgentError::Unavailable(e)) => {
+                    Err(AgentError::Unavailable(e) | AgentError::Sent(e)) => {
                         debug!(server = %login, error = %e, "agent path unavailable; connecting from the gateway");
                         last = None;
                         break;
@@ -208,14 +221,19 @@ impl DockerExec {
     /// server's login user, else `tenant` when the image has it, else `root`. Found once per
     /// container, when the login name is also made a passwd alias of that user
     /// ([`policy::login_alias_argv`]).
-    async fn user(&self, target: &Target, login: &str) -> String {
+    ///
+    /// Fails closed: `root` only when the probe says `tenant` does not exist (`id` exits 1).
+    /// A probe that Docker refuses, that does not finish in time (a tenant can exhaust its pids
+    /// limit or make `id` hang) or that ends any other way refuses the session, and nothing is
+    /// cached, so the next session asks again.
+    async fn user(&self, target: &Target, login: &str) -> Result<String, BackendError> {
         if let Some(u) = self
             .users
             .lock()
             .ok()
             .and_then(|m| m.get(&target.container_id).cloned())
         {
-            return u;
+            return Ok(u);
         }
         let container = &target.container_id;
         let user = if !self.exec_user.is_empty() {
@@ -224,9 +242,16 @@ impl DockerExec {
             u.clone()
         } else {
             let probe = vec!["id".into(), "-u".into(), "tenant".into()];
-            match attach::run_root(&self.docker, container, probe).await {
-                Some(0) => "tenant".to_string(),
-                _ => "root".to_string(),
+            let answer = attach::run_root(&self.docker, container, probe).await;
+            match probe_user(&answer) {
+                Some(u) => u.to_string(),
+                None => {
+                    warn!(server = %login, answer = %ProbeAnswer(&answer), "cannot tell which user sessions run as; refusing the session");
+                    return Err(BackendError::Failed(format!(
+                        "cannot tell which user sessions of {login} run as (`id -u tenant` as root {})",
+                        ProbeAnswer(&answer)
+                    )));
+                }
             }
         };
         if login != user {
@@ -236,8 +261,8 @@ impl DockerExec {
                 policy::login_alias_argv(login, &user),
             )
             .await;
-            if code != Some(0) {
-                debug!(server = %login, user = %user, ?code, "could not add the login name as a passwd alias");
+            if !matches!(code, Ok(Some(0))) {
+                debug!(server = %login, user = %user, answer = %ProbeAnswer(&code), "could not add the login name as a passwd alias");
             }
         }
         if let Ok(mut m) = self.users.lock() {
@@ -246,6 +271,50 @@ impl DockerExec {
             }
             m.insert(container.clone(), user.clone());
         }
-        user
+        Ok(user)
+    }
+}
+
+/// What `id -u tenant` as root says about the session user: exit 0 `tenant`, exit 1 (no such
+/// user) `root`; anything else (Docker refused, not finished in time, killed, not runnable)
+/// decides nothing.
+fn probe_user(answer: &attach::RootRun) -> Option<&'static str> {
+    match answer {
+        Ok(Some(0)) => Some("tenant"),
+        Ok(Some(1)) => Some("root"),
+        _ => None,
+    }
+}
+
+/// A root helper's outcome for logs and errors.
+struct ProbeAnswer<'a>(&'a attach::RootRun);
+
+impl std::fmt::Display for ProbeAnswer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Ok(Some(code)) => write!(f, "exited with {code}"),
+            Ok(None) => f.write_str("did not finish within its bound"),
+            Err(e) => write!(f, "docker {}: {}", e.step, e.source),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_clear_probe_answer_decides_the_user() {
+        assert_eq!(probe_user(&Ok(Some(0))), Some("tenant"));
+        assert_eq!(probe_user(&Ok(Some(1))), Some("root"));
+        for undecided in [
+            Ok(Some(2)),
+            Ok(Some(126)),
+            Ok(Some(137)),
+            Ok(Some(-1)),
+            Ok(None),
+        ] {
+            assert_eq!(probe_user(&undecided), None, "{undecided:?}");
+        }
     }
 }

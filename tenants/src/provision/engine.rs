@@ -46,13 +46,27 @@ pub struct ExecFailed {
 
 /// Runs `argv` as root in `container` (which must be running), reads and drops its output, and
 /// waits at most `bound` for it to finish. `Ok(Some(code))` when it finished (-1 when Docker
-/// reports no code), `Ok(None)` when it was still running at `bound`.
+/// reports no code), `Ok(None)` when it was not done at `bound`.
+///
+/// `bound` covers every step, reading the output included: a command that hangs with its
+/// output open (or a Docker call that hangs) costs the caller `bound`, never more.
 pub async fn exec_as_root(
     docker: &Docker,
     container: &str,
     argv: Vec<String>,
     bound: Duration,
 ) -> Result<Option<i64>, ExecFailed> {
+    match tokio::time::timeout(bound, run_as_root(docker, container, argv)).await {
+        Ok(r) => r.map(Some),
+        Err(_elapsed) => Ok(None),
+    }
+}
+
+async fn run_as_root(
+    docker: &Docker,
+    container: &str,
+    argv: Vec<String>,
+) -> Result<i64, ExecFailed> {
     const POLL: Duration = Duration::from_millis(20);
     let failed = |step| move |source| ExecFailed { step, source };
     let opts = CreateExecOptions::<String> {
@@ -74,17 +88,13 @@ pub async fn exec_as_root(
         StartExecResults::Attached { mut output, .. } => while output.next().await.is_some() {},
         StartExecResults::Detached => {}
     }
-    let deadline = tokio::time::Instant::now() + bound;
     loop {
         let i = docker
             .inspect_exec(&exec.id)
             .await
             .map_err(failed("inspect exec in"))?;
         if i.running != Some(true) {
-            return Ok(Some(i.exit_code.unwrap_or(-1)));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(None);
+            return Ok(i.exit_code.unwrap_or(-1));
         }
         tokio::time::sleep(POLL).await;
     }
