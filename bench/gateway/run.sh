@@ -1,6 +1,6 @@
 #!/bin/bash
-# berth gateway vs OpenSSH sshd on this machine, same client, same cipher, one run: issue 10's
-# targets side by side.
+# berth gateway vs OpenSSH sshd on this machine, same client, same cipher, one run: throughput,
+# login latency and memory side by side.
 #
 #   cargo build --release -p berth && make agent
 #   bench/gateway/run.sh                              # SIZE_MB=1024 ROUNDS=3 IDLE=100

@@ -572,14 +572,20 @@ impl Listener {
         self.pids.send_modify(|n| *n += 1);
     }
 
+    /// `peer` is `None` when the connecting process is not visible from the gateway's pid
+    /// namespace. A gateway in the host's namespace sees every process, so that happens only to
+    /// a gateway in a pid namespace of its own (a container, `unshare --pid`), which sees no
+    /// container process at all: there the pid rule cannot apply and the start's token alone
+    /// decides. Only processes of this container can reach its socket, so an intruder there
+    /// holds at most this container's own handshake slots (its own sessions then take the
+    /// attach path).
     fn admit(&self, peer: Option<i32>) -> Admit {
         let waiting = self.lock();
-        if peer.is_some() && waiting.values().any(|p| p.pid == peer) {
-            Admit::Yes
-        } else if waiting.values().any(|p| p.pid.is_none()) {
-            Admit::NotYet
-        } else {
-            Admit::No
+        match peer {
+            Some(pid) if waiting.values().any(|p| p.pid == Some(pid)) => Admit::Yes,
+            _ if waiting.values().any(|p| p.pid.is_none()) => Admit::NotYet,
+            None if !waiting.is_empty() => Admit::Yes,
+            _ => Admit::No,
         }
     }
 
@@ -749,7 +755,8 @@ async fn handshake(conn: OwnedFd, peer: Option<i32>, weak: Weak<Listener>) {
             let mut waiting = l.lock();
             match waiting.get(&token) {
                 Some(p) if p.pid.is_none() => None,
-                Some(p) if p.pid == peer => Some(waiting.remove(&token)),
+                // An invisible peer (see `Listener::admit`) is judged by the token alone.
+                Some(p) if p.pid == peer || peer.is_none() => Some(waiting.remove(&token)),
                 _ => Some(None),
             }
         };
@@ -1462,9 +1469,12 @@ mod tests {
         l.started("tok", me);
         assert_eq!(l.admit(Some(me)), Admit::Yes);
         assert_eq!(l.admit(Some(me + 1)), Admit::No);
-        assert_eq!(l.admit(None), Admit::No);
+        // A peer invisible from our pid namespace (the gateway in one of its own): only the
+        // token can decide, so it may try while a named start waits, never otherwise.
+        assert_eq!(l.admit(None), Admit::Yes);
         l.forget("tok");
         assert_eq!(l.admit(Some(me)), Admit::No);
+        assert_eq!(l.admit(None), Admit::No);
     }
 
     #[tokio::test]
