@@ -387,3 +387,320 @@ fn testbed_dropped_before_any_deploy_leaves_nothing_behind() -> Result<()> {
     footprint.assert_gone();
     Ok(())
 }
+
+/// The cluster stack (`deploy/swarm/deploy.sh`): one service per labelled node with its own
+/// identity, all on one PostgreSQL in the fabric. A login through host 0's front reaches a
+/// server that lives on host 1's own dockerd (the hop across engines); host 1's node gone, the
+/// same login gets one clear line.
+#[test]
+fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<()> {
+    let started = Instant::now();
+    let image = Image::build()?;
+    let tenant_image =
+        std::env::var("BERTH_TEST_IMAGE").unwrap_or_else(|_| "berth/tenant:bookworm".into());
+    let mut tb = Testbed::start(HOSTS)?;
+    tb.form_swarm()?;
+    let ids = tb.node_ids()?;
+    tb.load_images(&[&image.0, &tenant_image])?;
+    let t = Instant::now();
+    let url = tb.start_postgres()?;
+    let postgres_up = t.elapsed();
+
+    // The operator's labels: name and hop address per node; no front on host 2.
+    let manager = &tb.hosts[0];
+    for (h, id) in tb.hosts.iter().zip(&ids) {
+        let mut args = vec![
+            "node".to_string(),
+            "update".into(),
+            "--label-add".into(),
+            format!("berth.node=n{}", h.index),
+            "--label-add".into(),
+            format!("berth.advertise={}:2200", h.addr),
+        ];
+        if h.index == 2 {
+            args.extend(["--label-add".into(), "berth.front=false".into()]);
+        }
+        args.push(id.clone());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        manager.docker(&args)?;
+    }
+
+    let table = format!("bsc{}", std::process::id());
+    let dir = tb.scratch();
+    let (config, ed, rsa) = write_inputs(&dir, &table)?;
+    // The shared config names the cluster's database (top level, so before any table) and the
+    // tenant image loaded on the hosts.
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        format!("database_url = \"{url}\"\n{text}\n[tenants]\nimage = \"{tenant_image}\"\n"),
+    )?;
+    let t = Instant::now();
+    let out = Command::new(repo().join("deploy/swarm/deploy.sh"))
+        .args(["--stack", STACK])
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", manager.socket.display()),
+        )
+        .env_remove("DOCKER_CONTEXT")
+        .env("BERTH_IMAGE", &image.0)
+        .env("BERTH_CONFIG", &config)
+        .env("BERTH_HOST_KEY", &ed)
+        .env("BERTH_HOST_KEY_RSA", &rsa)
+        .output()
+        .context("cannot run deploy/swarm/deploy.sh")?;
+    if !out.status.success() {
+        bail!(
+            "deploy.sh failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let services = manager.docker(&["service", "ls", "--format", "{{.Name}}"])?;
+    let mut services: Vec<&str> = services.lines().collect();
+    services.sort();
+    assert_eq!(
+        services,
+        ["berth_node-n0", "berth_node-n1", "berth_node-n2"],
+        "one service per labelled node"
+    );
+
+    // Every node registered and ready, seen from host 0's task.
+    let task = |h: &Host| -> Result<String> {
+        let filter = format!(
+            "label=com.docker.swarm.service.name={STACK}_node-n{}",
+            h.index
+        );
+        let ids = h.docker(&["ps", "-q", "--filter", &filter])?;
+        ids.split_whitespace()
+            .next()
+            .map(str::to_string)
+            .with_context(|| format!("no running berth task on host {}", h.index))
+    };
+    let cli = |h: &Host, args: &[&str]| -> Result<String> {
+        let id = task(h)?;
+        let mut v = vec!["exec", &id, "berth", "--config", "/etc/berth/berth.toml"];
+        v.extend_from_slice(args);
+        h.docker(&v)
+    };
+    let ready = wait_for(DEPLOY_TIMEOUT, "three ready nodes in the store", || {
+        let list: serde_json::Value =
+            serde_json::from_str(&cli(manager, &["node", "list", "--json"])?)?;
+        let ready = list
+            .as_array()
+            .map(|a| a.iter().filter(|n| n["state"] == "ready").count())
+            .unwrap_or(0);
+        Ok(ready == HOSTS)
+    });
+    if let Err(e) = ready {
+        bail!("{e:#}\n{}", cluster_logs(&tb));
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&cli(manager, &["node", "list", "--json"])?)?;
+    for h in &tb.hosts {
+        let row = list
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["name"] == format!("n{}", h.index)))
+            .with_context(|| format!("n{} listed: {list}", h.index))?;
+        assert_eq!(row["advertise"], format!("{}:2200", h.addr), "{list}");
+    }
+    // Fronts where the labels say: n0 and n1, not n2.
+    let fronts = cli(manager, &["node", "fronts"])?;
+    assert!(fronts.contains("n0") && fronts.contains("n1"), "{fronts}");
+    assert!(!fronts.contains("n2"), "{fronts}");
+    let deployed = t.elapsed();
+
+    // An account with a key (from host 0), a server created on host 1 by host 1's node.
+    let key = dir.join("id_ed25519");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()?;
+    anyhow::ensure!(st.success(), "ssh-keygen");
+    let public = std::fs::read_to_string(key.with_extension("pub"))?;
+    cli(manager, &["account", "add", "alice", "--no-password"])?;
+    cli(manager, &["account", "key", "add", "alice", public.trim()])?;
+    let host1 = &tb.hosts[1];
+    let t = Instant::now();
+    let out = cli(
+        host1,
+        &["server", "create", "--owner", "alice", "--node", "n1"],
+    )?;
+    let user = out.lines().last().unwrap_or_default().trim().to_string();
+    assert_eq!(user, "server1", "{out}");
+    let created = t.elapsed();
+    let show = cli(manager, &["server", "show", &user])?;
+    assert!(show.contains("node:      n1"), "{show}");
+    let containers = |h: &Host| -> Result<String> {
+        Ok(h.docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            "label=berth.server",
+            "--format",
+            "{{.Names}}",
+        ])?
+        .trim()
+        .to_string())
+    };
+    assert_eq!(containers(host1)?, "berth-server-1");
+    assert_eq!(containers(manager)?, "", "host 0's engine has no server");
+
+    // From the fabric, through host 0's front, across the hop into host 1's container.
+    let front0 = SocketAddr::new(manager.addr.into(), 2222);
+    let banner = banner_from(&tb.fabric, front0, DEPLOY_TIMEOUT)?;
+    assert!(banner.starts_with("SSH-2.0-berth"), "{banner:?}");
+    let t = Instant::now();
+    let out = fabric_ssh(
+        &tb,
+        &key,
+        &user,
+        manager,
+        "echo hello-$BERTH_SERVER; hostname",
+    )?;
+    let login = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        out_text(&out),
+        cluster_logs(&tb)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("hello-{user}\n{user}\n")
+    );
+    let front_log = task_log(manager)?;
+    assert!(front_log.contains("relaying to node"), "{front_log}");
+    let node_log = task_log(host1)?;
+    assert!(node_log.contains("hop login"), "{node_log}");
+    assert_eq!(containers(manager)?, "", "host 0's engine has no server");
+    assert_eq!(containers(host1)?, "berth-server-1");
+
+    // Host 1's node goes away: the next login through host 0 gets one clear line.
+    manager.docker(&["service", "rm", &format!("{STACK}_node-n1")])?;
+    wait_for(DEPLOY_TIMEOUT, "host 1's berth task gone", || {
+        let filter = format!("label=com.docker.swarm.service.name={STACK}_node-n1");
+        Ok(host1
+            .docker(&["ps", "-q", "--filter", &filter])?
+            .trim()
+            .is_empty())
+    })?;
+    let t = Instant::now();
+    let out = fabric_ssh(&tb, &key, &user, manager, "true")?;
+    let refused = t.elapsed();
+    assert!(!out.status.success(), "{}", out_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("{user}'s host n1 is unreachable; try again later")),
+        "{}",
+        out_text(&out)
+    );
+    assert!(refused < Duration::from_secs(20), "took {refused:?}");
+
+    let footprint = Footprint::of(&tb);
+    let pg = tb.postgres_pid().context("postgres pid")?;
+    let timings = tb.timings.clone();
+    drop(tb);
+    footprint.assert_gone();
+    assert!(
+        !Path::new(&format!("/proc/{pg}")).exists(),
+        "the fabric's postgres {pg} still runs"
+    );
+    eprintln!(
+        "swarm cluster timings: image load {:?}, postgres {postgres_up:?}, deploy until 3 nodes \
+         ready {deployed:?}, server create on host 1 {created:?}, first login across the hop \
+         {login:?}, unreachable answer {refused:?}, whole test {:?}",
+        timings.image_load,
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// `ssh -p 2222 USER@<host's address> -- CMD` from the fabric namespace (a client outside the
+/// hosts), with the test's key.
+fn fabric_ssh(
+    tb: &Testbed,
+    key: &Path,
+    user: &str,
+    host: &Host,
+    cmd: &str,
+) -> Result<std::process::Output> {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", tb.fabric))
+        .arg("ssh")
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=20",
+            "-i",
+        ])
+        .arg(key)
+        .args(["-p", "2222"])
+        .arg(format!("{user}@{}", host.addr))
+        .arg("--")
+        .arg(cmd)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("run ssh in the fabric")
+}
+
+fn out_text(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout {}\nstderr {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The log of host `h`'s cluster task (berth logs to stderr).
+fn task_log(h: &Host) -> Result<String> {
+    let filter = format!(
+        "label=com.docker.swarm.service.name={STACK}_node-n{}",
+        h.index
+    );
+    let ids = h.docker(&["ps", "-aq", "--filter", &filter])?;
+    let id = ids.split_whitespace().next().context("no berth task")?;
+    let out = h.docker_cmd(&["logs", id]).output()?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+/// Task states and each host's berth log tail, for a failing cluster deploy.
+fn cluster_logs(tb: &Testbed) -> String {
+    let mut s = String::new();
+    if let Some(first) = tb.hosts.first() {
+        for h in &tb.hosts {
+            s += &first
+                .docker(&[
+                    "service",
+                    "ps",
+                    "--no-trunc",
+                    &format!("{STACK}_node-n{}", h.index),
+                ])
+                .unwrap_or_else(|e| format!("{e:#}"));
+        }
+    }
+    for h in &tb.hosts {
+        let log = task_log(h).unwrap_or_else(|e| format!("{e:#}"));
+        let lines: Vec<&str> = log.lines().collect();
+        s += &format!(
+            "\n--- host {} berth log:\n{}",
+            h.index,
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        );
+    }
+    s
+}
