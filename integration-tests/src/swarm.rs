@@ -27,9 +27,12 @@
 //!   `/var/lib/berth` when missing (it cannot be removed safely while another testbed may use
 //!   it as a mount point in its own namespace).
 //!
-//! Everything (swarm membership, containers, daemons, cgroups, namespaces, directories) is
-//! removed in `Drop`, also when the test fails. Only addresses inside these namespaces are
-//! ever contacted.
+//! - [`Testbed::start_postgres`] runs a PostgreSQL server in the fabric namespace (the
+//!   cluster's shared store), reachable from every host at `10.213.0.1:5432`.
+//!
+//! Everything (swarm membership, containers, daemons, the fabric's postgres, cgroups,
+//! namespaces, directories) is removed in `Drop`, also when the test fails. Only addresses
+//! inside these namespaces are ever contacted.
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -45,8 +48,8 @@ pub const FABRIC_ADDR: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
 
 /// How long a dockerd may take to answer, and the swarm to report every node Ready.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(60);
-/// The machine's PostgreSQL binaries, for the fabric's database.
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Where Debian installs each PostgreSQL major version's binaries (`<version>/bin`).
+const PG_LIB: &str = "/usr/lib/postgresql";
 /// How long dockerd gets for SIGTERM before SIGKILL (its own container stop timeout is 10 s).
 const DAEMON_STOP: Duration = Duration::from_secs(15);
 
@@ -411,18 +414,14 @@ impl Testbed {
         Ok(())
     }
 
-    /// Starts a PostgreSQL server (the machine's PostgreSQL 15 binaries, a fresh cluster in
+    /// Starts a PostgreSQL server (the machine's newest PostgreSQL binaries, a fresh cluster in
     /// the testbed's directory) inside the fabric namespace, listening only on
     /// [`FABRIC_ADDR`]`:5432`, with a database `berth` owned by superuser `berth`; password
     /// authentication from the fabric's subnet. Returns its URL. Stopped by Drop.
     pub fn start_postgres(&mut self) -> Result<String> {
         const PASSWORD: &str = "berth-testbed";
-        let bin = Path::new(PG_BIN);
-        if !bin.join("postgres").is_file() {
-            bail!(
-                "the fabric's PostgreSQL needs {PG_BIN}/postgres (apt-get install postgresql-15)"
-            );
-        }
+        let bin = pg_bin()?;
+        let bin = bin.as_path();
         let dir = self.root.join("pg");
         let data = dir.join("data");
         std::fs::create_dir_all(&dir).context("create the postgres dir")?;
@@ -682,6 +681,27 @@ fn ip_in(netns: &str, args: &[&str]) -> Result<String> {
     let mut v = vec!["ip", "-n", netns];
     v.extend_from_slice(args);
     run(&v)
+}
+
+/// The newest installed PostgreSQL's binary directory.
+fn pg_bin() -> Result<PathBuf> {
+    let newest = std::fs::read_dir(PG_LIB)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").is_file().then_some((v, bin))
+        })
+        .max_by_key(|(v, _)| *v);
+    match newest {
+        Some((_, bin)) => Ok(bin),
+        None => bail!(
+            "the fabric's PostgreSQL needs {PG_LIB}/<version>/bin/postgres (apt-get install postgresql)"
+        ),
+    }
 }
 
 /// Waits up to `grace` for `c` (already signalled) to exit, then SIGKILLs it.

@@ -2,9 +2,12 @@
 //! `integration_tests::swarm`: the swarm forms, the offline-built daemon image reaches every
 //! engine, `docker stack deploy` of the shipped stack file runs one node task per host, and each
 //! task programs its own host's namespace (nftables table, SSH gateway on the host's address)
-//! while the machine's root namespace and the fabric stay untouched.
+//! while the machine's root namespace and the fabric stay untouched. Then the cluster:
+//! `deploy/swarm/deploy.sh` runs node and front per labelled host on one PostgreSQL in the
+//! fabric, and a login through host 0's front reaches a server on host 1's engine.
 //!
-//! Needs root, dockerd, nftables and the tenant base image (`scripts/test` provides all).
+//! Needs root, dockerd, nftables, the tenant base image and PostgreSQL 15's binaries
+//! (`scripts/test` provides all).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -669,13 +672,19 @@ fn task_log(h: &Host) -> Result<String> {
         h.index
     );
     let ids = h.docker(&["ps", "-aq", "--filter", &filter])?;
-    let id = ids.split_whitespace().next().context("no berth task")?;
-    let out = h.docker_cmd(&["logs", id]).output()?;
-    Ok(format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ))
+    // The newest task that logged anything: one swarm just created for a restart has not.
+    for id in ids.split_whitespace() {
+        let out = h.docker_cmd(&["logs", id]).output()?;
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !log.trim().is_empty() {
+            return Ok(log);
+        }
+    }
+    bail!("no berth task on host {} has logged", h.index)
 }
 
 /// Task states and each host's berth log tail, for a failing cluster deploy.
