@@ -713,3 +713,110 @@ fn cluster_logs(tb: &Testbed) -> String {
     }
     s
 }
+
+/// `deploy.sh` reads the node labels through the docker CLI; a stub CLI that answers `node ls`
+/// and `node inspect` from a table shows what it generates and what it refuses, without a swarm.
+#[test]
+fn deploy_sh_pins_one_service_per_labelled_node_and_refuses_bad_labels() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stub = dir.path().join("bin");
+    std::fs::create_dir_all(&stub)?;
+    let docker = stub.join("docker");
+    // `node ls -q` lists the table's ids; `node inspect --format … ID` prints the table's row
+    // ("ID berth.node berth.advertise berth.front", as the script's template does).
+    std::fs::write(
+        &docker,
+        "#!/bin/sh\nfor a; do last=$a; done\ncase \"$1 $2\" in\n\
+         'node ls') cut -d' ' -f1 \"$STUB_NODES\" ;;\n\
+         'node inspect') grep \"^$last\\( \\|$\\)\" \"$STUB_NODES\" ;;\n\
+         *) echo \"unexpected docker $*\" >&2; exit 99 ;;\nesac\n",
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755))?;
+    for f in ["berth.toml", "ed", "rsa"] {
+        std::fs::write(
+            dir.path().join(f),
+            "database_url = \"postgres://db/berth\"\n",
+        )?;
+    }
+    let path = format!(
+        "{}:{}",
+        stub.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |table: &str| -> Result<std::process::Output> {
+        let nodes = dir.path().join("nodes");
+        std::fs::write(&nodes, table)?;
+        Command::new(repo().join("deploy/swarm/deploy.sh"))
+            .arg("--print")
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .env("STUB_NODES", &nodes)
+            .env("BERTH_CONFIG", "berth.toml")
+            .env("BERTH_HOST_KEY", "ed")
+            .env("BERTH_HOST_KEY_RSA", "rsa")
+            .env("BERTH_IMAGE", "berth/berth:t")
+            .output()
+            .context("run deploy.sh")
+    };
+
+    let out = run("id0 n0 10.0.0.10:2200\nid1 n1 10.0.0.11:2200 false\nid2\n")?;
+    assert!(out.status.success(), "{}", out_text(&out));
+    let yml = String::from_utf8_lossy(&out.stdout);
+    let service = |name: &str| -> String {
+        let start = yml.find(&format!("  node-{name}:\n")).unwrap_or(yml.len());
+        let rest = &yml[start..];
+        let end = rest[1..]
+            .find("\n  node-")
+            .or_else(|| rest.find("\nnetworks:"))
+            .map_or(rest.len(), |e| e + 1);
+        rest[..end].to_string()
+    };
+    let n0 = service("n0");
+    assert!(n0.contains("\"node.id == id0\""), "{yml}");
+    assert!(n0.contains("BERTH_CLUSTER_NODE: \"n0\""), "{yml}");
+    assert!(
+        n0.contains("BERTH_CLUSTER_ADVERTISE: \"10.0.0.10:2200\""),
+        "{yml}"
+    );
+    assert!(
+        n0.contains("\"run\", \"netfilter\", \"dns\", \"node\", \"front\"]"),
+        "{yml}"
+    );
+    let n1 = service("n1");
+    assert!(n1.contains("\"node.id == id1\""), "{yml}");
+    assert!(
+        n1.contains("\"run\", \"netfilter\", \"dns\", \"node\"]"),
+        "berth.front=false runs no front: {yml}"
+    );
+    assert!(
+        !yml.contains("id2"),
+        "an unlabelled node runs nothing: {yml}"
+    );
+    let config = dir.path().join("berth.toml");
+    assert!(
+        yml.contains(&format!("file: \"{}\"", config.display())),
+        "relative inputs become absolute: {yml}"
+    );
+
+    for (table, want) in [
+        ("id0 N0 10.0.0.10:2200\n", "not a valid node name"),
+        ("id0 n0 somewhere\n", "ADDRESS:PORT"),
+        ("id0 n0\n", "ADDRESS:PORT"),
+        (
+            "id0 n0 10.0.0.10:2200\nid1 n0 10.0.0.11:2200\n",
+            "berth.node=n0 is on both id1 and id0",
+        ),
+        ("id0\nid1\n", "no swarm node carries a berth.node label"),
+    ] {
+        let out = run(table)?;
+        assert!(!out.status.success(), "{table:?}: {}", out_text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(want),
+            "{table:?}: {}",
+            out_text(&out)
+        );
+        assert!(out.stdout.is_empty(), "{table:?}: printed a stack");
+    }
+    Ok(())
+}
