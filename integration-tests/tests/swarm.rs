@@ -507,9 +507,22 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
             .with_context(|| format!("n{} listed: {list}", h.index))?;
         assert_eq!(row["advertise"], format!("{}:2200", h.addr), "{list}");
     }
-    // Fronts where the labels say: n0 and n1, not n2.
+    // Fronts where the labels say: n0 and n1 (each registers when its front starts, after its
+    // node), and their listeners up; never n2.
+    wait_for(DEPLOY_TIMEOUT, "fronts n0 and n1 registered", || {
+        let fronts = cli(manager, &["node", "fronts"])?;
+        Ok(fronts.contains("n0") && fronts.contains("n1"))
+    })?;
+    for h in &tb.hosts[..2] {
+        let addr = SocketAddr::new(h.addr.into(), 2222);
+        let banner = banner_from(&tb.fabric, addr, DEPLOY_TIMEOUT)?;
+        assert!(
+            banner.starts_with("SSH-2.0-berth"),
+            "host {}: {banner:?}",
+            h.index
+        );
+    }
     let fronts = cli(manager, &["node", "fronts"])?;
-    assert!(fronts.contains("n0") && fronts.contains("n1"), "{fronts}");
     assert!(!fronts.contains("n2"), "{fronts}");
     let deployed = t.elapsed();
 
@@ -550,9 +563,6 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
     assert_eq!(containers(manager)?, "", "host 0's engine has no server");
 
     // From the fabric, through host 0's front, across the hop into host 1's container.
-    let front0 = SocketAddr::new(manager.addr.into(), 2222);
-    let banner = banner_from(&tb.fabric, front0, DEPLOY_TIMEOUT)?;
-    assert!(banner.starts_with("SSH-2.0-berth"), "{banner:?}");
     let t = Instant::now();
     let out = fabric_ssh(
         &tb,
@@ -578,6 +588,18 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
     assert!(node_log.contains("hop login"), "{node_log}");
     assert_eq!(containers(manager)?, "", "host 0's engine has no server");
     assert_eq!(containers(host1)?, "berth-server-1");
+
+    // Host 1's own front serves its own server without a hop; host 2 (berth.front=false)
+    // has no client listener at all.
+    let out = fabric_ssh(&tb, &key, &user, host1, "hostname")?;
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{user}\n"));
+    let out = fabric_ssh(&tb, &key, &user, &tb.hosts[2], "true")?;
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "host 2 runs no front: {}",
+        out_text(&out)
+    );
 
     // Host 1's node goes away: the next login through host 0 gets one clear line.
     manager.docker(&["service", "rm", &format!("{STACK}_node-n1")])?;
@@ -611,7 +633,7 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
     );
     eprintln!(
         "swarm cluster timings: image load {:?}, postgres {postgres_up:?}, deploy until 3 nodes \
-         ready {deployed:?}, server create on host 1 {created:?}, first login across the hop \
+         ready and 2 fronts listening {deployed:?}, server create on host 1 {created:?}, first login across the hop \
          {login:?}, unreachable answer {refused:?}, whole test {:?}",
         timings.image_load,
         started.elapsed()
