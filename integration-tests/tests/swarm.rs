@@ -594,6 +594,16 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
     let out = fabric_ssh(&tb, &key, &user, host1, "hostname")?;
     assert!(out.status.success(), "{}", out_text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{user}\n"));
+    let host1_log = task_log(host1)?;
+    assert!(
+        !host1_log.contains("relaying to node"),
+        "host 1's front relayed: {host1_log}"
+    );
+    assert_eq!(
+        host1_log.matches("hop login").count(),
+        1,
+        "only host 0's login came over the hop: {host1_log}"
+    );
     let out = fabric_ssh(&tb, &key, &user, &tb.hosts[2], "true")?;
     assert!(
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("refused"),
