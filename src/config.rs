@@ -1,8 +1,9 @@
 //! The one TOML file: each library crate defines the section it consumes; this composes them.
 //!
 //! Every key has a default, unknown keys are an error naming the key (serde's
-//! `deny_unknown_fields` message does that), and `BERTH_STATE_DIR` / `BERTH_DATABASE_URL`
-//! override the file.
+//! `deny_unknown_fields` message does that), and `BERTH_STATE_DIR` / `BERTH_DATABASE_URL` /
+//! `BERTH_CLUSTER_NODE` / `BERTH_CLUSTER_ADVERTISE` / `BERTH_CLUSTER_FRONT` override the file
+//! (validated like it).
 
 use std::path::{Path, PathBuf};
 
@@ -154,6 +155,13 @@ impl ClusterConfig {
                 tenants::placement::NODE_NAME_RULE
             ));
         }
+        if !self.front.is_empty() && !tenants::placement::valid_node_name(&self.front) {
+            return Err(format!(
+                "cluster.front {:?} is not a valid front name ({})",
+                self.front,
+                tenants::placement::NODE_NAME_RULE
+            ));
+        }
         if !database_url.starts_with("postgres") {
             return Err(format!(
                 "cluster.node is set but the database is {}: nodes and fronts of one cluster share \
@@ -281,14 +289,30 @@ impl Config {
         if let Some(dir) = std::env::var_os("BERTH_STATE_DIR").filter(|v| !v.is_empty()) {
             cfg.state_dir = PathBuf::from(dir);
         }
-        if let Ok(url) = std::env::var("BERTH_DATABASE_URL")
-            && !url.is_empty()
-        {
-            cfg.database_url = Some(url);
-        }
+        cfg.apply_env(|name| std::env::var(name).ok());
         cfg.validate()
             .map_err(|e| ConfigError(format!("{source}: {e}")))?;
         Ok((cfg, source))
+    }
+
+    /// The string overrides (`BERTH_DATABASE_URL`, `BERTH_CLUSTER_NODE`,
+    /// `BERTH_CLUSTER_ADVERTISE`, `BERTH_CLUSTER_FRONT`), read through `get`; an unset or empty
+    /// variable leaves the file's value. The cluster ones give each task of one shared config
+    /// (a swarm config) its own node identity. Validation runs afterwards, on the result.
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        let get = |name: &str| get(name).filter(|v| !v.is_empty());
+        if let Some(url) = get("BERTH_DATABASE_URL") {
+            self.database_url = Some(url);
+        }
+        if let Some(node) = get("BERTH_CLUSTER_NODE") {
+            self.cluster.node = node;
+        }
+        if let Some(advertise) = get("BERTH_CLUSTER_ADVERTISE") {
+            self.cluster.advertise = advertise;
+        }
+        if let Some(front) = get("BERTH_CLUSTER_FRONT") {
+            self.cluster.front = front;
+        }
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -396,6 +420,71 @@ listen = "127.0.0.1:9477"
         // The password never shows in the message.
         cfg.database_url = Some("sqlite:///x.db".into());
         assert!(!cfg.validate().unwrap_err().contains("secret"));
+    }
+
+    #[test]
+    fn cluster_identity_comes_from_the_environment_and_is_validated() {
+        let shared =
+            "database_url = \"postgres://berth@db/berth\"\n[cluster]\nnode_timeout_secs = 30\n";
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let mut cfg = Config::from_toml(shared).unwrap();
+        cfg.apply_env(env(&[
+            ("BERTH_CLUSTER_NODE", "n2"),
+            ("BERTH_CLUSTER_ADVERTISE", "10.0.0.2:2200"),
+            ("BERTH_CLUSTER_FRONT", "f2"),
+        ]));
+        cfg.validate().unwrap();
+        assert_eq!(cfg.cluster.node, "n2");
+        assert_eq!(cfg.cluster.advertise, "10.0.0.2:2200");
+        assert_eq!(cfg.cluster.front_name(), "f2");
+        assert_eq!(cfg.cluster.node_timeout_secs, 30);
+
+        // An empty variable leaves the file's value.
+        let mut cfg = Config::from_toml(&format!("{shared}node = \"n1\"\n")).unwrap();
+        cfg.apply_env(env(&[
+            ("BERTH_CLUSTER_NODE", ""),
+            ("BERTH_CLUSTER_FRONT", ""),
+        ]));
+        assert_eq!(cfg.cluster.node, "n1");
+        assert_eq!(cfg.cluster.front_name(), "n1");
+
+        // Overrides are held to the file's rules.
+        for (vars, want) in [
+            (
+                &[("BERTH_CLUSTER_NODE", "N 1")][..],
+                "not a valid node name",
+            ),
+            (
+                &[
+                    ("BERTH_CLUSTER_NODE", "n1"),
+                    ("BERTH_CLUSTER_ADVERTISE", "somewhere"),
+                ][..],
+                "ADDRESS:PORT",
+            ),
+            (
+                &[("BERTH_CLUSTER_ADVERTISE", "10.0.0.2:2200")][..],
+                "cluster.node is empty",
+            ),
+            (
+                &[("BERTH_CLUSTER_NODE", "n1"), ("BERTH_CLUSTER_FRONT", "f/1")][..],
+                "not a valid front name",
+            ),
+        ] {
+            let mut cfg = Config::from_toml(shared).unwrap();
+            cfg.apply_env(env(vars));
+            let err = cfg.validate().unwrap_err();
+            assert!(err.contains(want), "{vars:?}: {err}");
+        }
+        // A node named by the environment on SQLite is refused like one named in the file.
+        let mut cfg = Config::default();
+        cfg.apply_env(env(&[("BERTH_CLUSTER_NODE", "n1")]));
+        assert!(cfg.validate().unwrap_err().contains("PostgreSQL"));
     }
 
     #[test]

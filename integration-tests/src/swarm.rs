@@ -27,9 +27,12 @@
 //!   `/var/lib/berth` when missing (it cannot be removed safely while another testbed may use
 //!   it as a mount point in its own namespace).
 //!
-//! Everything (swarm membership, containers, daemons, cgroups, namespaces, directories) is
-//! removed in `Drop`, also when the test fails. Only addresses inside these namespaces are
-//! ever contacted.
+//! - [`Testbed::start_postgres`] runs a PostgreSQL server in the fabric namespace (the
+//!   cluster's shared store), reachable from every host at `10.213.0.1:5432`.
+//!
+//! Everything (swarm membership, containers, daemons, the fabric's postgres, cgroups,
+//! namespaces, directories) is removed in `Drop`, also when the test fails. Only addresses
+//! inside these namespaces are ever contacted.
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -45,6 +48,8 @@ pub const FABRIC_ADDR: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
 
 /// How long a dockerd may take to answer, and the swarm to report every node Ready.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(60);
+/// Where Debian installs each PostgreSQL major version's binaries (`<version>/bin`).
+const PG_LIB: &str = "/usr/lib/postgresql";
 /// How long dockerd gets for SIGTERM before SIGKILL (its own container stop timeout is 10 s).
 const DAEMON_STOP: Duration = Duration::from_secs(15);
 
@@ -131,6 +136,7 @@ pub struct Testbed {
     root: PathBuf,
     data_root: PathBuf,
     swarm: bool,
+    postgres: Option<Child>,
 }
 
 /// Fails with a clear message when the testbed cannot exist here (CI installs all of it).
@@ -180,6 +186,7 @@ impl Testbed {
             hosts: Vec::new(),
             timings: Timings::default(),
             swarm: false,
+            postgres: None,
         };
         let t = Instant::now();
         tb.build_network(n)?;
@@ -368,14 +375,21 @@ impl Testbed {
     /// Copies `image` from the machine's own engine into every host (`docker save` once,
     /// `docker load` per engine, in parallel).
     pub fn load_image(&mut self, image: &str) -> Result<()> {
+        self.load_images(&[image])
+    }
+
+    /// Like [`Testbed::load_image`] for several images in one archive (layers they share,
+    /// such as the daemon image's tenant base, are saved and loaded once).
+    pub fn load_images(&mut self, images: &[&str]) -> Result<()> {
         let t = Instant::now();
         let tar = self.root.join("image.tar");
         let tar_s = tar.to_string_lossy().to_string();
         let out = Command::new("docker")
-            .args(["save", "-o", &tar_s, image])
+            .args(["save", "-o", &tar_s])
+            .args(images)
             .output()
             .context("cannot run docker save")?;
-        ok_stdout(&out, &format!("docker save {image}"))?;
+        ok_stdout(&out, &format!("docker save {}", images.join(" ")))?;
         std::thread::scope(|s| -> Result<()> {
             let jobs: Vec<_> = self
                 .hosts
@@ -398,6 +412,107 @@ impl Testbed {
         let _ = std::fs::remove_file(&tar);
         self.timings.image_load = t.elapsed();
         Ok(())
+    }
+
+    /// Starts a PostgreSQL server (the machine's newest PostgreSQL binaries, a fresh cluster in
+    /// the testbed's directory) inside the fabric namespace, listening only on
+    /// [`FABRIC_ADDR`]`:5432`, with a database `berth` owned by superuser `berth`; password
+    /// authentication from the fabric's subnet. Returns its URL. Stopped by Drop.
+    pub fn start_postgres(&mut self) -> Result<String> {
+        const PASSWORD: &str = "berth-testbed";
+        let bin = pg_bin()?;
+        let bin = bin.as_path();
+        let dir = self.root.join("pg");
+        let data = dir.join("data");
+        std::fs::create_dir_all(&dir).context("create the postgres dir")?;
+        let pwfile = dir.join("pw");
+        std::fs::write(&pwfile, format!("{PASSWORD}\n")).context("write the postgres pwfile")?;
+        run(&["chown", "-R", "postgres:postgres", &dir.to_string_lossy()])?;
+        let as_postgres = |args: &[&str]| -> Command {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid",
+                "postgres",
+                "--regid",
+                "postgres",
+                "--init-groups",
+                "--",
+            ])
+            .args(args)
+            .env("HOME", &dir)
+            .current_dir(&dir);
+            c
+        };
+        let initdb = bin.join("initdb").to_string_lossy().to_string();
+        let out = as_postgres(&[
+            &initdb,
+            "-D",
+            &data.to_string_lossy(),
+            "-U",
+            "berth",
+            &format!("--pwfile={}", pwfile.display()),
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-sync",
+        ])
+        .output()
+        .context("cannot run initdb")?;
+        ok_stdout(&out, "initdb")?;
+        let mut hba = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("pg_hba.conf"))
+            .context("open pg_hba.conf")?;
+        use std::io::Write;
+        writeln!(hba, "host all all 10.213.0.0/24 scram-sha-256").context("write pg_hba.conf")?;
+        let log = std::fs::File::create(dir.join("postgres.log")).context("postgres log")?;
+        let postgres = bin.join("postgres").to_string_lossy().to_string();
+        let cmd = as_postgres(&[
+            &postgres,
+            "-D",
+            &data.to_string_lossy(),
+            "-k",
+            &dir.to_string_lossy(),
+            "-c",
+            &format!("listen_addresses={FABRIC_ADDR}"),
+            "-c",
+            "port=5432",
+            "-c",
+            "fsync=off",
+        ]);
+        // setpriv and nsenter (no --fork) exec: the child is postgres itself.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.fabric))
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .env("HOME", &dir)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("dup log")?)
+            .stderr(log)
+            .spawn()
+            .context("cannot spawn postgres")?;
+        self.postgres = Some(child);
+        let sock = dir.to_string_lossy().to_string();
+        wait_for(DAEMON_TIMEOUT, "the fabric's postgres", || {
+            let out = Command::new(bin.join("pg_isready"))
+                .args(["-q", "-h", &sock, "-U", "berth"])
+                .output()?;
+            Ok(out.status.success())
+        })
+        .with_context(|| std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default())?;
+        let out = Command::new(bin.join("createdb"))
+            .args(["-h", &sock, "-U", "berth", "berth"])
+            .output()
+            .context("cannot run createdb")?;
+        ok_stdout(&out, "createdb berth")?;
+        Ok(format!(
+            "postgres://berth:{PASSWORD}@{FABRIC_ADDR}:5432/berth"
+        ))
+    }
+
+    /// The fabric's postgres pid while it runs.
+    pub fn postgres_pid(&self) -> Option<u32> {
+        self.postgres.as_ref().map(Child::id)
     }
 
     /// The directories the testbed owns (`/run/bsw-…` and `/var/lib/bsw-…`), removed by Drop.
@@ -440,6 +555,14 @@ impl Testbed {
                 });
             }
         });
+        if let Some(mut pg) = self.postgres.take() {
+            // SIGINT: postgres' fast shutdown (sessions rolled back, no checkpoint wait).
+            let _ = Command::new("kill")
+                .args(["-INT", &pg.id().to_string()])
+                .status();
+            stop_child(&mut pg, DAEMON_STOP);
+        }
+        kill_in_netns(&self.fabric);
         for h in &mut self.hosts {
             if let Some(c) = h.dockerd.as_ref() {
                 let _ = Command::new("kill")
@@ -449,18 +572,7 @@ impl Testbed {
         }
         for h in &mut self.hosts {
             if let Some(mut c) = h.dockerd.take() {
-                let deadline = Instant::now() + DAEMON_STOP;
-                loop {
-                    match c.try_wait() {
-                        Ok(Some(_)) | Err(_) => break,
-                        Ok(None) if Instant::now() > deadline => {
-                            let _ = c.kill();
-                            let _ = c.wait();
-                            break;
-                        }
-                        Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                    }
-                }
+                stop_child(&mut c, DAEMON_STOP);
             }
             // Whatever the daemon started and left behind in the host's namespace (a
             // containerd or shim after a SIGKILL) is ours by construction.
@@ -569,6 +681,43 @@ fn ip_in(netns: &str, args: &[&str]) -> Result<String> {
     let mut v = vec!["ip", "-n", netns];
     v.extend_from_slice(args);
     run(&v)
+}
+
+/// The newest installed PostgreSQL's binary directory.
+fn pg_bin() -> Result<PathBuf> {
+    let newest = std::fs::read_dir(PG_LIB)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").is_file().then_some((v, bin))
+        })
+        .max_by_key(|(v, _)| *v);
+    match newest {
+        Some((_, bin)) => Ok(bin),
+        None => bail!(
+            "the fabric's PostgreSQL needs {PG_LIB}/<version>/bin/postgres (apt-get install postgresql)"
+        ),
+    }
+}
+
+/// Waits up to `grace` for `c` (already signalled) to exit, then SIGKILLs it.
+fn stop_child(c: &mut Child, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    loop {
+        match c.try_wait() {
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = c.kill();
+                let _ = c.wait();
+                break;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 /// SIGKILLs every process whose network namespace is `netns`.
