@@ -281,7 +281,10 @@ async fn fail_exec(conn: &Conn, writer: &ChannelWriteHalf<Msg>, e: &BackendError
     warn!(server = %conn.login.server.login_name(), error = %e, "session start failed");
     crate::metrics::exec_error();
     let counter = AtomicU64::new(0);
-    let line = "berth: could not start the session in the container; please try again\r\n";
+    let line = match e {
+        BackendError::ForClient(text) => format!("berth: {text}\r\n"),
+        _ => "berth: could not start the session in the container; please try again\r\n".into(),
+    };
     let _ = pipe::send(writer, conn, Some(1), Bytes::from(line), &counter).await;
     let _ = writer.exit_status(1).await;
     let _ = writer.eof().await;

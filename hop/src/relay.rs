@@ -179,8 +179,13 @@ impl client::Handler for Pinned {
     }
 }
 
+/// The hop connection failed under a session: logged with its cause, told to the client in
+/// one line without it.
 fn hop_error(node: &str, e: russh::Error) -> BackendError {
-    BackendError::Unavailable(format!("the connection to host {node} failed: {e}"))
+    warn!(target: "berth::hop", node, error = %e, "hop connection failed");
+    BackendError::ForClient(format!(
+        "the connection to the server's host {node} failed; try again"
+    ))
 }
 
 /// How a channel request was answered.

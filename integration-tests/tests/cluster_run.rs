@@ -157,8 +157,20 @@ async fn a_login_through_a_front_reaches_a_server_on_another_node() -> Result<()
     let node = start(&node_cfg, "node", &node_log)?;
     tokio::task::block_in_place(|| wait_port(hop_port, "the node", &node_log))?;
     let front_log = base.join("front.log");
-    let _front = start(&front_cfg, "front", &front_log)?;
+    let front = start(&front_cfg, "front", &front_log)?;
     tokio::task::block_in_place(|| wait_port(front_port, "the front", &front_log))?;
+    // A second front on another "host" (n3 holds no servers and runs no node component).
+    let front2_port = free_port()?;
+    let front2_cfg = config(
+        &base.join("front2"),
+        &db,
+        &world,
+        "node = \"n3\"\nfront = \"f2\"",
+        &format!("listen = [\"127.0.0.1:{front2_port}\"]"),
+    )?;
+    let front2_log = base.join("front2.log");
+    let _front2 = start(&front2_cfg, "front", &front2_log)?;
+    tokio::task::block_in_place(|| wait_port(front2_port, "the second front", &front2_log))?;
 
     // An account with a key and a server, placed on n2.
     let key = base.join("id_ed25519");
@@ -247,10 +259,98 @@ async fn a_login_through_a_front_reaches_a_server_on_another_node() -> Result<()
     let node_text = std::fs::read_to_string(&node_log)?;
     assert!(node_text.contains("hop login"), "{node_text}");
 
-    // n2 goes away: the next login through the front gets one clear line, promptly.
+    // A front killed mid-session: its client's session ends, what the tenant detached keeps
+    // running, the session's own processes are hung up on the node, and the client gets in
+    // again at once through the other front.
+    let mut held = Command::new("ssh");
+    held.args([
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-i",
+    ])
+    .arg(&key)
+    .arg("-p")
+    .arg(front_port.to_string())
+    .arg(format!("{user}@127.0.0.1"))
+    .arg("--")
+    .arg("setsid sleep 311 </dev/null >/dev/null 2>&1 & echo started; exec sleep 312")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    let mut held = held.spawn().context("spawn the held session")?;
+    let mut stdout = held.stdout.take().context("held stdout")?;
+    tokio::task::block_in_place(|| -> Result<()> {
+        use std::io::Read;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 64];
+        while !String::from_utf8_lossy(&seen).contains("started") {
+            let n = stdout.read(&mut buf)?;
+            anyhow::ensure!(n > 0, "the held session ended before it started");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        Ok(())
+    })?;
+    let _ = Command::new("kill")
+        .args(["-9", &front.0.id().to_string()])
+        .status();
+    let ended = tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = held.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    });
+    if !ended {
+        let _ = held.kill();
+    }
+    let _ = held.wait();
+    assert!(ended, "the client's session outlived its front");
+    let count = |pattern: &str| -> Result<String> {
+        let out = ssh(
+            front2_port,
+            &key,
+            &user,
+            &format!("pgrep -cx -f '{pattern}' || true"),
+        )?;
+        anyhow::ensure!(out.status.success(), "{}", text(&out));
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    assert_eq!(
+        tokio::task::block_in_place(|| count("sleep 311"))?,
+        "1",
+        "the detached process must survive its front"
+    );
+    let hung_up = tokio::task::block_in_place(|| -> Result<bool> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if count("sleep 312")? == "0" {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Ok(false)
+    })?;
+    assert!(
+        hung_up,
+        "the killed front's session was not hung up on the node"
+    );
+    drop(front);
+
+    // n2 goes away: the next login through a front gets one clear line, promptly.
     drop(node);
     let t = Instant::now();
-    let out = tokio::task::block_in_place(|| ssh(front_port, &key, &user, "true"))?;
+    let out = tokio::task::block_in_place(|| ssh(front2_port, &key, &user, "true"))?;
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr)
