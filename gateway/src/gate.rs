@@ -53,6 +53,10 @@ pub trait Gate: Send + Sync + 'static {
     ) -> Option<Login>;
     /// Applies the gate's settings (methods, attempts, rejection timing) to russh's config.
     fn configure(&self, _config: &mut russh::server::Config) {}
+    /// A line shown to the client before authentication (an SSH banner), if any.
+    fn banner(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The production gate: [`crate::auth::Authenticator`].
@@ -81,6 +85,9 @@ impl Gate for crate::auth::Authenticator {
     }
     fn configure(&self, config: &mut russh::server::Config) {
         self.configure_russh(config);
+    }
+    fn banner(&self) -> Option<String> {
+        crate::auth::Authenticator::banner(self)
     }
 }
 

@@ -115,6 +115,10 @@ impl ConnHandler {
 impl russh::server::Handler for ConnHandler {
     type Error = russh::Error;
 
+    async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        Ok(self.shared.gate.banner())
+    }
+
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         self.claim(user)?;
         Ok(crate::auth::rejection())

@@ -121,6 +121,12 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+/// How long after a failed lookup new connections are told the database is unreachable.
+pub const BACKEND_DOWN_NOTICE: Duration = Duration::from_secs(60);
+
+/// What they are told.
+pub const BACKEND_DOWN_LINE: &str = "berth: logins cannot be checked right now (the account database is unreachable); please try again later\r\n";
+
 struct Inner {
     cfg: AuthConfig,
     backend: Arc<dyn Backend>,
@@ -140,6 +146,9 @@ struct Inner {
     cost_warned: std::sync::atomic::AtomicBool,
     /// bcrypt verifications run so far (tests prove every rejection path pays one).
     bcrypt_runs: std::sync::atomic::AtomicU64,
+    /// When a credentials lookup last found the backend unavailable (cleared by the next
+    /// answer): new connections are then told why their login will fail.
+    backend_down: Mutex<Option<std::time::Instant>>,
 }
 
 impl Inner {
@@ -181,6 +190,7 @@ impl Authenticator {
                 log_budget: Mutex::new(LogBudget::default()),
                 cost_warned: std::sync::atomic::AtomicBool::new(false),
                 bcrypt_runs: std::sync::atomic::AtomicU64::new(0),
+                backend_down: Mutex::new(None),
             }),
         };
         // Inside a runtime: start background work now (dummy hash, sweeper) so the first login
@@ -207,6 +217,37 @@ impl Authenticator {
         // OpenSSH clients open with a "none" request to learn the methods; answer it at once.
         config.auth_rejection_time_initial = Some(Duration::ZERO);
         config.methods = russh::MethodSet::from(&METHODS[..]);
+    }
+
+    /// The backend's answer about `server`, remembering whether it was reachable.
+    async fn credentials(
+        &self,
+        server: ServerId,
+    ) -> Result<Option<crate::backend::Credentials>, crate::backend::BackendError> {
+        let r = self.inner.backend.credentials(server).await;
+        let down = matches!(r, Err(crate::backend::BackendError::Unavailable(_)));
+        *self
+            .inner
+            .backend_down
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            down.then(std::time::Instant::now);
+        r
+    }
+
+    /// The line shown to a connecting client before it authenticates, while the last
+    /// credentials lookup (within [`BACKEND_DOWN_NOTICE`]) found the account database
+    /// unreachable: its login would fail like a wrong password otherwise. Cheap (no lookup of
+    /// its own), so it costs nothing before authentication.
+    pub fn banner(&self) -> Option<String> {
+        let since = *self
+            .inner
+            .backend_down
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        since
+            .filter(|t| t.elapsed() < BACKEND_DOWN_NOTICE)
+            .map(|_| BACKEND_DOWN_LINE.to_string())
     }
 
     /// Accept-time admission (before the SSH handshake).
@@ -305,7 +346,7 @@ impl Authenticator {
         }
         let (decision, reason) = match parsed {
             None => (Decision::Reject, "not a server name".to_string()),
-            Some(server) => match self.inner.backend.credentials(server).await {
+            Some(server) => match self.credentials(server).await {
                 Ok(None) => (Decision::Reject, "unknown server".into()),
                 Ok(Some(c)) if !c.login_allowed => (
                     Decision::Reject,
@@ -354,7 +395,7 @@ impl Authenticator {
         let mut hash: Option<String> = None;
         match parsed {
             None => reason = "not a server name".into(),
-            Some(server) => match self.inner.backend.credentials(server).await {
+            Some(server) => match self.credentials(server).await {
                 Ok(None) => reason = "unknown server".into(),
                 Ok(Some(c)) if !c.login_allowed => {
                     reason = "login not allowed (owner disabled or server deleted)".into();

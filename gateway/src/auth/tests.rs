@@ -239,6 +239,31 @@ async fn backend_outage_is_a_plain_rejection_with_the_same_cost() {
 }
 
 #[tokio::test]
+async fn an_unreachable_database_is_announced_to_new_connections_until_it_answers() {
+    let (auth, be) = setup(test_cfg());
+    be.add(1, "alice", Some("pw"), vec![], true);
+    assert_eq!(auth.banner(), None);
+    be.unavailable
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    // A lookup that finds the backend down (by key or password) arms the notice…
+    let k = key();
+    let signed = auth
+        .public_key(ip("192.0.2.1"), "server1", k.public_key(), true)
+        .await;
+    assert_eq!(signed, Decision::Reject);
+    let line = auth.banner().unwrap_or_default();
+    assert!(line.contains("account database is unreachable"), "{line:?}");
+    // …and the next answer, whatever it says about the login, clears it.
+    be.unavailable
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        auth.password(ip("192.0.2.1"), "server1", "wrong").await,
+        Decision::Reject
+    );
+    assert_eq!(auth.banner(), None);
+}
+
+#[tokio::test]
 async fn unknown_and_wrong_take_the_same_time() {
     // Real-cost comparison: cost 8 is ~16 ms optimised, large against scheduling noise.
     let cost = 8;
