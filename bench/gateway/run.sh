@@ -6,7 +6,12 @@
 #   bench/gateway/run.sh                              # SIZE_MB=1024 ROUNDS=3 IDLE=100
 #   DATA_PATH=attach bench/gateway/run.sh             # the old docker-exec attach stream
 #   SIZE_MB=32 ROUNDS=1 IDLE=10 LOGIN_N=5 bench/gateway/run.sh   # smoke test (figures meaningless)
+#   HOP=1 bench/gateway/run.sh                        # through a front and the internal hop
 #
+# HOP=1: the client logs in to `berth run front` (node n1), which relays over the internal SSH
+#        hop to `berth run node` (node n2, holding the server) on the same machine; the store is
+#        a PostgreSQL database of the run's own on the local cluster (scripts/test's `berth` role).
+#        "gateway" memory is then the node process, "front" the front process.
 # berth: ssh server<N>@127.0.0.1 → gateway → (agent path) berth-agent in the tenant container
 #        hands over pipes by SCM_RIGHTS, or (attach path) a Docker exec's attach stream.
 # sshd:  ssh berthbench@127.0.0.1 → /usr/sbin/sshd on the host, private port and config (the
@@ -33,6 +38,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BERTH=${BERTH:-$ROOT/target/release/berth}
 AGENT=${AGENT:-$ROOT/target/x86_64-unknown-linux-gnu/release/berth-agent}
 DATA_PATH=${DATA_PATH:-agent}  # agent | attach
+HOP=${HOP:-0}  # 1: through a front and the internal hop (needs PostgreSQL)
 SIZE_MB=${SIZE_MB:-1024}
 ROUNDS=${ROUNDS:-3}
 LOGIN_N=${LOGIN_N:-20}
@@ -43,7 +49,7 @@ CIPHER=${CIPHER:-aes256-gcm@openssh.com}  # russh offers no aes128-gcm
 KEX=${KEX:-curve25519-sha256}
 IMAGE=${IMAGE:-berth/tenant:bookworm}
 S_USER=${S_USER:-berthbench}  # the sshd side logs in as this host user (created if missing)
-CMDLINE="SIZE_MB=$SIZE_MB ROUNDS=$ROUNDS LOGIN_N=$LOGIN_N IDLE=$IDLE DATA_PATH=$DATA_PATH CIPHER=$CIPHER KEX=$KEX bench/gateway/run.sh"
+CMDLINE="SIZE_MB=$SIZE_MB ROUNDS=$ROUNDS LOGIN_N=$LOGIN_N IDLE=$IDLE DATA_PATH=$DATA_PATH HOP=$HOP CIPHER=$CIPHER KEX=$KEX bench/gateway/run.sh"
 PREFIX=bbench$$
 W=$(mktemp -d /tmp/berth-bench.XXXXXX)
 trap cleanup EXIT
@@ -51,7 +57,9 @@ trap cleanup EXIT
 cleanup() {
   set +e
   [ -n "${IDLE_PIDS:-}" ] && kill $IDLE_PIDS 2>/dev/null
+  [ -n "${FRONT_PID:-}" ] && kill -TERM "$FRONT_PID" 2>/dev/null && wait "$FRONT_PID" 2>/dev/null
   [ -n "${GW_PID:-}" ] && kill -TERM "$GW_PID" 2>/dev/null && wait "$GW_PID" 2>/dev/null
+  [ -n "${PG_DB:-}" ] && su postgres -c "psql -qc 'DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)'" >/dev/null 2>&1
   [ -n "${SSHD_PID:-}" ] && kill "$SSHD_PID" 2>/dev/null
   docker ps -aq --filter "name=^/$PREFIX-" | xargs -r docker rm -f -v >/dev/null 2>&1
   docker volume ls -q --filter "name=$PREFIX-" | xargs -r docker volume rm -f >/dev/null 2>&1
@@ -71,6 +79,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 PORT_B=${PORT_B:-$(free_port)}
 PORT_S=${PORT_S:-$(free_port)}
 PORT_M=${PORT_M:-$(free_port)}
+PORT_H=${PORT_H:-$(free_port)}  # HOP=1: the node's hop endpoint
+PORT_F=${PORT_F:-$(free_port)}  # HOP=1: the front's metrics
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 # --- machine facts ---------------------------------------------------------------------------
@@ -88,9 +98,15 @@ echo
 
 # --- berth gateway ---------------------------------------------------------------------------
 ssh-keygen -q -t ed25519 -N '' -f "$W/key"
+DB_URL="sqlite://$W/state/berth.db"
+if [ "$HOP" = 1 ]; then
+  PG_DB=berth_bench_$$
+  su postgres -c "psql -qc 'CREATE DATABASE $PG_DB OWNER berth'" >/dev/null || die "HOP=1 needs the local PostgreSQL with role berth (scripts/test --setup-only)"
+  DB_URL="postgres://berth:berth-test@127.0.0.1/$PG_DB"
+fi
 cat > "$W/berth.toml" <<EOF
 state_dir = "$W/state"
-database_url = "sqlite://$W/state/berth.db"
+database_url = "$DB_URL"
 [ssh]
 listen = ["127.0.0.1:$PORT_B"]
 max_sessions_per_server = 1000
@@ -110,16 +126,43 @@ agent_dir = "$W/agent"
 [metrics]
 listen = "127.0.0.1:$PORT_M"
 EOF
+if [ "$HOP" = 1 ]; then
+  # The node: no client listener, the hop endpoint; the front: its own state dir and metrics.
+  printf '[cluster]\nnode = "n2"\nadvertise = "127.0.0.1:%s"\n' "$PORT_H" >>"$W/berth.toml"
+  sed -e "s#^listen = \\[\"127.0.0.1:$PORT_B\"\\]#listen = []#" -i "$W/berth.toml"
+  sed -e "s#^listen = \\[\\]#listen = [\"127.0.0.1:$PORT_B\"]#" \
+      -e "s#127.0.0.1:$PORT_M#127.0.0.1:$PORT_F#" -e "s#$W/state#$W/front-state#" \
+      -e 's#^node = "n2"#node = "n1"\nfront = "f1"#' "$W/berth.toml" >"$W/front.toml"
+  mkdir -p "$W/front-state" && chmod 700 "$W/front-state"
+fi
 export BERTH_CONFIG=$W/berth.toml
 mkdir -p "$W/state" && chmod 700 "$W/state"
+start_gateway() {
+  if [ "$HOP" = 1 ]; then
+    "$BERTH" run node >>"$W/gateway.log" 2>&1 &
+    GW_PID=$!
+    wait_port "$PORT_H" || { cat "$W/gateway.log" >&2; die "node did not listen on $PORT_H"; }
+    BERTH_CONFIG=$W/front.toml "$BERTH" run front >>"$W/front.log" 2>&1 &
+    FRONT_PID=$!
+  else
+    "$BERTH" run gateway >>"$W/gateway.log" 2>&1 &
+    GW_PID=$!
+  fi
+  wait_port "$PORT_B" || { cat "$W/gateway.log" "$W/front.log" >&2 2>/dev/null; die "gateway did not listen on $PORT_B"; }
+}
+if [ "$HOP" = 1 ]; then
+  "$BERTH" run node >>"$W/gateway.log" 2>&1 &
+  GW_PID=$!
+  wait_port "$PORT_H" || { cat "$W/gateway.log" >&2; die "node did not listen on $PORT_H"; }
+fi
 "$BERTH" account add bench --no-password >/dev/null
 "$BERTH" account key add bench --file "$W/key.pub" >/dev/null
-SERVER=$("$BERTH" server create --owner bench 2>>"$W/gateway.log" | tail -1)
-start_gateway() {
-  "$BERTH" run gateway >>"$W/gateway.log" 2>&1 &
-  GW_PID=$!
-  wait_port "$PORT_B" || { cat "$W/gateway.log" >&2; die "gateway did not listen on $PORT_B"; }
-}
+if [ "$HOP" = 1 ]; then
+  SERVER=$("$BERTH" server create --owner bench --node n2 2>>"$W/gateway.log" | tail -1)
+  kill -TERM "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
+else
+  SERVER=$("$BERTH" server create --owner bench 2>>"$W/gateway.log" | tail -1)
+fi
 start_gateway
 
 # --- sshd baseline ---------------------------------------------------------------------------
@@ -301,6 +344,7 @@ berth_mem() {
   local cpids
   cpids=$(container_pids)
   echo "gateway $(pss "$GW_PID")"
+  echo "front $(pss ${FRONT_PID:-})"
   echo "dockerd $(pss $(pgrep -x dockerd))"
   echo "containerd $(pss $(pgrep -x containerd))"
   echo "shims $(pss $({ pgrep -x containerd-shim; pgrep -f '^[^ ]*containerd-shim'; } | sort -u))"
@@ -339,6 +383,7 @@ wait_sleeps() { # pid-lister want: poll until `want` idle sessions run (60 s at 
 }
 sshd_tree() { descendants "$SSHD_PID"; }
 
+if [ -n "${FRONT_PID:-}" ]; then kill -TERM "$FRONT_PID"; wait "$FRONT_PID" 2>/dev/null || true; fi
 kill -TERM "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
 start_gateway
 "${B[@]}" true  # starts the agent again (it exits with the gateway that started it)
@@ -353,7 +398,7 @@ kill $IDLE_PIDS 2>/dev/null || true; IDLE_PIDS=""
 wait_sleeps container_pids 0
 M[b_mem]=$(( ($(total "$bl") - $(total "$bb")) / IDLE ))
 echo "berth whole-host PSS: $(total "$bb") KiB → $(total "$bl") KiB with $IDLE sessions ($(get sleeps "$bl") sleeps alive) → ${M[b_mem]} KiB/session"
-for k in gateway dockerd containerd shims container; do
+for k in gateway front dockerd containerd shims container; do
   printf '  %-10s %8d → %8d KiB  (%+d KiB/session)\n' "$k" "$(get $k "$bb")" "$(get $k "$bl")" $(( ($(get $k "$bl") - $(get $k "$bb")) / IDLE ))
 done
 sb=$(sshd_mem)
