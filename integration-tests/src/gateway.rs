@@ -82,6 +82,31 @@ pub fn agent_binary() -> Result<PathBuf> {
     Ok(p)
 }
 
+/// The OpenSSH client options every test uses: no host key checks, key auth with `key` only,
+/// batch mode, quiet. (OpenSSH takes an option's first value: put overrides before these.)
+pub fn client_opts(key: &Path) -> Vec<String> {
+    [
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "ConnectTimeout=20",
+        "-o",
+        "PreferredAuthentications=publickey",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["-i".to_string(), key.display().to_string()])
+    .collect()
+}
+
 pub struct GatewayHarness {
     /// Where the gateway listens.
     pub addr: SocketAddr,
@@ -291,28 +316,9 @@ impl GatewayHarness {
         format!("{}-server-{}", self.prefix, id.get())
     }
 
-    /// Common OpenSSH client options: no host key checks, key auth with the test key, batch mode.
+    /// Common OpenSSH client options with the test key: see [`client_opts`].
     pub fn ssh_opts(&self) -> Vec<String> {
-        [
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "ConnectTimeout=20",
-            "-o",
-            "PreferredAuthentications=publickey",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["-i".to_string(), self.key.display().to_string()])
-        .collect()
+        client_opts(&self.key)
     }
 
     /// `ssh -p PORT <opts> server<N>@127.0.0.1` — append `-T`/`-tt`, command, etc.

@@ -10,5 +10,6 @@
 pub mod dns;
 pub mod gateway;
 pub mod netfilter;
+pub mod postgres;
 pub mod swarm;
 pub mod tenants;

@@ -49,7 +49,6 @@ pub const FABRIC_ADDR: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
 /// How long a dockerd may take to answer, and the swarm to report every node Ready.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where Debian installs each PostgreSQL major version's binaries (`<version>/bin`).
-const PG_LIB: &str = "/usr/lib/postgresql";
 /// How long dockerd gets for SIGTERM before SIGKILL (its own container stop timeout is 10 s).
 const DAEMON_STOP: Duration = Duration::from_secs(15);
 
@@ -420,7 +419,7 @@ impl Testbed {
     /// authentication from the fabric's subnet. Returns its URL. Stopped by Drop.
     pub fn start_postgres(&mut self) -> Result<String> {
         const PASSWORD: &str = "berth-testbed";
-        let bin = pg_bin()?;
+        let bin = crate::postgres::bin_dir()?;
         let bin = bin.as_path();
         let dir = self.root.join("pg");
         let data = dir.join("data");
@@ -428,21 +427,7 @@ impl Testbed {
         let pwfile = dir.join("pw");
         std::fs::write(&pwfile, format!("{PASSWORD}\n")).context("write the postgres pwfile")?;
         run(&["chown", "-R", "postgres:postgres", &dir.to_string_lossy()])?;
-        let as_postgres = |args: &[&str]| -> Command {
-            let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid",
-                "postgres",
-                "--regid",
-                "postgres",
-                "--init-groups",
-                "--",
-            ])
-            .args(args)
-            .env("HOME", &dir)
-            .current_dir(&dir);
-            c
-        };
+        let as_postgres = |args: &[&str]| crate::postgres::as_postgres(&dir, args);
         let initdb = bin.join("initdb").to_string_lossy().to_string();
         let out = as_postgres(&[
             &initdb,
@@ -681,27 +666,6 @@ fn ip_in(netns: &str, args: &[&str]) -> Result<String> {
     let mut v = vec!["ip", "-n", netns];
     v.extend_from_slice(args);
     run(&v)
-}
-
-/// The newest installed PostgreSQL's binary directory.
-fn pg_bin() -> Result<PathBuf> {
-    let newest = std::fs::read_dir(PG_LIB)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v: u32 = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("postgres").is_file().then_some((v, bin))
-        })
-        .max_by_key(|(v, _)| *v);
-    match newest {
-        Some((_, bin)) => Ok(bin),
-        None => bail!(
-            "the fabric's PostgreSQL needs {PG_LIB}/<version>/bin/postgres (apt-get install postgresql)"
-        ),
-    }
 }
 
 /// Waits up to `grace` for `c` (already signalled) to exit, then SIGKILLs it.

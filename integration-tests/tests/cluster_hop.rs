@@ -283,24 +283,11 @@ async fn the_hop_trusts_only_pinned_nodes_and_registered_fronts() -> Result<()> 
     )?;
     let with_front_key = |name: &str| {
         let mut cmd = Command::new("ssh");
-        cmd.args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-i",
-        ])
-        .arg(&key_file)
-        .arg("-p")
-        .arg(c.node.port().to_string())
-        .arg(format!("{name}@127.0.0.1"))
-        .arg("echo via-hop");
+        cmd.args(integration_tests::gateway::client_opts(&key_file))
+            .arg("-p")
+            .arg(c.node.port().to_string())
+            .arg(format!("{name}@127.0.0.1"))
+            .arg("echo via-hop");
         cmd
     };
     let out = blocking(|| run(with_front_key(&format!("{user}/mallory/127.0.0.1")), b""))?;

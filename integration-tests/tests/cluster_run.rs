@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use integration_tests::gateway::client_opts;
 use integration_tests::tenants::{DbKind, DockerWorld, TestDb, berth, berth_bin, write_cli_config};
 
 fn free_port() -> Result<u16> {
@@ -94,22 +95,7 @@ fn ok(cfg: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
 
 fn ssh(port: u16, key: &Path, user: &str, cmd: &str) -> Result<Output> {
     Command::new("ssh")
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "ConnectTimeout=20",
-            "-i",
-        ])
-        .arg(key)
+        .args(client_opts(key))
         .arg("-p")
         .arg(port.to_string())
         .arg(format!("{user}@127.0.0.1"))
@@ -263,28 +249,15 @@ async fn a_login_through_a_front_reaches_a_server_on_another_node() -> Result<()
     // running, the session's own processes are hung up on the node, and the client gets in
     // again at once through the other front.
     let mut held = Command::new("ssh");
-    held.args([
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-i",
-    ])
-    .arg(&key)
-    .arg("-p")
-    .arg(front_port.to_string())
-    .arg(format!("{user}@127.0.0.1"))
-    .arg("--")
-    .arg("setsid sleep 311 </dev/null >/dev/null 2>&1 & echo started; exec sleep 312")
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
+    held.args(client_opts(&key))
+        .arg("-p")
+        .arg(front_port.to_string())
+        .arg(format!("{user}@127.0.0.1"))
+        .arg("--")
+        .arg("setsid sleep 311 </dev/null >/dev/null 2>&1 & echo started; exec sleep 312")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     let mut held = held.spawn().context("spawn the held session")?;
     let mut stdout = held.stdout.take().context("held stdout")?;
     tokio::task::block_in_place(|| -> Result<()> {

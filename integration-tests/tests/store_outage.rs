@@ -4,40 +4,16 @@
 //! Real PostgreSQL, real Docker tenant, real OpenSSH client.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use integration_tests::gateway::client_opts;
+use integration_tests::postgres::{as_postgres, bin_dir};
 use integration_tests::tenants::{DockerWorld, require_docker};
 use tenants::{Provisioner, ServerSpec, Store};
 use tokio_util::sync::CancellationToken;
-
-fn pg_bin() -> Result<PathBuf> {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .context("no PostgreSQL under /usr/lib/postgresql (scripts/test installs it)")?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|p| p.join("postgres").is_file())
-        .collect();
-    versions.sort();
-    versions.pop().context("no postgres binary")
-}
-
-fn as_postgres(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid",
-        "postgres",
-        "--regid",
-        "postgres",
-        "--init-groups",
-        "--",
-    ])
-    .args(args)
-    .env("HOME", dir)
-    .current_dir(dir);
-    c
-}
 
 /// A PostgreSQL server of this test's own: its data in a temp dir, on 127.0.0.1:`port`.
 struct Postgres {
@@ -54,7 +30,7 @@ impl Postgres {
             .arg(dir.path())
             .status()?;
         anyhow::ensure!(st.success(), "chown the postgres dir");
-        let bin = pg_bin()?;
+        let bin = bin_dir()?;
         let data = dir.path().join("data");
         let out = as_postgres(
             dir.path(),
@@ -89,7 +65,7 @@ impl Postgres {
     }
 
     fn start(&mut self) -> Result<()> {
-        let bin = pg_bin()?;
+        let bin = bin_dir()?;
         let d = self.dir.path();
         let child = as_postgres(
             d,
@@ -151,28 +127,16 @@ fn ssh(port: u16, key: &Path, user: &str) -> Command {
     ssh_at(port, key, user, "ERROR")
 }
 
-/// `level` INFO shows the server's banner (OpenSSH hides it below INFO).
+/// `level` INFO shows the server's banner (OpenSSH hides it below INFO; its first value of an
+/// option wins, so this one goes before the shared options).
 fn ssh_at(port: u16, key: &Path, user: &str, level: &str) -> Command {
     let mut c = Command::new("ssh");
-    c.args([
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        &format!("LogLevel={level}"),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "ConnectTimeout=30",
-        "-i",
-    ])
-    .arg(key)
-    .arg("-p")
-    .arg(port.to_string())
-    .arg(format!("{user}@127.0.0.1"));
+    c.arg("-o")
+        .arg(format!("LogLevel={level}"))
+        .args(client_opts(key))
+        .arg("-p")
+        .arg(port.to_string())
+        .arg(format!("{user}@127.0.0.1"));
     c
 }
 

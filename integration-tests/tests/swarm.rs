@@ -663,22 +663,7 @@ fn fabric_ssh(
     Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", tb.fabric))
         .arg("ssh")
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "ConnectTimeout=20",
-            "-i",
-        ])
-        .arg(key)
+        .args(integration_tests::gateway::client_opts(key))
         .args(["-p", "2222"])
         .arg(format!("{user}@{}", host.addr))
         .arg("--")

@@ -57,6 +57,14 @@ fn node_from_row(r: NodeRow) -> Node {
     }
 }
 
+/// A statement on one node by name touched `rows` rows: none means no such node.
+fn node_found(name: &str, rows: u64) -> Result<(), StoreError> {
+    if rows == 0 {
+        return Err(StoreError::UnknownNode(name.to_string()));
+    }
+    Ok(())
+}
+
 fn labels_json(labels: &BTreeMap<String, String>) -> String {
     serde_json::to_string(labels).unwrap_or_else(|_| "{}".into())
 }
@@ -162,10 +170,7 @@ impl Store {
             .await
             .map(|r| r.rows_affected()))
             .map_err(|e| self.err(e))?;
-        if n == 0 {
-            return Err(StoreError::UnknownNode(name.to_string()));
-        }
-        Ok(())
+        node_found(name, n)
     }
 
     /// One node, or `None`.
@@ -198,10 +203,7 @@ impl Store {
             .await
             .map(|r| r.rows_affected()))
         .map_err(|e| self.err(e))?;
-        if n == 0 {
-            return Err(StoreError::UnknownNode(name.to_string()));
-        }
-        Ok(())
+        node_found(name, n)
     }
 
     /// Changes a node's capacity and/or labels (`None` keeps the current value).
@@ -222,10 +224,7 @@ impl Store {
         .await
         .map(|r| r.rows_affected()))
         .map_err(|e| self.err(e))?;
-        if n == 0 {
-            return Err(StoreError::UnknownNode(name.to_string()));
-        }
-        Ok(())
+        node_found(name, n)
     }
 
     /// Removes a node; refused while live servers are placed on it.
@@ -367,9 +366,6 @@ impl Store {
             .await
             .map(|r| r.rows_affected()))
         .map_err(|e| self.err(e))?;
-        if n == 0 {
-            return Err(StoreError::UnknownNode(name.to_string()));
-        }
-        Ok(())
+        node_found(name, n)
     }
 }
