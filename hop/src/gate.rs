@@ -140,6 +140,16 @@ impl Gate for HopGate {
         key: &PublicKey,
         verified: bool,
     ) -> Option<Login> {
+        if let Some(server) = crate::transfer::parse_transfer_user(user) {
+            let front = self.front_of(key).await?;
+            if verified {
+                info!(target: "berth::hop", front = %front, peer = %peer, server = %server.login_name(), "hop transfer login");
+            }
+            return Some(Login {
+                server,
+                owner: crate::transfer::TRANSFER_OWNER.to_string(),
+            });
+        }
         let assertion = Assertion::parse(user)?;
         let front = self.front_of(key).await?;
         if !verified {

@@ -110,6 +110,28 @@ pub enum Cmd {
         #[arg(long)]
         purge: bool,
     },
+    /// Move a server to another cluster node: stop it, copy its data volume over the internal
+    /// hop, recreate it there and switch its node; the old copy stays on the source until
+    /// --purge (or --purge-from later). Refused while sessions are open unless --force.
+    Move {
+        server: String,
+        /// The node to move it to.
+        #[arg(long, conflicts_with_all = ["abort", "purge_from"], required_unless_present_any = ["abort", "purge_from"])]
+        to: Option<String>,
+        /// End the server's open sessions instead of refusing.
+        #[arg(long, requires = "to")]
+        force: bool,
+        /// Remove the old copy (container and data volume) on the source once the move is done.
+        #[arg(long, requires = "to")]
+        purge: bool,
+        /// Remove the copy a finished move left on NODE (never the server's current node).
+        #[arg(long, value_name = "NODE", conflicts_with = "abort")]
+        purge_from: Option<String>,
+        /// Give up a move that did not finish (its copy on the target is removed; the server
+        /// stays where it was).
+        #[arg(long)]
+        abort: bool,
+    },
     /// Compare the store with Docker and report differences (changes nothing).
     Reconcile {
         #[arg(long)]
@@ -659,6 +681,28 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                     prov.names().volume(id)
                 );
             }
+        }
+        Cmd::Move {
+            server,
+            to,
+            force,
+            purge,
+            purge_from,
+            abort,
+        } => {
+            let id = server_ref(&server)?;
+            let how = if abort {
+                super::moving::How::Abort
+            } else if let Some(node) = purge_from {
+                super::moving::How::PurgeFrom(node)
+            } else {
+                super::moving::How::To {
+                    node: to.unwrap_or_default(),
+                    force,
+                    purge,
+                }
+            };
+            super::moving::run(cfg, store, id, how).await?;
         }
         Cmd::Reconcile { json } => {
             let prov = connect(cfg, store).await?;
