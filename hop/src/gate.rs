@@ -148,6 +148,7 @@ impl Gate for HopGate {
             return Some(Login {
                 server,
                 owner: crate::transfer::TRANSFER_OWNER.to_string(),
+                client: None,
             });
         }
         let assertion = Assertion::parse(user)?;
@@ -156,6 +157,7 @@ impl Gate for HopGate {
             return Some(Login {
                 server: assertion.server,
                 owner: assertion.account,
+                client: Some(assertion.client),
             });
         }
         let owned = match self.backend.credentials(assertion.server).await {
@@ -189,6 +191,7 @@ impl Gate for HopGate {
         Some(Login {
             server: assertion.server,
             owner: assertion.account,
+            client: Some(assertion.client),
         })
     }
 

@@ -202,6 +202,43 @@ async fn a_server_moves_to_another_node_with_its_data_and_logins_follow() -> Res
     );
     let n2_log = std::fs::read_to_string(&l2)?;
     assert!(n2_log.contains("hop login"), "{n2_log}");
+    // The node's audit names the client, not the front that relayed it.
+    let out = tokio::task::block_in_place(|| {
+        Command::new("ssh")
+            .args(client_opts(&key))
+            .args(["-o", "BindAddress=127.0.0.2", "-p"])
+            .arg(front_port.to_string())
+            .arg(format!("{user}@127.0.0.1"))
+            .args(["--", "true"])
+            .stdin(Stdio::null())
+            .output()
+    })?;
+    assert!(out.status.success(), "{}", text(&out));
+    // The node writes its session record when its side of the session closes, which may be
+    // just after the client returned.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let node_rows = loop {
+        let rows: Vec<_> = store
+            .audit_events(200)
+            .await?
+            .into_iter()
+            .filter(|e| e.event.server == Some(id) && e.event.detail["path"] == "agent")
+            .collect();
+        if rows
+            .iter()
+            .any(|e| e.event.peer.as_deref() == Some("127.0.0.2"))
+            || Instant::now() > deadline
+        {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        node_rows
+            .iter()
+            .any(|e| e.event.peer.as_deref() == Some("127.0.0.2")),
+        "{node_rows:#?}"
+    );
     let show = ok(&n1_cfg, &["server", "show", &user], None)?;
     assert!(show.contains("node:      n2"), "{show}");
 
