@@ -67,6 +67,9 @@ pub enum Op {
     Discard,
     /// On the server's home: start it.
     Start,
+    /// On the node a new server was placed on from another host: make its volume and
+    /// container, start it, and print `address <ip>`.
+    Create,
 }
 
 impl Op {
@@ -77,6 +80,7 @@ impl Op {
             Op::Import => "import",
             Op::Discard => "discard",
             Op::Start => "start",
+            Op::Create => "create",
         }
     }
 
@@ -87,6 +91,7 @@ impl Op {
             "import" => Op::Import,
             "discard" => Op::Discard,
             "start" => Op::Start,
+            "create" => Op::Create,
             _ => return None,
         })
     }
@@ -208,6 +213,23 @@ impl NodeBackend {
                     .await
                     .map(|_| ())
                     .map_err(fail)
+            }
+            Op::Create => {
+                if p.node != here || p.moving_to.is_some() {
+                    return Err((1, format!("{name} is not placed on host {here}")));
+                }
+                self.provisioner
+                    .create_registered(server)
+                    .await
+                    .map_err(fail)?;
+                let running = self
+                    .provisioner
+                    .ensure_running(server)
+                    .await
+                    .map_err(fail)?;
+                let line = format!("address {}\n", running.address);
+                let _ = out.send(Chunk::Stdout(Bytes::from(line))).await;
+                Ok(())
             }
         }
     }
@@ -456,10 +478,31 @@ impl TransferClient {
 
     /// Runs a step without data either way.
     pub async fn step(&self, op: Op) -> Result<(), StepError> {
+        self.step_text(op).await.map(|_| ())
+    }
+
+    /// Runs a step that takes no data and returns what it printed (at most 4 KiB).
+    pub async fn step_text(&self, op: Op) -> Result<String, StepError> {
         let ch = self.open(op).await?;
         let _ = ch.eof().await;
         let (mut read, _write) = ch.split();
-        drain(&self.node, op, &mut read, None).await.map(|_| ())
+        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+        let collect = async {
+            let mut text = Vec::new();
+            while let Some(b) = rx.recv().await {
+                if text.len() < 4096 {
+                    text.extend_from_slice(&b);
+                }
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        };
+        let drained = async {
+            let r = drain(&self.node, op, &mut read, Some(&tx)).await;
+            drop(tx);
+            r
+        };
+        let (r, text) = tokio::join!(drained, collect);
+        r.map(|_| text)
     }
 
     /// Exports from this (source) node into `to`'s import; returns the bytes carried.
@@ -592,6 +635,7 @@ mod tests {
             Op::Import,
             Op::Discard,
             Op::Start,
+            Op::Create,
         ] {
             assert_eq!(Op::parse(op.command()), Some(op));
         }

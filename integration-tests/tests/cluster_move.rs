@@ -294,5 +294,61 @@ async fn a_server_moves_to_another_node_with_its_data_and_logins_follow() -> Res
         "{}",
         text(&out)
     );
+
+    // A server created on another host's node: n2 makes it over the hop.
+    let out = ok(
+        &front_cfg,
+        &["server", "create", "--owner", "alice", "--node", "n2"],
+        None,
+    )?;
+    assert!(out.contains("on node n2: address 10."), "{out}");
+    let second = out.lines().last().unwrap_or_default().to_string();
+    let id2 = tenants::parse_login(&second).context("second server")?;
+    assert_eq!(store.server_node(id2).await?.as_deref(), Some("n2"));
+    assert!(volume_exists(&format!(
+        "{}-server-{}-data",
+        w2.prefix,
+        id2.get()
+    )));
+    let out = tokio::task::block_in_place(|| ssh(front_port, &key, &second, "hostname"))?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{second}\n"),
+        "{}",
+        text(&out)
+    );
+    // What the node refuses leaves no row behind; nor does a host without a front key.
+    let before = store.servers(true).await?.len();
+    let (code, _, err) = berth(
+        &front_cfg,
+        &[
+            "server",
+            "create",
+            "--owner",
+            "alice",
+            "--node",
+            "n2",
+            "--image",
+            "berth/none:x",
+        ],
+        None,
+    )?;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("node n2 could not create it") && err.contains("berth/none:x"),
+        "{err}"
+    );
+    let (code, _, err) = berth(
+        &n2_cfg,
+        &["server", "create", "--owner", "alice", "--node", "n1"],
+        None,
+    )?;
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("berth run front"), "{err}");
+    assert_eq!(
+        store.servers(true).await?.len(),
+        before,
+        "a failed create keeps no row"
+    );
     Ok(())
 }

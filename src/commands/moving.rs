@@ -38,7 +38,7 @@ fn hop_key(cfg: &crate::config::Config) -> Result<russh::keys::PrivateKey> {
     })
 }
 
-async fn client(
+pub(crate) async fn client(
     cfg: &crate::config::Config,
     store: &Store,
     node: &str,
