@@ -593,6 +593,33 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
     assert_eq!(containers(manager)?, "", "host 0's engine has no server");
     assert_eq!(containers(host1)?, "berth-server-1");
 
+    // A tenant cannot reach any node's hop endpoint, its own host's included: each host's
+    // netfilter drops tenant traffic to the host and to private ranges.
+    let probe: String = tb
+        .hosts
+        .iter()
+        .map(|h| {
+            format!(
+                "if timeout 5 bash -c 'exec 3<>/dev/tcp/{0}/2200' 2>/dev/null; \
+                 then echo '{0} open'; else echo '{0} closed'; fi; ",
+                h.addr
+            )
+        })
+        .collect();
+    // (Through host 1's own front: no hop login, which the count below expects.)
+    let out = fabric_ssh(&tb, &key, &user, host1, &probe)?;
+    assert!(out.status.success(), "{}", out_text(&out));
+    let want: String = tb
+        .hosts
+        .iter()
+        .map(|h| format!("{} closed\n", h.addr))
+        .collect();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        want,
+        "hop endpoints from a tenant"
+    );
+
     // Host 1's own front serves its own server without a hop; host 2 (berth.front=false)
     // has no client listener at all.
     let out = fabric_ssh(&tb, &key, &user, host1, "hostname")?;
