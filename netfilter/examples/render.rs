@@ -5,8 +5,8 @@
 //!     [--check-lines] [--apply-check]
 //!
 //! `--ports N` adds N synthetic port bindings; `--apply-check` (root, in a scratch netns) applies
-//! the batch, times a port-map update transaction, and diffs the kernel's listing against the
-//! rendered lines.
+//! the batch, times two port-map update transactions (the first port's server gone, then back),
+//! and diffs the kernel's listing against the rendered lines after each step.
 
 use std::process::ExitCode;
 
@@ -172,20 +172,25 @@ fn apply_and_check(
     };
     compare(rs, "after full apply");
     if let Some(b) = bindings.filter(|b| !b.is_empty()) {
-        let next = render(policy, net, l2, Some(&b[1..]));
-        let Some(batch) = next.ports_update_batch(rs) else {
-            return ExitCode::from(1);
-        };
-        let t = std::time::Instant::now();
-        if let Err(e) = rt.block_on(nft.apply(&to_nft_json(&batch), "update")) {
-            eprintln!("render: {e}");
-            return ExitCode::from(1);
+        // One server gone (the first port), then back: the two halves of a restart.
+        let gone = render(policy, net, l2, Some(&b[1..]));
+        let back = render(policy, net, l2, Some(b));
+        for (what, from, to) in [("server gone", rs, &gone), ("server back", &gone, &back)] {
+            let Some(batch) = to.ports_update_batch(from) else {
+                eprintln!("render: no incremental update from the previous ruleset");
+                return ExitCode::from(1);
+            };
+            let t = std::time::Instant::now();
+            if let Err(e) = rt.block_on(nft.apply(&to_nft_json(&batch), "update")) {
+                eprintln!("render: {e}");
+                return ExitCode::from(1);
+            }
+            println!(
+                "port-map update ({what}): {:.1} ms",
+                t.elapsed().as_secs_f64() * 1000.0
+            );
+            compare(to, &format!("after port-map update ({what})"));
         }
-        println!(
-            "port-map update: {:.1} ms",
-            t.elapsed().as_secs_f64() * 1000.0
-        );
-        compare(&next, "after port-map update");
     }
     status
 }

@@ -111,12 +111,9 @@ fn strip(v: &mut Value, top: bool) {
             {
                 *c = serde_json::json!({"packets": 0, "bytes": 0});
             }
-            // A verdict map's elements come back in the kernel's hash order.
-            if let Some(Value::Array(elems)) = m
-                .get_mut("vmap")
-                .and_then(|v| v.get_mut("data"))
-                .and_then(|d| d.get_mut("set"))
-            {
+            // Anonymous sets (and verdict maps) come back in the kernel's hash order once
+            // they are large; their order means nothing.
+            if !top && let Some(Value::Array(elems)) = m.get_mut("set") {
                 elems.sort_by_key(|e| e.to_string());
             }
             for (_, child) in m.iter_mut() {
