@@ -227,6 +227,20 @@ mod tests {
     }
 
     #[test]
+    fn anonymous_set_order_does_not_matter_but_content_does() {
+        let r = |elems: serde_json::Value| {
+            json!({"rule": {"family": "bridge", "table": "t", "chain": "nd_3",
+                   "expr": [{"match": {"op": "!=", "left": {"meta": {"key": "iifname"}},
+                             "right": {"set": elems}}}, {"drop": null}]}})
+        };
+        let a = vec![r(json!([{"concat": ["b", 2]}, {"concat": ["a", 1]}]))];
+        let b = vec![r(json!([{"concat": ["a", 1]}, {"concat": ["b", 2]}]))];
+        assert_eq!(diff(&live_lines(&a), &live_lines(&b)), None);
+        let c = vec![r(json!([{"concat": ["a", 1]}, {"concat": ["b", 3]}]))];
+        assert!(diff(&live_lines(&a), &live_lines(&c)).is_some());
+    }
+
+    #[test]
     fn rule_order_matters_and_is_shown() {
         let r = |chain: &str, verdict: &str| {
             json!({"rule": {"family": "inet", "table": "t", "chain": chain,
