@@ -44,11 +44,6 @@ impl Ruleset {
         })
     }
 
-    /// [`Self::bound_ports`] under the name callers listing a ruleset's ports use.
-    pub fn port_chains(&self) -> Option<Vec<String>> {
-        self.bound_ports()
-    }
-
     fn bridge_set(&self, name: &str) -> Option<&Set<'static>> {
         self.objects.iter().find_map(|o| match o {
             NfListObject::Set(s) if s.family == NfFamily::Bridge && s.name == name => Some(&**s),

@@ -234,7 +234,7 @@ fn every_bound_port_is_held_to_its_mac_arp_ip_and_nd() {
     );
     // Without port binding there is no port part at all.
     let none = render(&p, &net(true), L2Match::Meta, None);
-    assert!(none.port_chains().is_none());
+    assert!(none.bound_ports().is_none());
     assert!(
         !to_nft_json(&none.apply_batch())
             .to_string()
