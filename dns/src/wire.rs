@@ -10,6 +10,8 @@
 //! other than 0, opcodes other than QUERY) is left to the general path, which handles it with
 //! hickory exactly as before. Pure: no sockets, no clocks, no locks.
 
+use std::net::IpAddr;
+
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{DNSClass, Name, RecordType};
 
@@ -128,6 +130,15 @@ pub fn parse_query(p: &[u8]) -> Option<QueryView<'_>> {
 /// client asked for DNSSEC records (answers for DO=1 keep RRSIG/NSEC/NSEC3, those for DO=0 do
 /// not, so the two are cached apart).
 pub fn key_bytes(name: &Name, qtype: RecordType, qclass: DNSClass, dnssec_ok: bool) -> Vec<u8> {
+    let mut out = name_bytes(name);
+    out.extend_from_slice(&u16::from(qtype).to_be_bytes());
+    out.extend_from_slice(&u16::from(qclass).to_be_bytes());
+    out.push(u8::from(dnssec_ok));
+    out
+}
+
+/// `name` in uncompressed wire form, lower-cased, with its terminating zero.
+pub fn name_bytes(name: &Name) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len() + 6);
     for label in name.iter() {
         // A label is at most 63 bytes (hickory enforces it when building names).
@@ -135,9 +146,6 @@ pub fn key_bytes(name: &Name, qtype: RecordType, qclass: DNSClass, dnssec_ok: bo
         out.extend(label.iter().map(u8::to_ascii_lowercase));
     }
     out.push(0);
-    out.extend_from_slice(&u16::from(qtype).to_be_bytes());
-    out.extend_from_slice(&u16::from(qclass).to_be_bytes());
-    out.push(u8::from(dnssec_ok));
     out
 }
 
@@ -303,6 +311,82 @@ impl Encoded {
         }
         true
     }
+}
+
+/// The first label of `qname` (wire form, any case) when `qname` is exactly one label under
+/// `domain` (wire form, lower-case, with its terminating zero): `server5` for
+/// `server5.berth.internal.` under `berth.internal.`. Label lengths are below 64, so a
+/// case-insensitive compare of the wire bytes compares the labels and their boundaries alike.
+pub fn single_label_under<'a>(qname: &'a [u8], domain: &[u8]) -> Option<&'a [u8]> {
+    let first = usize::from(*qname.first()?);
+    if first == 0 || first > 63 || 1 + first + domain.len() != qname.len() {
+        return None;
+    }
+    qname[1 + first..]
+        .eq_ignore_ascii_case(domain)
+        .then(|| &qname[1..1 + first])
+}
+
+/// Writes an authoritative answer to `q` (an A or AAAA question) holding one record per
+/// address of the asked family in `addrs`, each with `ttl`: the client's ID, RD and CD bits
+/// and question as sent, every owner a pointer to the question, an OPT when the query had one
+/// (echoing DO). `false` (`out` then holds nothing to send) when no address is of the asked
+/// family or the answer would not fit the client's payload size: the general path answers
+/// those (NODATA with the zone's SOA, or a truncated answer).
+pub fn write_addrs(q: &QueryView<'_>, addrs: &[IpAddr], ttl: u32, out: &mut Vec<u8>) -> bool {
+    let v4 = match q.qtype {
+        1 => true,
+        28 => false,
+        _ => return false,
+    };
+    let fits = |a: &&IpAddr| a.is_ipv4() == v4;
+    let n = addrs.iter().filter(fits).count();
+    let rdlen = if v4 { 4 } else { 16 };
+    let opt = if q.edns.is_some() { OPT_LEN } else { 0 };
+    let size = 12 + q.qname.len() + 4 + n * (12 + rdlen) + opt;
+    let limit = match q.edns {
+        Some(e) => usize::from(e.payload.clamp(512, EDNS_PAYLOAD)),
+        None => 512,
+    };
+    let Ok(ancount) = u16::try_from(n) else {
+        return false;
+    };
+    if n == 0 || size > limit {
+        return false;
+    }
+    out.clear();
+    out.extend_from_slice(&q.id.to_be_bytes());
+    // QR, opcode QUERY, AA (the local zone is ours), RD as asked; RA, CD as asked, NOERROR.
+    out.push(0x80 | 0x04 | u8::from(q.rd));
+    out.push(0x80 | if q.cd { 0x10 } else { 0 });
+    out.extend_from_slice(&[0, 1]);
+    out.extend_from_slice(&ancount.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, u8::from(q.edns.is_some())]);
+    out.extend_from_slice(q.qname);
+    out.extend_from_slice(&q.qtype.to_be_bytes());
+    out.extend_from_slice(&q.qclass.to_be_bytes());
+    for a in addrs.iter().filter(fits) {
+        out.extend_from_slice(&[0xc0, 12]);
+        out.extend_from_slice(&q.qtype.to_be_bytes());
+        out.extend_from_slice(&q.qclass.to_be_bytes());
+        out.extend_from_slice(&ttl.to_be_bytes());
+        match a {
+            IpAddr::V4(v4) => {
+                out.extend_from_slice(&[0, 4]);
+                out.extend_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                out.extend_from_slice(&[0, 16]);
+                out.extend_from_slice(&v6.octets());
+            }
+        }
+    }
+    if let Some(e) = q.edns {
+        out.extend_from_slice(&[0, 0, 41]);
+        out.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
+        out.extend_from_slice(&[0, 0, if e.dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
+    }
+    true
 }
 
 /// Writes REFUSED for `q` into `out`: the client's ID, RD and CD bits and question as sent
