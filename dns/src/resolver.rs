@@ -734,3 +734,247 @@ async fn reply<R: ResponseHandler>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use hickory_proto::op::{Message, MessageType, OpCode};
+    use hickory_proto::rr::DNSClass;
+
+    use super::*;
+    use crate::wire::parse_query;
+
+    const CLIENT: &str = "172.19.2.50";
+
+    fn resolver(cfg: Config) -> (Arc<Resolver>, LocalZone) {
+        let zone = LocalZone::new();
+        let nets = ["172.19.2.0/24".parse().unwrap()];
+        let up = vec!["127.0.0.1:9".parse().unwrap()];
+        (Resolver::new(&cfg, &nets, up, zone.clone()).unwrap(), zone)
+    }
+
+    fn sid(n: u32) -> names::ServerId {
+        names::ServerId::new(n).unwrap()
+    }
+
+    fn query(name: &str, qtype: RecordType, id: u16, edns: Option<(u16, bool)>) -> Vec<u8> {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        if let Some((payload, dnssec_ok)) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(payload);
+            e.set_dnssec_ok(dnssec_ok);
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    /// The fast path's answer to `raw` from `src`, decoded; `None` when it declined.
+    fn fast(r: &Resolver, view: &mut ZoneView, src: &str, raw: &[u8]) -> Option<Message> {
+        let q = parse_query(raw).unwrap();
+        let mut out = Vec::new();
+        let mut tally = HitTally::default();
+        let ok = r.answer_fast(
+            src.parse().unwrap(),
+            &q,
+            Instant::now(),
+            view,
+            &mut out,
+            &mut tally,
+        );
+        r.count_hits(&mut tally);
+        ok.then(|| Message::from_vec(&out).unwrap())
+    }
+
+    #[test]
+    fn tenant_names_answered_on_the_worker_in_any_case_with_edns_echoed() {
+        let (r, zone) = resolver(Config::default());
+        let v4: IpAddr = "172.19.2.15".parse().unwrap();
+        let v6: IpAddr = "fd00::15".parse().unwrap();
+        zone.replace_addrs(BTreeMap::from([(sid(5), vec![v4, v6])]));
+        let mut view = ZoneView::new(&r.zone);
+        for edns in [None, Some((4096, true)), Some((1232, false))] {
+            let mut raw = query("SeRvEr5.Berth.INTERNAL.", RecordType::A, 0xbeef, edns);
+            raw[3] |= 0x10; // CD
+            let m = fast(&r, &mut view, CLIENT, &raw).expect("answered on the worker");
+            assert_eq!(m.metadata.id, 0xbeef);
+            assert_eq!(m.metadata.message_type, MessageType::Response);
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+            assert!(m.metadata.authoritative, "the local zone is ours");
+            assert!(m.metadata.recursion_desired && m.metadata.recursion_available);
+            assert!(m.metadata.checking_disabled && !m.metadata.truncation);
+            assert_eq!(m.queries.len(), 1);
+            assert_eq!(m.queries[0].name().to_ascii(), "SeRvEr5.Berth.INTERNAL.");
+            assert_eq!(m.queries[0].query_type(), RecordType::A);
+            assert_eq!(m.answers.len(), 1, "only the asked family");
+            assert_eq!(m.answers[0].data, RData::A(A::new(172, 19, 2, 15)));
+            assert_eq!(m.answers[0].ttl, Config::default().local_ttl);
+            assert!(m.answers[0].name.eq_case(m.queries[0].name()));
+            assert!(m.authorities.is_empty() && m.additionals.is_empty());
+            assert_eq!(m.edns.is_some(), edns.is_some(), "{edns:?}");
+            if let (Some(e), Some((_, dnssec_ok))) = (m.edns.as_ref(), edns) {
+                assert_eq!(e.flags().dnssec_ok, dnssec_ok);
+                assert_eq!(e.max_payload(), EDNS_PAYLOAD);
+            }
+        }
+        let raw = query("server5.berth.internal.", RecordType::AAAA, 7, None);
+        let m = fast(&r, &mut view, CLIENT, &raw).unwrap();
+        assert_eq!(m.answers.len(), 1);
+        assert_eq!(
+            m.answers[0].data,
+            RData::AAAA(AAAA("fd00::15".parse().unwrap()))
+        );
+        assert_eq!(
+            r.metrics.outcome_count(Outcome::Local),
+            4,
+            "each answer counted"
+        );
+    }
+
+    #[test]
+    fn what_the_worker_leaves_to_the_general_path() {
+        let (r, zone) = resolver(Config::default());
+        zone.replace_addrs(BTreeMap::from([
+            (sid(5), vec!["fd00::15".parse().unwrap()]),
+            (sid(6), vec!["172.19.2.16".parse().unwrap()]),
+        ]));
+        let mut view = ZoneView::new(&r.zone);
+        let declined = [
+            (
+                "server5.berth.internal.",
+                RecordType::A,
+                CLIENT,
+                "no address of the family",
+            ),
+            (
+                "server9.berth.internal.",
+                RecordType::A,
+                CLIENT,
+                "no such server",
+            ),
+            (
+                "server06.berth.internal.",
+                RecordType::A,
+                CLIENT,
+                "not a server name",
+            ),
+            (
+                "gateway.berth.internal.",
+                RecordType::A,
+                CLIENT,
+                "not a server name",
+            ),
+            ("berth.internal.", RecordType::A, CLIENT, "the apex"),
+            (
+                "x.server6.berth.internal.",
+                RecordType::A,
+                CLIENT,
+                "below a server",
+            ),
+            ("server6.berth.internal.", RecordType::ANY, CLIENT, "ANY"),
+            (
+                "server6.berth.internal.",
+                RecordType::MX,
+                CLIENT,
+                "another type",
+            ),
+            (
+                "server6.other.internal.",
+                RecordType::A,
+                CLIENT,
+                "another domain",
+            ),
+            (
+                "server6.berth.internal.",
+                RecordType::A,
+                "192.0.2.1",
+                "not an allowed client",
+            ),
+            ("uncached.example.", RecordType::A, CLIENT, "a cache miss"),
+        ];
+        for (name, t, src, why) in declined {
+            let raw = query(name, t, 1, None);
+            assert!(
+                fast(&r, &mut view, src, &raw).is_none(),
+                "{name} {t}: {why}"
+            );
+        }
+        // Another class than IN is refused by the general path, never answered here.
+        let mut ch = query("server6.berth.internal.", RecordType::A, 1, None);
+        let n = ch.len();
+        ch[n - 1] = 3;
+        assert!(fast(&r, &mut view, CLIENT, &ch).is_none(), "class CH");
+        // An answer too large for the client's payload size: the general path truncates it.
+        let many: Vec<IpAddr> = (0..40u8).map(|i| IpAddr::from([172, 19, 3, i])).collect();
+        zone.set(sid(7), many);
+        let raw = query("server7.berth.internal.", RecordType::A, 1, None);
+        assert!(
+            fast(&r, &mut view, CLIENT, &raw).is_none(),
+            "over 512 bytes"
+        );
+        let raw = query(
+            "server7.berth.internal.",
+            RecordType::A,
+            1,
+            Some((1232, false)),
+        );
+        assert_eq!(fast(&r, &mut view, CLIENT, &raw).unwrap().answers.len(), 40);
+        // A removed server stops resolving at the next query.
+        let raw = query("server6.berth.internal.", RecordType::A, 1, None);
+        assert!(fast(&r, &mut view, CLIENT, &raw).is_some());
+        zone.remove(sid(6));
+        assert!(fast(&r, &mut view, CLIENT, &raw).is_none(), "removed");
+        // Query logging wants every query on the general path, which logs it.
+        let (r, zone) = resolver(Config {
+            query_log: true,
+            ..Config::default()
+        });
+        zone.replace(BTreeMap::from([(sid(6), "172.19.2.16".parse().unwrap())]));
+        let mut view = ZoneView::new(&r.zone);
+        assert!(fast(&r, &mut view, CLIENT, &raw).is_none(), "query log");
+    }
+
+    /// Answers from memory spend no token; what reaches the general path does.
+    #[test]
+    fn a_limited_client_still_gets_tenant_names_and_cache_hits() {
+        let (r, zone) = resolver(Config {
+            rate_limit_qps: 1,
+            rate_limit_burst: 1,
+            ..Config::default()
+        });
+        zone.replace(BTreeMap::from([(sid(6), "172.19.2.16".parse().unwrap())]));
+        let name = Name::from_ascii("cached.example.").unwrap();
+        let a = Answer {
+            rcode: ResponseCode::NoError,
+            answers: vec![Record::from_rdata(
+                name.clone(),
+                300,
+                RData::A(A::new(192, 0, 2, 1)),
+            )],
+            authorities: vec![],
+            additionals: vec![],
+        };
+        let key = Key::new(&name, RecordType::A, DNSClass::IN, false);
+        let e = Encoded::build(&name, RecordType::A, DNSClass::IN, &a).unwrap();
+        r.cache.insert(key, Arc::new(e), 300, Instant::now(), 0);
+        let src: IpAddr = CLIENT.parse().unwrap();
+        let now = Instant::now();
+        assert!(r.admit_at(src, now), "the burst");
+        assert!(!r.admit_at(src, now), "then limited");
+        let mut view = ZoneView::new(&r.zone);
+        for _ in 0..100 {
+            let local = query("server6.berth.internal.", RecordType::A, 2, None);
+            let hit = query("CACHED.example.", RecordType::A, 3, None);
+            let m = fast(&r, &mut view, CLIENT, &local).unwrap();
+            assert_eq!(m.answers.len(), 1);
+            let m = fast(&r, &mut view, CLIENT, &hit).unwrap();
+            assert_eq!(m.answers[0].data, RData::A(A::new(192, 0, 2, 1)));
+            assert!(!m.metadata.authoritative, "a cached answer is not ours");
+        }
+        assert!(!r.admit_at(src, now), "answers from memory took no token");
+        assert_eq!(r.metrics.outcome_count(Outcome::RateLimited), 2);
+        assert_eq!(r.metrics.outcome_count(Outcome::CacheHit), 100);
+    }
+}

@@ -645,6 +645,66 @@ mod tests {
     }
 
     #[test]
+    fn one_label_under_the_domain_only() {
+        let d = b"\x05berth\x08internal\x00";
+        let cases: [(&[u8], Option<&[u8]>); 8] = [
+            (b"\x07server5\x05berth\x08internal\x00", Some(b"server5")),
+            (b"\x07SERVER5\x05Berth\x08INTERNAL\x00", Some(b"SERVER5")),
+            (b"\x05berth\x08internal\x00", None),
+            (b"\x01x\x07server5\x05berth\x08internal\x00", None),
+            (b"\x07server5\x05berth\x08internax\x00", None),
+            (b"\x07server5\x05berth\x08internal", None),
+            (b"\x00", None),
+            // A label length that points past the domain's first byte: lengths must line up.
+            (b"\x06server\x355berth\x08internal\x00", None),
+        ];
+        for (qname, want) in cases {
+            assert_eq!(single_label_under(qname, d), want, "{qname:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives, a tenant-name answer the worker writes is a well-formed response
+        /// to it: the client's ID and question, within the client's payload size.
+        #[test]
+        fn local_answers_to_arbitrary_queries_are_well_formed(
+            p in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            name in "[a-zA-Z0-9]{1,20}",
+            n4 in 0usize..40,
+            n6 in 0usize..20,
+            v6 in proptest::bool::ANY,
+            dnssec_ok in proptest::bool::ANY,
+            payload in 0u16..2000,
+            id in proptest::num::u16::ANY,
+        ) {
+            let addrs: Vec<IpAddr> = (0..n4)
+                .map(|i| IpAddr::from([10, 0, 0, u8::try_from(i).unwrap()]))
+                .chain((0..n6).map(|i| IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, u16::try_from(i).unwrap()])))
+                .collect();
+            let edns = match payload {
+                0 => None,
+                p => Some((p, dnssec_ok)),
+            };
+            let qtype = if v6 { RecordType::AAAA } else { RecordType::A };
+            let raw = query(&format!("{name}.berth.internal."), qtype, id, edns);
+            for cand in [p, raw] {
+                let Some(q) = parse_query(&cand) else { continue };
+                let _ = single_label_under(q.qname, b"\x05berth\x08internal\x00");
+                let mut out = Vec::new();
+                if write_addrs(&q, &addrs, 5, &mut out) {
+                    let limit = q.edns.map_or(512, |e| usize::from(e.payload.clamp(512, EDNS_PAYLOAD)));
+                    proptest::prop_assert!(out.len() <= limit);
+                    let m = Message::from_vec(&out).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+                    proptest::prop_assert_eq!(m.metadata.id, q.id);
+                    proptest::prop_assert_eq!(m.queries.len(), 1);
+                    proptest::prop_assert!(!m.answers.is_empty());
+                    proptest::prop_assert!(m.answers.iter().all(|r| r.ttl == 5));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn refused_echoes_id_flags_question_and_edns() {
         for edns in [None, Some((4096, true)), Some((512, false))] {
             let wire = query("Some.Example.", RecordType::AAAA, 0xbeef, edns);
