@@ -1,11 +1,11 @@
 //! The UDP side of the server: one worker thread per socket (the sockets share one address
-//! through `SO_REUSEPORT`, one per core; see `service::bind`), each a loop that blocks in
-//! `recvmmsg` for up to [`BATCH`] datagrams, answers the tenant names and cache hits among them
-//! inline — parse in place, write the zone's addresses or patch a copy of the cached bytes —
-//! with one `sendmmsg`, and hands every other datagram to the general path as a task on the
-//! tokio runtime. The client's rate limit is checked on the worker for those others: a client
-//! over it gets REFUSED written inline (or nothing, for a packet that is not a plain query),
-//! never a task.
+//! through `SO_REUSEPORT`, one per two cores; see `service::udp_workers`), each a loop that
+//! blocks in `recvmmsg` for up to [`BATCH`] datagrams, answers the tenant names and cache hits
+//! among them inline — parse in place, write the zone's addresses or patch a copy of the cached
+//! bytes — with one `sendmmsg`, and hands every other datagram to the general path as a task on
+//! the tokio runtime. The client's rate limit is checked on the worker for those others: a
+//! client over it gets REFUSED written inline (or nothing, for a packet that is not a plain
+//! query), never a task.
 //!
 //! Why not hickory's `Server` for UDP: its per-datagram path (decode into owned types, a task,
 //! a channel to a sender task, clone the cached records, encode them again) cost more than the

@@ -677,10 +677,11 @@ mod tests {
             payload in 0u16..2000,
             id in proptest::num::u16::ANY,
         ) {
-            let addrs: Vec<IpAddr> = (0..n4)
-                .map(|i| IpAddr::from([10, 0, 0, u8::try_from(i).unwrap()]))
-                .chain((0..n6).map(|i| IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, u16::try_from(i).unwrap()])))
-                .collect();
+            let v4s = (0..n4).map(|i| IpAddr::from([10, 0, 0, u8::try_from(i).unwrap()]));
+            let v6s = (0..n6).map(|i| {
+                IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, u16::try_from(i).unwrap()])
+            });
+            let addrs: Vec<IpAddr> = v4s.chain(v6s).collect();
             let edns = match payload {
                 0 => None,
                 p => Some((p, dnssec_ok)),
@@ -692,13 +693,20 @@ mod tests {
                 let _ = single_label_under(q.qname, b"\x05berth\x08internal\x00");
                 let mut out = Vec::new();
                 if write_addrs(&q, &addrs, 5, &mut out) {
-                    let limit = q.edns.map_or(512, |e| usize::from(e.payload.clamp(512, EDNS_PAYLOAD)));
+                    let limit = q
+                        .edns
+                        .map_or(512, |e| usize::from(e.payload.clamp(512, EDNS_PAYLOAD)));
                     proptest::prop_assert!(out.len() <= limit);
-                    let m = Message::from_vec(&out).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+                    let m = Message::from_vec(&out)
+                        .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
                     proptest::prop_assert_eq!(m.metadata.id, q.id);
                     proptest::prop_assert_eq!(m.queries.len(), 1);
+                    proptest::prop_assert_eq!(&out[12..12 + q.qname.len()], q.qname);
+                    proptest::prop_assert_eq!(m.edns.is_some(), q.edns.is_some());
                     proptest::prop_assert!(!m.answers.is_empty());
+                    let want = RecordType::from(q.qtype);
                     proptest::prop_assert!(m.answers.iter().all(|r| r.ttl == 5));
+                    proptest::prop_assert!(m.answers.iter().all(|r| r.record_type() == want));
                 }
             }
         }
