@@ -23,7 +23,10 @@ use bollard::Docker;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::backend::{BackendError, ExecRequest, Process, Stream, Target};
+use crate::backend::{
+    BackendError, ExecRequest, ListenSpec, Listener, Listening, NEEDS_AGENT, Process, Stream,
+    Target,
+};
 use crate::policy::{self, ForwardDest};
 use agent::{AgentError, Hub, Placement};
 
@@ -208,6 +211,61 @@ impl DockerExec {
         })
     }
 
+    /// The agent and where it runs, for what only the agent can do (listen, unix sockets): a
+    /// container without one is refused with [`NEEDS_AGENT`], never served from the host.
+    async fn agent_only<'a>(
+        &'a self,
+        target: &'a Target,
+        login: &str,
+    ) -> Result<(&'a Hub, &'a Path, String), BackendError> {
+        let (Some(hub), Some(dir)) = (&self.hub, &target.agent_dir) else {
+            return Err(BackendError::ForClient(NEEDS_AGENT.into()));
+        };
+        let user = self.user(target, login).await?;
+        Ok((hub, dir, user))
+    }
+
+    pub async fn listen(
+        &self,
+        target: &Target,
+        login: &str,
+        spec: ListenSpec,
+    ) -> Result<Listener, BackendError> {
+        let (hub, dir, user) = self.agent_only(target, login).await?;
+        let at = self.placement(target, dir, &user);
+        let r = match spec {
+            ListenSpec::Tcp(addr) => {
+                hub.listen_tcp(&self.docker, &at, addr)
+                    .await
+                    .map(|(listener, local)| Listener {
+                        listening: Listening::Tcp { listener, local },
+                        cleanup: None,
+                    })
+            }
+            ListenSpec::Unix(path) => hub
+                .listen_unix(&self.docker, &at, path.as_deref())
+                .await
+                .map(|(listener, path, unlink)| Listener {
+                    listening: Listening::Unix { listener, path },
+                    cleanup: Some(Box::new(unlink)),
+                }),
+        };
+        r.map_err(agent_only_error)
+    }
+
+    pub async fn connect_unix(
+        &self,
+        target: &Target,
+        login: &str,
+        path: &str,
+    ) -> Result<Stream, BackendError> {
+        let (hub, dir, user) = self.agent_only(target, login).await?;
+        let at = self.placement(target, dir, &user);
+        hub.connect_unix(&self.docker, &at, path)
+            .await
+            .map_err(agent_only_error)
+    }
+
     fn placement<'a>(&'a self, target: &'a Target, dir: &'a Path, user: &'a str) -> Placement<'a> {
         Placement {
             container: &target.container_id,
@@ -272,6 +330,14 @@ impl DockerExec {
             m.insert(container.clone(), user.clone());
         }
         Ok(user)
+    }
+}
+
+/// An agent-only operation's failure: no agent is a refusal the client is told about.
+fn agent_only_error(e: AgentError) -> BackendError {
+    match e {
+        AgentError::Unavailable(_) => BackendError::ForClient(NEEDS_AGENT.into()),
+        AgentError::Refused(e) | AgentError::Sent(e) => BackendError::Failed(e),
     }
 }
 
