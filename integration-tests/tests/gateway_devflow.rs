@@ -104,6 +104,42 @@ async fn audits(h: &GatewayHarness, method: &str, outcome: &str) -> Result<Vec<S
         .collect())
 }
 
+/// Waits until an audit record of `method` with `outcome` exists (some are written by a task
+/// of their own, after the client has its answer).
+async fn wait_audit(h: &GatewayHarness, method: &str, outcome: &str) -> Result<Vec<String>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = audits(h, method, outcome).await?;
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no {method} {outcome} audit record"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A real `ssh-agent` listening at `dir/name` (OpenSSH's client only asks for agent
+/// forwarding when it can reach an agent).
+async fn start_agent(dir: &Path, name: &str) -> Result<(Child, std::path::PathBuf)> {
+    let sock = dir.join(name);
+    let agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        anyhow::ensure!(Instant::now() < deadline, "ssh-agent never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((agent, sock))
+}
+
 fn stop(mut c: Child) {
     let _ = c.kill();
     let _ = c.wait();
@@ -443,25 +479,13 @@ async fn agent_forwarding_clones_over_ssh_with_a_key_only_the_client_holds() -> 
     let dir = h.dir.path().to_path_buf();
 
     // The client's agent, holding a key that exists nowhere else.
-    let agent_sock = dir.join("client-agent.sock");
-    let agent = Command::new("ssh-agent")
-        .arg("-D")
-        .arg("-a")
-        .arg(&agent_sock)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let (agent, agent_sock) = start_agent(&dir, "client-agent.sock").await?;
     let key = dir.join("gitkey");
     blocking(|| {
         run(Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-f"])
             .arg(&key))
     })?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !agent_sock.exists() {
-        anyhow::ensure!(Instant::now() < deadline, "ssh-agent never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     blocking(|| {
         run(Command::new("ssh-add")
             .arg(&key)
@@ -582,20 +606,32 @@ async fn agent_forwarding_clones_over_ssh_with_a_key_only_the_client_holds() -> 
     )
     .await?;
 
-    // A client that refuses the agent channel (it has no agent): the tool in the container
-    // gets an error at once, not a hang, and the refusal is audited.
-    let out = blocking(|| {
-        ssh_cmd(&h, &["-A"])
-            .env("SSH_AUTH_SOCK", dir.join("no-such-agent.sock"))
-            .arg("ssh-add -l; echo rc=$?")
-            .output()
-    })?;
+    // A client that refuses the agent channel (its agent went away after the session asked for
+    // forwarding): the tool in the container gets an error at once, not a hang, and the
+    // refusal is audited.
+    let (gone, gone_sock) = start_agent(&dir, "short-lived-agent.sock").await?;
+    let waiting = ssh_cmd(&h, &["-A"])
+        .env("SSH_AUTH_SOCK", &gone_sock)
+        .arg("while [ ! -e /tmp/go ]; do sleep 0.1; done; ssh-add -l; echo rc=$?")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_in_container(
+        &h,
+        "a session waiting",
+        &["sh", "-c", "ls -d /tmp/ssh-* >/dev/null 2>&1"],
+    )
+    .await?;
+    stop(gone);
+    in_container(&h, None, &["touch", "/tmp/go"])?;
+    let out = blocking(|| waiting.wait_with_output())?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("rc=") && !stdout.contains("rc=0"),
         "{stdout}"
     );
-    assert!(!audits(&h, "auth-agent", "rejected").await?.is_empty());
+    let refused = wait_audit(&h, "auth-agent", "rejected").await?;
+    assert!(refused[0].contains("refused"), "{refused:?}");
     stop(sshd);
     stop(agent);
     Ok(())
@@ -637,8 +673,11 @@ async fn switches_off_and_the_attach_path_refuse_clearly() -> Result<()> {
         .output()
     })?;
     assert!(!out.status.success(), "-R to a socket was accepted");
+    let agent_dir = tempfile::tempdir()?;
+    let (agent, agent_sock) = start_agent(agent_dir.path(), "agent.sock").await?;
     let out = blocking(|| {
         ssh_cmd(&h, &["-A"])
+            .env("SSH_AUTH_SOCK", &agent_sock)
             .arg("echo ${SSH_AUTH_SOCK:-no-agent}")
             .output()
     })?;
@@ -648,7 +687,8 @@ async fn switches_off_and_the_attach_path_refuse_clearly() -> Result<()> {
         audits(&h, "streamlocal-forward", "rejected").await?.len(),
         1
     );
-    assert_eq!(audits(&h, "auth-agent", "rejected").await?.len(), 1);
+    let refused = wait_audit(&h, "auth-agent", "rejected").await?;
+    assert!(refused[0].contains("disabled"), "{refused:?}");
     drop(h);
 
     // The attach path (no agent in the container): a clear refusal, never a hang.
@@ -678,9 +718,11 @@ async fn switches_off_and_the_attach_path_refuse_clearly() -> Result<()> {
     );
     let out = blocking(|| {
         ssh_cmd(&h, &["-A"])
+            .env("SSH_AUTH_SOCK", &agent_sock)
             .arg("echo ${SSH_AUTH_SOCK:-no-agent}")
             .output()
     })?;
+    stop(agent);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "no-agent\n");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("agent forwarding unavailable"),
