@@ -44,16 +44,32 @@ pub struct DockerExec {
     hub: Option<Hub>,
 }
 
-/// The agent binary `[ssh] agent_binary` names: "off" = none, empty = the default path or the
-/// `berth-agent` next to the running program.
+/// The agent binary `[ssh] agent_binary` names: "off" = none, empty = the default path, the
+/// `berth-agent` next to the running program, or the one `make agent` built in the same cargo
+/// target directory (so `make agent && cargo run --release -- run --demo` takes the fast path).
 pub fn find_agent_binary(setting: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok();
+    find_agent_binary_from(setting, exe.as_deref())
+}
+
+/// [`find_agent_binary`] for a given running program.
+pub fn find_agent_binary_from(setting: &str, exe: Option<&Path>) -> Option<PathBuf> {
     match setting {
         "off" => None,
         "" => {
-            let beside = std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(|d| d.join("berth-agent")));
-            [Some(PathBuf::from(DEFAULT_AGENT_BINARY)), beside]
+            let dir = exe.and_then(Path::parent);
+            let beside = dir.map(|d| d.join("berth-agent"));
+            // target/release/berth → target/<triple>/release/berth-agent (the static build).
+            let built = dir.and_then(|d| {
+                let profile = d.file_name()?;
+                Some(
+                    d.parent()?
+                        .join(AGENT_TRIPLE)
+                        .join(profile)
+                        .join("berth-agent"),
+                )
+            });
+            [Some(PathBuf::from(DEFAULT_AGENT_BINARY)), beside, built]
                 .into_iter()
                 .flatten()
                 .find(|p| p.is_file())
@@ -61,6 +77,9 @@ pub fn find_agent_binary(setting: &str) -> Option<PathBuf> {
         p => Some(PathBuf::from(p)),
     }
 }
+
+/// The target `make agent` builds the static agent for.
+const AGENT_TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
 impl DockerExec {
     pub fn new(docker: Docker, cfg: &crate::Config) -> Self {
@@ -368,6 +387,31 @@ impl std::fmt::Display for ProbeAnswer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agent_make_builds_is_found_from_a_cargo_run() {
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
+        let exe = dir.path().join("target/release/berth");
+        let built = dir
+            .path()
+            .join("target/x86_64-unknown-linux-gnu/release/berth-agent");
+        assert!(std::fs::create_dir_all(built.parent().unwrap_or(dir.path())).is_ok());
+        assert!(std::fs::write(&built, b"agent").is_ok());
+        if !Path::new(DEFAULT_AGENT_BINARY).is_file() {
+            assert_eq!(find_agent_binary_from("", Some(&exe)), Some(built.clone()));
+        }
+        assert_eq!(find_agent_binary_from("off", Some(&exe)), None);
+        assert_eq!(
+            find_agent_binary_from("/x/y", Some(&exe)),
+            Some(PathBuf::from("/x/y"))
+        );
+        let other = dir.path().join("elsewhere/berth");
+        if !Path::new(DEFAULT_AGENT_BINARY).is_file() {
+            assert_eq!(find_agent_binary_from("", Some(&other)), None);
+        }
+    }
 
     #[test]
     fn only_a_clear_probe_answer_decides_the_user() {
