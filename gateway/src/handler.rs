@@ -336,7 +336,9 @@ impl russh::server::Handler for ConnHandler {
                 // The consumer is gone: give the window back so the client is not stuck.
                 crate::pipe::give_back(&self.shared, &session.handle(), channel, data.len());
             }
-        } else if self.conn.as_ref().is_some_and(|c| c.devflow.owns(channel)) {
+        } else if !self.channels.knows(channel)
+            && self.conn.as_ref().is_some_and(|c| c.devflow.owns(channel))
+        {
             // A channel the gateway opened: its task returns the window once the bytes are
             // written into the container.
         } else {

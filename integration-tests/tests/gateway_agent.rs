@@ -108,7 +108,7 @@ for i in range(200):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         s.connect('/dev/berth/gw.sock')
-        s.send(json.dumps({"t":"hello","version":1,"token":"guess%d" % i}).encode() if i % 2 else b'\xff' * 100)
+        s.send(json.dumps({"t":"hello","version":2,"token":"guess%d" % i}).encode() if i % 2 else b'\xff' * 100)
     except OSError:
         pass
 print('done')
@@ -146,7 +146,7 @@ if MODE == "garbage_hello":
     sys.exit(0)
 if MODE == "early_exit":
     sys.exit(3)
-s.send(json.dumps({"t": "hello", "version": 1, "token": tok}).encode())
+s.send(json.dumps({"t": "hello", "version": @VERSION@, "token": tok}).encode())
 while True:
     m = s.recv(70000)
     if not m:
@@ -209,7 +209,12 @@ while True:
 fn fake_agent(dir: &Path, mode: &str) -> Result<PathBuf> {
     let p = dir.join(format!("fake-agent-{mode}"));
     let mut f = std::fs::File::create(&p)?;
-    f.write_all(FAKE_AGENT.replace("@MODE@", mode).as_bytes())?;
+    f.write_all(
+        FAKE_AGENT
+            .replace("@MODE@", mode)
+            .replace("@VERSION@", &berth_agent::PROTOCOL_VERSION.to_string())
+            .as_bytes(),
+    )?;
     Ok(p)
 }
 
