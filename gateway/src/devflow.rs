@@ -90,6 +90,11 @@ impl State {
         true
     }
 
+    /// Session channel `id` is gone: its agent-forwarding request goes with it.
+    pub fn forget(&self, id: ChannelId) {
+        self.lock().agent_wanted.remove(&id);
+    }
+
     /// Stops every listener of the connection (the connection is going away).
     pub fn clear(&self) {
         let listeners = std::mem::take(&mut self.lock().listeners);
@@ -151,17 +156,20 @@ async fn target(conn: &Conn) -> Result<Target, String> {
     conn.target().await.map_err(|e| e.to_string())
 }
 
+/// The container side of a listener, bounded as a whole (starting the container and its agent
+/// included) by [`BACKEND_TIMEOUT`].
 async fn listen(conn: &Conn, spec: ListenSpec) -> Result<Listener, String> {
-    let target = target(conn).await?;
-    let login = conn.login.server.login_name();
-    match tokio::time::timeout(
-        BACKEND_TIMEOUT,
-        conn.shared.backend.listen(&target, &login, spec),
-    )
-    .await
-    {
-        Ok(Ok(l)) => Ok(l),
-        Ok(Err(e)) => Err(backend_text(e)),
+    let work = async {
+        let target = target(conn).await?;
+        let login = conn.login.server.login_name();
+        conn.shared
+            .backend
+            .listen(&target, &login, spec)
+            .await
+            .map_err(backend_text)
+    };
+    match tokio::time::timeout(BACKEND_TIMEOUT, work).await {
+        Ok(r) => r,
         Err(_) => Err("timeout".into()),
     }
 }
@@ -207,9 +215,10 @@ pub async fn tcpip_forward(conn: &Arc<Conn>, address: &str, port: &mut u32) -> b
     if conn.devflow.lock().listeners.len() >= cfg.max_remote_listeners_per_connection {
         return refuse("too many listeners on this connection").await;
     }
-    let target = match target(conn).await {
-        Ok(t) => t,
-        Err(e) => return refuse(&e).await,
+    let target = match tokio::time::timeout(BACKEND_TIMEOUT, target(conn)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return refuse(&e).await,
+        Err(_) => return refuse("timeout").await,
     };
     let ip = match bind_address(address, cfg.remote_forward_bind, target.address) {
         Ok(ip) => ip,
@@ -712,6 +721,44 @@ pub async fn agent_refused(conn: &Conn) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chan(n: u32) -> ChannelId {
+        use russh::keys::ssh_encoding::Decode;
+        let bytes = n.to_be_bytes();
+        match ChannelId::decode(&mut &bytes[..]) {
+            Ok(id) => id,
+            Err(e) => panic!("channel id: {e}"),
+        }
+    }
+
+    #[test]
+    fn only_adopted_or_in_flight_channels_keep_their_window_from_the_handler() {
+        let st = State::default();
+        assert!(!st.owns(chan(3)));
+        st.lock().opening += 1;
+        assert!(
+            st.owns(chan(3)),
+            "a channel open in flight may be any unknown id"
+        );
+        {
+            let mut inner = st.lock();
+            inner.opening -= 1;
+            inner.adopted.insert(chan(4));
+        }
+        assert!(st.owns(chan(4)));
+        assert!(!st.owns(chan(3)));
+    }
+
+    #[test]
+    fn agent_requests_are_bounded_and_forgotten_with_their_channel() {
+        let st = State::default();
+        for n in 0..MAX_AGENT_SOCKETS as u32 {
+            assert!(st.want_agent(chan(n)));
+        }
+        assert!(!st.want_agent(chan(999)));
+        st.forget(chan(0));
+        assert!(st.want_agent(chan(999)));
+    }
 
     #[test]
     fn loopback_policy_never_binds_beyond_the_loopback() {

@@ -309,6 +309,9 @@ impl russh::server::Handler for ConnHandler {
     ) -> Result<(), Self::Error> {
         // Dropping the queues tells the channel task to stop (and kill what it started).
         self.channels.close(channel);
+        if let Some(conn) = &self.conn {
+            conn.devflow.forget(channel);
+        }
         Ok(())
     }
 
