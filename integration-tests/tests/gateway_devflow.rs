@@ -731,3 +731,85 @@ async fn switches_off_and_the_attach_path_refuse_clearly() -> Result<()> {
     );
     Ok(())
 }
+
+/// A remote forward whose reader in the container never reads: the client's side can only send
+/// one channel window ahead, so the gateway holds no more than that, and it keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_remote_forward_into_a_reader_that_never_reads_is_bounded() -> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let h = GatewayHarness::start("devflow-slow").await?;
+    // The client's side: a source that writes as fast as it is allowed to.
+    let written = Arc::new(AtomicU64::new(0));
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let src = l.local_addr()?.port();
+    {
+        let written = written.clone();
+        std::thread::spawn(move || {
+            if let Ok((mut c, _)) = l.accept() {
+                let chunk = vec![0u8; 1 << 20];
+                while std::io::Write::write_all(&mut c, &chunk).is_ok() {
+                    written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    let mut fwd = ssh_cmd(
+        &h,
+        &[
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &format!("127.0.0.1:0:127.0.0.1:{src}"),
+        ],
+    )
+    .stderr(Stdio::piped())
+    .stdout(Stdio::null())
+    .spawn()?;
+    let port = blocking(|| allocated_ports(&mut fwd, 1))?[0];
+    let before = GatewayHarness::rss_kib()?;
+    // In the container: connect, never read.
+    let idle = format!(
+        "import socket,time\ns=socket.create_connection(('127.0.0.1',{port}))\nprint('connected',flush=True)\ntime.sleep(600)\n"
+    );
+    let mut reader = Command::new("docker")
+        .args(["exec", "-i", &h.container(h.server.context("server")?)])
+        .args(["python3", "-c", &idle])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    let stdout = reader.stdout.take().context("stdout")?;
+    blocking(|| BufReader::new(stdout).read_line(&mut line))?;
+    assert_eq!(line, "connected\n");
+    // The source stalls once the window and the socket buffers are full: wait until its count
+    // stops moving (or passes what any bound allows, which fails below).
+    let limit: u64 = 256 << 20;
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = written.load(Ordering::Relaxed);
+        if now >= limit || (now > 0 && now == last) {
+            break;
+        }
+        last = now;
+    }
+    let sent = written.load(Ordering::Relaxed);
+    let grown = GatewayHarness::rss_kib()?.saturating_sub(before);
+    let window = u64::from(h.shared.cfg.window_size);
+    assert!(
+        sent < limit,
+        "the client side sent {sent} bytes into a reader that never reads"
+    );
+    assert!(
+        grown * 1024 < 4 * window + (32 << 20),
+        "the gateway grew by {grown} KiB (window {window})"
+    );
+    // The gateway still serves sessions meanwhile.
+    let out = blocking(|| h.ssh_exec("echo alive", b""))?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alive\n");
+    let _ = reader.kill();
+    let _ = reader.wait();
+    stop(fwd);
+    Ok(())
+}
