@@ -293,7 +293,8 @@ pub async fn tcpip_forward(conn: &Arc<Conn>, address: &str, port: &mut u32) -> b
                         u32::from(peer.port()),
                     )
                     .await
-            });
+            })
+            .await;
         }
         conn.audit(
             "forward",
@@ -392,7 +393,8 @@ pub async fn streamlocal_forward(conn: &Arc<Conn>, path: &str) -> bool {
             let path2 = path.clone();
             spawn_forwarded(&conn, "forwarded-streamlocal", rd, wr, async move {
                 conn2.handle.channel_open_forwarded_streamlocal(path2).await
-            });
+            })
+            .await;
         }
         conn.audit(
             "forward",
@@ -489,7 +491,8 @@ pub async fn agent_socket(
             let conn2 = conn.clone();
             spawn_forwarded(&conn, "auth-agent", rd, wr, async move {
                 conn2.handle.channel_open_agent().await
-            });
+            })
+            .await;
         }
         conn.devflow.lock().agent_sockets -= 1;
     });
@@ -507,27 +510,41 @@ impl Drop for Opening<'_> {
 }
 
 /// One accepted connection in the container: a channel to the client (opened by `open`), then
-/// bytes both ways. Over the pending limit or the channel limit, the connection is closed at once.
-fn spawn_forwarded<R, W, F>(conn: &Arc<Conn>, kind: &'static str, rd: R, wr: W, open: F)
+/// bytes both ways. Over the pending limit or the channel limit, the connection is closed at once
+/// and the refusal audited (awaited, so a flood of connections slows the accept loop down rather
+/// than piling up work; the connection's audit budget bounds the records).
+async fn spawn_forwarded<R, W, F>(conn: &Arc<Conn>, kind: &'static str, rd: R, wr: W, open: F)
 where
     R: AsyncRead + Send + Unpin + 'static,
     W: AsyncWrite + Send + Unpin + 'static,
     F: std::future::Future<Output = Result<Channel<Msg>, russh::Error>> + Send + 'static,
 {
     let max = conn.shared.cfg.max_pending_forwarded_per_connection;
-    if conn.devflow.pending.fetch_add(1, Ordering::SeqCst) >= max {
+    let slot = if conn.devflow.pending.fetch_add(1, Ordering::SeqCst) >= max {
         conn.devflow.pending.fetch_sub(1, Ordering::SeqCst);
-        if conn.log_allowed() {
-            debug!(server = %conn.login.server.login_name(), kind, "forwarded connection closed: too many waiting for the client");
-        }
-        return;
-    }
-    let Some(slot) = conn.shared.take_slot(conn) else {
+        Err("too many connections waiting for the client")
+    } else if let Some(slot) = conn.shared.take_slot(conn) {
+        Ok(slot)
+    } else {
         conn.devflow.pending.fetch_sub(1, Ordering::SeqCst);
-        if conn.log_allowed() {
-            debug!(server = %conn.login.server.login_name(), kind, "forwarded connection closed: channel limit");
+        Err("too many channels on this connection")
+    };
+    let slot = match slot {
+        Ok(slot) => slot,
+        Err(reason) => {
+            drop((rd, wr));
+            if conn.log_allowed() {
+                debug!(server = %conn.login.server.login_name(), kind, reason, "forwarded connection closed");
+            }
+            conn.audit(
+                "forward",
+                kind,
+                "rejected",
+                serde_json::json!({ "reason": reason }),
+            )
+            .await;
+            return;
         }
-        return;
     };
     let conn = conn.clone();
     tokio::spawn(async move {

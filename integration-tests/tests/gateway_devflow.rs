@@ -353,11 +353,19 @@ async fn unix_socket_forwards_both_ways_as_the_session_user() -> Result<()> {
     // The root-only socket: the channel is refused (closed at once, nothing read), not hung.
     assert_eq!(blocking(|| read_unix(&b))?, "");
     stop(fwd);
-    let failures = audits(&h, "direct-streamlocal", "failure").await?;
-    assert!(
-        failures.iter().any(|d| d.contains("ermission denied")),
-        "{failures:?}"
-    );
+    // The refusal is audited after the client has its answer: poll.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let failures = audits(&h, "direct-streamlocal", "failure").await?;
+        if failures.iter().any(|d| d.contains("ermission denied")) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no permission-denied failure audited: {failures:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // streamlocal-forward: a socket in the container, owned by the session user, that reaches
     // the client's side; removed when the client goes.
@@ -811,5 +819,57 @@ async fn a_remote_forward_into_a_reader_that_never_reads_is_bounded() -> Result<
     let _ = reader.kill();
     let _ = reader.wait();
     stop(fwd);
+    Ok(())
+}
+
+/// Connections accepted on a remote forward's listener that the client has not confirmed yet
+/// are bounded per connection: beyond the limit they are closed at once and the refusal is
+/// audited. The client's target here never completes a TCP handshake (a listener whose accept
+/// queue is full drops SYNs), so OpenSSH keeps each `forwarded-tcpip` open unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_waiting_for_the_client_are_bounded() -> Result<()> {
+    let mut opts = Options::default();
+    opts.ssh.max_pending_forwarded_per_connection = 2;
+    let h = GatewayHarness::start_with("devflow-pending", opts).await?;
+    let stuck = tokio::net::TcpSocket::new_v4()?;
+    stuck.bind("127.0.0.1:0".parse()?)?;
+    let stuck = stuck.listen(0)?;
+    let target = stuck.local_addr()?.port();
+    let mut fwd = ssh_cmd(
+        &h,
+        &[
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &format!("127.0.0.1:0:127.0.0.1:{target}"),
+        ],
+    )
+    .stderr(Stdio::piped())
+    .stdout(Stdio::null())
+    .spawn()?;
+    let port = blocking(|| allocated_ports(&mut fwd, 1))?[0];
+    // In the container: eight connections held open until one is closed by the gateway.
+    let many = format!(
+        "import socket,select\ncs=[socket.create_connection(('127.0.0.1',{port})) for _ in range(8)]\nr,_,_=select.select(cs,[],[],120)\nprint('closed',len(r))\n"
+    );
+    let out = in_container(&h, None, &["python3", "-c", &many])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("closed ") && !stdout.starts_with("closed 0"),
+        "{stdout}"
+    );
+    let rejected = wait_audit(&h, "forwarded-tcpip", "rejected").await?;
+    assert!(
+        rejected
+            .iter()
+            .any(|d| d.contains("too many connections waiting for the client")),
+        "{rejected:?}"
+    );
+    // The gateway keeps serving.
+    let out = blocking(|| h.ssh_exec("echo alive", b""))?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alive\n");
+    stop(fwd);
+    drop(stuck);
     Ok(())
 }
