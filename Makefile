@@ -17,6 +17,8 @@ build: agent
 agent:
 	RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols -C debuginfo=0" \
 	  cargo build --release --locked -p berth-agent --target $(AGENT_TARGET)
+	@echo "built $(AGENT): a berth started from this target directory (cargo run) finds it;" \
+	  "make install puts it at /usr/lib/berth/berth-agent"
 
 install: build
 	$(MAKE) install-files

@@ -28,7 +28,7 @@ use rustix::net::{
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change of [`Request`] or [`Reply`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest message either side sends or accepts.
 pub const MAX_MESSAGE: usize = 64 * 1024;
@@ -47,6 +47,9 @@ pub const SOCKET_NAME: &str = "gw.sock";
 /// than the gateway's wait for any reply, so an honest slow connect is never taken for a stuck
 /// agent (the gateway asserts the order at compile time).
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Longest unix socket path a request may name (`sun_path` holds 108 bytes with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
 
 /// Environment variable carrying the one-time token (never passed on to session processes).
 pub const TOKEN_ENV: &str = "BERTH_AGENT_TOKEN";
@@ -80,6 +83,19 @@ pub enum Request {
     /// Connect to `ip:port` from inside the container's network namespace; the reply carries the
     /// connected socket.
     Connect { id: u32, ip: IpAddr, port: u16 },
+    /// Listen on `ip:port` (0: any free port) inside the container's network namespace; the
+    /// reply ([`Reply::Listening`]) carries the listening socket, on which the gateway accepts.
+    Listen { id: u32, ip: IpAddr, port: u16 },
+    /// Connect to the unix socket at `path`, as the agent's (the session's) user; the reply
+    /// ([`Reply::Connected`]) carries the connected socket.
+    ConnectUnix { id: u32, path: String },
+    /// Listen on a unix socket as the agent's user: at `path`, or (`None`) in a fresh private
+    /// directory (mode 0700) as a socket of mode 0600, for agent forwarding. The reply
+    /// ([`Reply::ListeningUnix`]) carries the listening socket and names its path.
+    ListenUnix { id: u32, path: Option<String> },
+    /// Remove a socket this agent created with [`Request::ListenUnix`] (and its private
+    /// directory); any other path is ignored. No reply.
+    Unlink { path: String },
 }
 
 /// Agent → gateway.
@@ -100,6 +116,10 @@ pub enum Reply {
     },
     /// The forward is connected (one fd attached: the socket).
     Connected { id: u32 },
+    /// A TCP listener is bound (one fd attached: the listening socket) on `port`.
+    Listening { id: u32, port: u16 },
+    /// A unix listener is bound at `path` (one fd attached: the listening socket).
+    ListeningUnix { id: u32, path: String },
 }
 
 #[derive(Debug, thiserror::Error)]

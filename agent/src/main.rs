@@ -103,6 +103,9 @@ struct State {
     children: Mutex<usize>,
     child_cv: Condvar,
     connects: AtomicUsize,
+    /// Unix sockets this agent bound (path → inside a private directory of its own), the only
+    /// paths [`Request::Unlink`] removes.
+    bound: Mutex<HashMap<String, bool>>,
 }
 
 impl State {
@@ -134,6 +137,7 @@ fn serve(path: &std::path::Path) -> Result<(), String> {
         children: Mutex::new(0),
         child_cv: Condvar::new(),
         connects: AtomicUsize::new(0),
+        bound: Mutex::new(HashMap::new()),
     });
     state.reply(
         &Reply::Hello {
@@ -227,6 +231,112 @@ fn handle(state: &Arc<State>, req: Request) {
                 state.connects.fetch_sub(1, Ordering::SeqCst);
             });
         }
+        Request::Listen { id, ip, port } => match listen_tcp(ip, port) {
+            Ok((port, fd)) => state.reply(&Reply::Listening { id, port }, &[fd]),
+            Err(error) => state.reply(&Reply::Failed { id, error }, &[]),
+        },
+        Request::ConnectUnix { id, path } => match connect_unix(&path) {
+            Ok(fd) => state.reply(&Reply::Connected { id }, &[fd]),
+            Err(error) => state.reply(&Reply::Failed { id, error }, &[]),
+        },
+        Request::ListenUnix { id, path } => match listen_unix(state, path.as_deref()) {
+            Ok((path, fd)) => state.reply(&Reply::ListeningUnix { id, path }, &[fd]),
+            Err(error) => state.reply(&Reply::Failed { id, error }, &[]),
+        },
+        Request::Unlink { path } => unlink(state, &path),
+    }
+}
+
+/// Binds a TCP listener inside the container's network namespace.
+fn listen_tcp(ip: std::net::IpAddr, port: u16) -> Result<(u16, OwnedFd), String> {
+    let l = std::net::TcpListener::bind(SocketAddr::new(ip, port)).map_err(|e| e.to_string())?;
+    let port = l.local_addr().map_err(|e| e.to_string())?.port();
+    Ok((port, OwnedFd::from(l)))
+}
+
+/// Connects to a unix socket without blocking: a listener whose backlog is full answers at once
+/// (`EAGAIN`) instead of holding the request past the gateway's patience.
+fn connect_unix(path: &str) -> Result<OwnedFd, String> {
+    let sock = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    let addr = rustix::net::SocketAddrUnix::new(path).map_err(|e| e.to_string())?;
+    match rustix::net::connect(&sock, &addr) {
+        Ok(()) => Ok(sock),
+        Err(rustix::io::Errno::AGAIN) => Err("the socket accepts no more connections".into()),
+        Err(e) => Err(std::io::Error::from(e).to_string()),
+    }
+}
+
+/// A name no other process guessed: 10 characters from /dev/urandom.
+fn random_name() -> Result<String, String> {
+    use std::io::Read;
+    let mut b = [0u8; 10];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    Ok(b.iter()
+        .map(|x| ALPHABET[usize::from(*x) % ALPHABET.len()] as char)
+        .collect())
+}
+
+/// Binds a unix listener at `path`, or in a fresh private directory (0700, socket 0600).
+fn listen_unix(state: &State, path: Option<&str>) -> Result<(String, OwnedFd), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let (path, private) = match path {
+        Some(p) => (p.to_string(), false),
+        None => {
+            let mut made = None;
+            for _ in 0..8 {
+                let dir = format!("/tmp/ssh-{}", random_name()?);
+                match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                    Ok(()) => {
+                        made = Some(dir);
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(format!("{dir}: {e}")),
+                }
+            }
+            let dir = made.ok_or("no fresh directory under /tmp")?;
+            (format!("{dir}/agent.{}", std::process::id()), true)
+        }
+    };
+    if path.len() > berth_agent::MAX_SOCKET_PATH {
+        return Err("socket path too long".into());
+    }
+    let l = match std::os::unix::net::UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            if private && let Some(dir) = std::path::Path::new(&path).parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Err(format!("{path}: {e}"));
+        }
+    };
+    if private {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("{path}: {e}"))?;
+    }
+    let mut bound = lock(&state.bound);
+    if bound.len() < 4096 {
+        bound.insert(path.clone(), private);
+    }
+    Ok((path, OwnedFd::from(l)))
+}
+
+fn unlink(state: &State, path: &str) {
+    let Some(private) = lock(&state.bound).remove(path) else {
+        return;
+    };
+    let _ = std::fs::remove_file(path);
+    if private && let Some(dir) = std::path::Path::new(path).parent() {
+        let _ = std::fs::remove_dir(dir);
     }
 }
 

@@ -108,6 +108,37 @@ pub struct Stream {
     pub path: &'static str,
 }
 
+/// Where a listener is asked for, inside the container.
+#[derive(Debug, Clone)]
+pub enum ListenSpec {
+    /// A TCP address in the container's network namespace (port 0: any free port).
+    Tcp(std::net::SocketAddr),
+    /// A unix socket path, or (`None`) a fresh private one for agent forwarding.
+    Unix(Option<String>),
+}
+
+/// A listener inside the container that the gateway accepts on.
+pub enum Listening {
+    Tcp {
+        listener: tokio::net::TcpListener,
+        /// Where it is bound (the allocated port when port 0 was asked for).
+        local: std::net::SocketAddr,
+    },
+    Unix {
+        listener: tokio::net::UnixListener,
+        path: String,
+    },
+}
+
+/// A [`Listening`] socket and whatever removes it from the container when dropped.
+pub struct Listener {
+    pub listening: Listening,
+    pub cleanup: Option<Box<dyn Send + Sync>>,
+}
+
+/// What a backend without an in-container agent answers for listeners and unix sockets.
+pub const NEEDS_AGENT: &str = "remote forwards, unix-socket forwards and agent forwarding need the session agent, which this server's container does not run";
+
 /// One audit record (never a password).
 #[derive(Debug, Clone, Default)]
 pub struct AuditRecord {
@@ -170,6 +201,26 @@ pub trait Backend: Send + Sync + 'static {
         dest: ForwardDest,
         port: u16,
     ) -> Result<Stream, BackendError>;
+    /// Listens inside the container of `target` (remote forwards, agent forwarding). Refused
+    /// unless the backend can listen from inside the container itself.
+    async fn listen(
+        &self,
+        _target: &Target,
+        _login: &str,
+        _spec: ListenSpec,
+    ) -> Result<Listener, BackendError> {
+        Err(BackendError::ForClient(NEEDS_AGENT.into()))
+    }
+    /// Connects to the unix socket at `path` inside the container of `target`, as the session
+    /// user. Refused unless the backend can connect from inside the container itself.
+    async fn connect_unix(
+        &self,
+        _target: &Target,
+        _login: &str,
+        _path: &str,
+    ) -> Result<Stream, BackendError> {
+        Err(BackendError::ForClient(NEEDS_AGENT.into()))
+    }
     /// Best effort: failures are logged, never surfaced to the client.
     async fn audit(&self, record: AuditRecord);
 }

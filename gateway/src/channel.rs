@@ -228,6 +228,11 @@ impl Channels {
         }
     }
 
+    /// True if `id` is in the table at all (the client opened it).
+    pub fn knows(&self, id: ChannelId) -> bool {
+        self.map.contains_key(&id)
+    }
+
     /// True if `id` is running (data for it is queued rather than discarded).
     pub fn is_running(&self, id: ChannelId) -> bool {
         matches!(

@@ -52,9 +52,33 @@ pub struct Config {
     /// Empty: `/usr/lib/berth/berth-agent`, else the one next to the `berth` binary. `"off"`:
     /// every session goes through Docker's exec stream.
     pub agent_binary: String,
+    /// Agent forwarding (`ssh -A`): a socket in the session's container relays to the client's
+    /// agent.
+    pub allow_agent_forwarding: bool,
+    /// Remote forwards (`ssh -R`, `tcpip-forward`): listeners inside the tenant's container.
+    pub allow_remote_forwarding: bool,
+    /// Unix-socket forwards (`direct-streamlocal` and `streamlocal-forward`) inside the container.
+    pub allow_streamlocal_forwarding: bool,
+    /// Where remote-forward listeners may bind inside the container: `loopback` (its
+    /// 127.0.0.1/::1 only, whatever the client asks) or `container` (also its own address and
+    /// the wildcard). Never the host's addresses: the listener lives in the container.
+    pub remote_forward_bind: RemoteForwardBind,
+    /// Remote-forward listeners (TCP and unix) one connection may hold at once.
+    pub max_remote_listeners_per_connection: usize,
+    /// Connections accepted on a connection's listeners that wait for the client to confirm
+    /// their channel; beyond this, new ones are closed at once.
+    pub max_pending_forwarded_per_connection: usize,
     /// `[ssh.auth]`: admission caps, brute-force budgets and bans, bcrypt, host keys
     /// (`[ssh.auth.host_keys]`). See `auth::AuthConfig`.
     pub auth: crate::auth::AuthConfig,
+}
+
+/// `[ssh] remote_forward_bind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteForwardBind {
+    Loopback,
+    Container,
 }
 
 impl Default for Config {
@@ -83,6 +107,12 @@ impl Default for Config {
             drain_timeout_secs: 30,
             start_note: true,
             agent_binary: String::new(),
+            allow_agent_forwarding: true,
+            allow_remote_forwarding: true,
+            allow_streamlocal_forwarding: true,
+            remote_forward_bind: RemoteForwardBind::Loopback,
+            max_remote_listeners_per_connection: 16,
+            max_pending_forwarded_per_connection: 16,
             auth: crate::auth::AuthConfig::default(),
         }
     }
@@ -121,6 +151,11 @@ impl Config {
         if self.max_sessions_per_connection == 0 || self.max_sessions_per_server == 0 {
             return Err("ssh.max_sessions_per_connection and ssh.max_sessions_per_server must be at least 1".into());
         }
+        if self.max_remote_listeners_per_connection == 0
+            || self.max_pending_forwarded_per_connection == 0
+        {
+            return Err("ssh.max_remote_listeners_per_connection and ssh.max_pending_forwarded_per_connection must be at least 1 (use allow_remote_forwarding = false to refuse remote forwards)".into());
+        }
         Ok(())
     }
 }
@@ -139,6 +174,21 @@ mod tests {
             ..Default::default()
         };
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn remote_forward_bind_takes_the_two_documented_values() {
+        let cfg: Config = serde_json::from_str(r#"{"remote_forward_bind": "container"}"#)
+            .unwrap_or_else(|e| panic!("parses: {e}"));
+        assert_eq!(cfg.remote_forward_bind, RemoteForwardBind::Container);
+        assert_eq!(
+            Config::default().remote_forward_bind,
+            RemoteForwardBind::Loopback
+        );
+        assert!(serde_json::from_str::<Config>(r#"{"remote_forward_bind": "host"}"#).is_err());
+        let d = Config::default();
+        assert!(d.allow_agent_forwarding && d.allow_remote_forwarding);
+        assert!(d.allow_streamlocal_forwarding);
     }
 
     #[test]

@@ -152,6 +152,8 @@ pub struct Conn {
     channels: Mutex<usize>,
     started: Instant,
     last_activity_ms: AtomicU64,
+    /// Remote and unix-socket forwards and agent sockets of this connection.
+    pub devflow: crate::devflow::State,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     /// Log lines and audit records this connection may still cause (see [`crate::audit`]).
@@ -170,6 +172,7 @@ impl Conn {
             channels: Mutex::new(0),
             started: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
+            devflow: crate::devflow::State::default(),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             budget: Mutex::new(Budget::new(Instant::now())),

@@ -116,12 +116,35 @@ pub async fn run(spec: Spec) {
         }
     };
     reply.accept().await;
+    debug!(server = %login, path = stream.path, "forward connected");
+    let (bytes_in, bytes_out) = relay(&conn, writer, input, &closed, stream).await;
+    audit(
+        "closed",
+        serde_json::json!({
+            "host": host, "port": port,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "duration_ms": started.elapsed().as_millis() as u64,
+        }),
+    )
+    .await;
+}
+
+/// Moves bytes between an accepted forward channel and `stream` until either side is done:
+/// client data through `input` (credited once written), stream data to the client through the
+/// channel's window. Returns the bytes moved (to the stream, to the client).
+pub async fn relay(
+    conn: &Arc<Conn>,
+    writer: russh::ChannelWriteHalf<Msg>,
+    input: mpsc::UnboundedReceiver<Input>,
+    closed: &CancellationToken,
+    stream: Stream,
+) -> (u64, u64) {
     let Stream {
         read: mut rd,
         write: wr,
-        path,
+        ..
     } = stream;
-    debug!(server = %login, path, "forward connected");
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = AtomicU64::new(0);
     let mut in_task = tokio::spawn(pipe::pump_input(
@@ -149,20 +172,14 @@ pub async fn run(spec: Spec) {
             break;
         }
         let chunk = buf.split().freeze();
-        if !pipe::send_or_closed(&writer, &conn, None, chunk, &bytes_out, &closed).await {
+        if !pipe::send_or_closed(&writer, conn, None, chunk, &bytes_out, closed).await {
             break;
         }
     }
     let _ = writer.close().await;
     in_task.abort();
-    audit(
-        "closed",
-        serde_json::json!({
-            "host": host, "port": port,
-            "bytes_in": bytes_in.load(Ordering::Relaxed),
-            "bytes_out": bytes_out.load(Ordering::Relaxed),
-            "duration_ms": started.elapsed().as_millis() as u64,
-        }),
+    (
+        bytes_in.load(Ordering::Relaxed),
+        bytes_out.load(Ordering::Relaxed),
     )
-    .await;
 }

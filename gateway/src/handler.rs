@@ -3,7 +3,10 @@
 //! [`Channels`] table and at most one spawn of a channel task (`session.rs`, `forward.rs`). Its
 //! length is russh's callback signatures; the state and its rules live in `channel.rs`.
 //!
-//! Rule: no callback here awaits anything that depends on the client or on Docker. Incoming
+//! Rule: no callback here awaits anything that depends on the client or on Docker, with one
+//! exception: `tcpip-forward` and `streamlocal-forward` must answer whether the listener exists
+//! (and which port it got), so they await the container side, bounded (`devflow.rs`); only the
+//! asking connection waits, and requests over its listener limit are refused without waiting. Incoming
 //! data is queued per channel; the queue is bounded by the channel window because the window is
 //! only replenished (`Handle::consumed`, our russh patch) once a writer task has really
 //! written the bytes out.
@@ -22,7 +25,7 @@ use crate::channel::{Channels, Input, NotStarted, PtySpec};
 use crate::conn::{Conn, Shared, Slot};
 use crate::gate::{Login, PermitCell};
 use crate::policy::{self, Program};
-use crate::{forward, session};
+use crate::{devflow, forward, session};
 
 pub struct ConnHandler {
     shared: Arc<Shared>,
@@ -268,6 +271,37 @@ impl russh::server::Handler for ConnHandler {
         Ok(())
     }
 
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (Some(conn), Some(slot)) = (self.conn.clone(), self.slot()) else {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        };
+        let id = channel.id();
+        let (read_half, writer) = channel.split();
+        drop(read_half);
+        let started = self.channels.open_forward(id, slot);
+        let finished = started.finished;
+        let spec = devflow::DirectSpec {
+            conn,
+            closed: started.closed,
+            writer,
+            reply,
+            path: socket_path.to_string(),
+            input: started.input,
+        };
+        tokio::spawn(async move {
+            let _finished = finished;
+            devflow::direct_streamlocal(spec).await;
+        });
+        Ok(())
+    }
+
     async fn channel_close(
         &mut self,
         channel: ChannelId,
@@ -275,6 +309,9 @@ impl russh::server::Handler for ConnHandler {
     ) -> Result<(), Self::Error> {
         // Dropping the queues tells the channel task to stop (and kill what it started).
         self.channels.close(channel);
+        if let Some(conn) = &self.conn {
+            conn.devflow.forget(channel);
+        }
         Ok(())
     }
 
@@ -302,6 +339,11 @@ impl russh::server::Handler for ConnHandler {
                 // The consumer is gone: give the window back so the client is not stuck.
                 crate::pipe::give_back(&self.shared, &session.handle(), channel, data.len());
             }
+        } else if !self.channels.knows(channel)
+            && self.conn.as_ref().is_some_and(|c| c.devflow.owns(channel))
+        {
+            // A channel the gateway opened: its task returns the window once the bytes are
+            // written into the container.
         } else {
             // Data before the program started (or after it failed): discard, but keep the
             // window open.
@@ -464,19 +506,72 @@ impl russh::server::Handler for ConnHandler {
 
     async fn agent_request(
         &mut self,
-        _channel: ChannelId,
+        channel: ChannelId,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        Ok(false)
+        let Some(conn) = self.conn.clone() else {
+            return Ok(false);
+        };
+        if !self.shared.cfg.allow_agent_forwarding {
+            tokio::spawn(async move { devflow::agent_refused(&conn).await });
+            return Ok(false);
+        }
+        Ok(conn.devflow.want_agent(channel))
     }
 
     async fn tcpip_forward(
         &mut self,
-        _address: &str,
-        _port: &mut u32,
+        address: &str,
+        port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        Ok(false)
+        match self.conn.clone() {
+            Some(conn) => Ok(devflow::tcpip_forward(&conn, address, port).await),
+            None => Ok(false),
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self
+            .conn
+            .as_ref()
+            .is_some_and(|c| devflow::cancel_tcpip_forward(c, address, port)))
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        match self.conn.clone() {
+            Some(conn) => Ok(devflow::streamlocal_forward(&conn, socket_path).await),
+            None => Ok(false),
+        }
+    }
+
+    async fn cancel_streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self
+            .conn
+            .as_ref()
+            .is_some_and(|c| devflow::cancel_streamlocal_forward(c, socket_path)))
+    }
+}
+
+impl Drop for ConnHandler {
+    fn drop(&mut self) {
+        // The connection is over: its listeners in the container go with it.
+        if let Some(conn) = &self.conn {
+            conn.devflow.clear();
+        }
     }
 }
 

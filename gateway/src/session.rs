@@ -129,6 +129,15 @@ async fn run_inner(
         env.push(("TERM".into(), p.term.clone()));
     }
     env.push(("BERTH_SERVER".into(), conn.login.server.login_name()));
+    // Kept until the session ends: the forwarded agent's socket goes with it.
+    let _agent_socket = match crate::devflow::agent_socket(&conn, id, &mut env).await {
+        Ok(s) => s,
+        Err(e) => {
+            let note = format!("berth: agent forwarding unavailable: {e}\r\n");
+            let _ = pipe::send(&writer, &conn, Some(1), Bytes::from(note), &bytes_out).await;
+            None
+        }
+    };
     let size = pty.as_ref().map(|p| (p.cols, p.rows));
     let argv = policy::argv(&program, &conn.shared.cfg.sftp_server_paths, size);
     let login = conn.login.server.login_name();

@@ -7,7 +7,8 @@ use tenants::{AuditEvent, AuditKind, ProvisionError, Provisioner, ServerId, Stor
 use tracing::warn;
 
 use crate::backend::{
-    AuditRecord, Backend, BackendError, Credentials, ExecRequest, Process, Stream, Target,
+    AuditRecord, Backend, BackendError, Credentials, ExecRequest, ListenSpec, Listener, Process,
+    Stream, Target,
 };
 use crate::docker::DockerExec;
 use crate::policy::ForwardDest;
@@ -98,6 +99,24 @@ impl Backend for TenantsBackend {
         port: u16,
     ) -> Result<Stream, BackendError> {
         self.exec.connect(target, login, dest, port).await
+    }
+
+    async fn listen(
+        &self,
+        target: &Target,
+        login: &str,
+        spec: ListenSpec,
+    ) -> Result<Listener, BackendError> {
+        self.exec.listen(target, login, spec).await
+    }
+
+    async fn connect_unix(
+        &self,
+        target: &Target,
+        login: &str,
+        path: &str,
+    ) -> Result<Stream, BackendError> {
+        self.exec.connect_unix(target, login, path).await
     }
 
     async fn audit(&self, record: AuditRecord) {

@@ -345,6 +345,44 @@ impl Backend for RelayBackend {
         })
     }
 
+    async fn listen(
+        &self,
+        target: &Target,
+        login: &str,
+        spec: gateway::backend::ListenSpec,
+    ) -> Result<gateway::backend::Listener, BackendError> {
+        let Some(route) = route(target) else {
+            return self.local.listen(target, login, spec).await;
+        };
+        Err(BackendError::ForClient(format!(
+            "remote forwards and agent forwarding are not relayed to another host yet ({login} lives on {})",
+            route.node
+        )))
+    }
+
+    async fn connect_unix(
+        &self,
+        target: &Target,
+        login: &str,
+        path: &str,
+    ) -> Result<Stream, BackendError> {
+        let Some(route) = route(target) else {
+            return self.local.connect_unix(target, login, path).await;
+        };
+        // The node opens the path as the session user (its own streamlocal policy applies).
+        let ch = route
+            .handle
+            .channel_open_direct_streamlocal(path)
+            .await
+            .map_err(|e| BackendError::Failed(format!("host {}: {e}", route.node)))?;
+        let (read, write) = tokio::io::split(ch.into_stream());
+        Ok(Stream {
+            read: Box::new(read),
+            write: Box::new(write),
+            path: "hop",
+        })
+    }
+
     async fn audit(&self, record: AuditRecord) {
         self.local.audit(record).await;
     }

@@ -108,7 +108,7 @@ for i in range(200):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         s.connect('/dev/berth/gw.sock')
-        s.send(json.dumps({"t":"hello","version":1,"token":"guess%d" % i}).encode() if i % 2 else b'\xff' * 100)
+        s.send(json.dumps({"t":"hello","version":2,"token":"guess%d" % i}).encode() if i % 2 else b'\xff' * 100)
     except OSError:
         pass
 print('done')
@@ -146,7 +146,7 @@ if MODE == "garbage_hello":
     sys.exit(0)
 if MODE == "early_exit":
     sys.exit(3)
-s.send(json.dumps({"t": "hello", "version": 1, "token": tok}).encode())
+s.send(json.dumps({"t": "hello", "version": @VERSION@, "token": tok}).encode())
 while True:
     m = s.recv(70000)
     if not m:
@@ -154,6 +154,18 @@ while True:
     req = json.loads(m)
     i = req.get("id", 0)
     spawned = json.dumps({"t": "spawned", "id": i, "pid": 1}).encode()
+    if req["t"] == "listen":
+        # A listener, but on every address of the container instead of the one asked for.
+        l = socket.socket(); l.bind(("0.0.0.0", 0)); l.listen(1)
+        port = l.getsockname()[1]
+        socket.send_fds(s, [json.dumps({"t": "listening", "id": i, "port": port}).encode()], [l.fileno()])
+        continue
+    if req["t"] == "connect_unix":
+        # A TCP connection where a unix one belongs.
+        l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+        c = socket.create_connection(l.getsockname())
+        socket.send_fds(s, [json.dumps({"t": "connected", "id": i}).encode()], [c.fileno()])
+        continue
     if req["t"] == "connect":
         if MODE == "wrong_peer":
             # Connected, but to the next port: not what the gateway asked for.
@@ -209,7 +221,12 @@ while True:
 fn fake_agent(dir: &Path, mode: &str) -> Result<PathBuf> {
     let p = dir.join(format!("fake-agent-{mode}"));
     let mut f = std::fs::File::create(&p)?;
-    f.write_all(FAKE_AGENT.replace("@MODE@", mode).as_bytes())?;
+    f.write_all(
+        FAKE_AGENT
+            .replace("@MODE@", mode)
+            .replace("@VERSION@", &berth_agent::PROTOCOL_VERSION.to_string())
+            .as_bytes(),
+    )?;
     Ok(p)
 }
 
@@ -548,6 +565,72 @@ async fn agent_connecting_a_forward_elsewhere() -> Result<()> {
     let got = String::from_utf8_lossy(&out.stdout);
     assert!(!got.contains("elsewhere"), "forward went elsewhere: {got}");
     assert!(violations() > before, "no protocol violation counted");
+    Ok(())
+}
+
+/// An agent answering a remote forward with a listener on other addresses, and a unix-socket
+/// forward with a TCP socket: both refused (the client's forward fails), counted as violations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agent_sending_the_wrong_listener_or_socket() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    for (n, args) in [
+        ["-R", "127.0.0.1:0:127.0.0.1:9"],
+        ["-L", "/tmp/berth-test-never.sock:/tmp/x.sock"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let scratch = tempfile::tempdir()?;
+        let mut opts = Options {
+            agent_mount: true,
+            ..Options::default()
+        };
+        opts.ssh.agent_binary = fake_agent(scratch.path(), "wrong_listener")?
+            .display()
+            .to_string();
+        let h = GatewayHarness::start_with(&format!("agentwronglisten{n}"), opts).await?;
+        let before = violations();
+        if args[0] == "-R" {
+            let out = blocking(|| {
+                h.ssh()
+                    .args(["-o", "ExitOnForwardFailure=yes"])
+                    .args(args)
+                    .arg(format!("{}@127.0.0.1", h.user()))
+                    .arg("true")
+                    .output()
+            })?;
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("remote port forwarding failed"),
+                "-R with a wildcard listener accepted: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            let local = scratch.path().join("l.sock");
+            let mut fwd = h
+                .ssh()
+                .args(["-N", "-L", &format!("{}:/tmp/x.sock", local.display())])
+                .arg(format!("{}@127.0.0.1", h.user()))
+                .spawn()?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let got = loop {
+                if let Ok(mut c) = std::os::unix::net::UnixStream::connect(&local) {
+                    c.set_read_timeout(Some(Duration::from_secs(30)))?;
+                    let mut buf = Vec::new();
+                    let _ = std::io::Read::read_to_end(&mut c, &mut buf);
+                    break buf;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "-L never listened");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let _ = fwd.kill();
+            let _ = fwd.wait();
+            assert!(got.is_empty(), "data through a TCP socket posing as unix");
+        }
+        assert!(
+            violations() > before,
+            "{args:?}: no protocol violation counted"
+        );
+    }
     Ok(())
 }
 

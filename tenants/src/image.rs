@@ -42,7 +42,8 @@ impl Variant {
 /// `python3` (the standard library, not `python3-minimal`), `rsync`, `tar`, `gzip`, `findutils`,
 /// `sed` and `getent` (libc-bin) are what config-management tools (Ansible's modules, its
 /// `synchronize`) and remote editors expect on a server; C.UTF-8 is built into glibc.
-/// netcat is used by the test suite and costs little.
+/// netcat is used by the test suite and costs little. `curl`, `openssh-client` and `git` are
+/// what remote-development servers and git with a forwarded agent need.
 pub fn packages(variant: Variant) -> Vec<&'static str> {
     let mut p = vec![
         "bash",
@@ -60,6 +61,11 @@ pub fn packages(variant: Variant) -> Vec<&'static str> {
         "sed",
         "libc-bin",
         "less",
+        // What remote-development servers (VS Code's, JetBrains') and git-over-ssh with a
+        // forwarded agent expect: a downloader, the ssh client with ssh-add, git.
+        "curl",
+        "openssh-client",
+        "git",
     ];
     if variant == Variant::Dind {
         p.extend([

@@ -244,6 +244,14 @@ pub fn container_body(
                 .to_vec()
         }),
         cgroupns_mode: caps.then_some(HostConfigCgroupnsModeEnum::PRIVATE),
+        // `::1` on the container's loopback even on an IPv4-only network (where Docker disables
+        // IPv6 on every interface): services bound to `::1`, or to `localhost` by runtimes that
+        // prefer IPv6, start as on any Linux host, and `ssh -L` to `[::1]` finds them. It is
+        // the container's own loopback; no address outside it changes.
+        sysctls: Some(HashMap::from([(
+            "net.ipv6.conf.lo.disable_ipv6".to_string(),
+            "0".to_string(),
+        )])),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -542,6 +550,25 @@ mod tests {
             created: chrono::Utc::now(),
             deleted: None,
         }
+    }
+
+    #[test]
+    fn the_loopback_keeps_ipv6() {
+        let cfg = Config::default();
+        let net = NetworkConfig::default();
+        let body = container_body(
+            &cfg,
+            &net,
+            &Names::new("b"),
+            &server(1, ServerSpec::default()),
+        );
+        let sysctls = body.host_config.and_then(|h| h.sysctls).unwrap_or_default();
+        assert_eq!(
+            sysctls
+                .get("net.ipv6.conf.lo.disable_ipv6")
+                .map(String::as_str),
+            Some("0")
+        );
     }
 
     #[test]

@@ -274,6 +274,165 @@ impl Hub {
         })
     }
 
+    /// Listens on `addr` inside the container's network namespace; the gateway accepts on the
+    /// returned socket itself, so every connection to it is one of the container's own.
+    pub async fn listen_tcp(
+        &self,
+        docker: &Docker,
+        at: &Placement<'_>,
+        addr: SocketAddr,
+    ) -> Result<(tokio::net::TcpListener, SocketAddr), AgentError> {
+        let conn = self.agent(docker, at).await?;
+        let id = conn.next_id();
+        let req = Request::Listen {
+            id,
+            ip: addr.ip(),
+            port: addr.port(),
+        };
+        let (reply, mut fds) = conn.request(id, &req).await?;
+        match reply {
+            Reply::Listening { .. } if fds.len() == 1 => {}
+            Reply::Failed { error, .. } => {
+                return Err(AgentError::Refused(conn.passed_text(&error)));
+            }
+            other => {
+                conn.violation(&format!(
+                    "unexpected reply to listen: {} with {} fds",
+                    kind(&other),
+                    fds.len()
+                ));
+                return Err(AgentError::Sent("unexpected reply".into()));
+            }
+        }
+        let fd = fds.remove(0);
+        let local = match fds::check_tcp_listener(&fd, addr) {
+            Ok(l) => l,
+            Err(e) => {
+                conn.violation(&format!("listen reply carried the wrong fd: {e}"));
+                return Err(AgentError::Sent(format!(
+                    "agent sent an unusable socket: {e}"
+                )));
+            }
+        };
+        let std = std::net::TcpListener::from(fd);
+        let l = std
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(std))
+            .map_err(|e| AgentError::Sent(format!("listening socket: {e}")))?;
+        Ok((l, local))
+    }
+
+    /// Connects to the unix socket at `path` as the agent's user (so the container's own file
+    /// permissions decide).
+    pub async fn connect_unix(
+        &self,
+        docker: &Docker,
+        at: &Placement<'_>,
+        path: &str,
+    ) -> Result<Stream, AgentError> {
+        let conn = self.agent(docker, at).await?;
+        let id = conn.next_id();
+        let req = Request::ConnectUnix {
+            id,
+            path: path.to_string(),
+        };
+        let (reply, mut fds) = conn.request(id, &req).await?;
+        match reply {
+            Reply::Connected { .. } if fds.len() == 1 => {}
+            Reply::Failed { error, .. } => {
+                return Err(AgentError::Refused(conn.passed_text(&error)));
+            }
+            other => {
+                conn.violation(&format!(
+                    "unexpected reply to a unix connect: {} with {} fds",
+                    kind(&other),
+                    fds.len()
+                ));
+                return Err(AgentError::Sent("unexpected reply".into()));
+            }
+        }
+        let fd = fds.remove(0);
+        if let Err(e) = fds::check_unix_stream(&fd) {
+            conn.violation(&format!("unix connect reply carried the wrong fd: {e}"));
+            return Err(AgentError::Sent(format!(
+                "agent sent an unusable socket: {e}"
+            )));
+        }
+        let std = std::os::unix::net::UnixStream::from(fd);
+        let stream = std
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(std))
+            .map_err(|e| AgentError::Sent(format!("forward socket: {e}")))?;
+        let (read, write) = stream.into_split();
+        Ok(Stream {
+            read: Box::new(read),
+            write: Box::new(write),
+            path: "agent",
+        })
+    }
+
+    /// Listens on a unix socket as the agent's user: at `path`, or (`None`) in a fresh private
+    /// directory for agent forwarding. The socket is removed when the returned [`Unlink`] is
+    /// dropped.
+    pub async fn listen_unix(
+        &self,
+        docker: &Docker,
+        at: &Placement<'_>,
+        path: Option<&str>,
+    ) -> Result<(tokio::net::UnixListener, String, Unlink), AgentError> {
+        let conn = self.agent(docker, at).await?;
+        let id = conn.next_id();
+        let req = Request::ListenUnix {
+            id,
+            path: path.map(str::to_string),
+        };
+        let (reply, mut fds) = conn.request(id, &req).await?;
+        let bound = match reply {
+            Reply::ListeningUnix { path: bound, .. } if fds.len() == 1 => bound,
+            Reply::Failed { error, .. } => {
+                return Err(AgentError::Refused(conn.passed_text(&error)));
+            }
+            other => {
+                conn.violation(&format!(
+                    "unexpected reply to a unix listen: {} with {} fds",
+                    kind(&other),
+                    fds.len()
+                ));
+                return Err(AgentError::Sent("unexpected reply".into()));
+            }
+        };
+        // The path is the tenant's text: it must be the one asked for, or a plausible fresh one.
+        let plausible = match path {
+            Some(p) => bound == p,
+            None => {
+                bound.starts_with("/tmp/ssh-")
+                    && bound.len() <= berth_agent::MAX_SOCKET_PATH
+                    && !bound.chars().any(|c| c.is_control())
+            }
+        };
+        let unlink = Unlink {
+            conn: conn.clone(),
+            path: bound.clone(),
+        };
+        let fd = fds.remove(0);
+        if !plausible {
+            conn.violation("unix listen reply named another path");
+            return Err(AgentError::Sent("agent bound another path".into()));
+        }
+        if let Err(e) = fds::check_unix_listener(&fd) {
+            conn.violation(&format!("unix listen reply carried the wrong fd: {e}"));
+            return Err(AgentError::Sent(format!(
+                "agent sent an unusable socket: {e}"
+            )));
+        }
+        let std = std::os::unix::net::UnixListener::from(fd);
+        let l = std
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixListener::from_std(std))
+            .map_err(|e| AgentError::Sent(format!("listening socket: {e}")))?;
+        Ok((l, bound, unlink))
+    }
+
     /// The container's live agent, started if needed.
     async fn agent(
         &self,
@@ -430,6 +589,8 @@ fn kind(r: &Reply) -> &'static str {
         Reply::Failed { .. } => "failed",
         Reply::Exited { .. } => "exited",
         Reply::Connected { .. } => "connected",
+        Reply::Listening { .. } => "listening",
+        Reply::ListeningUnix { .. } => "listening-unix",
     }
 }
 
@@ -1035,7 +1196,9 @@ impl AgentConn {
             Ok(
                 reply @ (Reply::Spawned { id, .. }
                 | Reply::Failed { id, .. }
-                | Reply::Connected { id }),
+                | Reply::Connected { id }
+                | Reply::Listening { id, .. }
+                | Reply::ListeningUnix { id, .. }),
             ) => {
                 let tx = self.lock_replies().remove(&id);
                 match tx {
@@ -1068,6 +1231,23 @@ impl AgentConn {
         let r = berth_agent::send(self.sock.get_ref().as_fd(), &Request::Hangup { id }, &[]);
         if let Err(e) = r {
             debug!(error = %e, id, "hang-up of an abandoned session not sent");
+        }
+    }
+}
+
+/// Removes a unix socket the agent bound, when dropped (best effort: an agent that is gone
+/// took its container's state with it or will be replaced).
+pub struct Unlink {
+    conn: Arc<AgentConn>,
+    path: String,
+}
+
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        let conn = self.conn.clone();
+        let path = std::mem::take(&mut self.path);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { conn.send(&Request::Unlink { path }).await });
         }
     }
 }

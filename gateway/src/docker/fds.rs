@@ -104,6 +104,72 @@ pub fn check_tcp(fd: &OwnedFd, want: SocketAddr) -> io::Result<()> {
     Ok(())
 }
 
+/// A stream socket of `family`: the common part of the socket checks.
+fn check_stream_socket(fd: &OwnedFd, unix: bool) -> io::Result<()> {
+    opened(fd)?;
+    let st = rustix::fs::fstat(fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Socket {
+        return Err(refuse("expected a socket".into()));
+    }
+    if rustix::net::sockopt::socket_type(fd)? != rustix::net::SocketType::STREAM {
+        return Err(refuse("expected a stream socket".into()));
+    }
+    let domain = rustix::net::sockopt::socket_domain(fd)?;
+    let ok = if unix {
+        domain == rustix::net::AddressFamily::UNIX
+    } else {
+        domain == rustix::net::AddressFamily::INET || domain == rustix::net::AddressFamily::INET6
+    };
+    if !ok {
+        return Err(refuse(format!(
+            "expected a {} socket",
+            if unix { "unix" } else { "TCP" }
+        )));
+    }
+    Ok(())
+}
+
+/// A listening TCP socket bound to `want` (port 0 in `want`: any port). Returns where it is bound.
+pub fn check_tcp_listener(fd: &OwnedFd, want: SocketAddr) -> io::Result<SocketAddr> {
+    check_stream_socket(fd, false)?;
+    if !rustix::net::sockopt::socket_acceptconn(fd)? {
+        return Err(refuse("expected a listening socket".into()));
+    }
+    let local = rustix::net::getsockname(fd)
+        .ok()
+        .and_then(|a| SocketAddr::try_from(a).ok())
+        .ok_or_else(|| refuse("listening socket has no address".into()))?;
+    if local.ip().to_canonical() != want.ip().to_canonical()
+        || (want.port() != 0 && local.port() != want.port())
+        || local.port() == 0
+    {
+        return Err(refuse(format!("socket bound to {local}, wanted {want}")));
+    }
+    Ok(local)
+}
+
+/// A listening unix stream socket.
+pub fn check_unix_listener(fd: &OwnedFd) -> io::Result<()> {
+    check_stream_socket(fd, true)?;
+    if !rustix::net::sockopt::socket_acceptconn(fd)? {
+        return Err(refuse("expected a listening socket".into()));
+    }
+    Ok(())
+}
+
+/// A connected (not listening) unix stream socket.
+pub fn check_unix_stream(fd: &OwnedFd) -> io::Result<()> {
+    check_stream_socket(fd, true)?;
+    if rustix::net::sockopt::socket_acceptconn(fd)? {
+        return Err(refuse(
+            "expected a connected socket, got a listening one".into(),
+        ));
+    }
+    // A connecting or unconnected socket has no peer.
+    rustix::net::getpeername(fd).map_err(|e| refuse(format!("socket is not connected: {e}")))?;
+    Ok(())
+}
+
 /// Registers `fd` with tokio's reactor. `AsyncFd::new` is deprecated in favour of an `unsafe`
 /// `register` whose condition is that the fd stays the same open file while registered: an
 /// `OwnedFd` owned by the `AsyncFd` guarantees exactly that, so the safe form is kept here, in

@@ -23,7 +23,10 @@ use bollard::Docker;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::backend::{BackendError, ExecRequest, Process, Stream, Target};
+use crate::backend::{
+    BackendError, ExecRequest, ListenSpec, Listener, Listening, NEEDS_AGENT, Process, Stream,
+    Target,
+};
 use crate::policy::{self, ForwardDest};
 use agent::{AgentError, Hub, Placement};
 
@@ -41,16 +44,32 @@ pub struct DockerExec {
     hub: Option<Hub>,
 }
 
-/// The agent binary `[ssh] agent_binary` names: "off" = none, empty = the default path or the
-/// `berth-agent` next to the running program.
+/// The agent binary `[ssh] agent_binary` names: "off" = none, empty = the default path, the
+/// `berth-agent` next to the running program, or the one `make agent` built in the same cargo
+/// target directory (so `make agent && cargo run --release -- run --demo` takes the fast path).
 pub fn find_agent_binary(setting: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok();
+    find_agent_binary_from(setting, exe.as_deref())
+}
+
+/// [`find_agent_binary`] for a given running program.
+pub fn find_agent_binary_from(setting: &str, exe: Option<&Path>) -> Option<PathBuf> {
     match setting {
         "off" => None,
         "" => {
-            let beside = std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(|d| d.join("berth-agent")));
-            [Some(PathBuf::from(DEFAULT_AGENT_BINARY)), beside]
+            let dir = exe.and_then(Path::parent);
+            let beside = dir.map(|d| d.join("berth-agent"));
+            // target/release/berth → target/<triple>/release/berth-agent (the static build).
+            let built = dir.and_then(|d| {
+                let profile = d.file_name()?;
+                Some(
+                    d.parent()?
+                        .join(AGENT_TRIPLE)
+                        .join(profile)
+                        .join("berth-agent"),
+                )
+            });
+            [Some(PathBuf::from(DEFAULT_AGENT_BINARY)), beside, built]
                 .into_iter()
                 .flatten()
                 .find(|p| p.is_file())
@@ -58,6 +77,9 @@ pub fn find_agent_binary(setting: &str) -> Option<PathBuf> {
         p => Some(PathBuf::from(p)),
     }
 }
+
+/// The target `make agent` builds the static agent for.
+const AGENT_TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
 impl DockerExec {
     pub fn new(docker: Docker, cfg: &crate::Config) -> Self {
@@ -208,6 +230,61 @@ impl DockerExec {
         })
     }
 
+    /// The agent and where it runs, for what only the agent can do (listen, unix sockets): a
+    /// container without one is refused with [`NEEDS_AGENT`], never served from the host.
+    async fn agent_only<'a>(
+        &'a self,
+        target: &'a Target,
+        login: &str,
+    ) -> Result<(&'a Hub, &'a Path, String), BackendError> {
+        let (Some(hub), Some(dir)) = (&self.hub, &target.agent_dir) else {
+            return Err(BackendError::ForClient(NEEDS_AGENT.into()));
+        };
+        let user = self.user(target, login).await?;
+        Ok((hub, dir, user))
+    }
+
+    pub async fn listen(
+        &self,
+        target: &Target,
+        login: &str,
+        spec: ListenSpec,
+    ) -> Result<Listener, BackendError> {
+        let (hub, dir, user) = self.agent_only(target, login).await?;
+        let at = self.placement(target, dir, &user);
+        let r = match spec {
+            ListenSpec::Tcp(addr) => {
+                hub.listen_tcp(&self.docker, &at, addr)
+                    .await
+                    .map(|(listener, local)| Listener {
+                        listening: Listening::Tcp { listener, local },
+                        cleanup: None,
+                    })
+            }
+            ListenSpec::Unix(path) => hub
+                .listen_unix(&self.docker, &at, path.as_deref())
+                .await
+                .map(|(listener, path, unlink)| Listener {
+                    listening: Listening::Unix { listener, path },
+                    cleanup: Some(Box::new(unlink)),
+                }),
+        };
+        r.map_err(agent_only_error)
+    }
+
+    pub async fn connect_unix(
+        &self,
+        target: &Target,
+        login: &str,
+        path: &str,
+    ) -> Result<Stream, BackendError> {
+        let (hub, dir, user) = self.agent_only(target, login).await?;
+        let at = self.placement(target, dir, &user);
+        hub.connect_unix(&self.docker, &at, path)
+            .await
+            .map_err(agent_only_error)
+    }
+
     fn placement<'a>(&'a self, target: &'a Target, dir: &'a Path, user: &'a str) -> Placement<'a> {
         Placement {
             container: &target.container_id,
@@ -275,6 +352,14 @@ impl DockerExec {
     }
 }
 
+/// An agent-only operation's failure: no agent is a refusal the client is told about.
+fn agent_only_error(e: AgentError) -> BackendError {
+    match e {
+        AgentError::Unavailable(_) => BackendError::ForClient(NEEDS_AGENT.into()),
+        AgentError::Refused(e) | AgentError::Sent(e) => BackendError::Failed(e),
+    }
+}
+
 /// What `id -u tenant` as root says about the session user: exit 0 `tenant`, exit 1 (no such
 /// user) `root`; anything else (Docker refused, not finished in time, killed, not runnable)
 /// decides nothing.
@@ -302,6 +387,31 @@ impl std::fmt::Display for ProbeAnswer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agent_make_builds_is_found_from_a_cargo_run() {
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
+        let exe = dir.path().join("target/release/berth");
+        let built = dir
+            .path()
+            .join("target/x86_64-unknown-linux-gnu/release/berth-agent");
+        assert!(std::fs::create_dir_all(built.parent().unwrap_or(dir.path())).is_ok());
+        assert!(std::fs::write(&built, b"agent").is_ok());
+        if !Path::new(DEFAULT_AGENT_BINARY).is_file() {
+            assert_eq!(find_agent_binary_from("", Some(&exe)), Some(built.clone()));
+        }
+        assert_eq!(find_agent_binary_from("off", Some(&exe)), None);
+        assert_eq!(
+            find_agent_binary_from("/x/y", Some(&exe)),
+            Some(PathBuf::from("/x/y"))
+        );
+        let other = dir.path().join("elsewhere/berth");
+        if !Path::new(DEFAULT_AGENT_BINARY).is_file() {
+            assert_eq!(find_agent_binary_from("", Some(&other)), None);
+        }
+    }
 
     #[test]
     fn only_a_clear_probe_answer_decides_the_user() {
