@@ -172,4 +172,14 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Stream, BackendError>;
     /// Best effort: failures are logged, never surfaced to the client.
     async fn audit(&self, record: AuditRecord);
+    /// The operator's recording setting for `server` (`None`: follow `[recording] enabled`).
+    async fn record_setting(&self, _server: ServerId) -> Result<Option<bool>, BackendError> {
+        Ok(None)
+    }
+    /// Stores a recorded session's metadata. Best effort: failures are logged.
+    async fn recording_done(&self, _recording: tenants::Recording) {}
+    /// Forgets recordings that started before `before` (unix seconds); returns their files.
+    async fn prune_recordings(&self, _before: i64) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -55,6 +55,10 @@ pub struct Config {
     /// `[ssh.auth]`: admission caps, brute-force budgets and bans, bcrypt, host keys
     /// (`[ssh.auth.host_keys]`). See `auth::AuthConfig`.
     pub auth: crate::auth::AuthConfig,
+    /// The top-level `[recording]` section, set by the binary (with `dir` resolved against the
+    /// state directory): not an `[ssh]` key.
+    #[serde(skip)]
+    pub recording: crate::recording::Config,
 }
 
 impl Default for Config {
@@ -84,6 +88,7 @@ impl Default for Config {
             start_note: true,
             agent_binary: String::new(),
             auth: crate::auth::AuthConfig::default(),
+            recording: crate::recording::Config::default(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod hostkeys;
 pub mod metrics;
 pub mod pipe;
 pub mod policy;
+pub mod recording;
 pub mod server;
 pub mod session;
 pub mod tenants_backend;

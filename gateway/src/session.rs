@@ -52,7 +52,9 @@ pub async fn run(spec: Spec) {
     let bytes_out = Arc::new(AtomicU64::new(0));
     // Which data path carried the session ("none" when it never started).
     let mut path = "none";
-    let outcome = run_inner(spec, bytes_in.clone(), bytes_out.clone(), &mut path).await;
+    let recording = crate::recording::begin(&conn, &spec.program, spec.pty.as_ref()).await;
+    let cast = recording.as_ref().and_then(|r| r.cast.clone());
+    let outcome = run_inner(spec, bytes_in.clone(), bytes_out.clone(), &mut path, cast).await;
     let (outcome_s, exit) = match &outcome {
         Outcome::Exited(Exit::Status(c)) => ("exited", serde_json::json!({ "exit_status": c })),
         Outcome::Exited(Exit::Signal(s)) => ("exited", serde_json::json!({ "exit_signal": s })),
@@ -61,6 +63,13 @@ pub async fn run(spec: Spec) {
     };
     let bi = bytes_in.load(Ordering::Relaxed);
     let bo = bytes_out.load(Ordering::Relaxed);
+    if let Some(r) = recording {
+        let exit = match &outcome {
+            Outcome::Exited(e) => Some(e),
+            _ => None,
+        };
+        r.end(&conn, exit, bi, bo);
+    }
     let mut detail = exit;
     // Error texts can carry what the tenant's agent wrote: bounded before the log line too.
     crate::audit::bound_detail(&mut detail);
@@ -98,6 +107,7 @@ async fn run_inner(
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
     path_taken: &mut &'static str,
+    cast: Option<Arc<crate::recording::Cast>>,
 ) -> Outcome {
     let Spec {
         conn,
@@ -151,6 +161,10 @@ async fn run_inner(
     } = process;
     debug!(server = %login, path, "session started");
     *path_taken = path;
+    let stdin = match &cast {
+        Some(c) => c.tee_input(stdin),
+        None => stdin,
+    };
 
     let input_task = tokio::spawn(pipe::pump_input(
         input,
@@ -174,12 +188,18 @@ async fn run_inner(
         tokio::select! {
             chunk = output.read(), if !output_done => match chunk {
                 Some(Chunk::Stdout(b)) => {
+                    if let Some(c) = &cast {
+                        c.output(&b);
+                    }
                     if !pipe::send_or_closed(&writer, &conn, None, b, &bytes_out, &closed).await {
                         control.hangup().await;
                         return Outcome::ClosedByClient;
                     }
                 }
                 Some(Chunk::Stderr(b)) => {
+                    if let Some(c) = &cast {
+                        c.output(&b);
+                    }
                     if !pipe::send_or_closed(&writer, &conn, Some(1), b, &bytes_out, &closed).await {
                         control.hangup().await;
                         return Outcome::ClosedByClient;
@@ -190,7 +210,12 @@ async fn run_inner(
             _ = tokio::time::sleep(OUTPUT_GRACE), if exited && !output_done => output_done = true,
             e = control.wait(), if exit.is_none() => exit = Some(e),
             c = ctl.recv() => match c {
-                Some(Ctl::Resize { cols, rows }) => control.resize(cols, rows).await,
+                Some(Ctl::Resize { cols, rows }) => {
+                    if let Some(c) = &cast {
+                        c.resize(cols, rows);
+                    }
+                    control.resize(cols, rows).await
+                }
                 Some(Ctl::Signal(name)) => control.signal(&name).await,
                 None => {
                     if exit.is_none() {

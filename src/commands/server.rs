@@ -82,6 +82,9 @@ pub enum Cmd {
         /// server made before `[tenants] agent_dir` its agent mount).
         #[arg(long)]
         recreate: bool,
+        /// Record this server's sessions: on or off, beside `[recording] enabled` (no restart).
+        #[arg(long, value_parser = parse_on_off)]
+        record: Option<bool>,
     },
     /// List servers with their container state and address.
     List {
@@ -115,6 +118,14 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected on or off, got {s:?}")),
+    }
 }
 
 fn parse_size(s: &str) -> Result<ByteSize, String> {
@@ -425,6 +436,7 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
             dind,
             init,
             recreate,
+            record,
         } => {
             let id = server_ref(&server)?;
             let change = ServerChange {
@@ -437,10 +449,28 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 init,
                 recreate,
             };
+            if let Some(on) = record {
+                match store.server(id).await.map_err(store_error)? {
+                    Some(s) if s.deleted.is_none() => {}
+                    _ => return Err(fail(exit::NOUSER, format!("no such server: {id}"))),
+                }
+                store
+                    .set_server_record(id, Some(on))
+                    .await
+                    .map_err(store_error)?;
+                admin(store, id, "server set record").await;
+                println!(
+                    "{id}: recording {} (from its next session)",
+                    if on { "on" } else { "off" }
+                );
+                if change == ServerChange::default() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
             if change == ServerChange::default() {
                 return Err(fail(
                     exit::USAGE,
-                    "nothing to change: give at least one of --image, --memory, --cpus, --pids, --user, --dind, --init, --recreate",
+                    "nothing to change: give at least one of --image, --memory, --cpus, --pids, --user, --dind, --init, --recreate, --record",
                 ));
             }
             let prov = connect(cfg, store).await?;

@@ -201,3 +201,36 @@ pub struct Front {
     pub last_seen: Option<DateTime<Utc>>,
     pub created: DateTime<Utc>,
 }
+
+/// What the operator set for one server beyond its container (`None`: follow the config).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ServerOperations {
+    /// Record its sessions (`berth server set --record on|off`).
+    pub record: Option<bool>,
+    /// Bytes per second per direction (`berth server set --bandwidth`).
+    pub bandwidth_bps: Option<u64>,
+}
+
+/// One recorded session's metadata. `file` is the asciicast of a terminal session (`None` for
+/// an exec without a terminal, whose command, exit and byte counts are the record).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recording {
+    pub id: String,
+    pub server: ServerId,
+    pub account: String,
+    pub peer: String,
+    /// "shell" or "exec".
+    pub kind: String,
+    pub command: Option<String>,
+    pub started: DateTime<Utc>,
+    pub ended: DateTime<Utc>,
+    pub file: Option<String>,
+    /// Bytes written to `file`.
+    pub bytes: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// "status 0", "signal KILL", or `None` when the session did not end with an exit.
+    pub exit: Option<String>,
+    /// Why the recording is incomplete, if it is (size cap, full queue, write failure).
+    pub note: Option<String>,
+}
