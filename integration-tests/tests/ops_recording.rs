@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use integration_tests::gateway::{GatewayHarness, Options};
+use integration_tests::tenants::{berth, berth_bin};
 
 /// The system Python (a pyenv shim on PATH may lack `pty` niceties); Debian's is /usr/bin.
 fn python() -> &'static str {
@@ -87,6 +88,19 @@ sys.exit(os.waitstatus_to_exitcode(status))
     Ok(out.stdout)
 }
 
+/// A config file for the CLI on the harness's store.
+fn cli_config(h: &GatewayHarness) -> Result<PathBuf> {
+    let path = h.path("cli.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir = \"{0}\"\ndatabase_url = \"sqlite://{0}/berth.db\"\n",
+            h.dir.path().display()
+        ),
+    )?;
+    Ok(path)
+}
+
 fn cast_events(file: &str) -> Result<(serde_json::Value, Vec<gateway::recording::CastEvent>)> {
     let text = std::fs::read_to_string(file).with_context(|| format!("read {file}"))?;
     gateway::recording::parse_cast(&text).map_err(anyhow::Error::msg)
@@ -146,6 +160,48 @@ async fn multibyte_output_split_across_reads_plays_back_exactly() -> Result<()> 
         "asciinema cat differs from what the client saw ({} vs {} bytes)",
         played.len(),
         out.stdout.len()
+    );
+
+    // The operator's view: the list, the file as exported, and playback.
+    let cfg = cli_config(&h)?;
+    let (code, listed, err) = blocking(|| berth(&cfg, &["session", "recordings", "--json"], None))?;
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&listed)?;
+    assert_eq!(listed[0]["id"], r.id.as_str());
+    assert_eq!(listed[0]["server"], h.server.map(|s| s.get()).unwrap_or(0));
+    let exported = blocking(|| {
+        Command::new(berth_bin()?)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["session", "export", &r.id])
+            .output()
+            .context("berth session export")
+    })?;
+    assert!(exported.status.success());
+    assert!(
+        exported.stdout == std::fs::read(&file)?,
+        "export is the file"
+    );
+    let replay = blocking(|| {
+        Command::new(berth_bin()?)
+            .arg("--config")
+            .arg(&cfg)
+            .args([
+                "session",
+                "play",
+                &r.id,
+                "--speed",
+                "100",
+                "--idle-limit",
+                "0.01",
+            ])
+            .output()
+            .context("berth session play")
+    })?;
+    assert!(replay.status.success());
+    assert!(
+        replay.stdout == out.stdout,
+        "play prints what the client saw"
     );
     Ok(())
 }
@@ -396,7 +452,16 @@ async fn exec_without_terminal_is_metadata_and_the_server_setting_wins() -> Resu
 
     // `berth server set --record off` for this server: nothing more is recorded.
     let id = h.server.context("server")?;
-    h.store.set_server_record(id, Some(false)).await?;
+    let cfg = cli_config(&h)?;
+    let (code, _, err) = blocking(|| {
+        berth(
+            &cfg,
+            &["server", "set", &id.login_name(), "--record", "off"],
+            None,
+        )
+    })?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(h.store.server_operations(id).await?.record, Some(false));
     let out = blocking(|| {
         let mut c = h.ssh();
         c.arg("-tt")
