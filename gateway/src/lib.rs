@@ -21,6 +21,7 @@ pub mod policy;
 pub mod recording;
 pub mod server;
 pub mod session;
+pub mod sftp_audit;
 pub mod tenants_backend;
 
 pub use backend::{

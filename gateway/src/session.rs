@@ -165,6 +165,12 @@ async fn run_inner(
         Some(c) => c.tee_input(stdin),
         None => stdin,
     };
+    let sftp = matches!(program, Program::Sftp).then(|| crate::sftp_audit::Tap::start(&conn));
+    let _sftp_end = sftp.clone().map(SftpEnd);
+    let stdin = match &sftp {
+        Some(t) => t.wrap_input(stdin),
+        None => stdin,
+    };
 
     let input_task = tokio::spawn(pipe::pump_input(
         input,
@@ -190,6 +196,9 @@ async fn run_inner(
                 Some(Chunk::Stdout(b)) => {
                     if let Some(c) = &cast {
                         c.output(&b);
+                    }
+                    if let Some(t) = &sftp {
+                        t.server_bytes(&b);
                     }
                     if !pipe::send_or_closed(&writer, &conn, None, b, &bytes_out, &closed).await {
                         control.hangup().await;
@@ -315,6 +324,14 @@ async fn fail_exec(conn: &Conn, writer: &ChannelWriteHalf<Msg>, e: &BackendError
     let _ = writer.eof().await;
     let _ = writer.close().await;
     Outcome::Failed(e.to_string())
+}
+
+/// Reports an SFTP session's open handles and unanswered requests when it ends, however.
+struct SftpEnd(crate::sftp_audit::Tap);
+impl Drop for SftpEnd {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
 }
 
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
