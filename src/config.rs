@@ -360,6 +360,9 @@ impl Config {
         if ssh.recording.dir.is_empty() {
             ssh.recording.dir = self.state_dir.join("recordings").display().to_string();
         }
+        if ssh.control_socket.is_empty() {
+            ssh.control_socket = self.state_dir.join("control.sock").display().to_string();
+        }
         ssh
     }
 

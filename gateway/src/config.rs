@@ -52,6 +52,9 @@ pub struct Config {
     /// Empty: `/usr/lib/berth/berth-agent`, else the one next to the `berth` binary. `"off"`:
     /// every session goes through Docker's exec stream.
     pub agent_binary: String,
+    /// The local control socket of `berth session list|kill` (root only, 0600). Empty:
+    /// `<state_dir>/control.sock`; `"off"`: none.
+    pub control_socket: String,
     /// `[ssh.auth]`: admission caps, brute-force budgets and bans, bcrypt, host keys
     /// (`[ssh.auth.host_keys]`). See `auth::AuthConfig`.
     pub auth: crate::auth::AuthConfig,
@@ -87,6 +90,7 @@ impl Default for Config {
             drain_timeout_secs: 30,
             start_note: true,
             agent_binary: String::new(),
+            control_socket: String::new(),
             auth: crate::auth::AuthConfig::default(),
             recording: crate::recording::Config::default(),
         }

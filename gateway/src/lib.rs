@@ -10,6 +10,7 @@ pub mod build;
 pub mod channel;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod docker;
 pub mod forward;
 pub mod gate;

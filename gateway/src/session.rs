@@ -54,11 +54,28 @@ pub async fn run(spec: Spec) {
     let mut path = "none";
     let recording = crate::recording::begin(&conn, &spec.program, spec.pty.as_ref()).await;
     let cast = recording.as_ref().and_then(|r| r.cast.clone());
-    let outcome = run_inner(spec, bytes_in.clone(), bytes_out.clone(), &mut path, cast).await;
+    let listed = conn.shared.live.register(
+        &conn,
+        kind,
+        recording.is_some(),
+        bytes_in.clone(),
+        bytes_out.clone(),
+    );
+    let outcome = run_inner(
+        spec,
+        bytes_in.clone(),
+        bytes_out.clone(),
+        &mut path,
+        cast,
+        &listed.live,
+    )
+    .await;
+    drop(listed);
     let (outcome_s, exit) = match &outcome {
         Outcome::Exited(Exit::Status(c)) => ("exited", serde_json::json!({ "exit_status": c })),
         Outcome::Exited(Exit::Signal(s)) => ("exited", serde_json::json!({ "exit_signal": s })),
         Outcome::ClosedByClient => ("closed", serde_json::json!({})),
+        Outcome::Killed => ("killed", serde_json::json!({})),
         Outcome::Failed(e) => ("error", serde_json::json!({ "error": e })),
     };
     let bi = bytes_in.load(Ordering::Relaxed);
@@ -95,6 +112,8 @@ pub async fn run(spec: Spec) {
 enum Outcome {
     Exited(Exit),
     ClosedByClient,
+    /// Ended by the operator (`berth session kill`).
+    Killed,
     Failed(String),
 }
 
@@ -108,6 +127,7 @@ async fn run_inner(
     bytes_out: Arc<AtomicU64>,
     path_taken: &mut &'static str,
     cast: Option<Arc<crate::recording::Cast>>,
+    live: &crate::control::Live,
 ) -> Outcome {
     let Spec {
         conn,
@@ -182,6 +202,7 @@ async fn run_inner(
     ));
     let _abort_input = AbortOnDrop(input_task);
 
+    let killed = live.killed();
     let mut draining_told = false;
     let drain = conn.shared.draining.clone();
     let mut output_done = false;
@@ -233,6 +254,17 @@ async fn run_inner(
                     return Outcome::ClosedByClient;
                 }
             },
+            _ = killed.cancelled() => {
+                let line = Bytes::from(live.kill_line());
+                let _ = pipe::send(&writer, &conn, Some(1), line, &bytes_out).await;
+                if exit.is_none() {
+                    control.hangup().await;
+                }
+                let _ = writer.exit_status(255).await;
+                let _ = writer.eof().await;
+                let _ = writer.close().await;
+                return Outcome::Killed;
+            }
             _ = closed.cancelled() => {
                 if exit.is_none() {
                     control.hangup().await;

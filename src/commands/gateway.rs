@@ -53,6 +53,20 @@ pub async fn run_daemon(
         shared.clone(),
         shutdown.clone(),
     ));
+    if shared.cfg.control_socket != "off" {
+        let path = std::path::Path::new(&shared.cfg.control_socket);
+        let control = gateway::control::bind(path).with_context(|| {
+            format!(
+                "gateway: cannot bind the control socket {} (ssh.control_socket)",
+                path.display()
+            )
+        })?;
+        tokio::spawn(gateway::control::serve(
+            shared.live.clone(),
+            control,
+            shutdown.clone(),
+        ));
+    }
     let _ = ready.send(());
     gateway::serve(shared, listeners, shutdown)
         .await

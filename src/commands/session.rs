@@ -1,5 +1,6 @@
-//! `berth session …`: recorded sessions as the store lists them (`recordings`), played back in
-//! the terminal (`play`) or written out as the asciicast file (`export`). Exit codes as in
+//! `berth session …`: live sessions of the running gateway through its control socket (`list`,
+//! `kill`), and recorded sessions as the store lists them (`recordings`), played back in the
+//! terminal (`play`) or written out as the asciicast file (`export`). Exit codes as in
 //! `account.rs`.
 //!
 //! Playing never interprets the recording beyond its events: output events are written as
@@ -15,10 +16,32 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use tenants::{Recording, ServerId, Store};
 
+use gateway::control::{Reply, Request, Selector};
+
 use super::account::{exit, fail, open_store, print_table, store_error};
 
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
+    /// Live sessions of the running gateway.
+    List {
+        /// Only this server (`server<N>` or `N`).
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End live sessions (their clients are told why): one by id, or all of a server or account.
+    Kill {
+        #[arg(required_unless_present_any = ["server", "account"])]
+        id: Option<u64>,
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        account: Option<String>,
+        /// Shown to the clients.
+        #[arg(long)]
+        message: Option<String>,
+    },
     /// Recorded sessions, newest first.
     Recordings {
         /// Only this server (`server<N>` or `N`).
@@ -51,22 +74,112 @@ fn parse_positive(s: &str) -> Result<f64, String> {
     }
 }
 
+fn server_arg(s: Option<String>) -> Result<Option<ServerId>> {
+    s.map(|s| {
+        tenants::parse_server_ref(&s)
+            .ok_or_else(|| fail(exit::DATAERR, format!("not a server: {s:?}")))
+    })
+    .transpose()
+}
+
+async fn control(path: Option<&Path>, req: Request) -> Result<Reply> {
+    let cfg = super::load_config(path)?;
+    let socket = cfg.gateway_config().control_socket;
+    let reply = gateway::control::request(Path::new(&socket), &req)
+        .await
+        .map_err(|e| {
+            fail(
+                exit::UNAVAILABLE,
+                format!("cannot reach the gateway's control socket {socket}: {e} (is `berth run` running, and are you root?)"),
+            )
+        })?;
+    match reply {
+        Reply::Error(e) => Err(fail(exit::DATAERR, format!("the gateway refused: {e}"))),
+        r => Ok(r),
+    }
+}
+
 pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
+        Cmd::List { server, json } => {
+            let select = Selector {
+                server: server_arg(server)?.map(|s| s.get()),
+                ..Default::default()
+            };
+            let Reply::Sessions(list) = control(path, Request::List { select }).await? else {
+                return Err(fail(
+                    exit::UNAVAILABLE,
+                    "unexpected answer from the gateway",
+                ));
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.id.to_string(),
+                        format!("server{}", s.server),
+                        s.account.clone(),
+                        s.peer.clone(),
+                        s.kind.clone(),
+                        format!("{}s", now.saturating_sub(s.started)),
+                        format!("{}s", s.idle_secs),
+                        s.bytes_in.to_string(),
+                        s.bytes_out.to_string(),
+                        if s.recording { "yes" } else { "no" }.into(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "ID", "SERVER", "ACCOUNT", "PEER", "KIND", "AGE", "IDLE", "IN", "OUT",
+                    "RECORDED",
+                ],
+                &rows,
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Kill {
+            id,
+            server,
+            account,
+            message,
+        } => {
+            let select = Selector {
+                id,
+                server: server_arg(server)?.map(|s| s.get()),
+                account,
+            };
+            let Reply::Killed(n) = control(path, Request::Kill { select, message }).await? else {
+                return Err(fail(
+                    exit::UNAVAILABLE,
+                    "unexpected answer from the gateway",
+                ));
+            };
+            println!("{n} session(s) ended");
+            return Ok(if n == 0 {
+                ExitCode::from(exit::NOUSER)
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+        _ => {}
+    }
     let (_cfg, store) = open_store(path).await?;
     match cmd {
+        Cmd::List { .. } | Cmd::Kill { .. } => Ok(ExitCode::SUCCESS),
         Cmd::Recordings {
             server,
             limit,
             json,
-        } => {
-            let server = server
-                .map(|s| {
-                    tenants::parse_server_ref(&s)
-                        .ok_or_else(|| fail(exit::DATAERR, format!("not a server: {s:?}")))
-                })
-                .transpose()?;
-            list(&store, server, limit, json).await
-        }
+        } => list(&store, server_arg(server)?, limit, json).await,
         Cmd::Play {
             id,
             speed,
