@@ -172,9 +172,13 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Stream, BackendError>;
     /// Best effort: failures are logged, never surfaced to the client.
     async fn audit(&self, record: AuditRecord);
-    /// The operator's recording setting for `server` (`None`: follow `[recording] enabled`).
-    async fn record_setting(&self, _server: ServerId) -> Result<Option<bool>, BackendError> {
-        Ok(None)
+    /// The operator's settings for `server`: recording, bandwidth, session limits (each
+    /// `None`: follow the config).
+    async fn operations(
+        &self,
+        _server: ServerId,
+    ) -> Result<tenants::ServerOperations, BackendError> {
+        Ok(tenants::ServerOperations::default())
     }
     /// Stores a recorded session's metadata. Best effort: failures are logged.
     async fn recording_done(&self, _recording: tenants::Recording) {}

@@ -40,6 +40,11 @@ pub struct Config {
     pub keepalive_interval_secs: u64,
     /// Close the connection after this many unanswered keepalives.
     pub keepalive_max: usize,
+    /// Close a session this many seconds after it started (0 = never); a server's or its
+    /// account's own `--max-duration` replaces it.
+    pub max_session_secs: u64,
+    /// Audit SFTP sessions per operation (open/close with bytes, remove, rename, …).
+    pub sftp_audit: bool,
     /// Concurrent channels (sessions and forwards) per connection.
     pub max_sessions_per_connection: usize,
     /// Concurrent channels per tenant server over all connections.
@@ -85,6 +90,8 @@ impl Default for Config {
             idle_timeout_secs: 3600,
             keepalive_interval_secs: 30,
             keepalive_max: 4,
+            max_session_secs: 0,
+            sftp_audit: true,
             max_sessions_per_connection: 10,
             max_sessions_per_server: 64,
             drain_timeout_secs: 30,

@@ -113,6 +113,8 @@ impl Drop for Registration {
 }
 
 impl Registry {
+    /// Lists a starting session, unless `caps` refuse it (counted under the same lock, so two
+    /// sessions starting together cannot both take the last place): then the tenant's line.
     pub fn register(
         self: &Arc<Self>,
         conn: &Arc<Conn>,
@@ -120,7 +122,20 @@ impl Registry {
         recording: bool,
         bytes_in: Arc<AtomicU64>,
         bytes_out: Arc<AtomicU64>,
-    ) -> Registration {
+        caps: crate::limits::Caps,
+    ) -> Result<Registration, String> {
+        let mut m = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if caps != crate::limits::Caps::default() {
+            let (mut on_server, mut of_account) = (0, 0);
+            for l in m.values() {
+                on_server += usize::from(l.conn.login.server == conn.login.server);
+                of_account += usize::from(l.conn.login.owner == conn.login.owner);
+            }
+            caps.admit(on_server, of_account)?;
+        }
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let live = Arc::new(Live {
             id,
@@ -133,13 +148,11 @@ impl Registry {
             kill: CancellationToken::new(),
             message: Mutex::new(None),
         });
-        if let Ok(mut m) = self.map.lock() {
-            m.insert(id, live.clone());
-        }
-        Registration {
+        m.insert(id, live.clone());
+        Ok(Registration {
             registry: self.clone(),
             live,
-        }
+        })
     }
 
     fn matching(&self, sel: &Selector) -> Vec<Arc<Live>> {

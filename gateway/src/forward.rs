@@ -115,6 +115,15 @@ pub async fn run(spec: Spec) {
             return;
         }
     };
+    // The server's bandwidth limit (the store down: none).
+    let bandwidth = crate::limits::bandwidth(
+        conn.shared
+            .backend
+            .operations(conn.login.server)
+            .await
+            .as_ref()
+            .ok(),
+    );
     reply.accept().await;
     let Stream {
         read: mut rd,
@@ -131,7 +140,9 @@ pub async fn run(spec: Spec) {
         writer.id(),
         false,
         bytes_in.clone(),
+        crate::limits::Bucket::new(bandwidth, Instant::now()),
     ));
+    let mut out_bucket = crate::limits::Bucket::new(bandwidth, Instant::now());
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         buf.reserve(64 * 1024);
@@ -149,6 +160,7 @@ pub async fn run(spec: Spec) {
             break;
         }
         let chunk = buf.split().freeze();
+        crate::limits::throttle(&mut out_bucket, chunk.len()).await;
         if !pipe::send_or_closed(&writer, &conn, None, chunk, &bytes_out, &closed).await {
             break;
         }

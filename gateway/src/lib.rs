@@ -16,6 +16,7 @@ pub mod forward;
 pub mod gate;
 pub mod handler;
 pub mod hostkeys;
+pub mod limits;
 pub mod metrics;
 pub mod pipe;
 pub mod policy;

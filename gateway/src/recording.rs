@@ -491,26 +491,38 @@ fn unix(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// Whether this session is recorded, and if so starts it: the server's own setting, else
-/// `[recording] enabled`. A store that cannot answer means "record" (when a directory is
+/// Whether this session is recorded (`ops`: the server's settings as the store gave them), and
+/// if so starts it: the server's own setting, else `[recording] enabled`. A store that cannot
+/// answer means "record" (when a directory is
 /// configured): an operator who asked for recordings must not lose them to an outage. SFTP is
 /// never recorded here.
-pub async fn begin(conn: &Conn, program: &Program, pty: Option<&PtySpec>) -> Option<Active> {
+pub fn wanted(
+    conn: &Conn,
+    program: &Program,
+    ops: &Result<tenants::ServerOperations, BackendError>,
+) -> bool {
     let cfg = &conn.shared.cfg.recording;
     if matches!(program, Program::Sftp) || cfg.dir.is_empty() {
+        return false;
+    }
+    match ops {
+        Ok(o) => o.record.unwrap_or(cfg.enabled),
+        Err(_) => true,
+    }
+}
+
+/// Starts recording this session when [`wanted`] says so.
+pub fn begin(
+    conn: &Conn,
+    program: &Program,
+    pty: Option<&PtySpec>,
+    ops: &Result<tenants::ServerOperations, BackendError>,
+) -> Option<Active> {
+    let cfg = &conn.shared.cfg.recording;
+    if !wanted(conn, program, ops) {
         return None;
     }
     let server = conn.login.server;
-    let wanted = match conn.shared.backend.record_setting(server).await {
-        Ok(Some(on)) => on,
-        Ok(None) => cfg.enabled,
-        Err(
-            BackendError::Unavailable(_) | BackendError::Failed(_) | BackendError::ForClient(_),
-        ) => true,
-    };
-    if !wanted {
-        return None;
-    }
     let started = SystemTime::now();
     let id = format!(
         "{}-{}-{:08x}",

@@ -52,15 +52,38 @@ pub async fn run(spec: Spec) {
     let bytes_out = Arc::new(AtomicU64::new(0));
     // Which data path carried the session ("none" when it never started).
     let mut path = "none";
-    let recording = crate::recording::begin(&conn, &spec.program, spec.pty.as_ref()).await;
-    let cast = recording.as_ref().and_then(|r| r.cast.clone());
-    let listed = conn.shared.live.register(
+    // One store query per session: recording and limits (the store down: record, config limits).
+    let ops = conn.shared.backend.operations(conn.login.server).await;
+    let caps = crate::limits::Caps::new(ops.as_ref().ok());
+    let listed = match conn.shared.live.register(
         &conn,
         kind,
-        recording.is_some(),
+        crate::recording::wanted(&conn, &spec.program, &ops),
         bytes_in.clone(),
         bytes_out.clone(),
-    );
+        caps,
+    ) {
+        Ok(l) => l,
+        Err(line) => {
+            let counter = AtomicU64::new(0);
+            let _ = pipe::send(&spec.writer, &conn, Some(1), Bytes::from(line), &counter).await;
+            let _ = spec.writer.exit_status(1).await;
+            let _ = spec.writer.eof().await;
+            let _ = spec.writer.close().await;
+            conn.audit(
+                "session",
+                kind,
+                "refused",
+                serde_json::json!({ "limit": "max_sessions" }),
+            )
+            .await;
+            return;
+        }
+    };
+    let recording = crate::recording::begin(&conn, &spec.program, spec.pty.as_ref(), &ops);
+    let limits = crate::limits::SessionLimits::new(&conn.shared.cfg, ops.as_ref().ok());
+    let bandwidth = crate::limits::bandwidth(ops.as_ref().ok());
+    let cast = recording.as_ref().and_then(|r| r.cast.clone());
     let outcome = run_inner(
         spec,
         bytes_in.clone(),
@@ -68,6 +91,8 @@ pub async fn run(spec: Spec) {
         &mut path,
         cast,
         &listed.live,
+        limits,
+        bandwidth,
     )
     .await;
     drop(listed);
@@ -76,6 +101,7 @@ pub async fn run(spec: Spec) {
         Outcome::Exited(Exit::Signal(s)) => ("exited", serde_json::json!({ "exit_signal": s })),
         Outcome::ClosedByClient => ("closed", serde_json::json!({})),
         Outcome::Killed => ("killed", serde_json::json!({})),
+        Outcome::Limit(which) => ("limit", serde_json::json!({ "limit": which })),
         Outcome::Failed(e) => ("error", serde_json::json!({ "error": e })),
     };
     let bi = bytes_in.load(Ordering::Relaxed);
@@ -114,6 +140,8 @@ enum Outcome {
     ClosedByClient,
     /// Ended by the operator (`berth session kill`).
     Killed,
+    /// Ended by an idle or duration limit.
+    Limit(&'static str),
     Failed(String),
 }
 
@@ -128,6 +156,8 @@ async fn run_inner(
     path_taken: &mut &'static str,
     cast: Option<Arc<crate::recording::Cast>>,
     live: &crate::control::Live,
+    mut limits: crate::limits::SessionLimits,
+    bandwidth: u64,
 ) -> Outcome {
     let Spec {
         conn,
@@ -185,7 +215,8 @@ async fn run_inner(
         Some(c) => c.tee_input(stdin),
         None => stdin,
     };
-    let sftp = matches!(program, Program::Sftp).then(|| crate::sftp_audit::Tap::start(&conn));
+    let sftp = (matches!(program, Program::Sftp) && conn.shared.cfg.sftp_audit)
+        .then(|| crate::sftp_audit::Tap::start(&conn));
     let _sftp_end = sftp.clone().map(SftpEnd);
     let stdin = match &sftp {
         Some(t) => t.wrap_input(stdin),
@@ -199,10 +230,14 @@ async fn run_inner(
         id,
         keep_stdin_open,
         bytes_in.clone(),
+        crate::limits::Bucket::new(bandwidth, std::time::Instant::now()),
     ));
+    let mut out_bucket = crate::limits::Bucket::new(bandwidth, std::time::Instant::now());
     let _abort_input = AbortOnDrop(input_task);
 
     let killed = live.killed();
+    let started = Instant::now();
+    let mut limit_tick = tokio::time::interval(limits.tick());
     let mut draining_told = false;
     let drain = conn.shared.draining.clone();
     let mut output_done = false;
@@ -221,6 +256,7 @@ async fn run_inner(
                     if let Some(t) = &sftp {
                         t.server_bytes(&b);
                     }
+                    crate::limits::throttle(&mut out_bucket, b.len()).await;
                     if !pipe::send_or_closed(&writer, &conn, None, b, &bytes_out, &closed).await {
                         control.hangup().await;
                         return Outcome::ClosedByClient;
@@ -230,6 +266,7 @@ async fn run_inner(
                     if let Some(c) = &cast {
                         c.output(&b);
                     }
+                    crate::limits::throttle(&mut out_bucket, b.len()).await;
                     if !pipe::send_or_closed(&writer, &conn, Some(1), b, &bytes_out, &closed).await {
                         control.hangup().await;
                         return Outcome::ClosedByClient;
@@ -254,6 +291,25 @@ async fn run_inner(
                     return Outcome::ClosedByClient;
                 }
             },
+            _ = limit_tick.tick(), if limits.active() => {
+                match limits.check(started.elapsed(), conn.idle_for()) {
+                    crate::limits::Action::Nothing => {}
+                    crate::limits::Action::Warn(line) => {
+                        // Not through `pipe::send`: a warning is no activity.
+                        let _ = writer.extended_data_bytes(1, Bytes::from(line)).await;
+                    }
+                    crate::limits::Action::End(which, line) => {
+                        let _ = pipe::send(&writer, &conn, Some(1), Bytes::from(line), &bytes_out).await;
+                        if exit.is_none() {
+                            control.hangup().await;
+                        }
+                        let _ = writer.exit_status(255).await;
+                        let _ = writer.eof().await;
+                        let _ = writer.close().await;
+                        return Outcome::Limit(which.as_str());
+                    }
+                }
+            }
             _ = killed.cancelled() => {
                 let line = Bytes::from(live.kill_line());
                 let _ = pipe::send(&writer, &conn, Some(1), line, &bytes_out).await;

@@ -126,11 +126,13 @@ impl Backend for TenantsBackend {
         }
     }
 
-    async fn record_setting(&self, server: ServerId) -> Result<Option<bool>, BackendError> {
+    async fn operations(
+        &self,
+        server: ServerId,
+    ) -> Result<tenants::ServerOperations, BackendError> {
         self.store
             .server_operations(server)
             .await
-            .map(|o| o.record)
             .map_err(|e| BackendError::Unavailable(e.to_string()))
     }
 

@@ -202,6 +202,33 @@ pub struct Front {
     pub created: DateTime<Utc>,
 }
 
+/// Session limits an operator set for a server or an account (`None`: follow what is below
+/// it — the account's for a server, the config's for an account; `Some(0)`: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SessionLimitSettings {
+    /// Close a session after this many seconds without channel data.
+    pub idle_timeout_secs: Option<u64>,
+    /// Close a session this many seconds after it started.
+    pub max_duration_secs: Option<u64>,
+    /// Refuse a new session while this many run (on one gateway).
+    pub max_sessions: Option<u64>,
+}
+
+impl SessionLimitSettings {
+    /// `self` where set, else `below`.
+    pub fn or(self, below: Self) -> Self {
+        Self {
+            idle_timeout_secs: self.idle_timeout_secs.or(below.idle_timeout_secs),
+            max_duration_secs: self.max_duration_secs.or(below.max_duration_secs),
+            max_sessions: self.max_sessions.or(below.max_sessions),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// What the operator set for one server beyond its container (`None`: follow the config).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ServerOperations {
@@ -209,6 +236,11 @@ pub struct ServerOperations {
     pub record: Option<bool>,
     /// Bytes per second per direction (`berth server set --bandwidth`).
     pub bandwidth_bps: Option<u64>,
+    /// The server's own session limits (`berth server set --idle-timeout …`).
+    pub limits: SessionLimitSettings,
+    /// Its owner account's session limits (`berth account set …`), counted over all of the
+    /// account's servers.
+    pub account_limits: SessionLimitSettings,
 }
 
 /// One recorded session's metadata. `file` is the asciicast of a terminal session (`None` for

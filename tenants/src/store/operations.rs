@@ -1,11 +1,11 @@
-//! The operator plane's rows: per-server recording and bandwidth settings
-//! ([`ServerOperations`]) and the metadata of recorded sessions ([`Recording`]). The gateway
+//! The operator plane's rows: per-server recording, bandwidth and session-limit settings and
+//! per-account session limits ([`ServerOperations`]) and the metadata of recorded sessions ([`Recording`]). The gateway
 //! writes one recording row when a recorded session ends; `berth session recordings` reads them.
 //! The recordings' files are not touched here.
 
 use super::connection::{Store, with_pool};
 use super::error::StoreError;
-use super::model::{Recording, ServerOperations};
+use super::model::{Recording, ServerOperations, SessionLimitSettings};
 use super::row::{server_id, time};
 use crate::name::ServerId;
 
@@ -53,20 +53,49 @@ fn signed(v: u64) -> i64 {
 }
 
 impl Store {
-    /// The operator's settings for one server (all `None` when never set).
+    /// The operator's settings for one server and its owner account (all `None` when never
+    /// set).
     pub async fn server_operations(&self, id: ServerId) -> Result<ServerOperations, StoreError> {
-        let row: Option<(Option<bool>, Option<i64>)> = with_pool!(self, p => sqlx::query_as(
-            "SELECT record, bandwidth_bps FROM server_operations WHERE server_id = $1",
+        type Row = (
+            Option<bool>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+        );
+        let row: Option<Row> = with_pool!(self, p => sqlx::query_as(
+            "SELECT o.record, o.bandwidth_bps, o.idle_timeout_secs, o.max_duration_secs, \
+             o.max_sessions, a.idle_timeout_secs, a.max_duration_secs, a.max_sessions \
+             FROM servers s \
+             LEFT JOIN server_operations o ON o.server_id = s.id \
+             LEFT JOIN account_operations a ON a.account_id = s.owner_id \
+             WHERE s.id = $1",
         )
         .bind(i64::from(id.get()))
         .fetch_optional(p)
         .await)
         .map_err(|e| self.err(e))?;
+        let u = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
         Ok(row
-            .map(|(record, bw)| ServerOperations {
-                record,
-                bandwidth_bps: bw.and_then(|b| u64::try_from(b).ok()),
-            })
+            .map(
+                |(record, bw, idle, max, n, a_idle, a_max, a_n)| ServerOperations {
+                    record,
+                    bandwidth_bps: u(bw),
+                    limits: SessionLimitSettings {
+                        idle_timeout_secs: u(idle),
+                        max_duration_secs: u(max),
+                        max_sessions: u(n),
+                    },
+                    account_limits: SessionLimitSettings {
+                        idle_timeout_secs: u(a_idle),
+                        max_duration_secs: u(a_max),
+                        max_sessions: u(a_n),
+                    },
+                },
+            )
             .unwrap_or_default())
     }
 
@@ -103,6 +132,76 @@ impl Store {
         .execute(p)
         .await
         .map(|_| ()))
+        .map_err(|e| self.err(e))
+    }
+
+    /// Sets `id`'s session limits (each `None`: follow its account's, then the config's).
+    pub async fn set_server_session_limits(
+        &self,
+        id: ServerId,
+        l: SessionLimitSettings,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, p => sqlx::query(
+            "INSERT INTO server_operations (server_id, idle_timeout_secs, max_duration_secs, max_sessions) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (server_id) DO UPDATE SET \
+             idle_timeout_secs = excluded.idle_timeout_secs, \
+             max_duration_secs = excluded.max_duration_secs, \
+             max_sessions = excluded.max_sessions",
+        )
+        .bind(i64::from(id.get()))
+        .bind(l.idle_timeout_secs.map(signed))
+        .bind(l.max_duration_secs.map(signed))
+        .bind(l.max_sessions.map(signed))
+        .execute(p)
+        .await
+        .map(|_| ()))
+        .map_err(|e| self.err(e))
+    }
+
+    /// The session limits set for account `name` (`None`: no such account).
+    pub async fn account_session_limits(
+        &self,
+        name: &str,
+    ) -> Result<Option<SessionLimitSettings>, StoreError> {
+        type Row = (Option<i64>, Option<i64>, Option<i64>);
+        let row: Option<Row> = with_pool!(self, p => sqlx::query_as(
+            "SELECT o.idle_timeout_secs, o.max_duration_secs, o.max_sessions \
+             FROM accounts a LEFT JOIN account_operations o ON o.account_id = a.id \
+             WHERE a.name = $1",
+        )
+        .bind(name)
+        .fetch_optional(p)
+        .await)
+        .map_err(|e| self.err(e))?;
+        let u = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
+        Ok(row.map(|(idle, max, n)| SessionLimitSettings {
+            idle_timeout_secs: u(idle),
+            max_duration_secs: u(max),
+            max_sessions: u(n),
+        }))
+    }
+
+    /// Sets account `name`'s session limits; false when there is no such account.
+    pub async fn set_account_session_limits(
+        &self,
+        name: &str,
+        l: SessionLimitSettings,
+    ) -> Result<bool, StoreError> {
+        with_pool!(self, p => sqlx::query(
+            "INSERT INTO account_operations (account_id, idle_timeout_secs, max_duration_secs, max_sessions) \
+             SELECT id, $2, $3, $4 FROM accounts WHERE name = $1 \
+             ON CONFLICT (account_id) DO UPDATE SET \
+             idle_timeout_secs = excluded.idle_timeout_secs, \
+             max_duration_secs = excluded.max_duration_secs, \
+             max_sessions = excluded.max_sessions",
+        )
+        .bind(name)
+        .bind(l.idle_timeout_secs.map(signed))
+        .bind(l.max_duration_secs.map(signed))
+        .bind(l.max_sessions.map(signed))
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected() > 0))
         .map_err(|e| self.err(e))
     }
 
