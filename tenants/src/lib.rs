@@ -70,6 +70,6 @@ pub use provision::{
 };
 pub use store::{
     Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Dialect, Front, Node,
-    Recording, Server, ServerAuth, ServerOperations, ServerSpec, SessionLimitSettings, Store,
-    StoreError,
+    Placement, Recording, Server, ServerAuth, ServerOperations, ServerSpec, SessionLimitSettings,
+    Store, StoreError,
 };

@@ -33,7 +33,7 @@ pub use connection::{Dialect, Store};
 pub use error::StoreError;
 pub use model::{
     Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Front, Node,
-    Recording, Server, ServerAuth, ServerOperations, ServerSpec, SessionLimitSettings,
+    Placement, Recording, Server, ServerAuth, ServerOperations, ServerSpec, SessionLimitSettings,
 };
 
 pub use url::redact_url;

@@ -266,3 +266,10 @@ pub struct Recording {
     /// Why the recording is incomplete, if it is (size cap, full queue, write failure).
     pub note: Option<String>,
 }
+
+/// Where a server lives (`node`) and, while `berth server move` runs, where it is going.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Placement {
+    pub node: String,
+    pub moving_to: Option<String>,
+}
