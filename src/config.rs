@@ -29,6 +29,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub publish: PublishConfig,
     pub cluster: ClusterConfig,
+    /// Session recording (`gateway::recording::Config`); handed to the gateway inside its
+    /// config by [`Config::gateway_config`].
+    pub recording: gateway::recording::Config,
 }
 
 impl Default for Config {
@@ -45,6 +48,7 @@ impl Default for Config {
             metrics: Default::default(),
             publish: Default::default(),
             cluster: Default::default(),
+            recording: Default::default(),
         }
     }
 }
@@ -388,7 +392,22 @@ impl Config {
         self.metrics.validate()?;
         self.publish.validate()?;
         self.cluster.validate(&self.database_url())?;
+        self.recording.validate()?;
         Ok(())
+    }
+
+    /// `[ssh]` as the gateway runs it: with `[recording]`, whose empty `dir` means
+    /// `<state_dir>/recordings`.
+    pub fn gateway_config(&self) -> gateway::Config {
+        let mut ssh = self.ssh.clone();
+        ssh.recording = self.recording.clone();
+        if ssh.recording.dir.is_empty() {
+            ssh.recording.dir = self.state_dir.join("recordings").display().to_string();
+        }
+        if ssh.control_socket.is_empty() {
+            ssh.control_socket = self.state_dir.join("control.sock").display().to_string();
+        }
+        ssh
     }
 
     /// The effective database URL.

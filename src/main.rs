@@ -51,6 +51,9 @@ enum Command {
     /// Manage servers (tenant containers).
     #[command(subcommand)]
     Server(commands::server::Cmd),
+    /// Sessions: recordings (list, play, export).
+    #[command(subcommand)]
+    Session(commands::session::Cmd),
     /// Cluster nodes (hosts that run tenants) and fronts; empty on a single host.
     #[command(subcommand)]
     Node(commands::node::Cmd),
@@ -98,6 +101,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Account(cmd) => commands::account::run(config_path, cmd).await,
         Command::Server(cmd) => commands::server::run(config_path, cmd).await,
         Command::Node(cmd) => commands::node::run(config_path, cmd).await,
+        Command::Session(cmd) => commands::session::run(config_path, cmd).await,
         Command::Image(cmd) => commands::image::run(config_path, cmd).await,
         Command::Netfilter(cmd) => commands::netfilter::run(config_path, cmd).await,
     }

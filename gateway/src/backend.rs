@@ -223,4 +223,18 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// Best effort: failures are logged, never surfaced to the client.
     async fn audit(&self, record: AuditRecord);
+    /// The operator's settings for `server`: recording, bandwidth, session limits (each
+    /// `None`: follow the config).
+    async fn operations(
+        &self,
+        _server: ServerId,
+    ) -> Result<tenants::ServerOperations, BackendError> {
+        Ok(tenants::ServerOperations::default())
+    }
+    /// Stores a recorded session's metadata. Best effort: failures are logged.
+    async fn recording_done(&self, _recording: tenants::Recording) {}
+    /// Forgets recordings that started before `before` (unix seconds); returns their files.
+    async fn prune_recordings(&self, _before: i64) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -40,6 +40,11 @@ pub struct Config {
     pub keepalive_interval_secs: u64,
     /// Close the connection after this many unanswered keepalives.
     pub keepalive_max: usize,
+    /// Close a session this many seconds after it started (0 = never); a server's or its
+    /// account's own `--max-duration` replaces it.
+    pub max_session_secs: u64,
+    /// Audit SFTP sessions per operation (open/close with bytes, remove, rename, …).
+    pub sftp_audit: bool,
     /// Concurrent channels (sessions and forwards) per connection.
     pub max_sessions_per_connection: usize,
     /// Concurrent channels per tenant server over all connections.
@@ -68,9 +73,16 @@ pub struct Config {
     /// Connections accepted on a connection's listeners that wait for the client to confirm
     /// their channel; beyond this, new ones are closed at once.
     pub max_pending_forwarded_per_connection: usize,
+    /// The local control socket of `berth session list|kill` (root only, 0600). Empty:
+    /// `<state_dir>/control.sock`; `"off"`: none.
+    pub control_socket: String,
     /// `[ssh.auth]`: admission caps, brute-force budgets and bans, bcrypt, host keys
     /// (`[ssh.auth.host_keys]`). See `auth::AuthConfig`.
     pub auth: crate::auth::AuthConfig,
+    /// The top-level `[recording]` section, set by the binary (with `dir` resolved against the
+    /// state directory): not an `[ssh]` key.
+    #[serde(skip)]
+    pub recording: crate::recording::Config,
 }
 
 /// `[ssh] remote_forward_bind`.
@@ -102,6 +114,8 @@ impl Default for Config {
             idle_timeout_secs: 3600,
             keepalive_interval_secs: 30,
             keepalive_max: 4,
+            max_session_secs: 0,
+            sftp_audit: true,
             max_sessions_per_connection: 10,
             max_sessions_per_server: 64,
             drain_timeout_secs: 30,
@@ -113,7 +127,9 @@ impl Default for Config {
             remote_forward_bind: RemoteForwardBind::Loopback,
             max_remote_listeners_per_connection: 16,
             max_pending_forwarded_per_connection: 16,
+            control_socket: String::new(),
             auth: crate::auth::AuthConfig::default(),
+            recording: crate::recording::Config::default(),
         }
     }
 }

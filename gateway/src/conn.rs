@@ -42,6 +42,8 @@ pub struct Shared {
     pub draining: CancellationToken,
     /// Fires at the drain deadline: close everything.
     pub deadline: CancellationToken,
+    /// Running session channels, for `berth session list|kill`.
+    pub live: Arc<crate::control::Registry>,
 }
 
 impl Shared {
@@ -88,6 +90,7 @@ impl Shared {
             per_server: Mutex::new(HashMap::new()),
             draining: CancellationToken::new(),
             deadline: CancellationToken::new(),
+            live: Arc::default(),
         })
     }
 

@@ -140,6 +140,15 @@ pub async fn relay(
     closed: &CancellationToken,
     stream: Stream,
 ) -> (u64, u64) {
+    // The server's bandwidth limit, for every kind of forward (the store down: none).
+    let bandwidth = crate::limits::bandwidth(
+        conn.shared
+            .backend
+            .operations(conn.login.server)
+            .await
+            .as_ref()
+            .ok(),
+    );
     let Stream {
         read: mut rd,
         write: wr,
@@ -154,7 +163,9 @@ pub async fn relay(
         writer.id(),
         false,
         bytes_in.clone(),
+        crate::limits::Bucket::new(bandwidth, Instant::now()),
     ));
+    let mut out_bucket = crate::limits::Bucket::new(bandwidth, Instant::now());
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         buf.reserve(64 * 1024);
@@ -172,6 +183,7 @@ pub async fn relay(
             break;
         }
         let chunk = buf.split().freeze();
+        crate::limits::throttle(&mut out_bucket, chunk.len()).await;
         if !pipe::send_or_closed(&writer, conn, None, chunk, &bytes_out, closed).await {
             break;
         }

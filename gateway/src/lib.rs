@@ -11,16 +11,20 @@ pub mod channel;
 pub mod config;
 pub mod conn;
 pub mod devflow;
+pub mod control;
 pub mod docker;
 pub mod forward;
 pub mod gate;
 pub mod handler;
 pub mod hostkeys;
+pub mod limits;
 pub mod metrics;
 pub mod pipe;
 pub mod policy;
+pub mod recording;
 pub mod server;
 pub mod session;
+pub mod sftp_audit;
 pub mod tenants_backend;
 
 pub use backend::{

@@ -84,6 +84,7 @@ struct Registered {
     ensure_running_seconds: Histogram,
     session_paths: Family<2>,
     ensure_running: Family<3>,
+    recordings_dropped: Family<2>,
 }
 
 impl Registered {
@@ -201,6 +202,13 @@ impl Registered {
                 "result",
                 ["running", "started", "failed"],
             ),
+            recordings_dropped: family(
+                &r,
+                "berth_gateway_recordings_dropped_total",
+                "Session recordings stopped before the session ended, by cause (the session went on).",
+                "reason",
+                ["queue_full", "write_failed"],
+            ),
             page: r.page(),
         }
     }
@@ -253,6 +261,8 @@ pub static EXEC_ERRORS: Global<Counter> = Global(|m| &m.exec_errors);
 pub static ENSURE_RUNNING_SECONDS: Global<Histogram> = Global(|m| &m.ensure_running_seconds);
 /// `ensure_running` calls that started a container / that failed.
 pub static ENSURE_RUNNING: Global<Family<3>> = Global(|m| &m.ensure_running);
+/// Recordings stopped before their session ended, by cause.
+pub static RECORDINGS_DROPPED: Global<Family<2>> = Global(|m| &m.recordings_dropped);
 /// Sessions and forwards by the data path that carried them.
 pub static SESSION_PATHS: Global<Family<2>> = Global(|m| &m.session_paths);
 
@@ -377,6 +387,23 @@ pub fn bytes_to_client(n: u64) {
     BYTES.add(1, n);
 }
 
+/// Why a recording stopped while its session went on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingDrop {
+    /// The writer fell behind (a slow disk): the bounded queue was full.
+    QueueFull,
+    /// Creating or writing the file failed (e.g. a full disk).
+    WriteFailed,
+}
+
+/// Counts a recording dropped while its session went on.
+pub fn recording_dropped(why: RecordingDrop) {
+    RECORDINGS_DROPPED.inc(match why {
+        RecordingDrop::QueueFull => 0,
+        RecordingDrop::WriteFailed => 1,
+    });
+}
+
 /// Counts a Docker exec (or forward) failure.
 pub fn exec_error() {
     EXEC_ERRORS.inc();
@@ -483,7 +510,7 @@ mod tests {
             assert!(series.starts_with("berth_gateway_"), "{line}");
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
-        assert_eq!(families, 19, "{out}");
+        assert_eq!(families, 20, "{out}");
         assert!(auth_count("keyboard-interactive", AuthResult::RateLimited) >= 1);
         assert!(SESSIONS_ACTIVE.get() >= 1);
     }

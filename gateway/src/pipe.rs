@@ -42,6 +42,7 @@ pub async fn pump_input<W: AsyncWrite + Unpin>(
     id: ChannelId,
     keep_open: bool,
     counter: Arc<AtomicU64>,
+    mut bucket: Option<crate::limits::Bucket>,
 ) -> InputEnd {
     let mut owed = 0usize;
     let end = loop {
@@ -64,6 +65,18 @@ pub async fn pump_input<W: AsyncWrite + Unpin>(
         match msg {
             Input::Data(bytes) => {
                 let n = bytes.len();
+                // The bandwidth limit: the window for these bytes goes back only once they
+                // have gone on, so the client slows down with us; what was written before the
+                // wait is credited first.
+                if let Some(b) = &mut bucket {
+                    let wait = b.reserve(n, std::time::Instant::now());
+                    if !wait.is_zero() {
+                        if owed > 0 {
+                            credit(&conn, id, &mut owed);
+                        }
+                        tokio::time::sleep(wait).await;
+                    }
+                }
                 if sink.write_all(&bytes).await.is_err() {
                     owed += n;
                     break InputEnd::SinkGone;

@@ -52,15 +52,67 @@ pub async fn run(spec: Spec) {
     let bytes_out = Arc::new(AtomicU64::new(0));
     // Which data path carried the session ("none" when it never started).
     let mut path = "none";
-    let outcome = run_inner(spec, bytes_in.clone(), bytes_out.clone(), &mut path).await;
+    // One store query per session: recording and limits (the store down: record, config limits).
+    let ops = conn.shared.backend.operations(conn.login.server).await;
+    let caps = crate::limits::Caps::new(ops.as_ref().ok());
+    let listed = match conn.shared.live.register(
+        &conn,
+        kind,
+        crate::recording::wanted(&conn, &spec.program, &ops),
+        bytes_in.clone(),
+        bytes_out.clone(),
+        caps,
+    ) {
+        Ok(l) => l,
+        Err(line) => {
+            let counter = AtomicU64::new(0);
+            let _ = pipe::send(&spec.writer, &conn, Some(1), Bytes::from(line), &counter).await;
+            let _ = spec.writer.exit_status(1).await;
+            let _ = spec.writer.eof().await;
+            let _ = spec.writer.close().await;
+            conn.audit(
+                "session",
+                kind,
+                "refused",
+                serde_json::json!({ "limit": "max_sessions" }),
+            )
+            .await;
+            return;
+        }
+    };
+    let recording = crate::recording::begin(&conn, &spec.program, spec.pty.as_ref(), &ops);
+    let limits = crate::limits::SessionLimits::new(&conn.shared.cfg, ops.as_ref().ok());
+    let bandwidth = crate::limits::bandwidth(ops.as_ref().ok());
+    let cast = recording.as_ref().and_then(|r| r.cast.clone());
+    let outcome = run_inner(
+        spec,
+        bytes_in.clone(),
+        bytes_out.clone(),
+        &mut path,
+        cast,
+        &listed.live,
+        limits,
+        bandwidth,
+    )
+    .await;
+    drop(listed);
     let (outcome_s, exit) = match &outcome {
         Outcome::Exited(Exit::Status(c)) => ("exited", serde_json::json!({ "exit_status": c })),
         Outcome::Exited(Exit::Signal(s)) => ("exited", serde_json::json!({ "exit_signal": s })),
         Outcome::ClosedByClient => ("closed", serde_json::json!({})),
+        Outcome::Killed => ("killed", serde_json::json!({})),
+        Outcome::Limit(which) => ("limit", serde_json::json!({ "limit": which })),
         Outcome::Failed(e) => ("error", serde_json::json!({ "error": e })),
     };
     let bi = bytes_in.load(Ordering::Relaxed);
     let bo = bytes_out.load(Ordering::Relaxed);
+    if let Some(r) = recording {
+        let exit = match &outcome {
+            Outcome::Exited(e) => Some(e),
+            _ => None,
+        };
+        r.end(&conn, exit, bi, bo);
+    }
     let mut detail = exit;
     // Error texts can carry what the tenant's agent wrote: bounded before the log line too.
     crate::audit::bound_detail(&mut detail);
@@ -86,6 +138,10 @@ pub async fn run(spec: Spec) {
 enum Outcome {
     Exited(Exit),
     ClosedByClient,
+    /// Ended by the operator (`berth session kill`).
+    Killed,
+    /// Ended by an idle or duration limit.
+    Limit(&'static str),
     Failed(String),
 }
 
@@ -98,6 +154,10 @@ async fn run_inner(
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
     path_taken: &mut &'static str,
+    cast: Option<Arc<crate::recording::Cast>>,
+    live: &crate::control::Live,
+    mut limits: crate::limits::SessionLimits,
+    bandwidth: u64,
 ) -> Outcome {
     let Spec {
         conn,
@@ -160,6 +220,17 @@ async fn run_inner(
     } = process;
     debug!(server = %login, path, "session started");
     *path_taken = path;
+    let stdin = match &cast {
+        Some(c) => c.tee_input(stdin),
+        None => stdin,
+    };
+    let sftp = (matches!(program, Program::Sftp) && conn.shared.cfg.sftp_audit)
+        .then(|| crate::sftp_audit::Tap::start(&conn));
+    let _sftp_end = sftp.clone().map(SftpEnd);
+    let stdin = match &sftp {
+        Some(t) => t.wrap_input(stdin),
+        None => stdin,
+    };
 
     let input_task = tokio::spawn(pipe::pump_input(
         input,
@@ -168,9 +239,14 @@ async fn run_inner(
         id,
         keep_stdin_open,
         bytes_in.clone(),
+        crate::limits::Bucket::new(bandwidth, std::time::Instant::now()),
     ));
+    let mut out_bucket = crate::limits::Bucket::new(bandwidth, std::time::Instant::now());
     let _abort_input = AbortOnDrop(input_task);
 
+    let killed = live.killed();
+    let started = Instant::now();
+    let mut limit_tick = tokio::time::interval(limits.tick());
     let mut draining_told = false;
     let drain = conn.shared.draining.clone();
     let mut output_done = false;
@@ -183,12 +259,23 @@ async fn run_inner(
         tokio::select! {
             chunk = output.read(), if !output_done => match chunk {
                 Some(Chunk::Stdout(b)) => {
+                    if let Some(c) = &cast {
+                        c.output(&b);
+                    }
+                    if let Some(t) = &sftp {
+                        t.server_bytes(&b);
+                    }
+                    crate::limits::throttle(&mut out_bucket, b.len()).await;
                     if !pipe::send_or_closed(&writer, &conn, None, b, &bytes_out, &closed).await {
                         control.hangup().await;
                         return Outcome::ClosedByClient;
                     }
                 }
                 Some(Chunk::Stderr(b)) => {
+                    if let Some(c) = &cast {
+                        c.output(&b);
+                    }
+                    crate::limits::throttle(&mut out_bucket, b.len()).await;
                     if !pipe::send_or_closed(&writer, &conn, Some(1), b, &bytes_out, &closed).await {
                         control.hangup().await;
                         return Outcome::ClosedByClient;
@@ -199,7 +286,12 @@ async fn run_inner(
             _ = tokio::time::sleep(OUTPUT_GRACE), if exited && !output_done => output_done = true,
             e = control.wait(), if exit.is_none() => exit = Some(e),
             c = ctl.recv() => match c {
-                Some(Ctl::Resize { cols, rows }) => control.resize(cols, rows).await,
+                Some(Ctl::Resize { cols, rows }) => {
+                    if let Some(c) = &cast {
+                        c.resize(cols, rows);
+                    }
+                    control.resize(cols, rows).await
+                }
                 Some(Ctl::Signal(name)) => control.signal(&name).await,
                 None => {
                     if exit.is_none() {
@@ -208,6 +300,36 @@ async fn run_inner(
                     return Outcome::ClosedByClient;
                 }
             },
+            _ = limit_tick.tick(), if limits.active() => {
+                match limits.check(started.elapsed(), conn.idle_for()) {
+                    crate::limits::Action::Nothing => {}
+                    crate::limits::Action::Warn(line) => {
+                        // Not through `pipe::send`: a warning is no activity.
+                        let _ = writer.extended_data_bytes(1, Bytes::from(line)).await;
+                    }
+                    crate::limits::Action::End(which, line) => {
+                        let _ = pipe::send(&writer, &conn, Some(1), Bytes::from(line), &bytes_out).await;
+                        if exit.is_none() {
+                            control.hangup().await;
+                        }
+                        let _ = writer.exit_status(255).await;
+                        let _ = writer.eof().await;
+                        let _ = writer.close().await;
+                        return Outcome::Limit(which.as_str());
+                    }
+                }
+            }
+            _ = killed.cancelled() => {
+                let line = Bytes::from(live.kill_line());
+                let _ = pipe::send(&writer, &conn, Some(1), line, &bytes_out).await;
+                if exit.is_none() {
+                    control.hangup().await;
+                }
+                let _ = writer.exit_status(255).await;
+                let _ = writer.eof().await;
+                let _ = writer.close().await;
+                return Outcome::Killed;
+            }
             _ = closed.cancelled() => {
                 if exit.is_none() {
                     control.hangup().await;
@@ -299,6 +421,14 @@ async fn fail_exec(conn: &Conn, writer: &ChannelWriteHalf<Msg>, e: &BackendError
     let _ = writer.eof().await;
     let _ = writer.close().await;
     Outcome::Failed(e.to_string())
+}
+
+/// Reports an SFTP session's open handles and unanswered requests when it ends, however.
+struct SftpEnd(crate::sftp_audit::Tap);
+impl Drop for SftpEnd {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
 }
 
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);

@@ -144,4 +144,30 @@ impl Backend for TenantsBackend {
             warn!(error = %e, "audit record not stored");
         }
     }
+
+    async fn operations(
+        &self,
+        server: ServerId,
+    ) -> Result<tenants::ServerOperations, BackendError> {
+        self.store
+            .server_operations(server)
+            .await
+            .map_err(|e| BackendError::Unavailable(e.to_string()))
+    }
+
+    async fn recording_done(&self, recording: tenants::Recording) {
+        if let Err(e) = self.store.add_recording(&recording).await {
+            warn!(server = %recording.server.login_name(), id = %recording.id, error = %e, "recording metadata not stored");
+        }
+    }
+
+    async fn prune_recordings(&self, before: i64) -> Vec<String> {
+        match self.store.prune_recordings(before).await {
+            Ok(rows) => rows.into_iter().filter_map(|r| r.file).collect(),
+            Err(e) => {
+                warn!(error = %e, "expired recordings not pruned");
+                Vec::new()
+            }
+        }
+    }
 }

@@ -51,6 +51,13 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Set session limits over all of an account's servers (a server's own idle and duration
+    /// limits win; both session caps apply).
+    Set {
+        name: String,
+        #[command(flatten)]
+        limits: super::server::LimitArgs,
+    },
     /// Manage an account's authorized public keys.
     #[command(subcommand)]
     Key(KeyCmd),
@@ -273,6 +280,32 @@ pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
             store.set_enabled(&name, true).await.map_err(store_error)?;
             audit(&store, admin_event("account enable", &name)).await;
             println!("enabled account {name}");
+        }
+        Cmd::Set { name, limits } => {
+            if !limits.given() {
+                return Err(fail(
+                    exit::USAGE,
+                    "nothing to change: give at least one of --idle-timeout, --max-duration, --max-sessions",
+                ));
+            }
+            let now = store
+                .account_session_limits(&name)
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| store_error(StoreError::UnknownAccount(name.clone())))?;
+            let l = limits.over(now);
+            if !store
+                .set_account_session_limits(&name, l)
+                .await
+                .map_err(store_error)?
+            {
+                return Err(store_error(StoreError::UnknownAccount(name.clone())));
+            }
+            audit(&store, admin_event("account set limits", &name)).await;
+            println!(
+                "account {name}: {} (from its next session)",
+                super::server::limits_line(&l)
+            );
         }
         Cmd::Rm { name } => {
             store.remove_account(&name).await.map_err(store_error)?;

@@ -110,8 +110,15 @@ pub async fn run_node(
         node.clone(),
     ));
     let gate = Arc::new(hop::HopGate::new(store, backend.clone()));
+    let ssh = cfg.gateway_config();
+    gateway::recording::prepare_dir(&ssh.recording).with_context(|| {
+        format!(
+            "node: cannot create the recordings directory {} (recording.dir)",
+            ssh.recording.dir
+        )
+    })?;
     let shared = gateway::Shared::new(
-        cfg.ssh.clone(),
+        ssh,
         backend,
         gate,
         vec![key],

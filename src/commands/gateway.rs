@@ -13,8 +13,14 @@ pub async fn run_daemon(
     shutdown: CancellationToken,
     ready: oneshot::Sender<()>,
 ) -> Result<()> {
-    let ssh = cfg.ssh.clone();
+    let ssh = cfg.gateway_config();
     ssh.validate().map_err(anyhow::Error::msg)?;
+    gateway::recording::prepare_dir(&ssh.recording).with_context(|| {
+        format!(
+            "gateway: cannot create the recordings directory {} (recording.dir)",
+            ssh.recording.dir
+        )
+    })?;
     let store = tenants::Store::connect(&cfg.database_url())
         .await
         .context("gateway: cannot open the tenant store")?;
@@ -43,6 +49,24 @@ pub async fn run_daemon(
         listeners.push(l);
     }
     let shared = gateway::build(ssh, store, provisioner, keys, None);
+    tokio::spawn(gateway::recording::retention(
+        shared.clone(),
+        shutdown.clone(),
+    ));
+    if shared.cfg.control_socket != "off" {
+        let path = std::path::Path::new(&shared.cfg.control_socket);
+        let control = gateway::control::bind(path).with_context(|| {
+            format!(
+                "gateway: cannot bind the control socket {} (ssh.control_socket)",
+                path.display()
+            )
+        })?;
+        tokio::spawn(gateway::control::serve(
+            shared.live.clone(),
+            control,
+            shutdown.clone(),
+        ));
+    }
     let _ = ready.send(());
     gateway::serve(shared, listeners, shutdown)
         .await

@@ -13,6 +13,7 @@ pub mod netfilter;
 pub mod node;
 pub mod run;
 pub mod server;
+pub mod session;
 
 use std::path::Path;
 

@@ -83,6 +83,15 @@ pub enum Cmd {
         /// server made before `[tenants] agent_dir` its agent mount).
         #[arg(long)]
         recreate: bool,
+        /// Record this server's sessions: on or off, beside `[recording] enabled` (no restart).
+        #[arg(long, value_parser = parse_on_off)]
+        record: Option<bool>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Bytes per second in each direction for each of its sessions and forwards, e.g. 50M
+        /// (MiB/s), 512k; 0 = unlimited (from its next session).
+        #[arg(long, value_parser = parse_size)]
+        bandwidth: Option<ByteSize>,
     },
     /// List servers with their container state and address.
     List {
@@ -139,6 +148,66 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Session limits for a server (`berth server set`) or an account (`berth account set`).
+#[derive(clap::Args, Debug, Default, Clone, Copy)]
+pub struct LimitArgs {
+    /// Close a session after this many seconds without data (0: never; the tenant is warned
+    /// before).
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+    /// Close a session this many seconds after it starts (0: never; the tenant is warned
+    /// before).
+    #[arg(long, value_name = "SECS")]
+    pub max_duration: Option<u64>,
+    /// Refuse a new session while this many run (0: no limit).
+    #[arg(long, value_name = "N")]
+    pub max_sessions: Option<u64>,
+}
+
+impl LimitArgs {
+    pub fn given(&self) -> bool {
+        self.idle_timeout.is_some() || self.max_duration.is_some() || self.max_sessions.is_some()
+    }
+
+    /// These flags over the settings stored now.
+    pub fn over(&self, now: tenants::SessionLimitSettings) -> tenants::SessionLimitSettings {
+        tenants::SessionLimitSettings {
+            idle_timeout_secs: self.idle_timeout,
+            max_duration_secs: self.max_duration,
+            max_sessions: self.max_sessions,
+        }
+        .or(now)
+    }
+}
+
+/// "idle timeout 30 s, maximum duration none, maximum sessions as configured".
+pub fn limits_line(l: &tenants::SessionLimitSettings) -> String {
+    let secs = |v: Option<u64>| match v {
+        None => "as configured".to_string(),
+        Some(0) => "none".to_string(),
+        Some(n) => format!("{n} s"),
+    };
+    let count = |v: Option<u64>| match v {
+        None => "as configured".to_string(),
+        Some(0) => "none".to_string(),
+        Some(n) => n.to_string(),
+    };
+    format!(
+        "idle timeout {}, maximum duration {}, maximum sessions {}",
+        secs(l.idle_timeout_secs),
+        secs(l.max_duration_secs),
+        count(l.max_sessions)
+    )
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected on or off, got {s:?}")),
+    }
 }
 
 fn parse_size(s: &str) -> Result<ByteSize, String> {
@@ -508,6 +577,9 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
             dind,
             init,
             recreate,
+            record,
+            limits,
+            bandwidth,
         } => {
             let id = server_ref(&server)?;
             let change = ServerChange {
@@ -520,10 +592,55 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 init,
                 recreate,
             };
+            let operations = record.is_some() || limits.given() || bandwidth.is_some();
+            if operations {
+                match store.server(id).await.map_err(store_error)? {
+                    Some(s) if s.deleted.is_none() => {}
+                    _ => return Err(fail(exit::NOUSER, format!("no such server: {id}"))),
+                }
+            }
+            if let Some(on) = record {
+                store
+                    .set_server_record(id, Some(on))
+                    .await
+                    .map_err(store_error)?;
+                admin(store, id, "server set record").await;
+                println!(
+                    "{id}: recording {} (from its next session)",
+                    if on { "on" } else { "off" }
+                );
+            }
+            if limits.given() {
+                let now = store.server_operations(id).await.map_err(store_error)?;
+                let l = limits.over(now.limits);
+                store
+                    .set_server_session_limits(id, l)
+                    .await
+                    .map_err(store_error)?;
+                admin(store, id, "server set limits").await;
+                println!("{id}: {} (from its next session)", limits_line(&l));
+            }
+            if let Some(ByteSize(bps)) = bandwidth {
+                let bps = (bps > 0).then_some(bps);
+                store
+                    .set_server_bandwidth(id, bps)
+                    .await
+                    .map_err(store_error)?;
+                admin(store, id, "server set bandwidth").await;
+                match bps {
+                    Some(b) => println!(
+                        "{id}: bandwidth {b} bytes/s in each direction per session and forward (from its next session)"
+                    ),
+                    None => println!("{id}: bandwidth unlimited (from its next session)"),
+                }
+            }
+            if operations && change == ServerChange::default() {
+                return Ok(ExitCode::SUCCESS);
+            }
             if change == ServerChange::default() {
                 return Err(fail(
                     exit::USAGE,
-                    "nothing to change: give at least one of --image, --memory, --cpus, --pids, --user, --dind, --init, --recreate",
+                    "nothing to change: give at least one of --image, --memory, --cpus, --pids, --user, --dind, --init, --recreate, --record, --idle-timeout, --max-duration, --max-sessions, --bandwidth",
                 ));
             }
             let prov = connect(cfg, store).await?;

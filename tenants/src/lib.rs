@@ -70,5 +70,6 @@ pub use provision::{
 };
 pub use store::{
     Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Dialect, Front, Node,
-    Placement, Server, ServerAuth, ServerSpec, Store, StoreError,
+    Placement, Recording, Server, ServerAuth, ServerOperations, ServerSpec, SessionLimitSettings,
+    Store, StoreError,
 };

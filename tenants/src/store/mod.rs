@@ -13,7 +13,8 @@
 //! URLs, [`error`] says what went wrong, [`model`] holds the records callers see and [`row`]
 //! converts them from columns; the queries are grouped by what they touch: [`accounts`],
 //! [`account_keys`], [`servers`], [`auth`] (the gateway's login view), [`audit`] and [`nodes`]
-//! (the cluster tables: nodes, fronts, placements; empty on a single host).
+//! (the cluster tables: nodes, fronts, placements; empty on a single host) and [`operations`]
+//! (per-server recording and bandwidth settings, recorded sessions' metadata).
 
 mod account_keys;
 mod accounts;
@@ -23,6 +24,7 @@ mod connection;
 mod error;
 mod model;
 mod nodes;
+mod operations;
 mod row;
 mod servers;
 mod url;
@@ -31,7 +33,7 @@ pub use connection::{Dialect, Store};
 pub use error::StoreError;
 pub use model::{
     Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Front, Node,
-    Placement, Server, ServerAuth, ServerSpec,
+    Placement, Recording, Server, ServerAuth, ServerOperations, ServerSpec, SessionLimitSettings,
 };
 
 pub use url::redact_url;

@@ -202,6 +202,71 @@ pub struct Front {
     pub created: DateTime<Utc>,
 }
 
+/// Session limits an operator set for a server or an account (`None`: follow what is below
+/// it — the account's for a server, the config's for an account; `Some(0)`: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SessionLimitSettings {
+    /// Close a session after this many seconds without channel data.
+    pub idle_timeout_secs: Option<u64>,
+    /// Close a session this many seconds after it started.
+    pub max_duration_secs: Option<u64>,
+    /// Refuse a new session while this many run (on one gateway).
+    pub max_sessions: Option<u64>,
+}
+
+impl SessionLimitSettings {
+    /// `self` where set, else `below`.
+    pub fn or(self, below: Self) -> Self {
+        Self {
+            idle_timeout_secs: self.idle_timeout_secs.or(below.idle_timeout_secs),
+            max_duration_secs: self.max_duration_secs.or(below.max_duration_secs),
+            max_sessions: self.max_sessions.or(below.max_sessions),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What the operator set for one server beyond its container (`None`: follow the config).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ServerOperations {
+    /// Record its sessions (`berth server set --record on|off`).
+    pub record: Option<bool>,
+    /// Bytes per second per direction (`berth server set --bandwidth`).
+    pub bandwidth_bps: Option<u64>,
+    /// The server's own session limits (`berth server set --idle-timeout …`).
+    pub limits: SessionLimitSettings,
+    /// Its owner account's session limits (`berth account set …`), counted over all of the
+    /// account's servers.
+    pub account_limits: SessionLimitSettings,
+}
+
+/// One recorded session's metadata. `file` is the asciicast of a terminal session (`None` for
+/// an exec without a terminal, whose command, exit and byte counts are the record).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recording {
+    pub id: String,
+    pub server: ServerId,
+    pub account: String,
+    pub peer: String,
+    /// "shell" or "exec".
+    pub kind: String,
+    pub command: Option<String>,
+    pub started: DateTime<Utc>,
+    pub ended: DateTime<Utc>,
+    pub file: Option<String>,
+    /// Bytes written to `file`.
+    pub bytes: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// "status 0", "signal KILL", or `None` when the session did not end with an exit.
+    pub exit: Option<String>,
+    /// Why the recording is incomplete, if it is (size cap, full queue, write failure).
+    pub note: Option<String>,
+}
+
 /// Where a server lives (`node`) and, while `berth server move` runs, where it is going.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Placement {
