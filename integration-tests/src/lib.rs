@@ -13,3 +13,4 @@ pub mod netfilter;
 pub mod postgres;
 pub mod swarm;
 pub mod tenants;
+pub mod userns;

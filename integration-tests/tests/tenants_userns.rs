@@ -1,0 +1,345 @@
+//! berth on a user-namespaced engine (a dockerd of the test's own with `--userns-remap`): a
+//! tenant's uid 0 is an unprivileged host uid, tenant root cannot write a host sysctl, load a
+//! module or mount the host's file systems (not even with the `caps` grant), and the gateway's
+//! features work there: sessions on the agent path, SFTP, forwards, on-demand start,
+//! `server set`, and the engine's mode is detected.
+//!
+//! Each test starts its own engine ([`RemappedDaemon`]) and removes it in `Drop`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use integration_tests::gateway::{GatewayHarness, Options, sha256_file};
+use integration_tests::userns::{RemappedDaemon, host_uids};
+use tenants::{DindMode, ServerChange, ServerId};
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// A remapped engine holding the test image, and a gateway on it with one running server.
+async fn gateway_on_remapped(
+    test: &str,
+    dind: DindMode,
+) -> Result<(RemappedDaemon, GatewayHarness)> {
+    let daemon = blocking(RemappedDaemon::start)?;
+    let image = integration_tests::gateway::test_image();
+    blocking(|| daemon.load_images(&[&image]))?;
+    let opts = Options {
+        docker_host: Some(daemon.host()),
+        dind,
+        ..Options::default()
+    };
+    let h = GatewayHarness::start_with(test, opts).await?;
+    Ok((daemon, h))
+}
+
+/// `ssh server<N> -- cmd` → stdout, failing with stderr when the command fails.
+fn ssh_ok(h: &GatewayHarness, cmd: &str) -> Result<String> {
+    let out = h.ssh_exec(cmd, b"")?;
+    if !out.status.success() {
+        bail!(
+            "ssh -- {cmd} failed ({}): {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// The host pids whose user namespace is the one of `pid`.
+fn pids_in_userns_of(pid: u32) -> Result<Vec<u32>> {
+    let target = std::fs::read_link(format!("/proc/{pid}/ns/user"))
+        .with_context(|| format!("read /proc/{pid}/ns/user"))?;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").context("read /proc")?.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{p}/ns/user"))
+            .ok()
+            .as_ref()
+            == Some(&target)
+        {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_root_is_an_unprivileged_host_uid_and_sessions_take_the_agent_path() -> Result<()> {
+    let (daemon, h) = gateway_on_remapped("usernsuid", DindMode::Off).await?;
+    let id = h.server.context("server")?;
+    let range = daemon.range;
+
+    // Inside, the tenant's namespace maps 0 to the engine's range.
+    let map = blocking(|| ssh_ok(&h, "cat /proc/self/uid_map"))?;
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    assert_eq!(
+        fields,
+        ["0", &range.start.to_string(), &range.count.to_string()],
+        "uid_map inside: {map}"
+    );
+    // The session runs under the agent (its parent), not Docker's exec stream.
+    let parent = blocking(|| ssh_ok(&h, "cat /proc/$PPID/comm"))?;
+    assert!(
+        parent.starts_with("berth-agent"),
+        "session parent: {parent}"
+    );
+
+    // From the host: PID 1 (root inside) is the range's first uid, and every process of the
+    // tenant — the agent and a live session's process included — is a uid of the range.
+    let pid1 = blocking(|| daemon.pid_of(&h.container(id)))?;
+    assert_eq!(host_uids(pid1)?, [range.start; 4], "PID 1's host uids");
+    assert_ne!(range.start, 0);
+    let mut session = h
+        .ssh()
+        .arg(format!("{}@127.0.0.1", h.user()))
+        .args(["--", "exec sleep 300"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pids = loop {
+        let pids = pids_in_userns_of(pid1)?;
+        let names: Vec<String> = pids.iter().map(|p| comm(*p)).collect();
+        if names.iter().any(|n| n == "sleep") && names.iter().any(|n| n.starts_with("berth-agent"))
+        {
+            break pids;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no sleep session and agent in the tenant's namespace: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for p in &pids {
+        let uids = host_uids(*p)?;
+        assert!(
+            uids.iter().all(|u| range.contains(*u)),
+            "{} (pid {p}) runs as host uids {uids:?}, outside {range:?}",
+            comm(*p)
+        );
+    }
+    let _ = session.kill();
+    let _ = session.wait();
+    Ok(())
+}
+
+/// What tenant root tries against the host (`DEV` is the host root file system's device
+/// number, `MAJ MIN`), printing a word for each attempt that succeeds.
+const ESCAPES: &str = r#"
+set +e
+# Each write puts back the value already there: a success proves access and changes nothing.
+v=$(cat /proc/sys/kernel/sysrq)
+echo "$v" > /proc/sys/kernel/sysrq 2>/dev/null && echo sysctl-written
+# A procfs of its own (possible with SYS_ADMIN in its own namespaces): host sysctls stay
+# checked against the host's namespace.
+mkdir -p /tmp/p && mount -t proc proc /tmp/p 2>/dev/null && { echo "$v" > /tmp/p/sys/kernel/sysrq 2>/dev/null && echo own-procfs-sysctl-written; }
+python3 -c 'import ctypes,os,sys
+libc=ctypes.CDLL(None,use_errno=True)
+# finit_module: the capability check comes before the file is read.
+fd=os.open("/etc/hostname",os.O_RDONLY)
+r=libc.syscall(313,fd,b"",0)
+sys.exit(0 if r==0 else ctypes.get_errno())'
+echo "module-errno=$?"
+mkdir -p /mnt/host
+mknod /tmp/hostdisk b DEV 2>/dev/null && echo mknod-made
+mount -t ext4 -o ro /tmp/hostdisk /mnt/host 2>/dev/null && echo host-mounted
+mount -t ext4 -o ro /dev/vda /mnt/host 2>/dev/null && echo host-mounted
+grep -q ' /mnt/host ' /proc/self/mounts && echo host-mounted
+echo done
+"#;
+
+/// The host root file system's device as `MAJ MIN` (from `/proc/self/mountinfo`).
+fn host_root_dev() -> Result<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("read mountinfo")?;
+    let line = info
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+        .context("no / in mountinfo")?;
+    let dev = line.split_whitespace().nth(2).context("mountinfo line")?;
+    Ok(dev.replace(':', " "))
+}
+
+/// Runs [`ESCAPES`] as root in the server's container (Docker exec as root: the strongest
+/// position a tenant can reach inside) and checks every attempt failed.
+fn assert_escapes_fail(h: &GatewayHarness, id: ServerId, what: &str) -> Result<()> {
+    let script = ESCAPES.replace("DEV", &host_root_dev()?);
+    let out = h.docker_exec(id, &["sh", "-c", &script])?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("done"),
+        "{what}: escapes script did not finish: {text}"
+    );
+    for bad in [
+        "sysctl-written",
+        "own-procfs-sysctl-written",
+        "mknod-made",
+        "host-mounted",
+    ] {
+        assert!(!text.contains(bad), "{what}: {bad}: {text}");
+    }
+    // EPERM: CAP_SYS_MODULE is checked against the host's namespace (or seccomp refuses
+    // first); ENOSYS only on a kernel built without modules (no /proc/modules on the host).
+    let no_modules = !std::path::Path::new("/proc/modules").exists();
+    assert!(
+        text.contains("module-errno=1") || (no_modules && text.contains("module-errno=38")),
+        "{what}: loading a module was not refused: {text}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_root_cannot_touch_sysctls_modules_or_host_filesystems() -> Result<()> {
+    let (daemon, h) = gateway_on_remapped("usernsesc", DindMode::Off).await?;
+    let id = h.server.context("server")?;
+    blocking(|| assert_escapes_fail(&h, id, "default mode"))?;
+
+    // The caps grant (SYS_ADMIN, NET_ADMIN, …, seccomp off) is held in the tenant's own user
+    // namespace only: still no host sysctl, module or host file system.
+    let change = ServerChange {
+        dind: Some(DindMode::Caps),
+        ..Default::default()
+    };
+    h.provisioner
+        .set_server(id, change)
+        .await
+        .map_err(|e| anyhow::anyhow!("set --dind caps: {e}"))?;
+    let caps =
+        blocking(|| daemon.docker(&["inspect", "-f", "{{.HostConfig.CapAdd}}", &h.container(id)]))?;
+    assert!(caps.contains("SYS_ADMIN"), "caps not granted: {caps}");
+    blocking(|| assert_escapes_fail(&h, id, "caps mode"))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sftp_forwards_on_demand_start_and_set_work_remapped() -> Result<()> {
+    let (daemon, h) = gateway_on_remapped("usernsfeat", DindMode::Off).await?;
+    let id = h.server.context("server")?;
+
+    // SFTP: a file up and back, byte-identical, owned by the login user inside.
+    let src = h.path("src.bin");
+    std::fs::write(
+        &src,
+        (0..200_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    )?;
+    let back = h.path("back.bin");
+    let batch = h.path("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} /apps/up.bin\nget /apps/up.bin {}\n",
+            src.display(),
+            back.display()
+        ),
+    )?;
+    let out = blocking(|| {
+        Command::new("sftp")
+            .args(h.ssh_opts())
+            .arg("-P")
+            .arg(h.addr.port().to_string())
+            .arg("-b")
+            .arg(&batch)
+            .arg(format!("{}@127.0.0.1", h.user()))
+            .stdin(Stdio::null())
+            .output()
+    })?;
+    assert!(
+        out.status.success(),
+        "sftp failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256_file(&src)?, sha256_file(&back)?);
+    let owner = blocking(|| ssh_ok(&h, "stat -c %U /apps/up.bin"))?;
+    assert_eq!(owner.trim(), "tenant");
+
+    // A forward to the container's own loopback.
+    let serve = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('127.0.0.1',8080))\ns.listen(8)\nwhile True:\n  c,_=s.accept()\n  c.sendall(b'hello remapped\\n')\n  c.close()\n";
+    blocking(|| daemon.docker(&["exec", "-d", &h.container(id), "python3", "-c", serve]))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = blocking(|| {
+            let mut c = h.ssh();
+            c.arg("-W")
+                .arg("localhost:8080")
+                .arg(format!("{}@127.0.0.1", h.user()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            c.spawn()?.wait_with_output().context("ssh -W")
+        })?;
+        if String::from_utf8_lossy(&out.stdout) == "hello remapped\n" {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the forward never answered: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // On-demand start: a stopped server runs again at the next login.
+    h.provisioner
+        .stop(id)
+        .await
+        .map_err(|e| anyhow::anyhow!("stop: {e}"))?;
+    let state =
+        blocking(|| daemon.docker(&["inspect", "-f", "{{.State.Running}}", &h.container(id)]))?;
+    assert_eq!(state, "false");
+    let again = blocking(|| ssh_ok(&h, "cat /apps/up.bin | sha256sum"))?;
+    let want = sha256_file(&src)?;
+    assert!(again.starts_with(&want), "after on-demand start: {again}");
+
+    // `server set`: a live limit change and a recreate (login user) keep the volume.
+    let change = ServerChange {
+        pids: Some(300),
+        ..Default::default()
+    };
+    h.provisioner
+        .set_server(id, change)
+        .await
+        .map_err(|e| anyhow::anyhow!("set --pids: {e}"))?;
+    let pids = blocking(|| {
+        daemon.docker(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.PidsLimit}}",
+            &h.container(id),
+        ])
+    })?;
+    assert_eq!(pids, "300");
+    let change = ServerChange {
+        user: Some("root".into()),
+        ..Default::default()
+    };
+    h.provisioner
+        .set_server(id, change)
+        .await
+        .map_err(|e| anyhow::anyhow!("set --user root: {e}"))?;
+    let who = blocking(|| ssh_ok(&h, "id -u; cat /apps/up.bin | sha256sum"))?;
+    assert!(
+        who.starts_with("0\n") && who.contains(&want),
+        "after set --user root: {who}"
+    );
+    let parent = blocking(|| ssh_ok(&h, "cat /proc/$PPID/comm"))?;
+    assert!(
+        parent.starts_with("berth-agent"),
+        "session parent after recreate: {parent}"
+    );
+
+    Ok(())
+}
