@@ -258,6 +258,10 @@ struct View {
     /// no container or Docker's state unknown).
     #[serde(skip_serializing_if = "Option::is_none")]
     drift: Option<Vec<String>>,
+    /// `show` only: how the engine keeps the container's root from being host root
+    /// (`userns`, `rootless` or `none`; absent when Docker could not be asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    engine_isolation: Option<&'static str>,
     /// The cluster node holding it (`null` on a single host).
     node: Option<String>,
 }
@@ -281,6 +285,7 @@ fn view(
         docker: docker.to_string(),
         image_asks_systemd: None,
         drift: None,
+        engine_isolation: None,
         node: None,
     }
 }
@@ -520,9 +525,11 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 .ok_or_else(|| store_error(StoreError::UnknownServer(id)))?;
             let deleted = s.deleted.is_some();
             let image = tenants::spec::image(&cfg.tenants, &s).to_string();
+            let mut isolation = None;
             let (status, docker, asks, drift) = match connect(cfg, store).await {
                 Ok(prov) => match prov.status(id).await {
                     Ok(st) => {
+                        isolation = prov.engine_isolation().await.ok();
                         let asks = prov.image_asks_systemd(&image).await;
                         let drift = if deleted {
                             Ok(None)
@@ -541,6 +548,7 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
             let mut v = view(cfg, s, status, &docker);
             v.image_asks_systemd = asks;
             v.drift = drift;
+            v.engine_isolation = isolation.map(|i| i.as_str());
             v.node = store.server_node(id).await.map_err(store_error)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -581,6 +589,9 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                     "dind:      {}",
                     tenants::spec::dind(&cfg.tenants, &v.server).as_str()
                 );
+                if let Some(i) = isolation {
+                    println!("engine:    {}", i.describe());
+                }
                 if v.image_asks_systemd == Some(true) && v.init_effective != "systemd" {
                     println!(
                         "init:      {} (the image asks for systemd as PID 1, not granted: `berth server set {id} --init systemd` grants it)",
