@@ -23,6 +23,11 @@
 //! - Its containerd is its own (no system containerd socket is present here; when one is,
 //!   `--containerd-namespace`/`--containerd-plugins-namespace` keep its objects apart).
 //! - `--cgroup-parent /<name>`: the daemon's containers sit in cgroups the Drop can remove.
+//! - `/dev/net/tun` is `0666` in the daemon's mount namespace (a node of its own bound over
+//!   the host's, which may be `0600` on a machine without udev): a `rootless` server's tenant
+//!   user opens it, as on a host where udev made it. The host's node is not touched.
+//! - The remap range is 200000 ids: a `rootless` server's nested engine maps the tenant user's
+//!   subordinate range (100000..165535 inside the server) and needs it mapped.
 //!
 //! Everything (containers, daemon, namespace, cgroups, directories) is removed in `Drop`, also
 //! when the test fails.
@@ -36,6 +41,9 @@ use anyhow::{Context, Result, bail};
 
 /// The user whose subordinate ranges the test engine maps containers into.
 pub const REMAP_USER: &str = "berth-userns";
+
+/// The smallest remap range the tests accept (a rootless server's nested range included).
+pub const MIN_RANGE: u32 = 200_000;
 
 /// How long the daemon may take to answer.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(60);
@@ -75,7 +83,7 @@ pub fn first_range(text: &str, user: &str) -> Option<IdRange> {
 pub fn require_remap_user() -> Result<IdRange> {
     let how = format!(
         "the user-namespace tests need user {REMAP_USER} with /etc/subuid and /etc/subgid ranges \
-         (scripts/test makes them: useradd --system {REMAP_USER}; echo {REMAP_USER}:300000:65536 \
+         (scripts/test makes them: useradd --system {REMAP_USER}; echo {REMAP_USER}:300000:200000 \
          >> /etc/subuid and /etc/subgid)"
     );
     let passwd = std::fs::read_to_string("/etc/passwd").context("read /etc/passwd")?;
@@ -93,6 +101,9 @@ pub fn require_remap_user() -> Result<IdRange> {
     let gids = sub("/etc/subgid")?;
     if uids != gids {
         bail!("{REMAP_USER}'s subuid range {uids:?} and subgid range {gids:?} differ");
+    }
+    if uids.count < MIN_RANGE {
+        bail!("{REMAP_USER}'s range {uids:?} is smaller than {MIN_RANGE} ids: {how}");
     }
     Ok(uids)
 }
@@ -153,12 +164,15 @@ impl RemappedDaemon {
         };
         let script = format!(
             "set -e; mount -t tmpfs -o size=6g,mode=0711 {name} {data}; \
+             mkdir -p {dev}; mount -t tmpfs -o mode=0755 {name}-dev {dev}; \
+             mknod -m 0666 {dev}/tun c 10 200; mount --bind {dev}/tun /dev/net/tun; \
              exec dockerd --config-file {config} -H unix://{sock} --data-root {data} \
              --exec-root {exec} --pidfile {pid} --cgroup-parent /{name} \
              --bip 10.216.0.1/24 --default-address-pool base=10.217.0.0/16,size=24 \
              --userns-remap {REMAP_USER} --log-level warn{containerd_ns}",
             name = d.name,
             data = d.data.display(),
+            dev = d.root.join("dev").display(),
             config = config.display(),
             sock = d.socket.display(),
             exec = d.root.join("exec").display(),

@@ -237,10 +237,7 @@ pub fn container_body(
             ])
         } else if rootless {
             // No no-new-privileges: newuidmap/newgidmap gain their file capabilities at exec.
-            Some(vec![
-                format!("seccomp={}", rootless_seccomp_profile()),
-                "systempaths=unconfined".to_string(),
-            ])
+            Some(vec![format!("seccomp={}", rootless_seccomp_profile())])
         } else {
             (cfg.no_new_privileges && dind == DindMode::Off)
                 .then(|| vec!["no-new-privileges".to_string()])
@@ -251,6 +248,10 @@ pub fn container_body(
                 .to_vec()
         }),
         cgroupns_mode: caps.then_some(HostConfigCgroupnsModeEnum::PRIVATE),
+        // `systempaths=unconfined` (what the CLI turns into empty lists): a user namespace may
+        // mount a new procfs only where no path of /proc is masked or read-only.
+        masked_paths: rootless.then(Vec::new),
+        readonly_paths: rootless.then(Vec::new),
         // slirp4netns gives the nested engine its network through a tap device.
         devices: rootless.then(|| {
             vec![DeviceMapping {
@@ -416,6 +417,26 @@ pub fn container_drift(
             "devices are {}, settings say {}",
             list(&hd),
             list(&wd)
+        ));
+    }
+    // Empty lists are `systempaths=unconfined`; absent ones are Docker's masks.
+    let unmasked = |h: &HostConfig| {
+        h.masked_paths.as_ref().is_some_and(Vec::is_empty)
+            && h.readonly_paths.as_ref().is_some_and(Vec::is_empty)
+    };
+    if unmasked(&want) != unmasked(&have) {
+        out.push(format!(
+            "system paths are {}, settings say {}",
+            if unmasked(&have) {
+                "unmasked"
+            } else {
+                "masked"
+            },
+            if unmasked(&want) {
+                "unmasked"
+            } else {
+                "masked"
+            }
         ));
     }
     if flag(want.init) != flag(have.init) {
@@ -851,8 +872,9 @@ mod tests {
         assert_eq!(hc.cgroupns_mode, None);
         assert_eq!(hc.init, Some(true));
         let sec = hc.security_opt.clone().unwrap();
-        assert_eq!(sec.len(), 2, "{sec:?}");
-        assert!(sec.contains(&"systempaths=unconfined".to_string()));
+        assert_eq!(sec.len(), 1, "{sec:?}");
+        assert_eq!(hc.masked_paths, Some(vec![]));
+        assert_eq!(hc.readonly_paths, Some(vec![]));
         assert!(
             !sec.iter()
                 .any(|o| o.contains("unconfined") && o.starts_with("seccomp"))
@@ -926,10 +948,14 @@ mod tests {
                 .contains("devices are none")
         );
         let mut unconfined = hc.clone();
-        unconfined.security_opt = Some(vec![
-            "seccomp:unconfined".into(),
-            "systempaths=unconfined".into(),
-        ]);
+        unconfined.security_opt = Some(vec!["seccomp:unconfined".into()]);
+        let mut masked = hc.clone();
+        masked.masked_paths = Some(vec!["/proc/kcore".into()]);
+        assert!(
+            container_drift(&body, &inspected(masked))
+                .join(";")
+                .contains("system paths are masked")
+        );
         assert!(
             container_drift(&body, &inspected(unconfined))
                 .join(";")
