@@ -343,3 +343,62 @@ async fn sftp_forwards_on_demand_start_and_set_work_remapped() -> Result<()> {
 
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn config_check_and_server_show_report_the_engine_mode() -> Result<()> {
+    use integration_tests::tenants::{DbKind, DockerWorld, TestDb, berth, write_cli_config};
+    let daemon = blocking(RemappedDaemon::start)?;
+    let image = integration_tests::gateway::test_image();
+    blocking(|| daemon.load_images(&[&image]))?;
+    let db = TestDb::new(DbKind::Sqlite, "usernsreport")?;
+    let world = DockerWorld::new("usernsreport", 0);
+    let remapped = write_cli_config(
+        db.dir.path(),
+        &db.url,
+        &world,
+        &format!("docker_host = \"{}\"", daemon.host()),
+    )?;
+    let run = |args: &[&str], stdin: Option<&str>| -> Result<String> {
+        let (code, out, err) = berth(&remapped, args, stdin)?;
+        ensure!(code == 0, "berth {args:?} exited {code}: {err}");
+        Ok(out)
+    };
+    let check = blocking(|| run(&["config", "check"], None))?;
+    assert!(
+        check.contains("engine: user-namespaced (--userns-remap"),
+        "config check: {check}"
+    );
+    blocking(|| {
+        run(
+            &["account", "add", "alice", "--password-stdin"],
+            Some("correct horse battery\n"),
+        )
+    })?;
+    let created = blocking(|| run(&["server", "create", "--owner", "alice"], None))?;
+    let name = created
+        .lines()
+        .last()
+        .context("server create printed nothing")?
+        .trim()
+        .to_string();
+    let show = blocking(|| run(&["server", "show", &name], None))?;
+    assert!(
+        show.contains("engine:    user-namespaced"),
+        "server show: {show}"
+    );
+    let json = blocking(|| run(&["server", "show", &name, "--json"], None))?;
+    let v: serde_json::Value = serde_json::from_str(&json)?;
+    assert_eq!(v["engine_isolation"], "userns", "{json}");
+
+    // The machine's own engine: said plainly, and a rootless default is warned about.
+    let plain_dir = tempfile::tempdir()?;
+    let plain = write_cli_config(plain_dir.path(), &db.url, &world, "dind = \"rootless\"")?;
+    let (code, out, err) = blocking(|| berth(&plain, &["config", "check"], None))?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("engine: not user-namespaced"), "{out}");
+    assert!(
+        out.contains("warning: tenants.dind = \"rootless\" needs a user-namespaced engine"),
+        "{out}"
+    );
+    Ok(())
+}
