@@ -39,7 +39,7 @@ pub enum Cmd {
         /// Login user inside the container: root or a user the image has (default: [tenants] user).
         #[arg(long, value_parser = parse_user)]
         user: Option<String>,
-        /// Docker inside: off, caps, privileged or runtime (default: [tenants] dind); see
+        /// Docker inside: off, caps, rootless, privileged or runtime (default: [tenants] dind); see
         /// docs/SECURITY.md for what each gives the tenant.
         #[arg(long, value_parser = parse_dind)]
         dind: Option<DindMode>,
@@ -72,7 +72,8 @@ pub enum Cmd {
         /// Login user: root or a user the image has (recreates the container).
         #[arg(long, value_parser = parse_user)]
         user: Option<String>,
-        /// Docker inside: off, caps, privileged or runtime (recreates the container).
+        /// Docker inside: off, caps, rootless, privileged or runtime (recreates the container;
+        /// rootless only on a user-namespaced engine).
         #[arg(long, value_parser = parse_dind)]
         dind: Option<DindMode>,
         /// PID 1: default or systemd (grants systemd's privileges; recreates the container).
@@ -133,7 +134,7 @@ fn parse_user(s: &str) -> Result<String, String> {
 
 fn parse_dind(s: &str) -> Result<DindMode, String> {
     DindMode::parse(s)
-        .ok_or_else(|| format!("invalid dind mode {s:?}: use off, caps, privileged or runtime"))
+        .ok_or_else(|| format!("invalid dind mode {s:?}: use off, caps, rootless, privileged or runtime"))
 }
 
 fn parse_init(s: &str) -> Result<InitMode, String> {
