@@ -402,3 +402,99 @@ async fn config_check_and_server_show_report_the_engine_mode() -> Result<()> {
     );
     Ok(())
 }
+
+/// `ip -n <netns> -o link show …` → the first field (ifindex) of each line, with the names.
+fn links_in(netns: &str, args: &[&str]) -> Result<Vec<(u32, String)>> {
+    let mut cmd = vec!["-n", netns, "-o", "link", "show"];
+    cmd.extend_from_slice(args);
+    let out = Command::new("ip").args(&cmd).output().context("run ip")?;
+    ensure!(
+        out.status.success(),
+        "ip {cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(": ");
+            let idx = f.next()?.trim().parse().ok()?;
+            let name = f.next()?.split('@').next()?.to_string();
+            Some((idx, name))
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn port_map_binds_remapped_servers_to_their_own_bridge_ports() -> Result<()> {
+    use integration_tests::tenants::{DbKind, TenantsEnv};
+    use netfilter::bindings::{Endpoint, Mac};
+    let daemon = blocking(RemappedDaemon::start)?;
+    let image = integration_tests::gateway::test_image();
+    blocking(|| daemon.load_images(&[&image]))?;
+    let host = daemon.host();
+    let env = TenantsEnv::with_config("usernsports", DbKind::Sqlite, move |c| {
+        c.docker_host = Some(host.clone());
+    })
+    .await?;
+    env.store.add_account("alice", None::<&str>).await?;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let s = env
+            .prov
+            .create_server("alice", tenants::ServerSpec::default())
+            .await
+            .map_err(|e| anyhow::anyhow!("create: {e}"))?;
+        ids.push(s.id);
+    }
+    let eps = env
+        .prov
+        .server_endpoints()
+        .await
+        .map_err(|e| anyhow::anyhow!("endpoints: {e}"))?;
+    assert_eq!(eps.len(), 2, "{eps:?}");
+    // By pid (the host's /proc): the daemon's netns files live in its own mount namespace here,
+    // as they would not on a real host.
+    let list: Vec<Endpoint> = eps
+        .iter()
+        .map(|e| {
+            Ok(Endpoint {
+                name: e.server.to_string(),
+                netns: None,
+                pid: Some(e.pid.context("a running server has a pid")?),
+                mac: e
+                    .mac
+                    .parse::<Mac>()
+                    .map_err(|e| anyhow::anyhow!("mac: {e:?}"))?,
+                ipv4: e.ipv4.into_iter().collect(),
+                ipv6: e.ipv6.into_iter().collect(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let bridge = env.world.net.bridge.clone();
+    let b = bridge.clone();
+    let resolved = integration_tests::netfilter::in_netns(&daemon.netns, move || {
+        netfilter::netns::resolve(&b, &list)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))???;
+    assert!(resolved.unresolved.is_empty(), "{:?}", resolved.unresolved);
+    assert_eq!(resolved.bindings.len(), 2, "{:?}", resolved.bindings);
+    let on_bridge = links_in(&daemon.netns, &["master", &bridge])?;
+    for e in &eps {
+        let binding = resolved
+            .bindings
+            .iter()
+            .find(|x| x.mac.to_string() == e.mac)
+            .context("a binding per server")?;
+        let container = env.world.container(e.server.get());
+        let iflink: u32 = daemon
+            .docker(&["exec", &container, "cat", "/sys/class/net/eth0/iflink"])?
+            .parse()?;
+        let port = on_bridge
+            .iter()
+            .find(|(_, n)| *n == binding.port)
+            .with_context(|| format!("{} is not on {bridge}: {on_bridge:?}", binding.port))?;
+        assert_eq!(port.0, iflink, "{} is not {container}'s port", binding.port);
+    }
+    Ok(())
+}

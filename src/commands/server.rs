@@ -133,8 +133,9 @@ fn parse_user(s: &str) -> Result<String, String> {
 }
 
 fn parse_dind(s: &str) -> Result<DindMode, String> {
-    DindMode::parse(s)
-        .ok_or_else(|| format!("invalid dind mode {s:?}: use off, caps, rootless, privileged or runtime"))
+    DindMode::parse(s).ok_or_else(|| {
+        format!("invalid dind mode {s:?}: use off, caps, rootless, privileged or runtime")
+    })
 }
 
 fn parse_init(s: &str) -> Result<InitMode, String> {
