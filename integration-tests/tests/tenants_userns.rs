@@ -220,6 +220,30 @@ async fn tenant_root_cannot_touch_sysctls_modules_or_host_filesystems() -> Resul
         blocking(|| daemon.docker(&["inspect", "-f", "{{.HostConfig.CapAdd}}", &h.container(id)]))?;
     assert!(caps.contains("SYS_ADMIN"), "caps not granted: {caps}");
     blocking(|| assert_escapes_fail(&h, id, "caps mode"))?;
+
+    // `privileged` is refused by the engine; the server keeps its caps settings.
+    let change = ServerChange {
+        dind: Some(DindMode::Privileged),
+        ..Default::default()
+    };
+    let err = h
+        .provisioner
+        .set_server(id, change)
+        .await
+        .err()
+        .context("a privileged container was made on a remapped engine")?;
+    assert!(err.to_string().contains("privileged"), "{err}");
+    let stored = h.store.server(id).await?.context("server vanished")?;
+    assert_eq!(stored.spec.dind, Some(DindMode::Caps));
+    let privileged = blocking(|| {
+        daemon.docker(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.Privileged}}",
+            &h.container(id),
+        ])
+    })?;
+    assert_eq!(privileged, "false");
     Ok(())
 }
 
