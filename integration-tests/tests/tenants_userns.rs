@@ -522,3 +522,33 @@ async fn port_map_binds_remapped_servers_to_their_own_bridge_ports() -> Result<(
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_without_the_agent_take_the_exec_stream_remapped() -> Result<()> {
+    let daemon = blocking(RemappedDaemon::start)?;
+    let image = integration_tests::gateway::test_image();
+    blocking(|| daemon.load_images(&[&image]))?;
+    let opts = Options {
+        docker_host: Some(daemon.host()),
+        agent_mount: false,
+        ..Options::default()
+    };
+    let h = GatewayHarness::start_with("usernsattach", opts).await?;
+    let out = blocking(|| {
+        ssh_ok(
+            &h,
+            "id -un; cat /proc/$PPID/comm; head -c 5 /dev/zero | wc -c",
+        )
+    })?;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"tenant"), "{out}");
+    assert!(
+        !lines.get(1).is_some_and(|l| l.starts_with("berth-agent")),
+        "took the agent path: {out}"
+    );
+    assert_eq!(lines.get(2).map(|l| l.trim()), Some("5"), "{out}");
+    // Exit status through the exec stream.
+    let st = blocking(|| h.ssh_exec("exit 7", b""))?;
+    assert_eq!(st.status.code(), Some(7));
+    Ok(())
+}
