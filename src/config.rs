@@ -18,6 +18,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Defaults to `sqlite://<state_dir>/berth.db`.
     pub database_url: Option<String>,
+    /// A file holding the database URL (a swarm secret, a systemd credential), so the password
+    /// stays out of the shared config; not readable by others. Exclusive with `database_url`.
+    pub database_url_file: Option<PathBuf>,
     pub ssh: gateway::Config,
     pub network: tenants::NetworkConfig,
     pub dns: dns::Config,
@@ -33,6 +36,7 @@ impl Default for Config {
         Self {
             state_dir: PathBuf::from("/var/lib/berth"),
             database_url: None,
+            database_url_file: None,
             ssh: Default::default(),
             network: Default::default(),
             dns: Default::default(),
@@ -289,7 +293,15 @@ impl Config {
         if let Some(dir) = std::env::var_os("BERTH_STATE_DIR").filter(|v| !v.is_empty()) {
             cfg.state_dir = PathBuf::from(dir);
         }
+        if cfg.database_url.is_some() && cfg.database_url_file.is_some() {
+            return Err(ConfigError(format!(
+                "{source}: set one of database_url and database_url_file, not both"
+            ))
+            .into());
+        }
         cfg.apply_env(|name| std::env::var(name).ok());
+        cfg.read_database_url_file()
+            .map_err(|e| ConfigError(format!("{source}: {e}")))?;
         cfg.validate()
             .map_err(|e| ConfigError(format!("{source}: {e}")))?;
         Ok((cfg, source))
@@ -303,6 +315,10 @@ impl Config {
         let get = |name: &str| get(name).filter(|v| !v.is_empty());
         if let Some(url) = get("BERTH_DATABASE_URL") {
             self.database_url = Some(url);
+            self.database_url_file = None;
+        } else if let Some(file) = get("BERTH_DATABASE_URL_FILE") {
+            self.database_url = None;
+            self.database_url_file = Some(PathBuf::from(file));
         }
         if let Some(node) = get("BERTH_CLUSTER_NODE") {
             self.cluster.node = node;
@@ -313,6 +329,34 @@ impl Config {
         if let Some(front) = get("BERTH_CLUSTER_FRONT") {
             self.cluster.front = front;
         }
+    }
+
+    /// Fills `database_url` from `database_url_file`, if set: the file's first line, from a
+    /// file others cannot read.
+    fn read_database_url_file(&mut self) -> std::result::Result<(), String> {
+        let Some(path) = &self.database_url_file else {
+            return Ok(());
+        };
+        use std::os::unix::fs::PermissionsExt;
+        let shown = path.display();
+        let meta = std::fs::metadata(path)
+            .map_err(|e| format!("cannot read database_url_file {shown}: {e}"))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o007 != 0 {
+            return Err(format!(
+                "database_url_file {shown} is open to others (mode {mode:04o}); it holds the database password: chmod o-rwx {shown}"
+            ));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read database_url_file {shown}: {e}"))?;
+        let url = text.lines().next().unwrap_or("").trim();
+        if url.is_empty() {
+            return Err(format!(
+                "database_url_file {shown} is empty; put the database URL on its first line"
+            ));
+        }
+        self.database_url = Some(url.to_string());
+        Ok(())
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -485,6 +529,51 @@ listen = "127.0.0.1:9477"
         let mut cfg = Config::default();
         cfg.apply_env(env(&[("BERTH_CLUSTER_NODE", "n1")]));
         assert!(cfg.validate().unwrap_err().contains("PostgreSQL"));
+    }
+
+    #[test]
+    fn the_database_url_can_come_from_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("db");
+        std::fs::write(&file, "postgres://berth:s3cret@db/berth\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let chmod = |mode| {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        chmod(0o600);
+        let mut cfg = Config::default();
+        let var = |key: &'static str, value: String| {
+            move |name: &str| (name == key).then(|| value.clone())
+        };
+        cfg.apply_env(var("BERTH_DATABASE_URL_FILE", file.display().to_string()));
+        assert_eq!(cfg.read_database_url_file(), Ok(()));
+        assert_eq!(cfg.database_url(), "postgres://berth:s3cret@db/berth");
+        // Open to others: refused, and the message names the file, not what it holds.
+        chmod(0o644);
+        let mut cfg = Config {
+            database_url_file: Some(file.clone()),
+            ..Config::default()
+        };
+        let e = cfg.read_database_url_file().unwrap_err();
+        assert!(e.contains("mode 0644") && e.contains("chmod o-rwx"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        chmod(0o600);
+        std::fs::write(&file, "\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            cfg.read_database_url_file()
+                .unwrap_err()
+                .contains("is empty")
+        );
+        // The URL from the environment wins over any file.
+        let mut cfg = Config {
+            database_url_file: Some(file.clone()),
+            ..Config::default()
+        };
+        cfg.apply_env(var("BERTH_DATABASE_URL", "postgres://env/berth".into()));
+        assert_eq!(cfg.read_database_url_file(), Ok(()));
+        assert_eq!(cfg.database_url(), "postgres://env/berth");
     }
 
     #[test]

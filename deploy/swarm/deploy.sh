@@ -16,7 +16,10 @@
 # Each labelled node gets service `node-<name>` (`<stack>_node-<name>`): one replica constrained
 # to that node id, host networking, running `berth run netfilter dns node front` (or without
 # `front`), with BERTH_CLUSTER_NODE / BERTH_CLUSTER_ADVERTISE / BERTH_CLUSTER_FRONT in its
-# environment over the one shared config. The config must set a PostgreSQL database_url.
+# environment over the one shared config. The database: BERTH_DATABASE_URL_FILE names a file
+# holding the PostgreSQL URL (password included), delivered as the swarm secret
+# berth_database_url (mode 0400) and read through BERTH_DATABASE_URL_FILE in the task, so the
+# shared config holds no password; without it the config must set database_url itself.
 #
 # Inputs (environment, as for stack.yml): BERTH_IMAGE (berth/berth:local), BERTH_CONFIG
 # (./berth.toml), BERTH_HOST_KEY (./ssh_host_ed25519_key), BERTH_HOST_KEY_RSA
@@ -41,11 +44,21 @@ image=${BERTH_IMAGE:-berth/berth:local}
 config=$(abs "${BERTH_CONFIG:-./berth.toml}")
 key=$(abs "${BERTH_HOST_KEY:-./ssh_host_ed25519_key}")
 key_rsa=$(abs "${BERTH_HOST_KEY_RSA:-./ssh_host_rsa_key}")
-for f in "$config" "$key" "$key_rsa"; do
+dburl=${BERTH_DATABASE_URL_FILE:+$(abs "$BERTH_DATABASE_URL_FILE")}
+for f in "$config" "$key" "$key_rsa" ${dburl:+"$dburl"}; do
   [[ -r "$f" ]] || { echo "deploy.sh: cannot read $f" >&2; exit 1; }
 done
-grep -Eq '^[[:space:]]*database_url[[:space:]]*=[[:space:]]*"postgres' "$config" ||
-  echo "deploy.sh: $config sets no PostgreSQL database_url; nodes refuse to start without one" >&2
+if [[ -n "$dburl" ]]; then
+  if grep -Eq '^[[:space:]]*database_url[[:space:]]*=' "$config"; then
+    echo "deploy.sh: $config sets database_url and BERTH_DATABASE_URL_FILE is given; keep the URL in one place (the file)" >&2
+    exit 1
+  fi
+  grep -Eq '^postgres' "$dburl" ||
+    { echo "deploy.sh: $dburl does not start with a PostgreSQL URL (postgres://...)" >&2; exit 1; }
+else
+  grep -Eq '^[[:space:]]*database_url[[:space:]]*=[[:space:]]*"postgres' "$config" ||
+    echo "deploy.sh: $config sets no PostgreSQL database_url and BERTH_DATABASE_URL_FILE is unset; nodes refuse to start without one" >&2
+fi
 
 name_re='^[a-z0-9][a-z0-9-]{0,62}$'
 addr_re='^[^[:space:]]+:[0-9]{1,5}$'
@@ -85,6 +98,9 @@ EOF
       BERTH_CLUSTER_NODE: "$name"
       BERTH_CLUSTER_ADVERTISE: "$advertise"
       BERTH_CLUSTER_FRONT: "$name"
+EOF
+    [[ -z "$dburl" ]] || echo '      BERTH_DATABASE_URL_FILE: "/run/secrets/berth_database_url"'
+    cat <<EOF
     networks: [hostnet]
     cap_add: [NET_ADMIN, NET_RAW]
     volumes:
@@ -101,6 +117,9 @@ EOF
     secrets:
       - {source: berth_host_ed25519, target: berth_ssh_host_ed25519_key, mode: 0400}
       - {source: berth_host_rsa, target: berth_ssh_host_rsa_key, mode: 0400}
+EOF
+    [[ -z "$dburl" ]] || echo '      - {source: berth_database_url, target: berth_database_url, mode: 0400}'
+    cat <<EOF
     stop_grace_period: 40s
     deploy:
       mode: replicated
@@ -125,6 +144,12 @@ secrets:
   berth_host_rsa:
     file: "$key_rsa"
 EOF
+  if [[ -n "$dburl" ]]; then
+    cat <<EOF
+  berth_database_url:
+    file: "$dburl"
+EOF
+  fi
 }
 
 if $print; then

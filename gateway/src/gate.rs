@@ -17,6 +17,9 @@ use tenants::ServerId;
 pub struct Login {
     pub server: ServerId,
     pub owner: String,
+    /// The client's address when the connection is relayed (its peer is then the relay, and
+    /// the relay vouched for this address); audit records name it instead of the peer.
+    pub client: Option<IpAddr>,
 }
 
 /// Held from accept until authentication (admission accounting: see [`crate::auth::Permit`]).
@@ -93,7 +96,11 @@ impl Gate for crate::auth::Authenticator {
 
 fn login(d: crate::auth::Decision) -> Option<Login> {
     match d {
-        crate::auth::Decision::Accept { server, owner } => Some(Login { server, owner }),
+        crate::auth::Decision::Accept { server, owner } => Some(Login {
+            server,
+            owner,
+            client: None,
+        }),
         crate::auth::Decision::Reject => None,
     }
 }

@@ -140,12 +140,24 @@ impl Gate for HopGate {
         key: &PublicKey,
         verified: bool,
     ) -> Option<Login> {
+        if let Some(server) = crate::transfer::parse_transfer_user(user) {
+            let front = self.front_of(key).await?;
+            if verified {
+                info!(target: "berth::hop", front = %front, peer = %peer, server = %server.login_name(), "hop transfer login");
+            }
+            return Some(Login {
+                server,
+                owner: crate::transfer::TRANSFER_OWNER.to_string(),
+                client: None,
+            });
+        }
         let assertion = Assertion::parse(user)?;
         let front = self.front_of(key).await?;
         if !verified {
             return Some(Login {
                 server: assertion.server,
                 owner: assertion.account,
+                client: Some(assertion.client),
             });
         }
         let owned = match self.backend.credentials(assertion.server).await {
@@ -179,6 +191,7 @@ impl Gate for HopGate {
         Some(Login {
             server: assertion.server,
             owner: assertion.account,
+            client: Some(assertion.client),
         })
     }
 

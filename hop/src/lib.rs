@@ -13,7 +13,9 @@
 mod assertion;
 mod gate;
 mod relay;
+pub mod transfer;
 
 pub use assertion::Assertion;
 pub use gate::HopGate;
 pub use relay::{HOP_CONNECT_TIMEOUT, RelayBackend};
+pub use transfer::NodeBackend;

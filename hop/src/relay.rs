@@ -158,8 +158,8 @@ fn route(target: &Target) -> Option<&Route> {
 }
 
 /// Accepts exactly the pinned host key.
-struct Pinned {
-    pin: PublicKey,
+pub(crate) struct Pinned {
+    pub(crate) pin: PublicKey,
 }
 
 impl client::Handler for Pinned {
@@ -225,14 +225,15 @@ impl Backend for RelayBackend {
         owner: &str,
         peer: IpAddr,
     ) -> Result<Target, BackendError> {
-        let placed = self.store.server_node(server).await.map_err(|e| {
+        let placed = self.store.server_placement(server).await.map_err(|e| {
             BackendError::Unavailable(format!(
                 "cannot look up {}'s host: {e}",
                 server.login_name()
             ))
         })?;
         match placed {
-            Some(node) if node != self.node => self.open_hop(server, &node, owner, peer).await,
+            Some(p) if p.moving_to.is_some() => Err(crate::transfer::moving(server, &p)),
+            Some(p) if p.node != self.node => self.open_hop(server, &p.node, owner, peer).await,
             _ => self.local.ensure_running_for(server, owner, peer).await,
         }
     }

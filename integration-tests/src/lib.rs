@@ -7,6 +7,7 @@
 //! Nothing here is used by berth itself; the crate exists so the test files share set-up
 //! instead of each growing its own.
 
+pub mod cluster;
 pub mod dns;
 pub mod gateway;
 pub mod netfilter;

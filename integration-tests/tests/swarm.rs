@@ -433,11 +433,14 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
     let (config, ed, rsa) = write_inputs(&dir, &table)?;
     // The shared config names the cluster's database (top level, so before any table) and the
     // tenant image loaded on the hosts.
+    // The database URL travels as a swarm secret (BERTH_DATABASE_URL_FILE), not in the config.
     let text = std::fs::read_to_string(&config)?;
     std::fs::write(
         &config,
-        format!("database_url = \"{url}\"\n{text}\n[tenants]\nimage = \"{tenant_image}\"\n"),
+        format!("{text}\n[tenants]\nimage = \"{tenant_image}\"\n"),
     )?;
+    let url_file = dir.join("database_url");
+    std::fs::write(&url_file, format!("{url}\n"))?;
     let t = Instant::now();
     let out = Command::new(repo().join("deploy/swarm/deploy.sh"))
         .args(["--stack", STACK])
@@ -450,6 +453,7 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
         .env("BERTH_CONFIG", &config)
         .env("BERTH_HOST_KEY", &ed)
         .env("BERTH_HOST_KEY_RSA", &rsa)
+        .env("BERTH_DATABASE_URL_FILE", &url_file)
         .output()
         .context("cannot run deploy/swarm/deploy.sh")?;
     if !out.status.success() {
@@ -588,6 +592,33 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
     assert!(node_log.contains("hop login"), "{node_log}");
     assert_eq!(containers(manager)?, "", "host 0's engine has no server");
     assert_eq!(containers(host1)?, "berth-server-1");
+
+    // A tenant cannot reach any node's hop endpoint, its own host's included: each host's
+    // netfilter drops tenant traffic to the host and to private ranges.
+    let probe: String = tb
+        .hosts
+        .iter()
+        .map(|h| {
+            format!(
+                "if timeout 5 bash -c 'exec 3<>/dev/tcp/{0}/2200' 2>/dev/null; \
+                 then echo '{0} open'; else echo '{0} closed'; fi; ",
+                h.addr
+            )
+        })
+        .collect();
+    // (Through host 1's own front: no hop login, which the count below expects.)
+    let out = fabric_ssh(&tb, &key, &user, host1, &probe)?;
+    assert!(out.status.success(), "{}", out_text(&out));
+    let want: String = tb
+        .hosts
+        .iter()
+        .map(|h| format!("{} closed\n", h.addr))
+        .collect();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        want,
+        "hop endpoints from a tenant"
+    );
 
     // Host 1's own front serves its own server without a hop; host 2 (berth.front=false)
     // has no client listener at all.
@@ -835,5 +866,56 @@ fn deploy_sh_pins_one_service_per_labelled_node_and_refuses_bad_labels() -> Resu
         );
         assert!(out.stdout.is_empty(), "{table:?}: printed a stack");
     }
+
+    // The database URL as a secret: the file goes into a swarm secret and each task reads it
+    // through BERTH_DATABASE_URL_FILE; a config that also sets database_url is refused.
+    let table = "id0 n0 10.0.0.10:2200\n";
+    std::fs::write(dir.path().join("nodb.toml"), "[cluster]\n")?;
+    std::fs::write(dir.path().join("dburl"), "postgres://berth:pw@db/berth\n")?;
+    let with_file = |config: &str| -> Result<std::process::Output> {
+        let nodes = dir.path().join("nodes");
+        std::fs::write(&nodes, table)?;
+        Command::new(repo().join("deploy/swarm/deploy.sh"))
+            .arg("--print")
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .env("STUB_NODES", &nodes)
+            .env("BERTH_CONFIG", config)
+            .env("BERTH_HOST_KEY", "ed")
+            .env("BERTH_HOST_KEY_RSA", "rsa")
+            .env("BERTH_DATABASE_URL_FILE", "dburl")
+            .env("BERTH_IMAGE", "berth/berth:t")
+            .output()
+            .context("run deploy.sh")
+    };
+    let out = with_file("nodb.toml")?;
+    assert!(out.status.success(), "{}", out_text(&out));
+    let yml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        yml.contains("BERTH_DATABASE_URL_FILE: \"/run/secrets/berth_database_url\""),
+        "{yml}"
+    );
+    assert!(
+        yml.contains("{source: berth_database_url, target: berth_database_url, mode: 0400}"),
+        "{yml}"
+    );
+    assert!(
+        yml.contains(&format!(
+            "berth_database_url:\n    file: \"{}\"",
+            dir.path().join("dburl").display()
+        )),
+        "{yml}"
+    );
+    assert!(
+        !yml.contains("pw@db"),
+        "the password stays out of the stack file: {yml}"
+    );
+    let out = with_file("berth.toml")?;
+    assert!(!out.status.success(), "{}", out_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("keep the URL in one place"),
+        "{}",
+        out_text(&out)
+    );
     Ok(())
 }

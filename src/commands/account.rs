@@ -99,6 +99,8 @@ pub mod exit {
     pub const CANTCREAT: u8 = 73;
     /// No way to read a password (no terminal and no --password-stdin).
     pub const USAGE: u8 = 64;
+    /// Not now: try again later (a server with open sessions cannot move without --force).
+    pub const TEMPFAIL: u8 = 75;
 }
 
 pub(crate) fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
@@ -126,7 +128,8 @@ pub(crate) fn store_error(e: StoreError) -> anyhow::Error {
         | StoreError::AccountHasServers { .. }
         | StoreError::DuplicateNode(_)
         | StoreError::NodeHasServers { .. }
-        | StoreError::NodeKeyMismatch(_) => exit::CANTCREAT,
+        | StoreError::NodeKeyMismatch(_)
+        | StoreError::MoveConflict { .. } => exit::CANTCREAT,
         e if e.is_retryable() => exit::UNAVAILABLE,
         _ => 1,
     };

@@ -17,7 +17,7 @@ use crate::config::Config;
 
 /// The node's hop host key and the front's hop client key, in the state dir.
 const HOP_HOST_KEY: &str = "hop_host_ed25519_key";
-const HOP_CLIENT_KEY: &str = "hop_client_ed25519_key";
+pub(crate) const HOP_CLIENT_KEY: &str = "hop_client_ed25519_key";
 
 fn need_cluster(cfg: &Config, what: &str) -> Result<()> {
     if cfg.cluster.node.is_empty() {
@@ -28,10 +28,14 @@ fn need_cluster(cfg: &Config, what: &str) -> Result<()> {
     Ok(())
 }
 
-async fn local_backend(cfg: &Config, store: &tenants::Store) -> Result<Arc<dyn Backend>> {
-    let provisioner = tenants::Provisioner::connect(&cfg.network, &cfg.tenants, store.clone())
+async fn provisioner(cfg: &Config, store: &tenants::Store) -> Result<tenants::Provisioner> {
+    tenants::Provisioner::connect(&cfg.network, &cfg.tenants, store.clone())
         .await
-        .context("cannot set up the docker client")?;
+        .context("cannot set up the docker client")
+}
+
+async fn local_backend(cfg: &Config, store: &tenants::Store) -> Result<Arc<dyn Backend>> {
+    let provisioner = provisioner(cfg, store).await?;
     Ok(Arc::new(TenantsBackend::new(
         store.clone(),
         provisioner,
@@ -93,7 +97,18 @@ pub async fn run_node(
         })
     };
 
-    let backend = local_backend(cfg, &store).await?;
+    let provisioner = provisioner(cfg, &store).await?;
+    let local: Arc<dyn Backend> = Arc::new(TenantsBackend::new(
+        store.clone(),
+        provisioner.clone(),
+        &cfg.ssh,
+    ));
+    let backend: Arc<dyn Backend> = Arc::new(hop::NodeBackend::new(
+        local,
+        provisioner,
+        store.clone(),
+        node.clone(),
+    ));
     let gate = Arc::new(hop::HopGate::new(store, backend.clone()));
     let shared = gateway::Shared::new(
         cfg.ssh.clone(),

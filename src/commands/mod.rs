@@ -8,6 +8,7 @@ pub mod demo;
 pub mod dns;
 pub mod gateway;
 pub mod image;
+pub mod moving;
 pub mod netfilter;
 pub mod node;
 pub mod run;

@@ -49,7 +49,8 @@ pub enum Cmd {
         #[arg(long, value_parser = parse_init)]
         init: Option<InitMode>,
         /// Cluster node to place it on (default: the placement policy, when the store knows
-        /// nodes; see docs/CLUSTER.md). Only this host's own node can create it.
+        /// nodes; see docs/CLUSTER.md). Another host's node makes it over the hop, which needs
+        /// this host's front key (run it on a host that runs `berth run front`).
         #[arg(long)]
         node: Option<String>,
     },
@@ -111,6 +112,28 @@ pub enum Cmd {
         #[arg(long)]
         purge: bool,
     },
+    /// Move a server to another cluster node: stop it, copy its data volume over the internal
+    /// hop, recreate it there and switch its node; the old copy stays on the source until
+    /// --purge (or --purge-from later). Refused while sessions are open unless --force.
+    Move {
+        server: String,
+        /// The node to move it to.
+        #[arg(long, conflicts_with_all = ["abort", "purge_from"], required_unless_present_any = ["abort", "purge_from"])]
+        to: Option<String>,
+        /// End the server's open sessions instead of refusing.
+        #[arg(long, requires = "to")]
+        force: bool,
+        /// Remove the old copy (container and data volume) on the source once the move is done.
+        #[arg(long, requires = "to")]
+        purge: bool,
+        /// Remove the copy a finished move left on NODE (never the server's current node).
+        #[arg(long, value_name = "NODE", conflicts_with = "abort")]
+        purge_from: Option<String>,
+        /// Give up a move that did not finish (its copy on the target is removed; the server
+        /// stays where it was).
+        #[arg(long)]
+        abort: bool,
+    },
     /// Compare the store with Docker and report differences (changes nothing).
     Reconcile {
         #[arg(long)]
@@ -165,9 +188,8 @@ fn server_ref(s: &str) -> Result<ServerId> {
     })
 }
 
-/// Where a new server goes: `None` on a single host (no nodes known and none asked for),
-/// else this host's node when the policy (or the operator's `--node`) picks it. A server whose
-/// node is another host is refused here: only a node makes its own containers.
+/// Where a new server goes: `None` on a single host (no nodes known and none asked for), else
+/// the node the policy (or the operator's `--node`) picks.
 async fn place(
     cfg: &crate::config::Config,
     store: &Store,
@@ -190,21 +212,57 @@ async fn place(
             };
             fail(code, e.to_string())
         })?;
-    if chosen.name != cfg.cluster.node {
-        let here = if cfg.cluster.node.is_empty() {
-            "this host is no cluster node ([cluster] node is empty)".to_string()
-        } else {
-            format!("this host is node {}", cfg.cluster.node)
-        };
-        return Err(fail(
-            exit::CANTCREAT,
-            format!(
-                "the server goes to node {0}, but {here}: a server's container is made on its own node; run this command on {0}'s host",
-                chosen.name
-            ),
-        ));
-    }
     Ok(Some(chosen.name.clone()))
+}
+
+/// `server create` for a node other than this host's: the row and its placement written here,
+/// the container made by that node (over the hop, with this host's front key). On failure the
+/// row is forgotten again.
+async fn create_elsewhere(
+    cfg: &crate::config::Config,
+    store: &Store,
+    owner: &str,
+    spec: ServerSpec,
+    node: &str,
+) -> Result<(Server, String)> {
+    let server = store
+        .insert_server(owner, &spec)
+        .await
+        .map_err(store_error)?;
+    let made = async {
+        store
+            .place_server(server.id, node)
+            .await
+            .map_err(store_error)?;
+        let client = super::moving::client(cfg, store, node, server.id).await?;
+        client
+            .step_text(hop::transfer::Op::Create)
+            .await
+            .map_err(|e| fail(1, format!("node {node} could not create it: {}", e.message)))
+    }
+    .await;
+    match made {
+        Ok(text) => {
+            let address = text
+                .lines()
+                .find_map(|l| l.strip_prefix("address "))
+                .unwrap_or("?")
+                .to_string();
+            Ok((server, address))
+        }
+        Err(e) => {
+            if let Err(fe) = store.forget_server(server.id).await {
+                return Err(fail(
+                    1,
+                    format!(
+                        "{e}; forgetting {} failed too ({fe}): remove it with `berth server rm {} --purge`",
+                        server.id, server.id
+                    ),
+                ));
+            }
+            Err(e)
+        }
+    }
 }
 
 fn chrono_now() -> tenants::placement::Now {
@@ -370,6 +428,30 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 init,
             };
             let placed = place(cfg, store, &spec, node.as_deref()).await?;
+            if let Some(node) = placed.as_deref().filter(|n| *n != cfg.cluster.node) {
+                let (server, address) = create_elsewhere(cfg, store, &owner, spec, node).await?;
+                audit(
+                    store,
+                    AuditEvent {
+                        server: Some(server.id),
+                        account: Some(owner.clone()),
+                        method: Some("server create".into()),
+                        detail: serde_json::json!({
+                            "image": tenants::spec::image(&cfg.tenants, &server),
+                            "init": tenants::spec::init(&server).as_str(),
+                            "node": node,
+                        }),
+                        ..AuditEvent::new(AuditKind::Admin, "success")
+                    },
+                )
+                .await;
+                println!(
+                    "created {} for {owner} on node {node}: address {address}",
+                    server.id
+                );
+                println!("{}", server.id.login_name());
+                return Ok(ExitCode::SUCCESS);
+            }
             let prov = connect(cfg, store).await?;
             let server = prov
                 .create_server(&owner, spec)
@@ -672,6 +754,28 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                     prov.names().volume(id)
                 );
             }
+        }
+        Cmd::Move {
+            server,
+            to,
+            force,
+            purge,
+            purge_from,
+            abort,
+        } => {
+            let id = server_ref(&server)?;
+            let how = if abort {
+                super::moving::How::Abort
+            } else if let Some(node) = purge_from {
+                super::moving::How::PurgeFrom(node)
+            } else {
+                super::moving::How::To {
+                    node: to.unwrap_or_default(),
+                    force,
+                    purge,
+                }
+            };
+            super::moving::run(cfg, store, id, how).await?;
         }
         Cmd::Reconcile { json } => {
             let prov = connect(cfg, store).await?;

@@ -70,5 +70,5 @@ pub use provision::{
 };
 pub use store::{
     Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Dialect, Front, Node,
-    Server, ServerAuth, ServerSpec, Store, StoreError,
+    Placement, Server, ServerAuth, ServerSpec, Store, StoreError,
 };

@@ -38,6 +38,7 @@ mod network;
 mod reconcile;
 mod set;
 mod status;
+mod transfer;
 mod users;
 mod watch;
 

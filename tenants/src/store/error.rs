@@ -85,6 +85,15 @@ pub enum StoreError {
          was reinstalled, run `berth node forget-key {0}` and start it again"
     )]
     NodeKeyMismatch(String),
+    /// A move's step found the placement other than the move expects (another move, or a
+    /// move that ended meanwhile).
+    #[error("{server} is not on its way from {from} to {to}: {found}")]
+    MoveConflict {
+        server: ServerId,
+        from: String,
+        to: String,
+        found: String,
+    },
     #[error("front {0} does not exist; `berth node fronts` shows the known fronts")]
     UnknownFront(String),
     #[error("invalid front name {name:?}: {}", crate::placement::NODE_NAME_RULE)]

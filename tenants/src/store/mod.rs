@@ -30,8 +30,8 @@ mod url;
 pub use connection::{Dialect, Store};
 pub use error::StoreError;
 pub use model::{
-    Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Front, Node, Server,
-    ServerAuth, ServerSpec,
+    Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Front, Node,
+    Placement, Server, ServerAuth, ServerSpec,
 };
 
 pub use url::redact_url;

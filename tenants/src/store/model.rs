@@ -201,3 +201,10 @@ pub struct Front {
     pub last_seen: Option<DateTime<Utc>>,
     pub created: DateTime<Utc>,
 }
+
+/// Where a server lives (`node`) and, while `berth server move` runs, where it is going.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Placement {
+    pub node: String,
+    pub moving_to: Option<String>,
+}

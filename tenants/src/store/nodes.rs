@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use super::connection::{Store, with_pool};
 use super::error::StoreError;
-use super::model::{Front, Node};
+use super::model::{Front, Node, Placement};
 use super::row::{now, server_id, time};
 use crate::name::ServerId;
 use crate::placement::valid_node_name;
@@ -284,6 +284,117 @@ impl Store {
                 Err(StoreError::UnknownServer(server))
             }
             Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Where `server` lives and, during `berth server move`, where it is going.
+    pub async fn server_placement(
+        &self,
+        server: ServerId,
+    ) -> Result<Option<Placement>, StoreError> {
+        let row: Option<(String, Option<String>)> = with_pool!(self, p => sqlx::query_as(
+            "SELECT n.name, m.name FROM placements p JOIN nodes n ON n.id = p.node_id \
+             LEFT JOIN nodes m ON m.id = p.moving_to WHERE p.server_id = $1",
+        )
+        .bind(i64::from(server.get()))
+        .fetch_optional(p)
+        .await)
+        .map_err(|e| self.err(e))?;
+        Ok(row.map(|(node, moving_to)| Placement { node, moving_to }))
+    }
+
+    /// Marks `server` (placed on `from`) as moving to `to`; from now on logins to it are
+    /// refused until [`Store::finish_move`] or [`Store::abort_move`]. Fails when the server is
+    /// not on `from` or already moving.
+    pub async fn begin_move(
+        &self,
+        server: ServerId,
+        from: &str,
+        to: &str,
+    ) -> Result<(), StoreError> {
+        let res = with_pool!(self, p => sqlx::query(
+            "UPDATE placements SET moving_to = (SELECT id FROM nodes WHERE name = $3) \
+             WHERE server_id = $1 AND moving_to IS NULL \
+               AND node_id = (SELECT id FROM nodes WHERE name = $2) \
+               AND EXISTS (SELECT 1 FROM nodes WHERE name = $3)",
+        )
+        .bind(i64::from(server.get()))
+        .bind(from)
+        .bind(to)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| self.err(e))?;
+        if res == 1 {
+            return Ok(());
+        }
+        Err(self.move_conflict(server, from, to).await)
+    }
+
+    /// The switch: `server` now lives on `to`. Only from the state [`Store::begin_move`] left.
+    pub async fn finish_move(
+        &self,
+        server: ServerId,
+        from: &str,
+        to: &str,
+    ) -> Result<(), StoreError> {
+        let res = with_pool!(self, p => sqlx::query(
+            "UPDATE placements SET node_id = moving_to, moving_to = NULL, placed_at = $4 \
+             WHERE server_id = $1 AND node_id = (SELECT id FROM nodes WHERE name = $2) \
+               AND moving_to = (SELECT id FROM nodes WHERE name = $3)",
+        )
+        .bind(i64::from(server.get()))
+        .bind(from)
+        .bind(to)
+        .bind(now())
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| self.err(e))?;
+        if res == 1 {
+            return Ok(());
+        }
+        Err(self.move_conflict(server, from, to).await)
+    }
+
+    /// Ends a move without switching: `server` stays where it was and takes logins again.
+    /// Returns whether a move was in progress.
+    pub async fn abort_move(&self, server: ServerId) -> Result<bool, StoreError> {
+        let res = with_pool!(self, p => sqlx::query(
+            "UPDATE placements SET moving_to = NULL WHERE server_id = $1 AND moving_to IS NOT NULL",
+        )
+        .bind(i64::from(server.get()))
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| self.err(e))?;
+        Ok(res == 1)
+    }
+
+    async fn move_conflict(&self, server: ServerId, from: &str, to: &str) -> StoreError {
+        let found = match self.server_placement(server).await {
+            Ok(None) => "it has no node".to_string(),
+            Ok(Some(Placement {
+                node,
+                moving_to: None,
+            })) => format!("it is on {node}"),
+            Ok(Some(Placement {
+                node,
+                moving_to: Some(m),
+            })) => format!(
+                "it is on {node} and moving to {m} (finish or abort that move: `berth server move {} --abort`)",
+                server.login_name()
+            ),
+            Err(e) => return e,
+        };
+        match self.node(to).await {
+            Ok(None) => StoreError::UnknownNode(to.to_string()),
+            _ => StoreError::MoveConflict {
+                server,
+                from: from.to_string(),
+                to: to.to_string(),
+                found,
+            },
         }
     }
 

@@ -55,8 +55,9 @@ impl Store {
         })
     }
 
-    /// Hard-deletes a server row: only to undo a failed create. The id is still never reused.
-    pub(crate) async fn forget_server(&self, id: ServerId) -> Result<(), StoreError> {
+    /// Hard-deletes a server row (and its placement): only to undo a failed create. The id is
+    /// still never reused.
+    pub async fn forget_server(&self, id: ServerId) -> Result<(), StoreError> {
         with_pool!(self, p => sqlx::query("DELETE FROM servers WHERE id = $1")
             .bind(i64::from(id.get()))
             .execute(p)
