@@ -537,13 +537,17 @@ async fn sessions_without_the_agent_take_the_exec_stream_remapped() -> Result<()
     let out = blocking(|| {
         ssh_ok(
             &h,
-            "id -un; cat /proc/$PPID/comm; head -c 5 /dev/zero | wc -c",
+            // An exec'd process's parent is outside the container (PPID 0); on the agent
+            // path it would be berth-agent.
+            "id -un; echo \"parent=$(cat /proc/$PPID/comm 2>/dev/null)\"; head -c 5 /dev/zero | wc -c",
         )
     })?;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.first(), Some(&"tenant"), "{out}");
     assert!(
-        !lines.get(1).is_some_and(|l| l.starts_with("berth-agent")),
+        lines
+            .get(1)
+            .is_some_and(|l| l.starts_with("parent=") && !l.contains("berth-agent")),
         "took the agent path: {out}"
     );
     assert_eq!(lines.get(2).map(|l| l.trim()), Some("5"), "{out}");
