@@ -43,6 +43,8 @@ pub struct Options {
     pub agent_mount: bool,
     /// Give the tenant network an IPv6 subnet (containers then have `::1` and an IPv6 address).
     pub ipv6: bool,
+    /// The engine berth talks to (`[tenants] docker_host`); the machine's own when `None`.
+    pub docker_host: Option<String>,
 }
 
 /// See [`Options::wrap_backend`].
@@ -61,6 +63,7 @@ impl Default for Options {
             dind: tenants::DindMode::Off,
             agent_mount: std::env::var("BERTH_TEST_DATA_PATH").as_deref() != Ok("attach"),
             ipv6: false,
+            docker_host: None,
         }
     }
 }
@@ -123,6 +126,8 @@ pub struct GatewayHarness {
     /// Docker object prefix (`<prefix>-server-<N>`).
     pub prefix: String,
     pub network: String,
+    /// The engine berth talks to (`None`: the machine's own).
+    pub docker_host: Option<String>,
     pub dir: tempfile::TempDir,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -164,6 +169,7 @@ impl GatewayHarness {
             } else {
                 String::new()
             },
+            docker_host: opts.docker_host.clone(),
             ..Default::default()
         };
         tcfg.name_prefix = prefix.clone();
@@ -251,6 +257,7 @@ impl GatewayHarness {
         let mut me_guard = Cleanup {
             prefix: prefix.clone(),
             network: network.clone(),
+            docker_host: opts.docker_host.clone(),
             armed: true,
         };
         let server = if opts.create_server {
@@ -298,6 +305,7 @@ impl GatewayHarness {
             server,
             prefix,
             network,
+            docker_host: opts.docker_host,
             dir,
             shutdown,
             task: Some(task),
@@ -353,7 +361,7 @@ impl GatewayHarness {
 
     /// Runs a command in the server's container with `docker exec` (bypassing the gateway).
     pub fn docker_exec(&self, id: ServerId, args: &[&str]) -> Result<Output> {
-        Command::new("docker")
+        docker_on(self.docker_host.as_deref())
             .arg("exec")
             .arg(self.container(id))
             .args(args)
@@ -424,28 +432,43 @@ impl Drop for GatewayHarness {
         if let Some(t) = self.task.take() {
             t.abort();
         }
-        cleanup(&self.prefix, &self.network);
+        cleanup_on(self.docker_host.as_deref(), &self.prefix, &self.network);
     }
 }
 
 struct Cleanup {
     prefix: String,
     network: String,
+    docker_host: Option<String>,
     armed: bool,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if self.armed {
-            cleanup(&self.prefix, &self.network);
+            cleanup_on(self.docker_host.as_deref(), &self.prefix, &self.network);
         }
     }
 }
 
+/// A `docker` command addressed to `host` (the machine's own engine when `None`).
+pub fn docker_on(host: Option<&str>) -> Command {
+    let mut c = Command::new("docker");
+    if let Some(h) = host {
+        c.arg("-H").arg(h).env_remove("DOCKER_CONTEXT");
+    }
+    c
+}
+
 /// Removes every container and volume named `<prefix>-…` and the network.
 pub fn cleanup(prefix: &str, network: &str) {
+    cleanup_on(None, prefix, network)
+}
+
+/// [`cleanup`] on the engine `host` (the machine's own when `None`).
+pub fn cleanup_on(host: Option<&str>, prefix: &str, network: &str) {
     let list = |what: &[&str]| -> Vec<String> {
-        Command::new("docker")
+        docker_on(host)
             .args(what)
             .output()
             .map(|o| {
@@ -459,7 +482,7 @@ pub fn cleanup(prefix: &str, network: &str) {
     let filter = format!("name=^/?{prefix}-");
     let containers = list(&["ps", "-aq", "--filter", &filter]);
     if !containers.is_empty() {
-        let _ = Command::new("docker")
+        let _ = docker_on(host)
             .args(["rm", "-f", "-v"])
             .args(&containers)
             .stdout(Stdio::null())
@@ -473,14 +496,14 @@ pub fn cleanup(prefix: &str, network: &str) {
         .filter(|v| v.starts_with(prefix))
         .collect();
     if !volumes.is_empty() {
-        let _ = Command::new("docker")
+        let _ = docker_on(host)
             .args(["volume", "rm", "-f"])
             .args(&volumes)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
     }
-    let _ = Command::new("docker")
+    let _ = docker_on(host)
         .args(["network", "rm", network])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

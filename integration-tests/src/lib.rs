@@ -14,3 +14,4 @@ pub mod netfilter;
 pub mod postgres;
 pub mod swarm;
 pub mod tenants;
+pub mod userns;

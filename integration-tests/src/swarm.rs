@@ -685,7 +685,7 @@ fn stop_child(c: &mut Child, grace: Duration) {
 }
 
 /// SIGKILLs every process whose network namespace is `netns`.
-fn kill_in_netns(netns: &str) {
+pub fn kill_in_netns(netns: &str) {
     let Ok(target) = std::fs::metadata(Path::new("/run/netns").join(netns)) else {
         return;
     };
@@ -712,7 +712,7 @@ fn kill_in_netns(netns: &str) {
 
 /// Removes the cgroup `/<name>` (dockerd's `--cgroup-parent`) from every hierarchy, children
 /// first (cgroupfs directories are removed with rmdir alone).
-fn remove_cgroups(name: &str) {
+pub fn remove_cgroups(name: &str) {
     fn rmdir_tree(dir: &Path) {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {

@@ -28,7 +28,7 @@ pub fn test_image() -> String {
 }
 
 /// Fails with a clear message when dockerd or the test image is missing.
-/// The tenant image of a build variant (`dind`, `systemd`): `$<env>`, else
+/// The tenant image of a build variant (`dind`, `systemd`, `rootless`): `$<env>`, else
 /// `<test image>-<variant>`; an error saying how to build it when Docker does not have it.
 pub fn variant_image(variant: &str, env: &str) -> Result<String> {
     let image = std::env::var(env).unwrap_or_else(|_| format!("{}-{variant}", test_image()));

@@ -19,13 +19,48 @@ pub enum Cmd {
 pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
     let (cfg, source) = Config::load(path)?;
     match cmd {
-        Cmd::Check => println!("config ok ({source})"),
+        Cmd::Check => {
+            println!("config ok ({source})");
+            engine_report(&cfg).await;
+        }
         Cmd::Show => {
             println!("# effective configuration from {source}");
             print!("{}", redact(&cfg).to_toml()?);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long `config check` waits for the engine's answer.
+const ENGINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One line on the engine the config names: how it keeps container root from being host root,
+/// and a warning when `[tenants] dind = "rootless"` would be refused there. An engine that
+/// cannot be asked is reported, not an invalid config.
+async fn engine_report(cfg: &Config) {
+    let asked = tokio::time::timeout(ENGINE_TIMEOUT, async {
+        let (docker, endpoint) = tenants::provision::connect_docker(&cfg.tenants)
+            .await
+            .map_err(|e| e.to_string())?;
+        tenants::provision::engine_isolation(&docker)
+            .await
+            .map(|i| (i, endpoint.clone()))
+            .map_err(|e| format!("cannot read docker's info at {endpoint}: {e}"))
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("docker did not answer within {ENGINE_TIMEOUT:?}")));
+    match asked {
+        Ok((iso, endpoint)) => {
+            println!("engine: {} at {endpoint}", iso.describe());
+            if cfg.tenants.dind == tenants::DindMode::Rootless && !iso.root_is_unprivileged() {
+                println!(
+                    "warning: tenants.dind = \"rootless\" needs a user-namespaced engine \
+                     (dockerd --userns-remap); servers in that mode will not be created here"
+                );
+            }
+        }
+        Err(e) => println!("engine: unknown ({e})"),
+    }
 }
 
 /// Secrets never leave through `show`: a database password in the URL is masked.

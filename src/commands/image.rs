@@ -15,7 +15,8 @@ pub enum Cmd {
     /// Build a tenant image with debootstrap and import it into Docker (a minute or two).
     Build {
         /// base: shell, coreutils, sftp-server, rsync, python3; dind: base + docker.io and
-        /// docker-compose (needs a dind mode); systemd: base + systemd as PID 1.
+        /// docker-compose (needs a dind mode); systemd: base + systemd as PID 1; rootless: dind
+        /// + rootless Docker started as the tenant user (for `dind = "rootless"`).
         #[arg(long, value_enum, default_value = "base")]
         variant: VariantArg,
         /// Image reference to create (default: [tenants] image, or <image>-<variant>).
@@ -41,6 +42,7 @@ pub enum VariantArg {
     Base,
     Dind,
     Systemd,
+    Rootless,
 }
 
 pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
@@ -57,10 +59,11 @@ pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
         VariantArg::Base => Variant::Base,
         VariantArg::Dind => Variant::Dind,
         VariantArg::Systemd => Variant::Systemd,
+        VariantArg::Rootless => Variant::Rootless,
     };
     let tag = tag.unwrap_or_else(|| match variant {
         Variant::Base => cfg.tenants.image.clone(),
-        Variant::Dind | Variant::Systemd => {
+        Variant::Dind | Variant::Systemd | Variant::Rootless => {
             let (repo, t) = tenants::image::split_tag(&cfg.tenants.image);
             format!("{repo}:{t}-{}", variant.as_str())
         }

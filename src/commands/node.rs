@@ -281,7 +281,7 @@ fn check_dind_label(labels: &BTreeMap<String, String>) -> Result<()> {
                 return Err(fail(
                     exit::DATAERR,
                     format!(
-                        "invalid dind label {v:?}: {m:?} is not a DinD mode (off, caps, privileged, runtime)"
+                        "invalid dind label {v:?}: {m:?} is not a DinD mode (off, caps, rootless, privileged, runtime)"
                     ),
                 ));
             }

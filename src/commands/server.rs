@@ -39,7 +39,7 @@ pub enum Cmd {
         /// Login user inside the container: root or a user the image has (default: [tenants] user).
         #[arg(long, value_parser = parse_user)]
         user: Option<String>,
-        /// Docker inside: off, caps, privileged or runtime (default: [tenants] dind); see
+        /// Docker inside: off, caps, rootless, privileged or runtime (default: [tenants] dind); see
         /// docs/SECURITY.md for what each gives the tenant.
         #[arg(long, value_parser = parse_dind)]
         dind: Option<DindMode>,
@@ -73,7 +73,8 @@ pub enum Cmd {
         /// Login user: root or a user the image has (recreates the container).
         #[arg(long, value_parser = parse_user)]
         user: Option<String>,
-        /// Docker inside: off, caps, privileged or runtime (recreates the container).
+        /// Docker inside: off, caps, rootless, privileged or runtime (recreates the container;
+        /// rootless only on a user-namespaced engine).
         #[arg(long, value_parser = parse_dind)]
         dind: Option<DindMode>,
         /// PID 1: default or systemd (grants systemd's privileges; recreates the container).
@@ -225,8 +226,9 @@ fn parse_user(s: &str) -> Result<String, String> {
 }
 
 fn parse_dind(s: &str) -> Result<DindMode, String> {
-    DindMode::parse(s)
-        .ok_or_else(|| format!("invalid dind mode {s:?}: use off, caps, privileged or runtime"))
+    DindMode::parse(s).ok_or_else(|| {
+        format!("invalid dind mode {s:?}: use off, caps, rootless, privileged or runtime")
+    })
 }
 
 fn parse_init(s: &str) -> Result<InitMode, String> {
@@ -386,6 +388,10 @@ struct View {
     /// no container or Docker's state unknown).
     #[serde(skip_serializing_if = "Option::is_none")]
     drift: Option<Vec<String>>,
+    /// `show` only: how the engine keeps the container's root from being host root
+    /// (`userns`, `rootless` or `none`; absent when Docker could not be asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    engine_isolation: Option<&'static str>,
     /// The cluster node holding it (`null` on a single host).
     node: Option<String>,
 }
@@ -409,6 +415,7 @@ fn view(
         docker: docker.to_string(),
         image_asks_systemd: None,
         drift: None,
+        engine_isolation: None,
         node: None,
     }
 }
@@ -720,9 +727,11 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 .ok_or_else(|| store_error(StoreError::UnknownServer(id)))?;
             let deleted = s.deleted.is_some();
             let image = tenants::spec::image(&cfg.tenants, &s).to_string();
+            let mut isolation = None;
             let (status, docker, asks, drift) = match connect(cfg, store).await {
                 Ok(prov) => match prov.status(id).await {
                     Ok(st) => {
+                        isolation = prov.engine_isolation().await.ok();
                         let asks = prov.image_asks_systemd(&image).await;
                         let drift = if deleted {
                             Ok(None)
@@ -741,6 +750,7 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
             let mut v = view(cfg, s, status, &docker);
             v.image_asks_systemd = asks;
             v.drift = drift;
+            v.engine_isolation = isolation.map(|i| i.as_str());
             v.node = store.server_node(id).await.map_err(store_error)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -781,6 +791,9 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                     "dind:      {}",
                     tenants::spec::dind(&cfg.tenants, &v.server).as_str()
                 );
+                if let Some(i) = isolation {
+                    println!("engine:    {}", i.describe());
+                }
                 if v.image_asks_systemd == Some(true) && v.init_effective != "systemd" {
                     println!(
                         "init:      {} (the image asks for systemd as PID 1, not granted: `berth server set {id} --init systemd` grants it)",

@@ -200,6 +200,12 @@ pub enum DindMode {
     /// namespace, seccomp and AppArmor unconfined; the image's init remounts cgroups read-write.
     /// Not a security boundary against a hostile tenant (see docs/SECURITY.md).
     Caps,
+    /// A rootless nested dockerd started by the image's init as the tenant user, with no
+    /// capability beyond Docker's defaults: a seccomp profile that allows namespaces and mounts
+    /// (`spec::rootless_seccomp_profile`), `systempaths=unconfined`, `/dev/net/tun`. Only on an
+    /// engine whose container root is not host root (`--userns-remap` or a rootless engine):
+    /// berth refuses to create such a container anywhere else (docs/SECURITY.md).
+    Rootless,
 }
 
 impl DindMode {
@@ -209,6 +215,7 @@ impl DindMode {
             DindMode::Privileged => "privileged",
             DindMode::Runtime => "runtime",
             DindMode::Caps => "caps",
+            DindMode::Rootless => "rootless",
         }
     }
 
@@ -218,6 +225,7 @@ impl DindMode {
             DindMode::Privileged,
             DindMode::Runtime,
             DindMode::Caps,
+            DindMode::Rootless,
         ]
         .into_iter()
         .find(|m| m.as_str() == s)

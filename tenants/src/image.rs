@@ -26,6 +26,10 @@ pub enum Variant {
     /// Base plus systemd as PID 1, labelled `berth.init=systemd`; a server runs it the way
     /// systemd needs only when the operator grants it (`server create/set --init systemd`).
     Systemd,
+    /// Dind plus rootless Docker (`uidmap`, `rootlesskit`, `slirp4netns`, `fuse-overlayfs`):
+    /// the init starts a nested dockerd as the tenant user, whose subordinate range is
+    /// [`ROOTLESS_SUBID_START`]..+[`ROOTLESS_SUBID_COUNT`]; for `dind = "rootless"`.
+    Rootless,
 }
 
 impl Variant {
@@ -34,9 +38,22 @@ impl Variant {
             Variant::Base => "base",
             Variant::Dind => "dind",
             Variant::Systemd => "systemd",
+            Variant::Rootless => "rootless",
         }
     }
 }
+
+/// The tenant user's subordinate ids in the rootless variant (`/etc/subuid`, `/etc/subgid`):
+/// nested uid 0 is the tenant user itself, nested uids 1.. are this range. The engine must map
+/// at least `START + COUNT` ids into the server (a `--userns-remap` range of 165536 or more).
+pub const ROOTLESS_SUBID_START: u32 = 100_000;
+pub const ROOTLESS_SUBID_COUNT: u32 = 65_536;
+
+/// The nested engine's own addresses (inside rootlesskit's network namespace, behind
+/// slirp4netns): apart from Docker's defaults and from berth's default tenant network, so a
+/// nested container never shadows an address the tenant reaches through the server.
+pub const ROOTLESS_BIP: &str = "10.250.0.1/24";
+pub const ROOTLESS_POOL: &str = "base=10.251.0.0/16,size=24";
 
 /// Packages on top of minbase. `openssh-sftp-server` is what the gateway runs for SFTP; full
 /// `python3` (the standard library, not `python3-minimal`), `rsync`, `tar`, `gzip`, `findutils`,
@@ -67,7 +84,7 @@ pub fn packages(variant: Variant) -> Vec<&'static str> {
         "openssh-client",
         "git",
     ];
-    if variant == Variant::Dind {
+    if matches!(variant, Variant::Dind | Variant::Rootless) {
         p.extend([
             "docker.io",
             "docker-compose",
@@ -80,6 +97,16 @@ pub fn packages(variant: Variant) -> Vec<&'static str> {
     }
     if variant == Variant::Systemd {
         p.extend(["systemd", "systemd-sysv", "dbus"]);
+    }
+    if variant == Variant::Rootless {
+        // libcap2-bin: setcap for newuidmap/newgidmap, and capsh to inspect the grant.
+        p.extend([
+            "uidmap",
+            "rootlesskit",
+            "slirp4netns",
+            "fuse-overlayfs",
+            "libcap2-bin",
+        ]);
     }
     p
 }
@@ -135,12 +162,40 @@ cgroups_rw 2>/dev/null
 exec /lib/systemd/systemd
 "#;
 
+/// The rootless variant's CMD (run by tini as the container's root, with no capability beyond
+/// Docker's defaults): a rootless dockerd as the tenant user, its data on the server's volume,
+/// its socket where the docker CLI looks by default. Runtime state of the last boot is stale.
+const ROOTLESS_MAIN: &str = r#"if [ "${BERTH_DIND:-}" = rootless ] && command -v rootlesskit >/dev/null; then
+  user=tenant
+  uid=$(id -u "$user")
+  run="/run/user/$uid"
+  root="${BERTH_DOCKER_DATA_ROOT:-/home/$user/.local/share/docker}"
+  rm -rf "$run" /var/run/docker.sock
+  mkdir -p "$run" "$root"
+  chown "$user:" "$run" "$root"
+  chmod 0700 "$run"
+  ln -s "$run/docker.sock" /var/run/docker.sock
+  runuser -u "$user" -- env HOME="/home/$user" XDG_RUNTIME_DIR="$run" \
+    PATH=/usr/share/docker.io/contrib:/usr/sbin:/usr/bin:/sbin:/bin \
+    dockerd-rootless.sh --data-root "$root" --bip @BIP@ --default-address-pool @POOL@ \
+    >/var/log/dockerd.log 2>&1 &
+fi
+exec sleep infinity
+"#;
+
 /// The init script of `variant` (`None` for the base image, whose CMD is `sleep`).
 pub fn init_script(variant: Variant) -> Option<(&'static str, String)> {
+    let rootless;
     let main = match variant {
         Variant::Base => return None,
         Variant::Dind => ("usr/local/sbin/berth-dind-init", DIND_MAIN),
         Variant::Systemd => ("usr/local/sbin/berth-systemd-init", SYSTEMD_MAIN),
+        Variant::Rootless => {
+            rootless = ROOTLESS_MAIN
+                .replace("@BIP@", ROOTLESS_BIP)
+                .replace("@POOL@", ROOTLESS_POOL);
+            ("usr/local/sbin/berth-rootless-init", rootless.as_str())
+        }
     };
     Some((
         main.0,
@@ -152,12 +207,20 @@ pub fn init_script(variant: Variant) -> Option<(&'static str, String)> {
     ))
 }
 
+/// newuidmap/newgidmap from setuid root to file capabilities: the setuid variant writes
+/// `uid_map` as euid 0 of the server's namespace and the kernel refuses it there; with only
+/// `cap_setuid`/`cap_setgid` it writes the map as the tenant user. The import keeps the
+/// `security.capability` xattrs (`tar --xattrs`).
+const ROOTLESS_IDMAP_CAPS: &str = "set -e; chmod u-s /usr/bin/newuidmap /usr/bin/newgidmap; \
+     setcap cap_setuid+ep /usr/bin/newuidmap; setcap cap_setgid+ep /usr/bin/newgidmap";
+
 /// `docker import` changes: how the container behaves with no TTY and no command.
 pub fn image_changes(variant: Variant, suite: &str) -> Vec<String> {
     let cmd = match variant {
         Variant::Base => r#"CMD ["/bin/sleep", "infinity"]"#,
         Variant::Dind => r#"CMD ["/usr/local/sbin/berth-dind-init"]"#,
         Variant::Systemd => r#"CMD ["/usr/local/sbin/berth-systemd-init"]"#,
+        Variant::Rootless => r#"CMD ["/usr/local/sbin/berth-rootless-init"]"#,
     };
     let mut changes = vec![
         cmd.to_string(),
@@ -430,6 +493,19 @@ pub async fn build(
             .args(["usermod", "-aG", "docker", "tenant"]);
         run_step("usermod", &mut cmd, progress).await?;
     }
+    if opts.variant == Variant::Rootless {
+        progress("==> rootless: subordinate ids, newuidmap/newgidmap with file capabilities");
+        let line = format!("tenant:{ROOTLESS_SUBID_START}:{ROOTLESS_SUBID_COUNT}\n");
+        for f in ["etc/subuid", "etc/subgid"] {
+            std::fs::write(rootfs.join(f), &line).map_err(|source| ImageError::Io {
+                what: format!("write /{f}"),
+                source,
+            })?;
+        }
+        let mut cmd = Command::new("chroot");
+        cmd.arg(&rootfs).args(["sh", "-c", ROOTLESS_IDMAP_CAPS]);
+        run_step("setcap", &mut cmd, progress).await?;
+    }
     // Caches and host-specific files do not belong in an image.
     for rel in ["var/cache/apt/archives", "var/lib/apt/lists"] {
         if let Ok(entries) = std::fs::read_dir(rootfs.join(rel)) {
@@ -577,6 +653,28 @@ mod tests {
         }
         assert!(!base.contains(&"docker.io"));
         assert!(packages(Variant::Dind).contains(&"docker.io"));
+        let rootless = packages(Variant::Rootless);
+        for p in [
+            "docker.io",
+            "uidmap",
+            "rootlesskit",
+            "slirp4netns",
+            "fuse-overlayfs",
+        ] {
+            assert!(rootless.contains(&p), "{p}");
+        }
+        let (path, script) = init_script(Variant::Rootless).expect("rootless init");
+        assert_eq!(path, "usr/local/sbin/berth-rootless-init");
+        assert!(script.contains("runuser -u \"$user\""), "{script}");
+        assert!(
+            script.contains(ROOTLESS_BIP) && !script.contains("@BIP@"),
+            "{script}"
+        );
+        assert!(
+            image_changes(Variant::Rootless, "bookworm")
+                .iter()
+                .any(|c| c.contains("berth-rootless-init"))
+        );
         let ch = image_changes(Variant::Base, "bookworm");
         assert!(ch.iter().any(|c| c.contains("sleep")));
         assert!(ch.contains(&"LABEL berth.variant=base".to_string()));

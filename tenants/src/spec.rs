@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HostConfig,
+    ContainerCreateBody, ContainerInspectResponse, DeviceMapping, EndpointSettings, HostConfig,
     HostConfigCgroupnsModeEnum, Ipam, IpamConfig, Mount, MountType, NetworkCreateRequest,
     NetworkingConfig, RestartPolicy as DockerRestart, RestartPolicyNameEnum,
 };
@@ -186,12 +186,13 @@ pub fn container_body(
     let memory = i64::try_from(limits.memory).unwrap_or(i64::MAX);
     let dind = dind(cfg, server);
     let (privileged, runtime) = match dind {
-        DindMode::Off | DindMode::Caps => (false, cfg.runtime.clone()),
+        DindMode::Off | DindMode::Caps | DindMode::Rootless => (false, cfg.runtime.clone()),
         DindMode::Privileged => (true, cfg.runtime.clone()),
         DindMode::Runtime => (false, cfg.runtime.clone()),
     };
     let systemd = init(server) == InitMode::Systemd;
     let caps = dind == DindMode::Caps || systemd;
+    let rootless = dind == DindMode::Rootless && !caps;
     let host_config = HostConfig {
         memory: (memory > 0).then_some(memory),
         // Same as memory: no swap beyond the limit.
@@ -234,6 +235,9 @@ pub fn container_body(
                 "seccomp=unconfined".to_string(),
                 "apparmor=unconfined".to_string(),
             ])
+        } else if rootless {
+            // No no-new-privileges: newuidmap/newgidmap gain their file capabilities at exec.
+            Some(vec![format!("seccomp={}", rootless_seccomp_profile())])
         } else {
             (cfg.no_new_privileges && dind == DindMode::Off)
                 .then(|| vec!["no-new-privileges".to_string()])
@@ -252,6 +256,18 @@ pub fn container_body(
             "net.ipv6.conf.lo.disable_ipv6".to_string(),
             "0".to_string(),
         )])),
+        // `systempaths=unconfined` (what the CLI turns into empty lists): a user namespace may
+        // mount a new procfs only where no path of /proc is masked or read-only.
+        masked_paths: rootless.then(Vec::new),
+        readonly_paths: rootless.then(Vec::new),
+        // slirp4netns gives the nested engine its network through a tap device.
+        devices: rootless.then(|| {
+            vec![DeviceMapping {
+                path_on_host: Some(TUN_DEVICE.to_string()),
+                path_in_container: Some(TUN_DEVICE.to_string()),
+                cgroup_permissions: Some("rwm".to_string()),
+            }]
+        }),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -261,11 +277,16 @@ pub fn container_body(
         stop_signal: systemd.then(|| "SIGRTMIN+3".to_string()),
         // A nested engine keeps its images and containers on the server's volume, so they
         // survive stop/start, recreation and `rm` without `--purge`.
+        // `BERTH_DIND=rootless` tells the rootless image's init to start its nested engine.
         env: (dind != DindMode::Off).then(|| {
-            vec![format!(
+            let mut env = vec![format!(
                 "BERTH_DOCKER_DATA_ROOT={}/.docker",
                 cfg.volume_mount.trim_end_matches('/')
-            )]
+            )];
+            if rootless {
+                env.push("BERTH_DIND=rootless".to_string());
+            }
+            env
         }),
         labels: Some({
             let mut l = labels(names, server.id, &server.owner);
@@ -362,7 +383,12 @@ pub fn container_drift(
             .flatten()
             .map(|o| match o.as_str() {
                 "no-new-privileges:true" | "no-new-privileges=true" => "no-new-privileges".into(),
-                o => o.replace(':', "="),
+                // The old `key:value` spelling; a value's own colons (a JSON profile) stay.
+                o => match (o.find(':'), o.find('=')) {
+                    (Some(c), Some(e)) if e < c => o.to_string(),
+                    (Some(_), _) => o.replacen(':', "=", 1),
+                    _ => o.to_string(),
+                },
             })
             .collect();
         v.sort();
@@ -375,6 +401,50 @@ pub fn container_drift(
             "security options are {}, settings say {}",
             list(&hs),
             list(&ws)
+        ));
+    }
+    let devices = |d: &Option<Vec<DeviceMapping>>| -> Vec<String> {
+        let mut v: Vec<String> = d
+            .iter()
+            .flatten()
+            .map(|m| {
+                format!(
+                    "{}:{}:{}",
+                    m.path_on_host.as_deref().unwrap_or_default(),
+                    m.path_in_container.as_deref().unwrap_or_default(),
+                    m.cgroup_permissions.as_deref().unwrap_or_default()
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (wd, hd) = (devices(&want.devices), devices(&have.devices));
+    if wd != hd {
+        out.push(format!(
+            "devices are {}, settings say {}",
+            list(&hd),
+            list(&wd)
+        ));
+    }
+    // Empty lists are `systempaths=unconfined`; absent ones are Docker's masks.
+    let unmasked = |h: &HostConfig| {
+        h.masked_paths.as_ref().is_some_and(Vec::is_empty)
+            && h.readonly_paths.as_ref().is_some_and(Vec::is_empty)
+    };
+    if unmasked(&want) != unmasked(&have) {
+        out.push(format!(
+            "system paths are {}, settings say {}",
+            if unmasked(&have) {
+                "unmasked"
+            } else {
+                "masked"
+            },
+            if unmasked(&want) {
+                "unmasked"
+            } else {
+                "masked"
+            }
         ));
     }
     if flag(want.init) != flag(have.init) {
@@ -426,6 +496,88 @@ fn list(v: &[String]) -> String {
 
 fn onoff(b: bool) -> &'static str {
     if b { "on" } else { "off" }
+}
+
+/// The tun device a `rootless` server gets (the host's node: it must be `0666`, as udev makes
+/// it, for the tenant user to open it).
+pub const TUN_DEVICE: &str = "/dev/net/tun";
+
+/// Syscalls a `rootless` server may not make (`EPERM`): what Docker's default profile keeps from
+/// a container with Docker's default capabilities and a nested rootless engine does not need —
+/// kernel modules, kexec, reboot, swap, clocks, accounting and quotas, the kernel log, raw I/O
+/// ports, `bpf`, `perf_event_open`, `userfaultfd`, `io_uring`, handle-based opens, `kcmp`,
+/// fanotify, the obsolete `sysfs`/`_sysctl`/`ustat`/`uselib`/`nfsservctl`/`vm86`.
+pub const ROOTLESS_SECCOMP_DENIED: &[&str] = &[
+    "acct",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "settimeofday",
+    "stime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "init_module",
+    "get_kernel_syms",
+    "query_module",
+    "iopl",
+    "ioperm",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "lookup_dcookie",
+    "nfsservctl",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "perf_event_open",
+    "quotactl",
+    "quotactl_fd",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "sysfs",
+    "_sysctl",
+    "syslog",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
+    "vm86old",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "fanotify_init",
+];
+
+/// Syscalls that answer `ENOSYS` in a `rootless` server: the kernel keyring (not namespaced
+/// per container); runc then runs nested containers without a session keyring.
+pub const ROOTLESS_SECCOMP_ENOSYS: &[&str] = &["keyctl", "add_key", "request_key"];
+
+/// The seccomp profile of a `rootless` server, as Docker takes it inline (`seccomp=<json>`).
+/// What a nested rootless engine needs and Docker's default refuses without CAP_SYS_ADMIN —
+/// `clone`/`clone3` with namespace flags, `unshare`, `setns`, `mount`, `umount2`, `pivot_root`,
+/// `sethostname`, `setdomainname`, `chroot` — is allowed: every one of them acts only inside
+/// namespaces the tenant creates, where the kernel checks capabilities against the tenant's own
+/// user namespace. Everything in [`ROOTLESS_SECCOMP_DENIED`] fails with `EPERM`, the keyring
+/// with `ENOSYS`.
+pub fn rootless_seccomp_profile() -> String {
+    serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {
+                "names": ROOTLESS_SECCOMP_DENIED,
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": 1
+            },
+            {
+                "names": ROOTLESS_SECCOMP_ENOSYS,
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": 38
+            }
+        ]
+    })
+    .to_string()
 }
 
 /// Where the agent socket directory is mounted inside every tenant container.
@@ -724,6 +876,136 @@ mod tests {
             .unwrap();
         assert_eq!(hc.cap_add, None);
         assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_string()]));
+    }
+
+    #[test]
+    fn rootless_mode() {
+        let net = NetworkConfig::default();
+        let names = Names::new("berth");
+        let s = server(
+            4,
+            ServerSpec {
+                dind: Some(DindMode::Rootless),
+                ..ServerSpec::default()
+            },
+        );
+        let body = container_body(&Config::default(), &net, &names, &s);
+        let env = body.env.clone().unwrap();
+        assert!(env.contains(&"BERTH_DIND=rootless".to_string()), "{env:?}");
+        let hc = body.host_config.clone().unwrap();
+        // Nothing beyond Docker's default capabilities, no private-cgroup grant, tini as init.
+        assert_eq!(hc.cap_add, None);
+        assert_eq!(hc.privileged, None);
+        assert_eq!(hc.cgroupns_mode, None);
+        assert_eq!(hc.init, Some(true));
+        let sec = hc.security_opt.clone().unwrap();
+        assert_eq!(sec.len(), 1, "{sec:?}");
+        assert_eq!(hc.masked_paths, Some(vec![]));
+        assert_eq!(hc.readonly_paths, Some(vec![]));
+        assert!(
+            !sec.iter()
+                .any(|o| o.contains("unconfined") && o.starts_with("seccomp"))
+        );
+        assert!(!sec.iter().any(|o| o.contains("no-new-privileges")));
+        let profile = sec
+            .iter()
+            .find_map(|o| o.strip_prefix("seccomp="))
+            .expect("an inline profile");
+        let p: serde_json::Value = serde_json::from_str(profile).expect("profile is JSON");
+        assert_eq!(p["defaultAction"], "SCMP_ACT_ALLOW");
+        let rules = p["syscalls"].as_array().unwrap();
+        let names_of = |errno: i64| -> Vec<String> {
+            rules
+                .iter()
+                .filter(|r| r["errnoRet"] == errno)
+                .flat_map(|r| r["names"].as_array().unwrap().clone())
+                .map(|n| n.as_str().unwrap().to_string())
+                .collect()
+        };
+        let eperm = names_of(1);
+        for denied in [
+            "init_module",
+            "finit_module",
+            "kexec_load",
+            "bpf",
+            "reboot",
+            "open_by_handle_at",
+        ] {
+            assert!(eperm.contains(&denied.to_string()), "{denied}");
+        }
+        for needed in [
+            "clone",
+            "unshare",
+            "setns",
+            "mount",
+            "umount2",
+            "pivot_root",
+            "chroot",
+        ] {
+            assert!(
+                !eperm.contains(&needed.to_string()),
+                "{needed} must be allowed"
+            );
+        }
+        assert_eq!(names_of(38), ["keyctl", "add_key", "request_key"]);
+        let dev = hc.devices.clone().unwrap();
+        assert_eq!(dev.len(), 1);
+        assert_eq!(dev[0].path_in_container.as_deref(), Some(TUN_DEVICE));
+        // A rootless container inspected back matches (the profile's colons are not the old
+        // `key:value` spelling), and one without the tun device or with another profile drifts.
+        let inspected = |hc: HostConfig| ContainerInspectResponse {
+            config: Some(bollard::models::ContainerConfig {
+                image: body.image.clone(),
+                labels: body.labels.clone(),
+                env: body.env.clone(),
+                ..Default::default()
+            }),
+            host_config: Some(hc),
+            ..Default::default()
+        };
+        assert_eq!(
+            container_drift(&body, &inspected(hc.clone())),
+            Vec::<String>::new()
+        );
+        let mut no_tun = hc.clone();
+        no_tun.devices = None;
+        assert!(
+            container_drift(&body, &inspected(no_tun))
+                .join(";")
+                .contains("devices are none")
+        );
+        let mut unconfined = hc.clone();
+        unconfined.security_opt = Some(vec!["seccomp:unconfined".into()]);
+        let mut masked = hc.clone();
+        masked.masked_paths = Some(vec!["/proc/kcore".into()]);
+        assert!(
+            container_drift(&body, &inspected(masked))
+                .join(";")
+                .contains("system paths are masked")
+        );
+        assert!(
+            container_drift(&body, &inspected(unconfined))
+                .join(";")
+                .contains("security options")
+        );
+        // The systemd grant wins over rootless (it is a superset): no profile of its own.
+        let sd = server(
+            4,
+            ServerSpec {
+                dind: Some(DindMode::Rootless),
+                init: Some(InitMode::Systemd),
+                ..ServerSpec::default()
+            },
+        );
+        let hc = container_body(&Config::default(), &net, &names, &sd)
+            .host_config
+            .unwrap();
+        assert!(
+            hc.security_opt
+                .unwrap()
+                .contains(&"seccomp=unconfined".to_string())
+        );
+        assert_eq!(hc.devices, None);
     }
 
     /// An image's `berth.init=systemd` label is read (to tell the operator), but what a

@@ -99,6 +99,9 @@ impl Provisioner {
                 server.id
             );
         }
+        if spec::dind(&self.inner.cfg, server) == crate::config::DindMode::Rootless {
+            self.check_rootless_engine(server.id).await?;
+        }
         let body = self.body(server);
         let opts = CreateContainerOptions {
             name: Some(name.clone()),
@@ -118,6 +121,23 @@ impl Provisioner {
             }
             Err(e) => Err(self.docker_err("create container", &name, e)),
         }
+    }
+
+    /// `dind = "rootless"` unmasks `/proc` (`systempaths=unconfined`) and allows setuid files:
+    /// safe only where the container's uid 0 is not host uid 0. Asked of the engine before every
+    /// create, failing closed when it cannot answer.
+    async fn check_rootless_engine(&self, id: ServerId) -> Result<(), ProvisionError> {
+        let iso = self.engine_isolation().await?;
+        if iso.root_is_unprivileged() {
+            return Ok(());
+        }
+        tracing::warn!(server = %id, engine = iso.as_str(), "refused a rootless dind container");
+        Err(ProvisionError::Invalid(format!(
+            "dind mode rootless needs a user-namespaced engine (dockerd --userns-remap) or a rootless \
+             engine; docker at {} is {}",
+            self.inner.endpoint,
+            iso.describe()
+        )))
     }
 
     /// The create body for `server` under this provisioner's config.

@@ -113,3 +113,93 @@ mod tests {
         assert_eq!(docker_endpoint(&cfg), "tcp://10.0.0.1:2375");
     }
 }
+
+/// How the engine keeps container root from being host root, as its `/info` reports it
+/// (`SecurityOptions`: `name=userns` for `--userns-remap`, `name=rootless` for a rootless
+/// dockerd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct EngineIsolation {
+    /// `--userns-remap`: every container's uid 0 is one unprivileged host range (one range for
+    /// the whole engine on Docker 20.10).
+    pub userns: bool,
+    /// The engine itself runs as an unprivileged user.
+    pub rootless: bool,
+}
+
+impl EngineIsolation {
+    /// Reads `/info`'s `SecurityOptions` entries (`name=seccomp,profile=default`, `name=userns`).
+    pub fn from_security_options<S: AsRef<str>>(options: &[S]) -> Self {
+        let has = |want: &str| {
+            options.iter().any(|o| {
+                o.as_ref()
+                    .split(',')
+                    .any(|kv| kv.trim() == format!("name={want}"))
+            })
+        };
+        Self {
+            userns: has("userns"),
+            rootless: has("rootless"),
+        }
+    }
+
+    /// Whether uid 0 in a container is never uid 0 on the host.
+    pub fn root_is_unprivileged(self) -> bool {
+        self.userns || self.rootless
+    }
+
+    /// One word for reports and the metric's meaning: `userns`, `rootless` or `none`.
+    pub fn as_str(self) -> &'static str {
+        if self.rootless {
+            "rootless"
+        } else if self.userns {
+            "userns"
+        } else {
+            "none"
+        }
+    }
+
+    /// A phrase for operators.
+    pub fn describe(self) -> &'static str {
+        if self.rootless {
+            "rootless engine (container uid 0 is the engine's unprivileged user)"
+        } else if self.userns {
+            "user-namespaced (--userns-remap: container uid 0 is an unprivileged host uid)"
+        } else {
+            "not user-namespaced (container uid 0 is host uid 0)"
+        }
+    }
+}
+
+/// Asks the engine how it isolates containers (`GET /info`).
+pub async fn engine_isolation(docker: &Docker) -> Result<EngineIsolation, BollardError> {
+    let info = docker.info().await?;
+    Ok(EngineIsolation::from_security_options(
+        info.security_options.as_deref().unwrap_or_default(),
+    ))
+}
+
+#[cfg(test)]
+mod isolation_tests {
+    use super::EngineIsolation;
+
+    #[test]
+    fn reads_userns_and_rootless_from_security_options() {
+        let plain = ["name=seccomp,profile=default"];
+        let remapped = ["name=seccomp,profile=default", "name=userns"];
+        let rootless = ["name=seccomp,profile=default", "name=rootless"];
+        let none = EngineIsolation::from_security_options(&plain);
+        assert_eq!(none, EngineIsolation::default());
+        assert!(!none.root_is_unprivileged());
+        assert_eq!(none.as_str(), "none");
+        let u = EngineIsolation::from_security_options(&remapped);
+        assert!(u.userns && !u.rootless && u.root_is_unprivileged());
+        assert_eq!(u.as_str(), "userns");
+        let r = EngineIsolation::from_security_options(&rootless);
+        assert!(r.rootless && r.root_is_unprivileged());
+        // A profile named like the option is not the option.
+        let tricky = ["name=seccomp,profile=name=userns-ish"];
+        assert!(!EngineIsolation::from_security_options(&tricky).userns);
+        let empty: [&str; 0] = [];
+        assert!(!EngineIsolation::from_security_options(&empty).root_is_unprivileged());
+    }
+}

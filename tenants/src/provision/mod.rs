@@ -52,7 +52,9 @@ use crate::name::ServerId;
 use crate::spec::Names;
 use crate::store::{AuditEvent, AuditKind, Server, Store};
 
-pub use engine::{ExecFailed, connect_docker, docker_endpoint, exec_as_root};
+pub use engine::{
+    EngineIsolation, ExecFailed, connect_docker, docker_endpoint, engine_isolation, exec_as_root,
+};
 pub use error::{DockerError, ProvisionError};
 pub use lifecycle::RunningServer;
 pub use reconcile::{DriftedContainer, ForeignContainer, ReconcileReport};
@@ -125,6 +127,14 @@ impl Provisioner {
 
     pub fn endpoint(&self) -> &str {
         &self.inner.endpoint
+    }
+
+    /// How the engine keeps container root from being host root (asked each call: a daemon
+    /// restarted with other flags is seen at once).
+    pub async fn engine_isolation(&self) -> Result<EngineIsolation, ProvisionError> {
+        engine_isolation(&self.inner.docker)
+            .await
+            .map_err(|e| self.docker_err("read the engine's info", "/info", e))
     }
 
     pub fn store(&self) -> &Store {
