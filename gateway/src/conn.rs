@@ -42,6 +42,8 @@ pub struct Shared {
     pub draining: CancellationToken,
     /// Fires at the drain deadline: close everything.
     pub deadline: CancellationToken,
+    /// Gives freed heap memory back to the kernel after connections end (`crate::memory`).
+    pub memory: Arc<crate::memory::Trimmer>,
 }
 
 impl Shared {
@@ -88,6 +90,7 @@ impl Shared {
             per_server: Mutex::new(HashMap::new()),
             draining: CancellationToken::new(),
             deadline: CancellationToken::new(),
+            memory: Arc::default(),
         })
     }
 
@@ -138,6 +141,7 @@ impl Drop for Slot {
             .stats
             .sessions_active
             .fetch_sub(1, Ordering::Relaxed);
+        self.shared.memory.ended();
     }
 }
 

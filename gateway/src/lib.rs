@@ -15,6 +15,7 @@ pub mod forward;
 pub mod gate;
 pub mod handler;
 pub mod hostkeys;
+pub mod memory;
 pub mod metrics;
 pub mod pipe;
 pub mod policy;

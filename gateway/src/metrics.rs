@@ -84,6 +84,7 @@ struct Registered {
     ensure_running_seconds: Histogram,
     session_paths: Family<2>,
     ensure_running: Family<3>,
+    memory_trims: Family<2>,
 }
 
 impl Registered {
@@ -200,6 +201,13 @@ impl Registered {
                 "ensure_running calls by result.",
                 "result",
                 ["running", "started", "failed"],
+            ),
+            memory_trims: family(
+                &r,
+                "berth_gateway_memory_trims_total",
+                "Returns of free heap memory to the kernel after connections ended, by whether the allocator released any.",
+                "result",
+                ["released", "nothing"],
             ),
             page: r.page(),
         }
@@ -390,6 +398,11 @@ pub fn ensure_running(took: Duration, outcome: Result<bool, ()>) {
         Ok(true) => 1,
         Err(()) => 2,
     });
+}
+
+/// Counts one `malloc_trim` after connections ended (`crate::memory::Trimmer`).
+pub fn memory_trimmed(released: bool) {
+    METRICS.memory_trims.inc(usize::from(!released));
 }
 
 /// Appends every gateway metric in the Prometheus text format (0.0.4).
