@@ -159,13 +159,12 @@ printf 'put %s /dev/null\n' "$HOST_BLOB" > "$W/put"
 printf 'get %s /dev/null\n' "$BLOB" > "$W/get"
 
 # --- what is measured ------------------------------------------------------------------------------
-pss() { # pids… → summed PSS in KiB (vanished processes count 0)
-  local p s=0 v
-  for p in "$@"; do
-    v=$(awk '/^Pss:/ { print $2; exit }' "/proc/$p/smaps_rollup" 2>/dev/null || true)
-    s=$(( s + ${v:-0} ))
-  done
-  echo "$s"
+pss() { # pids… → summed PSS in KiB (vanished processes count 0); one cat + awk per call, so
+  # a sample of a few hundred processes stays well under the sampling period
+  local p f=()
+  for p in "$@"; do f+=("/proc/$p/smaps_rollup"); done
+  [ ${#f[@]} -gt 0 ] || { echo 0; return; }
+  { cat "${f[@]}" 2>/dev/null || true; } | awk '/^Pss:/ { s += $2 } END { print s + 0 }'
 }
 rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 CINIT=$(docker inspect -f '{{.State.Pid}}' "$CONTAINER")
@@ -183,8 +182,9 @@ berth_pss() {
   echo $(( $(pss "$GW_PID") + $(pss $(pgrep -x dockerd) $(pgrep -x containerd)) \
     + $(pss $({ pgrep -x containerd-shim; pgrep -f '^[^ ]*containerd-shim'; } | sort -u)) + $(pss $(container_pids)) ))
 }
+sshd_pids() { { pgrep -x sshd || true; pgrep -x sshd-session || true; descendants "$SSHD_PID"; } | sort -un; }
 # shellcheck disable=SC2046
-sshd_pss() { pss $({ pgrep -x sshd || true; pgrep -x sshd-session || true; descendants "$SSHD_PID"; } | sort -un); }
+sshd_pss() { pss $(sshd_pids); }
 
 load() { # side: N transfers at once, waits for all; fails if any failed
   local side=$1 port dest ssh_cmd i pids="" failed=0 p
@@ -203,19 +203,21 @@ load() { # side: N transfers at once, waits for all; fails if any failed
   LOAD_PIDS=""
   [ "$failed" -eq 0 ] || die "$side: $failed of $N transfers failed"
 }
-sampled_load() { # side → prints "peak_pss peak_gateway_rss seconds"
-  local side=$1 t0 peak=0 gpeak=0 v g
+sampled_load() { # side → prints "peak_pss peak_gateway_rss seconds samples processes_at_peak"
+  local side=$1 t0 peak=0 gpeak=0 v g k n=0 kpeak=0
   t0=$(now)
   load "$side" &
   local lp=$!
   while kill -0 "$lp" 2>/dev/null; do
-    if [ "$side" = b ]; then v=$(berth_pss); g=$(rss "$GW_PID"); else v=$(sshd_pss); g=0; fi
-    [ "$v" -gt "$peak" ] && peak=$v
+    if [ "$side" = b ]; then v=$(berth_pss); g=$(rss "$GW_PID"); k=$(container_pids | wc -l)
+    else v=$(sshd_pss); g=0; k=$(sshd_pids | wc -l); fi
+    n=$((n + 1))
+    if [ "$v" -gt "$peak" ]; then peak=$v; kpeak=$k; fi
     [ "$g" -gt "$gpeak" ] && gpeak=$g
     sleep 0.25
   done
   wait "$lp" || die "$side: load failed"
-  echo "$peak $gpeak $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')"
+  echo "$peak $gpeak $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') $n $kpeak"
 }
 
 sleep 2
@@ -227,14 +229,14 @@ BP=() SP=() GP=()
 for r in $(seq "$ROUNDS"); do
   if [ $((r % 2)) -eq 1 ]; then order=(b s); else order=(s b); fi
   for side in "${order[@]}"; do
-    read -r peak gpeak secs < <(sampled_load "$side")
+    read -r peak gpeak secs samples procs < <(sampled_load "$side")
     if [ "$side" = b ]; then
       BP+=("$peak"); GP+=("$gpeak")
-      printf 'round %d  berth  %3d × %d MiB in %5s s: whole-host PSS peak %7d KiB (+%d), gateway RSS peak %d KiB, %d KiB right after\n' \
-        "$r" "$N" "$SIZE_MB" "$secs" "$peak" $((peak - B_IDLE)) "$gpeak" "$(rss "$GW_PID")"
+      printf 'round %d  berth  %3d × %d MiB in %5s s: whole-host PSS peak %7d KiB (+%d; %d samples, %d container processes at the peak), gateway RSS peak %d KiB, %d KiB right after\n' \
+        "$r" "$N" "$SIZE_MB" "$secs" "$peak" $((peak - B_IDLE)) "$samples" "$procs" "$gpeak" "$(rss "$GW_PID")"
     else
       SP+=("$peak")
-      printf 'round %d  sshd   %3d × %d MiB in %5s s: whole-host PSS peak %7d KiB (+%d)\n' "$r" "$N" "$SIZE_MB" "$secs" "$peak" $((peak - S_IDLE))
+      printf 'round %d  sshd   %3d × %d MiB in %5s s: whole-host PSS peak %7d KiB (+%d; %d samples, %d sshd processes at the peak)\n' "$r" "$N" "$SIZE_MB" "$secs" "$peak" $((peak - S_IDLE)) "$samples" "$procs"
     fi
     sleep 2
   done
@@ -242,7 +244,7 @@ done
 
 # After the last berth round: the gateway's RSS each second for AFTER seconds (the sshd round,
 # if it came last, already gave it time; run another berth round to start the clock fresh).
-read -r peak gpeak secs < <(sampled_load b)
+read -r peak gpeak secs _ _ < <(sampled_load b)
 BP+=("$peak"); GP+=("$gpeak")
 echo "final berth round: $N × $SIZE_MB MiB in $secs s, gateway RSS peak $gpeak KiB; then idle:"
 WITHIN=""
