@@ -1,15 +1,19 @@
 //! The request handler: ties policy, local zone, cache and upstreams together for each query.
 //!
-//! Two ways in. [`Resolver::answer_hit`] is the UDP fast path: a plain query whose answer is
-//! cached and fresh is answered from the pre-encoded bytes (`wire`), nothing else. Everything
-//! else takes the general path, [`Handler`], with hickory's types: hickory parses the request
-//! and encodes the response (FORMERR for undecodable packets, truncation to the client's
-//! payload size, TCP framing); this module decides what to answer. Both paths apply the same
-//! rate limit and client allowlist (on UDP the worker asks [`Resolver::admit`] before either
-//! path, so a limited client's datagrams never become tasks); the fast path may skip the rest of the policy because only
-//! answers the policy chose to forward are ever cached, and the cache is emptied whenever the
-//! policy's inputs change (blocklist reload); PTR queries, whose answer depends on the live
-//! local zone, always take the general path. Identical upstream queries are merged into one *flight* — a spawned task, so a refresh
+//! Two ways in. [`Resolver::answer_fast`] is the UDP fast path: a plain A/AAAA query for a
+//! tenant name (`server<N>.<domain>`) is answered from the worker's copy of the zone, and a
+//! plain query whose answer is cached and fresh from the pre-encoded bytes (`wire`), nothing
+//! else. Everything else takes the general path, [`Handler`], with hickory's types: hickory
+//! parses the request and encodes the response (FORMERR for undecodable packets, truncation to
+//! the client's payload size, TCP framing); this module decides what to answer. Both paths
+//! apply the same client allowlist; the rate limit is spent by what reaches the general path
+//! (on UDP the worker asks [`Resolver::admit`] for every query it does not answer from memory,
+//! so a limited client's datagrams never become tasks; over TCP every query spends a token).
+//! The fast path may skip the rest of the policy because tenant names are decided before
+//! anything else, only answers the policy chose to forward are ever cached, and the cache is
+//! emptied whenever the policy's inputs change (blocklist reload); PTR queries, whose answer
+//! depends on the live local zone, always take the general path. Identical upstream queries
+//! are merged into one *flight* — a spawned task, so a refresh
 //! started for a stale entry keeps running after the client got its stale answer — and the number
 //! of flights is capped globally.
 
@@ -22,7 +26,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -36,8 +40,8 @@ use crate::metrics::{Metrics, Outcome};
 use crate::policy::{self, Blocklist, Decision, LocalAnswer};
 use crate::ratelimit::RateLimiter;
 use crate::upstream::{UpstreamError, Upstreams};
-use crate::wire::{EDNS_PAYLOAD, MAX_KEY, QueryView};
-use crate::zone::LocalZone;
+use crate::wire::{self, EDNS_PAYLOAD, MAX_KEY, QueryView};
+use crate::zone::{LocalZone, ZoneView};
 
 type FlightResult = Result<Arc<Answer>, UpstreamError>;
 
@@ -50,6 +54,8 @@ type Flight = Shared<BoxFuture<'static, FlightResult>>;
 struct Settings {
     allowed: Vec<IpNet>,
     domain: Name,
+    /// `domain` in wire form (lower-case), for the fast path's name match.
+    domain_wire: Vec<u8>,
     local_ttl: u32,
     blocklist_mode: BlocklistMode,
     domain_needed: bool,
@@ -79,11 +85,14 @@ pub struct Resolver {
     soa: Record,
 }
 
-/// Cache hits a UDP worker answered but has not counted yet (their query types): a worker
-/// counts a whole batch at once, so the shared counters' cache lines move between cores once
-/// per batch rather than once per query.
+/// Answers a UDP worker gave from memory but has not counted yet (their query types): a
+/// worker counts a whole batch at once, so the shared counters' cache lines move between cores
+/// once per batch rather than once per query.
 #[derive(Debug, Default)]
-pub struct HitTally(Vec<u16>);
+pub struct HitTally {
+    hits: Vec<u16>,
+    local: Vec<u16>,
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
@@ -144,6 +153,7 @@ impl Resolver {
         Ok(Arc::new(Self {
             s: Settings {
                 allowed: allowed_nets,
+                domain_wire: wire::name_bytes(&domain),
                 domain,
                 local_ttl: cfg.local_ttl,
                 blocklist_mode: cfg.blocklist_mode,
@@ -200,54 +210,95 @@ impl Resolver {
         self.cache.clear();
     }
 
-    /// The UDP fast path: when `q` (from `src`) has a fresh cached answer, writes the response
-    /// into `out`, notes the hit in `tally` and returns true. False means "take the general
-    /// path" (a miss, a stale entry, a PTR query, a refused client, query logging on): nothing
-    /// was sent or counted. The rate limit is not checked here: the caller asked
-    /// [`Self::admit`] first. The caller passes `tally` to [`Self::count_hits`] before it sends
-    /// the responses, so a client that got an answer also sees it counted.
-    pub fn answer_hit(
+    /// The UDP fast path: when `q` (from `src`) asks for a tenant name's addresses or has a
+    /// fresh cached answer, writes the response into `out`, notes it in `tally` and returns
+    /// true. False means "take the general path" (a miss, a stale entry, a PTR query, a local
+    /// name without an address of the asked type, a client outside the allowed networks, query
+    /// logging on): nothing was sent or counted.
+    ///
+    /// Neither answer spends a rate-limit token: both come from memory at about the cost of
+    /// receiving the datagram, which a REFUSED would cost too; the limit guards what is
+    /// expensive — the general path and the upstreams — and the caller asks [`Self::admit`]
+    /// only for queries this declines. The caller passes `tally` to [`Self::count_hits`]
+    /// before it sends the responses, so a client that got an answer also sees it counted.
+    ///
+    /// Local names are matched first, as [`policy::decide`] does: every name under the local
+    /// domain is answered from the zone, never from the cache or upstream.
+    pub fn answer_fast(
         &self,
         src: IpAddr,
         q: &QueryView<'_>,
+        now: Instant,
+        zone: &mut ZoneView,
         out: &mut Vec<u8>,
         tally: &mut HitTally,
     ) -> bool {
-        if self.s.query_log || q.qtype == u16::from(RecordType::PTR) {
+        if self.s.query_log {
             return false;
         }
         let canon = src.to_canonical();
         if !self.s.allowed.iter().any(|n| n.contains(&canon)) {
             return false;
         }
+        if let Some(label) = wire::single_label_under(q.qname, &self.s.domain_wire) {
+            if q.qclass != u16::from(DNSClass::IN) {
+                return false;
+            }
+            let mut lower = [0u8; 63];
+            let lower = &mut lower[..label.len()];
+            for (d, s) in lower.iter_mut().zip(label) {
+                *d = s.to_ascii_lowercase();
+            }
+            let Some(id) = std::str::from_utf8(lower).ok().and_then(names::parse_login) else {
+                return false;
+            };
+            let Some(addrs) = zone.current(&self.zone).addrs(id) else {
+                return false;
+            };
+            if !wire::write_addrs(q, addrs, self.s.local_ttl, out) {
+                return false;
+            }
+            tally.local.push(q.qtype);
+            return true;
+        }
+        if q.qtype == u16::from(RecordType::PTR) {
+            return false;
+        }
         let mut key = [0u8; MAX_KEY];
         let n = q.key(&mut key);
-        let now = Instant::now();
         let hit = self.cache.with_fresh(&key[..n], now, |e, elapsed| {
             e.write_response(q, elapsed, out)
         });
         if hit != Some(true) {
             return false;
         }
-        tally.0.push(q.qtype);
+        tally.hits.push(q.qtype);
         true
     }
 
-    /// Adds the hits in `tally` to the metrics and empties it.
+    /// Adds the answers in `tally` to the metrics and empties it.
     pub fn count_hits(&self, tally: &mut HitTally) {
-        let hits = tally.0.len() as u64;
-        if hits == 0 {
+        let hits = tally.hits.len() as u64;
+        let local = tally.local.len() as u64;
+        if hits + local == 0 {
             return;
         }
-        self.metrics.cache_hits.add(hits);
-        self.metrics.outcomes(Outcome::CacheHit, hits);
-        // Runs of one type (the common case) are counted with one add.
-        tally.0.sort_unstable();
-        for run in tally.0.chunk_by(|a, b| a == b) {
-            self.metrics
-                .queries(RecordType::from(run[0]), run.len() as u64);
+        if hits > 0 {
+            self.metrics.cache_hits.add(hits);
+            self.metrics.outcomes(Outcome::CacheHit, hits);
         }
-        tally.0.clear();
+        if local > 0 {
+            self.metrics.outcomes(Outcome::Local, local);
+        }
+        for types in [&mut tally.hits, &mut tally.local] {
+            // Runs of one type (the common case) are counted with one add.
+            types.sort_unstable();
+            for run in types.chunk_by(|a, b| a == b) {
+                self.metrics
+                    .queries(RecordType::from(run[0]), run.len() as u64);
+            }
+            types.clear();
+        }
     }
 
     fn blocklist(&self) -> Arc<Blocklist> {
@@ -390,10 +441,16 @@ impl Resolver {
     }
 
     /// Takes a rate-limit token for `src`; false (counted as rate-limited) when its bucket is
-    /// empty. The UDP workers ask before they spawn anything for a query, so a client over its
-    /// limit costs a bucket lookup and, at most, a REFUSED written on the worker.
+    /// empty. The UDP workers ask for every query they do not answer from memory
+    /// ([`Self::answer_fast`]) before they spawn anything for it, so a client over its limit
+    /// costs a bucket lookup and, at most, a REFUSED written on the worker.
     pub fn admit(&self, src: IpAddr) -> bool {
-        if self.ratelimit.enabled() && !self.ratelimit.check(src, Instant::now()) {
+        self.admit_at(src, Instant::now())
+    }
+
+    /// [`Self::admit`] at `now` (a worker reads the clock once per batch).
+    pub fn admit_at(&self, src: IpAddr, now: Instant) -> bool {
+        if self.ratelimit.enabled() && !self.ratelimit.check(src, now) {
             self.metrics.outcome(Outcome::RateLimited);
             return false;
         }
@@ -675,5 +732,249 @@ async fn reply<R: ResponseHandler>(
             tracing::debug!(error = %e, peer = %request.src(), "could not send a dns response");
             failed(request, ResponseCode::ServFail)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use hickory_proto::op::{Message, MessageType, OpCode};
+    use hickory_proto::rr::DNSClass;
+
+    use super::*;
+    use crate::wire::parse_query;
+
+    const CLIENT: &str = "172.19.2.50";
+
+    fn resolver(cfg: Config) -> (Arc<Resolver>, LocalZone) {
+        let zone = LocalZone::new();
+        let nets = ["172.19.2.0/24".parse().unwrap()];
+        let up = vec!["127.0.0.1:9".parse().unwrap()];
+        (Resolver::new(&cfg, &nets, up, zone.clone()).unwrap(), zone)
+    }
+
+    fn sid(n: u32) -> names::ServerId {
+        names::ServerId::new(n).unwrap()
+    }
+
+    fn query(name: &str, qtype: RecordType, id: u16, edns: Option<(u16, bool)>) -> Vec<u8> {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        if let Some((payload, dnssec_ok)) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(payload);
+            e.set_dnssec_ok(dnssec_ok);
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    /// The fast path's answer to `raw` from `src`, decoded; `None` when it declined.
+    fn fast(r: &Resolver, view: &mut ZoneView, src: &str, raw: &[u8]) -> Option<Message> {
+        let q = parse_query(raw).unwrap();
+        let mut out = Vec::new();
+        let mut tally = HitTally::default();
+        let ok = r.answer_fast(
+            src.parse().unwrap(),
+            &q,
+            Instant::now(),
+            view,
+            &mut out,
+            &mut tally,
+        );
+        r.count_hits(&mut tally);
+        ok.then(|| Message::from_vec(&out).unwrap())
+    }
+
+    #[test]
+    fn tenant_names_answered_on_the_worker_in_any_case_with_edns_echoed() {
+        let (r, zone) = resolver(Config::default());
+        let v4: IpAddr = "172.19.2.15".parse().unwrap();
+        let v6: IpAddr = "fd00::15".parse().unwrap();
+        zone.replace_addrs(BTreeMap::from([(sid(5), vec![v4, v6])]));
+        let mut view = ZoneView::new(&r.zone);
+        for edns in [None, Some((4096, true)), Some((1232, false))] {
+            let mut raw = query("SeRvEr5.Berth.INTERNAL.", RecordType::A, 0xbeef, edns);
+            raw[3] |= 0x10; // CD
+            let m = fast(&r, &mut view, CLIENT, &raw).expect("answered on the worker");
+            assert_eq!(m.metadata.id, 0xbeef);
+            assert_eq!(m.metadata.message_type, MessageType::Response);
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+            assert!(m.metadata.authoritative, "the local zone is ours");
+            assert!(m.metadata.recursion_desired && m.metadata.recursion_available);
+            assert!(m.metadata.checking_disabled && !m.metadata.truncation);
+            assert_eq!(m.queries.len(), 1);
+            assert_eq!(m.queries[0].name().to_ascii(), "SeRvEr5.Berth.INTERNAL.");
+            assert_eq!(m.queries[0].query_type(), RecordType::A);
+            assert_eq!(m.answers.len(), 1, "only the asked family");
+            assert_eq!(m.answers[0].data, RData::A(A::new(172, 19, 2, 15)));
+            assert_eq!(m.answers[0].ttl, Config::default().local_ttl);
+            assert!(m.answers[0].name.eq_case(m.queries[0].name()));
+            assert!(m.authorities.is_empty() && m.additionals.is_empty());
+            assert_eq!(m.edns.is_some(), edns.is_some(), "{edns:?}");
+            if let (Some(e), Some((_, dnssec_ok))) = (m.edns.as_ref(), edns) {
+                assert_eq!(e.flags().dnssec_ok, dnssec_ok);
+                assert_eq!(e.max_payload(), EDNS_PAYLOAD);
+            }
+        }
+        let raw = query("server5.berth.internal.", RecordType::AAAA, 7, None);
+        let m = fast(&r, &mut view, CLIENT, &raw).unwrap();
+        assert_eq!(m.answers.len(), 1);
+        assert_eq!(
+            m.answers[0].data,
+            RData::AAAA(AAAA("fd00::15".parse().unwrap()))
+        );
+        assert_eq!(
+            r.metrics.outcome_count(Outcome::Local),
+            4,
+            "each answer counted"
+        );
+    }
+
+    #[test]
+    fn what_the_worker_leaves_to_the_general_path() {
+        let (r, zone) = resolver(Config::default());
+        zone.replace_addrs(BTreeMap::from([
+            (sid(5), vec!["fd00::15".parse().unwrap()]),
+            (sid(6), vec!["172.19.2.16".parse().unwrap()]),
+        ]));
+        let mut view = ZoneView::new(&r.zone);
+        let declined = [
+            (
+                "server5.berth.internal.",
+                RecordType::A,
+                CLIENT,
+                "no address of the family",
+            ),
+            (
+                "server9.berth.internal.",
+                RecordType::A,
+                CLIENT,
+                "no such server",
+            ),
+            (
+                "server06.berth.internal.",
+                RecordType::A,
+                CLIENT,
+                "not a server name",
+            ),
+            (
+                "gateway.berth.internal.",
+                RecordType::A,
+                CLIENT,
+                "not a server name",
+            ),
+            ("berth.internal.", RecordType::A, CLIENT, "the apex"),
+            (
+                "x.server6.berth.internal.",
+                RecordType::A,
+                CLIENT,
+                "below a server",
+            ),
+            ("server6.berth.internal.", RecordType::ANY, CLIENT, "ANY"),
+            (
+                "server6.berth.internal.",
+                RecordType::MX,
+                CLIENT,
+                "another type",
+            ),
+            (
+                "server6.other.internal.",
+                RecordType::A,
+                CLIENT,
+                "another domain",
+            ),
+            (
+                "server6.berth.internal.",
+                RecordType::A,
+                "192.0.2.1",
+                "not an allowed client",
+            ),
+            ("uncached.example.", RecordType::A, CLIENT, "a cache miss"),
+        ];
+        for (name, t, src, why) in declined {
+            let raw = query(name, t, 1, None);
+            assert!(
+                fast(&r, &mut view, src, &raw).is_none(),
+                "{name} {t}: {why}"
+            );
+        }
+        // Another class than IN is refused by the general path, never answered here.
+        let mut ch = query("server6.berth.internal.", RecordType::A, 1, None);
+        let n = ch.len();
+        ch[n - 1] = 3;
+        assert!(fast(&r, &mut view, CLIENT, &ch).is_none(), "class CH");
+        // An answer too large for the client's payload size: the general path truncates it.
+        let many: Vec<IpAddr> = (0..40u8).map(|i| IpAddr::from([172, 19, 3, i])).collect();
+        zone.set(sid(7), many);
+        let raw = query("server7.berth.internal.", RecordType::A, 1, None);
+        assert!(
+            fast(&r, &mut view, CLIENT, &raw).is_none(),
+            "over 512 bytes"
+        );
+        let raw = query(
+            "server7.berth.internal.",
+            RecordType::A,
+            1,
+            Some((1232, false)),
+        );
+        assert_eq!(fast(&r, &mut view, CLIENT, &raw).unwrap().answers.len(), 40);
+        // A removed server stops resolving at the next query.
+        let raw = query("server6.berth.internal.", RecordType::A, 1, None);
+        assert!(fast(&r, &mut view, CLIENT, &raw).is_some());
+        zone.remove(sid(6));
+        assert!(fast(&r, &mut view, CLIENT, &raw).is_none(), "removed");
+        // Query logging wants every query on the general path, which logs it.
+        let (r, zone) = resolver(Config {
+            query_log: true,
+            ..Config::default()
+        });
+        zone.replace(BTreeMap::from([(sid(6), "172.19.2.16".parse().unwrap())]));
+        let mut view = ZoneView::new(&r.zone);
+        assert!(fast(&r, &mut view, CLIENT, &raw).is_none(), "query log");
+    }
+
+    /// Answers from memory spend no token; what reaches the general path does.
+    #[test]
+    fn a_limited_client_still_gets_tenant_names_and_cache_hits() {
+        let (r, zone) = resolver(Config {
+            rate_limit_qps: 1,
+            rate_limit_burst: 1,
+            ..Config::default()
+        });
+        zone.replace(BTreeMap::from([(sid(6), "172.19.2.16".parse().unwrap())]));
+        let name = Name::from_ascii("cached.example.").unwrap();
+        let a = Answer {
+            rcode: ResponseCode::NoError,
+            answers: vec![Record::from_rdata(
+                name.clone(),
+                300,
+                RData::A(A::new(192, 0, 2, 1)),
+            )],
+            authorities: vec![],
+            additionals: vec![],
+        };
+        let key = Key::new(&name, RecordType::A, DNSClass::IN, false);
+        let e = Encoded::build(&name, RecordType::A, DNSClass::IN, &a).unwrap();
+        r.cache.insert(key, Arc::new(e), 300, Instant::now(), 0);
+        let src: IpAddr = CLIENT.parse().unwrap();
+        let now = Instant::now();
+        assert!(r.admit_at(src, now), "the burst");
+        assert!(!r.admit_at(src, now), "then limited");
+        let mut view = ZoneView::new(&r.zone);
+        for _ in 0..100 {
+            let local = query("server6.berth.internal.", RecordType::A, 2, None);
+            let hit = query("CACHED.example.", RecordType::A, 3, None);
+            let m = fast(&r, &mut view, CLIENT, &local).unwrap();
+            assert_eq!(m.answers.len(), 1);
+            let m = fast(&r, &mut view, CLIENT, &hit).unwrap();
+            assert_eq!(m.answers[0].data, RData::A(A::new(192, 0, 2, 1)));
+            assert!(!m.metadata.authoritative, "a cached answer is not ours");
+        }
+        assert!(!r.admit_at(src, now), "answers from memory took no token");
+        assert_eq!(r.metrics.outcome_count(Outcome::RateLimited), 2);
+        assert_eq!(r.metrics.outcome_count(Outcome::CacheHit), 100);
     }
 }

@@ -1,10 +1,11 @@
 //! The UDP side of the server: one worker thread per socket (the sockets share one address
-//! through `SO_REUSEPORT`, one per core; see `service::bind`), each a loop that blocks in
-//! `recvmmsg` for up to [`BATCH`] datagrams, answers the cache hits among them inline — parse in
-//! place, patch a copy of the cached bytes — with one `sendmmsg`, and hands every other datagram
-//! to the general path as a task on the tokio runtime. The client's rate limit is checked on the
-//! worker before either: a client over it gets REFUSED written inline (or nothing, for a packet
-//! that is not a plain query), never a task.
+//! through `SO_REUSEPORT`, one per two cores; see `service::udp_workers`), each a loop that
+//! blocks in `recvmmsg` for up to [`BATCH`] datagrams, answers the tenant names and cache hits
+//! among them inline — parse in place, write the zone's addresses or patch a copy of the cached
+//! bytes — with one `sendmmsg`, and hands every other datagram to the general path as a task on
+//! the tokio runtime. The client's rate limit is checked on the worker for those others: a
+//! client over it gets REFUSED written inline (or nothing, for a packet that is not a plain
+//! query), never a task.
 //!
 //! Why not hickory's `Server` for UDP: its per-datagram path (decode into owned types, a task,
 //! a channel to a sender task, clone the cached records, encode them again) cost more than the
@@ -24,7 +25,7 @@ use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::Record;
@@ -40,6 +41,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::resolver::{HitTally, Resolver};
 use crate::wire;
+use crate::zone::ZoneView;
 
 /// Largest query datagram read; anything longer is cut and answered FORMERR by the general path.
 const MAX_QUERY: usize = 4096;
@@ -64,6 +66,8 @@ struct Batch {
     outs: Vec<Vec<u8>>,
     dsts: Vec<SocketAddrAny>,
     tally: HitTally,
+    /// The worker's copy of the local zone.
+    zone: ZoneView,
 }
 
 /// Where a worker sends what it does not answer itself: tasks on this runtime, tracked so the
@@ -88,6 +92,7 @@ pub fn serve(
         outs: (0..BATCH).map(|_| Vec::with_capacity(1500)).collect(),
         dsts: Vec::with_capacity(BATCH),
         tally: HitTally::default(),
+        zone: ZoneView::new(resolver.zone()),
     };
     let mut hdrs = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     while !stop.load(Ordering::Acquire) {
@@ -112,6 +117,9 @@ pub fn serve(
             }
         }
         b.dsts.clear();
+        // One clock read per batch: TTLs count in seconds, rate-limit buckets refill per
+        // microsecond, and a batch takes a few.
+        let now = Instant::now();
         for (i, &(n, src)) in b.got.iter().enumerate() {
             // Port 0 cannot be answered (and is a reflection trick); hickory drops it too.
             let Some(src) = src.filter(|s| s.port() != 0) else {
@@ -125,19 +133,28 @@ pub fn serve(
             }
             let k = b.dsts.len();
             let query = wire::parse_query(packet);
-            // The client's limit before anything else: a client over it gets REFUSED written
-            // here (a plain query) or nothing, and never a task on the runtime.
-            if !resolver.admit(src.ip()) {
+            // Tenant names and fresh cache hits are answered here, from memory, without a
+            // rate-limit token (see `Resolver::answer_fast` for why).
+            if let Some(q) = query
+                && resolver.answer_fast(
+                    src.ip(),
+                    &q,
+                    now,
+                    &mut b.zone,
+                    &mut b.outs[k],
+                    &mut b.tally,
+                )
+            {
+                b.dsts.push(SocketAddrAny::from(src));
+                continue;
+            }
+            // Everything else spends a token first: a client over its limit gets REFUSED
+            // written here (a plain query) or nothing, and never a task on the runtime.
+            if !resolver.admit_at(src.ip(), now) {
                 if let Some(q) = query {
                     wire::write_refused(&q, &mut b.outs[k]);
                     b.dsts.push(SocketAddrAny::from(src));
                 }
-                continue;
-            }
-            if let Some(q) = query
-                && resolver.answer_hit(src.ip(), &q, &mut b.outs[k], &mut b.tally)
-            {
-                b.dsts.push(SocketAddrAny::from(src));
                 continue;
             }
             let packet = packet.to_vec();

@@ -10,6 +10,8 @@
 //! other than 0, opcodes other than QUERY) is left to the general path, which handles it with
 //! hickory exactly as before. Pure: no sockets, no clocks, no locks.
 
+use std::net::IpAddr;
+
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{DNSClass, Name, RecordType};
 
@@ -128,6 +130,15 @@ pub fn parse_query(p: &[u8]) -> Option<QueryView<'_>> {
 /// client asked for DNSSEC records (answers for DO=1 keep RRSIG/NSEC/NSEC3, those for DO=0 do
 /// not, so the two are cached apart).
 pub fn key_bytes(name: &Name, qtype: RecordType, qclass: DNSClass, dnssec_ok: bool) -> Vec<u8> {
+    let mut out = name_bytes(name);
+    out.extend_from_slice(&u16::from(qtype).to_be_bytes());
+    out.extend_from_slice(&u16::from(qclass).to_be_bytes());
+    out.push(u8::from(dnssec_ok));
+    out
+}
+
+/// `name` in uncompressed wire form, lower-cased, with its terminating zero.
+pub fn name_bytes(name: &Name) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len() + 6);
     for label in name.iter() {
         // A label is at most 63 bytes (hickory enforces it when building names).
@@ -135,9 +146,6 @@ pub fn key_bytes(name: &Name, qtype: RecordType, qclass: DNSClass, dnssec_ok: bo
         out.extend(label.iter().map(u8::to_ascii_lowercase));
     }
     out.push(0);
-    out.extend_from_slice(&u16::from(qtype).to_be_bytes());
-    out.extend_from_slice(&u16::from(qclass).to_be_bytes());
-    out.push(u8::from(dnssec_ok));
     out
 }
 
@@ -303,6 +311,82 @@ impl Encoded {
         }
         true
     }
+}
+
+/// The first label of `qname` (wire form, any case) when `qname` is exactly one label under
+/// `domain` (wire form, lower-case, with its terminating zero): `server5` for
+/// `server5.berth.internal.` under `berth.internal.`. Label lengths are below 64, so a
+/// case-insensitive compare of the wire bytes compares the labels and their boundaries alike.
+pub fn single_label_under<'a>(qname: &'a [u8], domain: &[u8]) -> Option<&'a [u8]> {
+    let first = usize::from(*qname.first()?);
+    if first == 0 || first > 63 || 1 + first + domain.len() != qname.len() {
+        return None;
+    }
+    qname[1 + first..]
+        .eq_ignore_ascii_case(domain)
+        .then(|| &qname[1..1 + first])
+}
+
+/// Writes an authoritative answer to `q` (an A or AAAA question) holding one record per
+/// address of the asked family in `addrs`, each with `ttl`: the client's ID, RD and CD bits
+/// and question as sent, every owner a pointer to the question, an OPT when the query had one
+/// (echoing DO). `false` (`out` then holds nothing to send) when no address is of the asked
+/// family or the answer would not fit the client's payload size: the general path answers
+/// those (NODATA with the zone's SOA, or a truncated answer).
+pub fn write_addrs(q: &QueryView<'_>, addrs: &[IpAddr], ttl: u32, out: &mut Vec<u8>) -> bool {
+    let v4 = match q.qtype {
+        1 => true,
+        28 => false,
+        _ => return false,
+    };
+    let fits = |a: &&IpAddr| a.is_ipv4() == v4;
+    let n = addrs.iter().filter(fits).count();
+    let rdlen = if v4 { 4 } else { 16 };
+    let opt = if q.edns.is_some() { OPT_LEN } else { 0 };
+    let size = 12 + q.qname.len() + 4 + n * (12 + rdlen) + opt;
+    let limit = match q.edns {
+        Some(e) => usize::from(e.payload.clamp(512, EDNS_PAYLOAD)),
+        None => 512,
+    };
+    let Ok(ancount) = u16::try_from(n) else {
+        return false;
+    };
+    if n == 0 || size > limit {
+        return false;
+    }
+    out.clear();
+    out.extend_from_slice(&q.id.to_be_bytes());
+    // QR, opcode QUERY, AA (the local zone is ours), RD as asked; RA, CD as asked, NOERROR.
+    out.push(0x80 | 0x04 | u8::from(q.rd));
+    out.push(0x80 | if q.cd { 0x10 } else { 0 });
+    out.extend_from_slice(&[0, 1]);
+    out.extend_from_slice(&ancount.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, u8::from(q.edns.is_some())]);
+    out.extend_from_slice(q.qname);
+    out.extend_from_slice(&q.qtype.to_be_bytes());
+    out.extend_from_slice(&q.qclass.to_be_bytes());
+    for a in addrs.iter().filter(fits) {
+        out.extend_from_slice(&[0xc0, 12]);
+        out.extend_from_slice(&q.qtype.to_be_bytes());
+        out.extend_from_slice(&q.qclass.to_be_bytes());
+        out.extend_from_slice(&ttl.to_be_bytes());
+        match a {
+            IpAddr::V4(v4) => {
+                out.extend_from_slice(&[0, 4]);
+                out.extend_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                out.extend_from_slice(&[0, 16]);
+                out.extend_from_slice(&v6.octets());
+            }
+        }
+    }
+    if let Some(e) = q.edns {
+        out.extend_from_slice(&[0, 0, 41]);
+        out.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
+        out.extend_from_slice(&[0, 0, if e.dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
+    }
+    true
 }
 
 /// Writes REFUSED for `q` into `out`: the client's ID, RD and CD bits and question as sent
@@ -556,6 +640,74 @@ mod tests {
                 let mut k = [0u8; MAX_KEY];
                 let n = q.key(&mut k);
                 proptest::prop_assert!(n <= MAX_KEY);
+            }
+        }
+    }
+
+    #[test]
+    fn one_label_under_the_domain_only() {
+        let d = b"\x05berth\x08internal\x00";
+        let cases: [(&[u8], Option<&[u8]>); 8] = [
+            (b"\x07server5\x05berth\x08internal\x00", Some(b"server5")),
+            (b"\x07SERVER5\x05Berth\x08INTERNAL\x00", Some(b"SERVER5")),
+            (b"\x05berth\x08internal\x00", None),
+            (b"\x01x\x07server5\x05berth\x08internal\x00", None),
+            (b"\x07server5\x05berth\x08internax\x00", None),
+            (b"\x07server5\x05berth\x08internal", None),
+            (b"\x00", None),
+            // A label length that points past the domain's first byte: lengths must line up.
+            (b"\x06server\x355berth\x08internal\x00", None),
+        ];
+        for (qname, want) in cases {
+            assert_eq!(single_label_under(qname, d), want, "{qname:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives, a tenant-name answer the worker writes is a well-formed response
+        /// to it: the client's ID and question, within the client's payload size.
+        #[test]
+        fn local_answers_to_arbitrary_queries_are_well_formed(
+            p in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            name in "[a-zA-Z0-9]{1,20}",
+            n4 in 0usize..40,
+            n6 in 0usize..20,
+            v6 in proptest::bool::ANY,
+            dnssec_ok in proptest::bool::ANY,
+            payload in 0u16..2000,
+            id in proptest::num::u16::ANY,
+        ) {
+            let v4s = (0..n4).map(|i| IpAddr::from([10, 0, 0, u8::try_from(i).unwrap()]));
+            let v6s = (0..n6).map(|i| {
+                IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, u16::try_from(i).unwrap()])
+            });
+            let addrs: Vec<IpAddr> = v4s.chain(v6s).collect();
+            let edns = match payload {
+                0 => None,
+                p => Some((p, dnssec_ok)),
+            };
+            let qtype = if v6 { RecordType::AAAA } else { RecordType::A };
+            let raw = query(&format!("{name}.berth.internal."), qtype, id, edns);
+            for cand in [p, raw] {
+                let Some(q) = parse_query(&cand) else { continue };
+                let _ = single_label_under(q.qname, b"\x05berth\x08internal\x00");
+                let mut out = Vec::new();
+                if write_addrs(&q, &addrs, 5, &mut out) {
+                    let limit = q
+                        .edns
+                        .map_or(512, |e| usize::from(e.payload.clamp(512, EDNS_PAYLOAD)));
+                    proptest::prop_assert!(out.len() <= limit);
+                    let m = Message::from_vec(&out)
+                        .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+                    proptest::prop_assert_eq!(m.metadata.id, q.id);
+                    proptest::prop_assert_eq!(m.queries.len(), 1);
+                    proptest::prop_assert_eq!(&out[12..12 + q.qname.len()], q.qname);
+                    proptest::prop_assert_eq!(m.edns.is_some(), q.edns.is_some());
+                    proptest::prop_assert!(!m.answers.is_empty());
+                    let want = RecordType::from(q.qtype);
+                    proptest::prop_assert!(m.answers.iter().all(|r| r.ttl == 5));
+                    proptest::prop_assert!(m.answers.iter().all(|r| r.record_type() == want));
+                }
             }
         }
     }

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use names::ServerId;
@@ -59,6 +60,39 @@ impl ZoneData {
 #[derive(Debug, Clone, Default)]
 pub struct LocalZone {
     inner: Arc<RwLock<Arc<ZoneData>>>,
+    /// Bumped after every store: a reader that keeps a snapshot ([`ZoneView`]) compares one
+    /// counter per query instead of taking the lock and a reference count.
+    generation: Arc<AtomicU64>,
+}
+
+/// A reader's own copy of the zone, refreshed only when the zone changed: what the UDP
+/// workers answer tenant names from. A change is seen by the first query after `store`
+/// returned.
+#[derive(Debug)]
+pub struct ZoneView {
+    generation: u64,
+    data: Arc<ZoneData>,
+}
+
+impl ZoneView {
+    pub fn new(zone: &LocalZone) -> Self {
+        let generation = zone.generation.load(Ordering::Acquire);
+        Self {
+            generation,
+            data: zone.snapshot(),
+        }
+    }
+
+    /// The zone as of now (a counter compare; the lock only after a change).
+    pub fn current(&mut self, zone: &LocalZone) -> &ZoneData {
+        let g = zone.generation.load(Ordering::Acquire);
+        if g != self.generation {
+            // The snapshot taken after reading `g` is at least as new as generation `g`.
+            self.data = zone.snapshot();
+            self.generation = g;
+        }
+        &self.data
+    }
 }
 
 impl LocalZone {
@@ -106,6 +140,7 @@ impl LocalZone {
             Ok(mut g) => *g = data,
             Err(p) => *p.into_inner() = data,
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Applies every value a `watch` channel publishes (e.g.
@@ -225,6 +260,21 @@ mod tests {
         z.remove(id(5));
         assert!(z.snapshot().is_empty());
         assert_eq!(z.snapshot().server_of(a), None);
+    }
+
+    #[test]
+    fn a_view_sees_every_change_at_the_next_read() {
+        let z = LocalZone::new();
+        let mut v = ZoneView::new(&z);
+        assert!(v.current(&z).is_empty());
+        let a: IpAddr = "172.19.2.5".parse().unwrap();
+        z.replace(BTreeMap::from([(id(5), a)]));
+        assert_eq!(v.current(&z).addrs(id(5)), Some(&[a][..]));
+        z.remove(id(5));
+        assert_eq!(v.current(&z).addrs(id(5)), None);
+        // A clone of the handle feeds the same views.
+        z.clone().set(id(6), vec![a]);
+        assert_eq!(v.current(&z).addrs(id(6)), Some(&[a][..]));
     }
 
     #[tokio::test]

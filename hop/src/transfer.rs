@@ -434,6 +434,7 @@ impl TransferClient {
             window_size: 8 * 1024 * 1024,
             maximum_packet_size: 65_535,
             nodelay: true,
+            preferred: crate::relay::hop_preferred(),
             ..Default::default()
         });
         let login = async {

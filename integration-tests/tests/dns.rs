@@ -576,9 +576,13 @@ async fn malformed_and_fuzzed_packets_never_crash() {
     assert_eq!(r.data(), vec!["45.45.2.1"], "{}", r.raw);
 }
 
+/// The per-client limit guards the general path and the upstreams: a client over it gets
+/// REFUSED for every query that would reach them, while what the UDP worker answers from
+/// memory — tenant names and fresh cache hits — keeps being answered and spends no token.
 #[tokio::test]
-async fn per_client_rate_limit_refuses_floods() {
+async fn per_client_rate_limit_refuses_floods_of_misses_not_answers_from_memory() {
     let up = FakeUpstream::start().await;
+    up.add_a("cached.test.", 300, "45.45.1.1");
     let mut cfg = test_config(&[up.addr]);
     cfg.rate_limit_qps = 5;
     cfg.rate_limit_burst = 5;
@@ -586,21 +590,61 @@ async fn per_client_rate_limit_refuses_floods() {
     b.zone
         .replace(BTreeMap::from([(sid(1), "172.19.2.11".parse().unwrap())]));
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut refused = 0;
-    let mut ok = 0;
+    let rcode = |r: Vec<u8>| Message::from_vec(&r).unwrap().metadata.response_code;
+    // One miss fills the cache (and spends one of the five tokens).
+    let r = udp_exchange(
+        &sock,
+        b.addr,
+        &query_bytes(1, "cached.test.", RecordType::A),
+    )
+    .await;
+    assert_eq!(r.map(rcode), Some(ResponseCode::NoError));
+    let start = Instant::now();
+    let (mut refused, mut answered) = (0, 0);
     for i in 0..30u16 {
-        let pkt = query_bytes(i, "server1.berth.internal.", RecordType::A);
+        let pkt = query_bytes(i, &format!("miss{i}.test."), RecordType::A);
         if let Some(r) = udp_exchange(&sock, b.addr, &pkt).await {
-            match Message::from_vec(&r).unwrap().metadata.response_code {
+            match rcode(r) {
                 ResponseCode::Refused => refused += 1,
-                ResponseCode::NoError => ok += 1,
-                other => panic!("unexpected {other}"),
+                _ => answered += 1,
             }
         }
     }
-    assert!((5..=10).contains(&ok), "ok {ok}");
-    assert!(refused >= 20, "refused {refused}");
+    let budget = 4 + (start.elapsed().as_secs_f64() * 5.0).ceil() as i32;
+    assert!(
+        (4..=budget).contains(&answered),
+        "answered {answered} misses"
+    );
+    assert!(refused >= 30 - budget, "refused {refused}");
+    // Over its limit, the client still gets its tenant names and cache hits.
+    for i in 0..30u16 {
+        for (name, want) in [
+            ("server1.berth.internal.", "172.19.2.11"),
+            ("CaChEd.test.", "45.45.1.1"),
+        ] {
+            let r = udp_exchange(&sock, b.addr, &query_bytes(i, name, RecordType::A))
+                .await
+                .unwrap_or_else(|| panic!("no answer for {name}"));
+            let m = Message::from_vec(&r).unwrap();
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+            assert_eq!(m.metadata.id, i);
+            assert!(m.queries[0].name().to_ascii().eq_ignore_ascii_case(name));
+            match &m.answers[..] {
+                [a] => assert_eq!(a.data, RData::A(want.parse().unwrap()), "{name}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+    // And it is still limited for what would reach the general path.
+    let r = udp_exchange(
+        &sock,
+        b.addr,
+        &query_bytes(99, "miss99.test.", RecordType::A),
+    )
+    .await;
+    assert_eq!(r.map(rcode), Some(ResponseCode::Refused));
     assert!(b.metric("berth_dns_responses_total{outcome=\"rate_limited\"}") >= 20.0);
+    assert!(b.metric("berth_dns_responses_total{outcome=\"local\"}") >= 30.0);
 }
 
 /// A client over its limit costs the UDP worker a bucket lookup and a REFUSED it writes

@@ -2,11 +2,14 @@
 //! deny prefixes and N allowlist entries — used by bench/netfilter to time `nft -j -f`.
 //!
 //! cargo run -p netfilter --example render -- [--entries N] [--ports N] [--l2 meta|addresses]
-//!     [--check-lines] [--apply-check]
+//!     [--check-lines] [--apply-check] [--update]
 //!
 //! `--ports N` adds N synthetic port bindings; `--apply-check` (root, in a scratch netns) applies
-//! the batch, times a port-map update transaction, and diffs the kernel's listing against the
-//! rendered lines.
+//! the batch, times it again over the live tables (re-apply), times two port-map update
+//! transactions (the first port's server gone, then back),
+//! and diffs the kernel's listing against the rendered lines after each step. `--update` prints
+//! the port-map update that brings the first port back (repeatable over the full ruleset, for
+//! timing with hyperfine).
 
 use std::process::ExitCode;
 
@@ -18,6 +21,7 @@ fn main() -> ExitCode {
     let mut lines = false;
     let mut ports: Option<u32> = None;
     let mut apply_check = false;
+    let mut update = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -31,8 +35,11 @@ fn main() -> ExitCode {
             "--check-lines" => lines = true,
             "--ports" => ports = args.next().and_then(|v| v.parse().ok()),
             "--apply-check" => apply_check = true,
+            "--update" => update = true,
             _ => {
-                eprintln!("usage: render [--entries N] [--l2 meta|addresses] [--check-lines]");
+                eprintln!(
+                    "usage: render [--entries N] [--ports N] [--l2 meta|addresses] [--check-lines] [--apply-check] [--update]"
+                );
                 return ExitCode::from(2);
             }
         }
@@ -105,6 +112,17 @@ fn main() -> ExitCode {
     if apply_check {
         return apply_and_check(&rs, &policy, &net, l2, bindings.as_deref());
     }
+    if let Some(b) = bindings.as_deref().filter(|b| update && !b.is_empty()) {
+        // The port-map update that brings the first port back (idempotent over the full
+        // ruleset: its elements are added again, its ND shard refilled).
+        let gone = render(&policy, &net, l2, Some(&b[1..]));
+        let Some(batch) = rs.ports_update_batch(&gone) else {
+            eprintln!("render: no incremental update");
+            return ExitCode::from(1);
+        };
+        println!("{}", netfilter::render::to_nft_json(&batch));
+        return ExitCode::SUCCESS;
+    }
     if lines {
         for l in netfilter::diff::expected_lines(&rs.objects) {
             println!("{l}");
@@ -171,21 +189,37 @@ fn apply_and_check(
         }
     };
     compare(rs, "after full apply");
+    // The same again over the live tables: what a drift repair or a config reload pays.
+    let t = std::time::Instant::now();
+    if let Err(e) = rt.block_on(nft.apply(&to_nft_json(&rs.apply_batch()), "re-apply")) {
+        eprintln!("render: {e}");
+        return ExitCode::from(1);
+    }
+    println!(
+        "full re-apply: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    compare(rs, "after full re-apply");
     if let Some(b) = bindings.filter(|b| !b.is_empty()) {
-        let next = render(policy, net, l2, Some(&b[1..]));
-        let Some(batch) = next.ports_update_batch(rs) else {
-            return ExitCode::from(1);
-        };
-        let t = std::time::Instant::now();
-        if let Err(e) = rt.block_on(nft.apply(&to_nft_json(&batch), "update")) {
-            eprintln!("render: {e}");
-            return ExitCode::from(1);
+        // One server gone (the first port), then back: the two halves of a restart.
+        let gone = render(policy, net, l2, Some(&b[1..]));
+        let back = render(policy, net, l2, Some(b));
+        for (what, from, to) in [("server gone", rs, &gone), ("server back", &gone, &back)] {
+            let Some(batch) = to.ports_update_batch(from) else {
+                eprintln!("render: no incremental update from the previous ruleset");
+                return ExitCode::from(1);
+            };
+            let t = std::time::Instant::now();
+            if let Err(e) = rt.block_on(nft.apply(&to_nft_json(&batch), "update")) {
+                eprintln!("render: {e}");
+                return ExitCode::from(1);
+            }
+            println!(
+                "port-map update ({what}): {:.1} ms",
+                t.elapsed().as_secs_f64() * 1000.0
+            );
+            compare(to, &format!("after port-map update ({what})"));
         }
-        println!(
-            "port-map update: {:.1} ms",
-            t.elapsed().as_secs_f64() * 1000.0
-        );
-        compare(&next, "after port-map update");
     }
     status
 }

@@ -1,5 +1,5 @@
 //! Which addresses each tenant bridge port may claim: the port map the bridge table's per-port
-//! chains are rendered from, and the file format it travels in between processes.
+//! sets are rendered from, and the file format it travels in between processes.
 //!
 //! Two shapes. An [`Endpoint`] is what the process that knows the tenants publishes (a name
 //! for logs, a handle on the tenant's network namespace, its MAC and addresses); a
@@ -105,7 +105,7 @@ pub struct PortBinding {
 
 impl PortBinding {
     /// Checks what the renderer relies on: a port name nft and the kernel accept as an
-    /// interface name (and that makes a safe chain name), a unicast MAC.
+    /// interface name (and that needs no quoting in nft), a unicast MAC.
     pub fn validate(&self) -> Result<(), String> {
         if !valid_ifname(&self.port) {
             return Err(format!(
@@ -120,11 +120,6 @@ impl PortBinding {
             ));
         }
         Ok(())
-    }
-
-    /// Name of the port's chain in the bridge table.
-    pub fn chain(&self) -> String {
-        format!("port_{}", self.port)
     }
 }
 

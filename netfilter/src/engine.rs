@@ -185,8 +185,8 @@ impl Firewall {
         }
     }
 
-    /// Moves the live per-port chains from `previous` to the stored port map in one
-    /// transaction that touches nothing else; falls back to a full apply when that
+    /// Moves the live port sets from `previous` to the stored port map in one transaction
+    /// that touches nothing else; falls back to a full apply when that
     /// transaction is refused (e.g. the live table predates port binding). Returns the new
     /// ruleset.
     pub async fn update_ports(&self, previous: &Ruleset, l2: L2Match) -> Result<Ruleset, Error> {
@@ -464,7 +464,7 @@ impl Firewall {
                     match self.update_ports(&last, l2).await {
                         Ok(rs) => {
                             info!(
-                                ports = ?rs.port_chains().unwrap_or_default(),
+                                ports = ?rs.bound_ports().unwrap_or_default(),
                                 elapsed_ms = %format!("{:.1}", start.elapsed().as_secs_f64() * 1000.0),
                                 "port bindings updated"
                             );

@@ -66,17 +66,13 @@ pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
                 },
                 a.elapsed.as_secs_f64() * 1000.0
             );
-            if let Some(ports) = a.ruleset.port_chains() {
+            if let Some(ports) = a.ruleset.bound_ports() {
                 println!(
                     "bridge ports bound to their own addresses: {}",
                     if ports.is_empty() {
                         "none (every tenant port gets nothing)".to_string()
                     } else {
-                        ports
-                            .iter()
-                            .map(|c| c.trim_start_matches("port_"))
-                            .collect::<Vec<_>>()
-                            .join(" ")
+                        ports.join(" ")
                     }
                 );
             }

@@ -1,16 +1,20 @@
 //! The nft transactions made from a rendered [`Ruleset`]: replace both tables atomically,
-//! move only the per-port chains when the port map changes, remove berth's tables; plus the
-//! counts reported after an apply.
+//! move only the port sets' elements (and the rules of the ND shards that changed) when the
+//! port map changes, remove berth's tables; plus the counts reported after an apply.
 //!
 //! Building the ruleset is the renderer's job; sending a batch to the kernel is
 //! [`crate::nft`]'s.
 
 use nftables::batch::Batch;
-use nftables::schema::{Chain, FlushObject, NfCmd, NfListObject, Nftables, Rule, Table};
+use nftables::expr::Expression;
+use nftables::schema::{
+    Chain, Element, FlushObject, NfCmd, NfListObject, Nftables, Rule, Set, Table,
+};
 use nftables::types::NfFamily;
 
+use super::json::to_nft_json;
 use super::model::Ruleset;
-use super::port_binding::FORWARD_PORTS;
+use super::port_binding::{BOUND, ND_SHARDS, PORT_SETS, nd_chain, nd_set};
 
 impl Ruleset {
     /// One transaction that replaces both tables wholesale: add (so delete cannot fail),
@@ -25,28 +29,25 @@ impl Ruleset {
         batch.to_nftables()
     }
 
-    /// Names of the per-port chains (`port_<ifname>`) in the bridge table; `None` when the
-    /// ruleset was rendered without port binding.
-    pub fn port_chains(&self) -> Option<Vec<String>> {
-        let mut has_dispatch = false;
-        let mut out = Vec::new();
-        for o in &self.objects {
-            if let NfListObject::Chain(c) = o
-                && c.family == NfFamily::Bridge
-            {
-                if c.name == "ports" {
-                    has_dispatch = true;
-                } else if c.name.starts_with("port_") && c.name != "port_common" {
-                    out.push(c.name.to_string());
-                }
-            }
-        }
-        has_dispatch.then_some(out)
+    /// The bound ports (interface names) in the bridge table; `None` when the ruleset was
+    /// rendered without port binding.
+    pub fn bound_ports(&self) -> Option<Vec<String>> {
+        self.bridge_set(BOUND).map(|s| {
+            s.elem
+                .iter()
+                .flat_map(|e| e.iter())
+                .filter_map(|e| match e {
+                    Expression::String(name) => Some(name.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
     }
 
-    fn has_bridge_chain(&self, name: &str) -> bool {
-        self.objects.iter().any(|o| {
-            matches!(o, NfListObject::Chain(c) if c.family == NfFamily::Bridge && c.name == name)
+    fn bridge_set(&self, name: &str) -> Option<&Set<'static>> {
+        self.objects.iter().find_map(|o| match o {
+            NfListObject::Set(s) if s.family == NfFamily::Bridge && s.name == name => Some(&**s),
+            _ => None,
         })
     }
 
@@ -63,63 +64,125 @@ impl Ruleset {
             .collect()
     }
 
-    /// One transaction that moves the live per-port chains from `previous` to `self` and
-    /// touches nothing else (counters of the drop chains and the whole `inet` table stay):
-    /// flush the dispatch chain, delete the chains of ports that left or changed, add those of
-    /// ports that came or changed, re-add the dispatch rules. A server starting or stopping
-    /// costs one chain plus the dispatch rule, whatever the number of other ports. `None` when
-    /// either side has no port binding (a full apply is needed).
+    /// Whether `name` is one of the sets whose elements are the port map.
+    fn is_port_set(name: &str) -> bool {
+        PORT_SETS.contains(&name) || (0..ND_SHARDS).any(|k| nd_set(k) == name)
+    }
+
+    /// Whether `chain` is one of the `nd_<k>` chains whose rules carry port facts.
+    fn is_nd_chain(chain: &str) -> bool {
+        (0..ND_SHARDS).any(|k| nd_chain(k) == chain)
+    }
+
+    /// Everything that does not depend on the port map, as comparable JSON: the objects in
+    /// order, the port sets without their elements, the rules of the `nd_<k>` chains left out.
+    fn fixed_part(&self) -> Vec<serde_json::Value> {
+        self.objects
+            .iter()
+            .filter_map(|o| match o {
+                NfListObject::Set(s)
+                    if s.family == NfFamily::Bridge && Self::is_port_set(&s.name) =>
+                {
+                    let mut s = (**s).clone();
+                    s.elem = None;
+                    Some(to_nft_json(&NfListObject::Set(Box::new(s))))
+                }
+                NfListObject::Rule(r)
+                    if r.family == NfFamily::Bridge && Self::is_nd_chain(&r.chain) =>
+                {
+                    None
+                }
+                o => Some(to_nft_json(o)),
+            })
+            .collect()
+    }
+
+    /// The elements of a bridge set, each with its JSON text (for set differences).
+    fn elements(&self, name: &str) -> Vec<(String, Expression<'static>)> {
+        self.bridge_set(name)
+            .and_then(|s| s.elem.as_ref())
+            .map(|e| {
+                e.iter()
+                    .map(|x| (to_nft_json(x).to_string(), x.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// One transaction that moves the live port map from `previous` to `self` and touches
+    /// nothing else (counters of the drop chains and the whole `inet` table stay): the
+    /// elements of the port sets that went are deleted, those that came are added, and the
+    /// `nd_<k>` chains whose rules changed (the shards of ports that came, went or changed)
+    /// are flushed and refilled. A server starting or stopping costs a few elements plus one
+    /// shard's rules, whatever the number of other ports. `None` when anything else differs
+    /// (port binding on one side only, another bridge match or policy): a full apply is needed.
     pub fn ports_update_batch(&self, previous: &Ruleset) -> Option<Nftables<'static>> {
-        let old = previous.port_chains()?;
-        let new = self.port_chains()?;
-        // The forward chain's list of tenant ports (kernels without bridge meta) moves with
-        // the port map; a ruleset that has it on one side only needs a full apply.
-        let forward_ports = self.has_bridge_chain(FORWARD_PORTS);
-        if forward_ports != previous.has_bridge_chain(FORWARD_PORTS) {
+        self.bridge_set(BOUND)?;
+        previous.bridge_set(BOUND)?;
+        if self.table != previous.table || self.fixed_part() != previous.fixed_part() {
             return None;
         }
-        let same = |name: &String| {
-            old.contains(name) && previous.bridge_rules(name) == self.bridge_rules(name)
+        let mut sets: Vec<String> = PORT_SETS.iter().map(|s| s.to_string()).collect();
+        sets.extend((0..ND_SHARDS).map(nd_set));
+        let element = |name: &str, elem: Vec<Expression<'static>>| {
+            NfListObject::Element(Element {
+                family: NfFamily::Bridge,
+                table: self.table.clone().into(),
+                name: name.to_string().into(),
+                elem: elem.into(),
+            })
         };
-        let chain = |name: &str| Chain {
-            family: NfFamily::Bridge,
-            table: self.table.clone().into(),
-            name: name.to_string().into(),
-            newname: None,
-            handle: None,
-            _type: None,
-            hook: None,
-            prio: None,
-            dev: None,
-            policy: None,
-        };
-        let gone: Vec<&String> = old
-            .iter()
-            .filter(|n| !new.contains(n) || !same(n))
-            .collect();
-        let added: Vec<&String> = new.iter().filter(|n| !same(n)).collect();
         let mut batch = Batch::new();
-        batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain("ports"))));
-        if forward_ports {
-            batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(FORWARD_PORTS))));
+        let mut adds = Vec::new();
+        for name in &sets {
+            let old = previous.elements(name);
+            let new = self.elements(name);
+            let old_keys: std::collections::HashSet<&str> =
+                old.iter().map(|(k, _)| k.as_str()).collect();
+            let new_keys: std::collections::HashSet<&str> =
+                new.iter().map(|(k, _)| k.as_str()).collect();
+            let gone: Vec<Expression<'static>> = old
+                .iter()
+                .filter(|(k, _)| !new_keys.contains(k.as_str()))
+                .map(|(_, e)| e.clone())
+                .collect();
+            let came: Vec<Expression<'static>> = new
+                .iter()
+                .filter(|(k, _)| !old_keys.contains(k.as_str()))
+                .map(|(_, e)| e.clone())
+                .collect();
+            // Deletes first: a port whose address changed loses the old one before it gains
+            // the new one.
+            if !gone.is_empty() {
+                batch.delete(element(name, gone));
+            }
+            if !came.is_empty() {
+                adds.push(element(name, came));
+            }
         }
-        for name in &gone {
-            batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name))));
+        for a in adds {
+            batch.add(a);
         }
-        for name in &gone {
-            batch.delete(NfListObject::Chain(chain(name)));
-        }
-        for name in &added {
-            batch.add(NfListObject::Chain(chain(name)));
-        }
-        for o in &self.objects {
-            if let NfListObject::Rule(r) = o
-                && r.family == NfFamily::Bridge
-                && (r.chain == "ports"
-                    || r.chain == FORWARD_PORTS
-                    || added.iter().any(|n| **n == r.chain))
-            {
-                batch.add(o.clone());
+        for k in 0..ND_SHARDS {
+            let chain = nd_chain(k);
+            let new = self.bridge_rules(&chain);
+            if previous.bridge_rules(&chain) == new {
+                continue;
+            }
+            batch.add_cmd(NfCmd::Flush(FlushObject::Chain(Chain {
+                family: NfFamily::Bridge,
+                table: self.table.clone().into(),
+                name: chain.clone().into(),
+                newname: None,
+                handle: None,
+                _type: None,
+                hook: None,
+                prio: None,
+                dev: None,
+                policy: None,
+            })));
+            for r in new {
+                batch.add(NfListObject::Rule(r.clone()));
             }
         }
         Some(batch.to_nftables())

@@ -31,20 +31,43 @@ impl Builder {
         }
     }
 
+    /// An interval set of the `inet` table.
     pub(super) fn set(
         &mut self,
         name: &str,
         ty: SetTypeValue<'static>,
         elems: Vec<Expression<'static>>,
     ) {
+        self.named_set(NfFamily::INet, name, ty, true, elems);
+    }
+
+    /// A set of exact keys in the `bridge` table (hash lookups; elements added and deleted
+    /// one by one when the port map changes).
+    pub(super) fn bridge_set(
+        &mut self,
+        name: &str,
+        ty: SetTypeValue<'static>,
+        elems: Vec<Expression<'static>>,
+    ) {
+        self.named_set(NfFamily::Bridge, name, ty, false, elems);
+    }
+
+    fn named_set(
+        &mut self,
+        family: NfFamily,
+        name: &str,
+        ty: SetTypeValue<'static>,
+        interval: bool,
+        elems: Vec<Expression<'static>>,
+    ) {
         self.objects_sets.push(NfListObject::Set(Box::new(Set {
-            family: NfFamily::INet,
+            family,
             table: self.table.clone().into(),
             name: name.to_string().into(),
             handle: None,
             set_type: ty,
             policy: None,
-            flags: Some(HashSet::from([SetFlag::Interval])),
+            flags: interval.then(|| HashSet::from([SetFlag::Interval])),
             elem: if elems.is_empty() {
                 None
             } else {

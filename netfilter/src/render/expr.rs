@@ -86,18 +86,6 @@ pub(super) fn dport(port: u16) -> Statement<'static> {
     )
 }
 
-/// One value as itself, several as an anonymous set (the way nft lists them back).
-pub(super) fn values(v: impl Iterator<Item = String>) -> Expression<'static> {
-    let mut v: Vec<Expression<'static>> = v.map(s).collect();
-    if v.len() == 1 {
-        v.remove(0)
-    } else {
-        Expression::Named(NamedExpression::Set(
-            v.into_iter().map(SetItem::Element).collect(),
-        ))
-    }
-}
-
 pub(super) fn num(v: u32) -> Expression<'static> {
     Expression::Number(v)
 }

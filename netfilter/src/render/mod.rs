@@ -10,7 +10,11 @@
 //!   gateway, neighbour discovery and the allowlist get through). Deny and allow prefixes live
 //!   in interval sets, so the rule count does not grow with the number of entries.
 //! - `table bridge T` — a `forward` chain at bridge `filter + priority` that drops frames
-//!   forwarded between two ports of the tenant bridge (tenant ↔ tenant without br_netfilter).
+//!   forwarded between two ports of the tenant bridge (tenant ↔ tenant without br_netfilter);
+//!   with a port map, a `ports` chain at bridge `prerouting` that holds each port to its own
+//!   MAC and addresses. Per-port facts are elements of named sets keyed by `iifname . field`,
+//!   never chains or rules of their own, so the ruleset's size in rules does not grow with the
+//!   number of ports and a port map change is a set-element transaction.
 //! - Established/related packets in the *reply* direction (answers to connections others opened
 //!   towards a tenant, or that the host opened) are accepted first. A tenant's own flows are
 //!   re-judged on every packet — a few set lookups — so a flow opened while the table was
@@ -45,14 +49,14 @@ use crate::config::Policy;
 use builder::Builder;
 
 /// Renders the full ruleset. Pure and deterministic: the same inputs give byte-identical JSON.
-/// `ports` is the port map (see [`crate::bindings`]); `None` renders no per-port chains (port
-/// binding disabled: anti-spoofing is then only "source inside the tenant subnet").
+/// `ports` is the port map (see [`crate::bindings`]); `None` renders no port binding (disabled:
+/// anti-spoofing is then only "source inside the tenant subnet").
 pub fn render(p: &Policy, net: &Network, l2: L2Match, ports: Option<&[PortBinding]>) -> Ruleset {
     render_full(p, net, l2, ports, &[])
 }
 
 /// [`render`], plus the tenant-bridge ports known to have no binding (`unbound`, from the
-/// kernel's port list): they get an explicit `drop_unbound` entry in the dispatch map, which
+/// kernel's port list): they are sent to `drop_unbound` by name (`unbound_ports`), which
 /// matters where bridge meta expressions are missing and a port's bridge is otherwise unknown.
 pub fn render_full(
     p: &Policy,

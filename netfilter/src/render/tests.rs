@@ -107,7 +107,11 @@ fn golden_port_bindings() {
     let rs = render(&p, &net(true), L2Match::Addresses, Some(&bindings()));
     let lines: Vec<String> = expected_lines(&rs.objects)
         .into_iter()
-        .filter(|l| l.starts_with("rule bridge") || l.starts_with("chain bridge"))
+        .filter(|l| {
+            l.starts_with("rule bridge")
+                || l.starts_with("chain bridge")
+                || l.starts_with("set bridge")
+        })
         .collect();
     golden("port-bindings.txt", &(lines.join("\n") + "\n"));
     let meta = render(&p, &net(true), L2Match::Meta, Some(&bindings()));
@@ -119,40 +123,92 @@ fn golden_port_bindings() {
     assert!(r.last().unwrap().contains("drop_unbound"), "{r:#?}");
 }
 
+/// The elements of a named bridge set, as JSON text.
+fn elements(rs: &Ruleset, name: &str) -> Vec<String> {
+    rs.objects
+        .iter()
+        .find_map(|o| match o {
+            NfListObject::Set(s) if s.family == NfFamily::Bridge && s.name == name => Some(
+                s.elem
+                    .iter()
+                    .flat_map(|e| e.iter())
+                    .map(|e| to_nft_json(e).to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no bridge set {name}"))
+}
+
+fn pair(port: &str, v: &str) -> String {
+    format!(r#"{{"concat":["{port}","{v}"]}}"#)
+}
+
 #[test]
-fn every_port_chain_checks_mac_arp_ip_and_nd() {
+fn every_bound_port_is_held_to_its_mac_arp_ip_and_nd() {
     let p = Config::default().policy().unwrap();
     let rs = render(&p, &net(true), L2Match::Addresses, Some(&bindings()));
-    let a = rules_of(&rs, NfFamily::Bridge, "port_vethA");
-    assert!(a[0].contains("port_common"));
+    assert_eq!(elements(&rs, "bound_ports"), [r#""vethA""#, r#""vethB""#]);
+    assert!(elements(&rs, "port_mac").contains(&pair("vethA", "02:42:ac:13:02:05")));
+    let arp4 = elements(&rs, "port_arp4");
+    assert!(
+        arp4.contains(&pair("vethA", "0.0.0.0")) && arp4.contains(&pair("vethA", "172.19.2.5"))
+    );
+    assert_eq!(
+        elements(&rs, "port_ip4"),
+        [pair("vethA", "172.19.2.5"), pair("vethB", "172.19.2.6")]
+    );
+    let ip6 = elements(&rs, "port_ip6");
+    for a in ["::", "fd19:2::5", "fe80::42:acff:fe13:205"] {
+        assert!(ip6.contains(&pair("vethA", a)), "{a} missing in {ip6:#?}");
+    }
+    // Nothing of one port is filed under another.
+    assert!(!ip6.contains(&pair("vethB", "fd19:2::5")), "{ip6:#?}");
+    // The ND facts sit in the port's shard: its chain lists the port's NA targets and MAC.
+    let shard = port_binding::shard_of("vethA");
+    assert!(elements(&rs, &port_binding::nd_set(shard)).contains(&r#""vethA""#.to_string()));
+    let nd = rules_of(&rs, NfFamily::Bridge, &port_binding::nd_chain(shard)).join("\n");
     for needle in [
-        r#""field":"saddr","protocol":"ether"}},"op":"!=","right":"02:42:ac:13:02:05""#,
-        r#""saddr ether","protocol":"arp"}},"op":"!=","right":"02:42:ac:13:02:05""#,
-        r#"{"set":["0.0.0.0","172.19.2.5"]}"#,
-        r#""protocol":"ip"}},"op":"!=","right":"172.19.2.5""#,
-        r#"{"set":["::","fd19:2::5","fe80::42:acff:fe13:205"]}"#,
-        r#"{"set":["0xfd190002000000000000000000000005","0xfe800000000000000042acfffe130205"]}"#,
+        pair("vethA", "0xfd190002000000000000000000000005"),
+        pair("vethA", "0xfe800000000000000042acfffe130205"),
+        r#"{"concat":["vethA",578]}"#.to_string(),
+        format!(r#"{{"concat":["vethA",{}]}}"#, 0xac13_0205u32),
     ] {
+        assert!(nd.contains(&needle), "{needle} missing in {nd}");
+    }
+    // Every check of port_bound sends a miss to drop_spoof; it never accepts.
+    let a = rules_of(&rs, NfFamily::Bridge, "port_bound");
+    assert!(a[0].contains("port_common"));
+    assert!(a[1..].iter().all(|r| !r.contains("accept")));
+    for set in ["@port_mac", "@port_arp4", "@port_ip4", "@port_ip6"] {
         assert!(
-            a.iter().any(|r| r.contains(needle)),
-            "{needle} missing in {a:#?}"
+            a.iter()
+                .any(|r| r.contains(set) && r.contains(r#""op":"!=""#) && r.contains("drop_spoof")),
+            "{set} not checked: {a:#?}"
         );
     }
-    // Every rule but the first sends to drop_spoof: a port chain never accepts.
+    // A bound port found in no shard has its ND dropped (the last rule).
     assert!(
-        a[1..]
-            .iter()
-            .all(|r| r.contains("drop_spoof") && !r.contains("accept"))
+        a.last().unwrap().contains("nd-neighbor-advert")
+            && a.last().unwrap().contains("drop_spoof")
+            && !a.last().unwrap().contains("@nd_ports"),
+        "{a:#?}"
     );
-    // No IPv4 bound: IPv4 from the port is refused outright.
+    // No IPv4 bound: no element for the port, so every IPv4 source from it misses.
     let mut b = bindings();
     b[1].ipv4.clear();
     let rs = render(&p, &net(true), L2Match::Addresses, Some(&b));
-    let r = rules_of(&rs, NfFamily::Bridge, "port_vethB");
     assert!(
-        r.iter()
-            .any(|r| r.contains(r#""right":"ip"}},{"goto":{"target":"drop_spoof"}}"#)),
-        "{r:#?}"
+        elements(&rs, "port_ip4")
+            .iter()
+            .all(|e| !e.contains("vethB")),
+    );
+    assert_eq!(
+        elements(&rs, "port_arp4")
+            .iter()
+            .filter(|e| e.contains("vethB"))
+            .collect::<Vec<_>>(),
+        [&pair("vethB", "0.0.0.0")]
     );
     // Known-unbound ports of the bridge are sent to drop_unbound by name.
     let rs = render_full(
@@ -162,84 +218,223 @@ fn every_port_chain_checks_mac_arp_ip_and_nd() {
         Some(&bindings()),
         &["vethZ".into(), "vethA".into(), "bad.name".into()],
     );
+    assert_eq!(elements(&rs, "unbound_ports"), [r#""vethZ""#]);
+    assert_eq!(
+        elements(&rs, "tenant_ports"),
+        [r#""vethA""#, r#""vethB""#, r#""vethZ""#]
+    );
     let d = rules_of(&rs, NfFamily::Bridge, "ports");
     assert!(
-        d[0].contains(r#"["vethZ",{"goto":{"target":"drop_unbound"}}]"#),
+        d[0].contains("@bound_ports") && d[0].contains("port_bound"),
         "{d:#?}"
     );
-    assert!(!d[0].contains("bad.name"), "{d:#?}");
     assert!(
-        !d[0].contains(r#"["vethA",{"goto":{"target":"drop_unbound"#),
+        d[1].contains("@unbound_ports") && d[1].contains("drop_unbound"),
         "{d:#?}"
     );
-    // Without port binding there is no dispatch chain.
+    // Without port binding there is no port part at all.
+    let none = render(&p, &net(true), L2Match::Meta, None);
+    assert!(none.bound_ports().is_none());
     assert!(
-        render(&p, &net(true), L2Match::Meta, None)
-            .port_chains()
-            .is_none()
+        !to_nft_json(&none.apply_batch())
+            .to_string()
+            .contains("port_bound")
     );
 }
 
+/// `n` synthetic bindings, like the bench's.
+fn many(n: u32) -> Vec<PortBinding> {
+    (0..n)
+        .map(|i| PortBinding {
+            port: format!("bvp{i}"),
+            mac: crate::bindings::Mac([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
+            ipv4: vec![std::net::Ipv4Addr::from(0xac13_0000 + i)],
+            ipv6: vec![std::net::Ipv6Addr::from(
+                0xfd19_0002_u128 << 96 | u128::from(i),
+            )],
+        })
+        .collect()
+}
+
 #[test]
-fn ports_update_touches_only_port_chains() {
+fn rules_and_chains_do_not_grow_with_ports() {
     let p = Config::default().policy().unwrap();
-    let before = render(&p, &net(false), L2Match::Addresses, Some(&bindings()[..1]));
-    let after = render(&p, &net(false), L2Match::Addresses, Some(&bindings()[1..]));
-    let batch = to_nft_json(&after.ports_update_batch(&before).unwrap());
-    let cmds: Vec<String> = batch["nftables"]
+    let count = |n: u32| {
+        let rs = render(&p, &net(true), L2Match::Addresses, Some(&many(n)));
+        let chains = rs
+            .objects
+            .iter()
+            .filter(|o| matches!(o, NfListObject::Chain(_)))
+            .count();
+        (rs.rule_count(), chains, rs.element_count())
+    };
+    let (r0, c0, _) = count(0);
+    let (r1000, c1000, e1000) = count(1000);
+    assert_eq!(c0, c1000, "a chain per port");
+    // Only the ND shards gain rules (three each, once they hold a port).
+    assert!(
+        r1000 <= r0 + 3 * port_binding::ND_SHARDS,
+        "{r0} rules → {r1000}"
+    );
+    // The port facts are set elements: MAC, ARP (own + 0.0.0.0), IPv4, IPv6 (own, link-local,
+    // ::), bound, tenant and shard membership.
+    assert!(e1000 >= 1000 * 10, "{e1000} elements");
+    // Every shard is used by a thousand ports, none holds a third of them.
+    for k in 0..port_binding::ND_SHARDS {
+        let n = many(1000)
+            .iter()
+            .filter(|b| port_binding::shard_of(&b.port) == k)
+            .count();
+        assert!(n > 0 && n < 333, "shard {k} holds {n}");
+    }
+}
+
+/// The commands of a batch, as JSON text.
+fn commands(batch: &nftables::schema::Nftables<'static>) -> Vec<String> {
+    to_nft_json(batch)["nftables"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| c.to_string())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn ports_update_touches_only_port_sets_and_one_shard() {
+    let p = Config::default().policy().unwrap();
+    let before = render(&p, &net(false), L2Match::Addresses, Some(&bindings()[..1]));
+    let after = render(&p, &net(false), L2Match::Addresses, Some(&bindings()[1..]));
+    let cmds = commands(&after.ports_update_batch(&before).unwrap());
+    let shard_a = port_binding::nd_chain(port_binding::shard_of("vethA"));
+    let shard_b = port_binding::nd_chain(port_binding::shard_of("vethB"));
+    for c in &cmds {
+        // Element adds and deletes, and the flush and rules of the shards that changed.
+        let element =
+            c.starts_with(r#"{"add":{"element""#) || c.starts_with(r#"{"delete":{"element""#);
+        let shard = (c.starts_with(r#"{"flush":{"chain""#) || c.starts_with(r#"{"add":{"rule""#))
+            && (c.contains(&format!(r#""{shard_a}""#)) || c.contains(&format!(r#""{shard_b}""#)));
+        assert!(element || shard, "unexpected command {c}");
+        assert!(c.contains(r#""family":"bridge""#), "{c}");
+    }
+    // The leaver's elements are all deleted (no stale element stays), the newcomer's added.
+    for set in [
+        "bound_ports",
+        "tenant_ports",
+        "port_mac",
+        "port_arp4",
+        "port_ip4",
+        "port_ip6",
+    ] {
+        let name = format!(r#""name":"{set}""#);
+        assert!(
+            cmds.iter().any(|c| c.starts_with(r#"{"delete":{"element""#)
+                && c.contains(&name)
+                && c.contains("vethA")
+                && !c.contains("vethB")),
+            "{set}: vethA not deleted: {cmds:#?}"
+        );
+        assert!(
+            cmds.iter().any(|c| c.starts_with(r#"{"add":{"element""#)
+                && c.contains(&name)
+                && c.contains("vethB")
+                && !c.contains("vethA")),
+            "{set}: vethB not added: {cmds:#?}"
+        );
+    }
+    // Deletes come before adds, so a changed address is never held twice.
+    let last_delete = cmds
+        .iter()
+        .rposition(|c| c.starts_with(r#"{"delete""#))
+        .unwrap();
+    let first_add = cmds
+        .iter()
+        .position(|c| c.starts_with(r#"{"add""#))
+        .unwrap();
+    assert!(last_delete < first_add, "{cmds:#?}");
+    // A port that did not change is left alone: only the newcomer's elements are added.
+    let both = render(&p, &net(false), L2Match::Addresses, Some(&bindings()));
+    let cmds = commands(&both.ports_update_batch(&before).unwrap());
     assert!(
-        cmds[0].starts_with(r#"{"flush":{"chain":{"family":"bridge""#)
-            && cmds[0].contains(r#""name":"ports""#)
-    );
-    assert!(
-        cmds.iter()
-            .any(|c| c.starts_with(r#"{"delete":{"chain""#) && c.contains("port_vethA"))
-    );
-    assert!(
-        cmds.iter()
-            .any(|c| c.starts_with(r#"{"add":{"chain""#) && c.contains("port_vethB"))
-    );
-    // The forward chain's list of tenant ports follows: vethB in, vethA out.
-    assert!(
-        cmds.iter()
-            .any(|c| c.starts_with(r#"{"flush":{"chain""#) && c.contains("forward_ports")),
+        cmds.iter().all(|c| !c.starts_with(r#"{"delete""#)),
         "{cmds:#?}"
     );
-    let fwd: Vec<&String> = cmds
-        .iter()
-        .filter(|c| c.contains(r#""chain":"forward_ports""#))
-        .collect();
     assert!(
-        fwd.len() == 1 && fwd[0].contains("vethB") && !fwd[0].contains("vethA"),
-        "{fwd:#?}"
+        cmds.iter()
+            .filter(|c| c.starts_with(r#"{"add":{"element""#))
+            .all(|c| c.contains("vethB") && !c.contains("vethA")),
+        "{cmds:#?}"
     );
-    // With bridge meta the forward chain needs no port list (`ibrname` covers every port).
+    // A changed address: the stale element is deleted, the new one added.
+    let mut moved = bindings();
+    moved[0].ipv4 = vec!["172.19.2.9".parse().unwrap()];
+    let moved = render(&p, &net(false), L2Match::Addresses, Some(&moved));
+    let cmds = commands(&moved.ports_update_batch(&both).unwrap());
+    assert!(
+        cmds.iter().any(|c| c.starts_with(r#"{"delete":{"element""#)
+            && c.contains(r#""name":"port_ip4""#)
+            && c.contains("172.19.2.5")),
+        "{cmds:#?}"
+    );
+    assert!(
+        cmds.iter().any(|c| c.starts_with(r#"{"add":{"element""#)
+            && c.contains(r#""name":"port_ip4""#)
+            && c.contains("172.19.2.9")),
+        "{cmds:#?}"
+    );
+    // Nothing to do: an empty transaction.
+    assert!(commands(&both.ports_update_batch(&both).unwrap()).is_empty());
+    // With bridge meta there is no tenant_ports set (`ibrname` covers every port).
     let meta = render(&p, &net(false), L2Match::Meta, Some(&bindings()));
     assert!(
         !to_nft_json(&meta.apply_batch())
             .to_string()
-            .contains("forward_ports")
+            .contains("tenant_ports")
     );
-    for c in &cmds {
-        assert!(!c.contains(r#""family":"inet""#), "{c}");
-        assert!(!c.contains("drop_") || c.contains(r#""rule""#), "{c}");
-        assert!(!c.contains("port_common\",\"newname"), "{c}");
-    }
+    // Anything beyond the port map changed: a full apply is needed.
     assert!(
         after
             .ports_update_batch(&render(&p, &net(false), L2Match::Addresses, None))
             .is_none()
     );
-    // A port that did not change is left alone: only the newcomer's chain is added.
-    let both = render(&p, &net(false), L2Match::Addresses, Some(&bindings()));
-    let batch = to_nft_json(&both.ports_update_batch(&before).unwrap()).to_string();
-    assert!(!batch.contains(r#""chain":"port_vethA""#), "{batch}");
-    assert!(batch.contains(r#""name":"port_vethB""#), "{batch}");
+    assert!(meta.ports_update_batch(&both).is_none());
+    let other = Config {
+        log_rate: 0,
+        ..Default::default()
+    }
+    .policy()
+    .unwrap();
+    assert!(
+        render(&other, &net(false), L2Match::Addresses, Some(&bindings()))
+            .ports_update_batch(&both)
+            .is_none()
+    );
+}
+
+#[test]
+fn ports_update_at_a_thousand_ports_stays_small() {
+    let p = Config::default().policy().unwrap();
+    let all = many(1000);
+    let before = render(&p, &net(true), L2Match::Addresses, Some(&all));
+    let after = render(&p, &net(true), L2Match::Addresses, Some(&all[1..]));
+    let cmds = commands(&after.ports_update_batch(&before).unwrap());
+    // One flush (the leaver's shard), its few rules, and the element deletes.
+    assert_eq!(
+        cmds.iter().filter(|c| c.starts_with(r#"{"flush""#)).count(),
+        1,
+        "{cmds:#?}"
+    );
+    assert!(cmds.iter().all(|c| !c.starts_with(r#"{"delete":{"chain""#)));
+    let deleted: Vec<&String> = cmds
+        .iter()
+        .filter(|c| c.starts_with(r#"{"delete""#))
+        .collect();
+    assert!(
+        deleted.iter().all(|c| c.contains(r#""bvp0""#)),
+        "{deleted:#?}"
+    );
+    let text: usize = cmds.iter().map(|c| c.len()).sum();
+    let full: usize = to_nft_json(&before.apply_batch()).to_string().len();
+    assert!(text * 10 < full, "update {text} bytes, full apply {full}");
 }
 
 #[test]
