@@ -3,9 +3,10 @@
 //! what the burst took back to the kernel while it sits idle (`gateway::memory`).
 //!
 //! One test function on purpose: this binary's RSS is the gateway's RSS, so nothing else may
-//! run in it at the same time. The bound is generous (3× the idle RSS, polled for up to 120 s),
-//! so a slow machine makes the test slower, never red; without the trimmer the RSS stays near
-//! the burst's peak and the test fails.
+//! run in it at the same time. The bound is the (2× the idle RSS), polled for up to 120 s
+//! so a slow machine makes the test slower, never red. Without the trimmer a burst of 60 such
+//! transfers left the gateway at 3.2–3.5× its idle RSS for good (bench/gateway/memory.sh on the
+//! commit before it), which this bound catches.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -16,16 +17,20 @@ use anyhow::{Context, Result};
 use integration_tests::gateway::GatewayHarness;
 
 /// Transfers at once (a quarter of each kind) and the size of each.
-const TRANSFERS: usize = 32;
+const TRANSFERS: usize = 48;
 const SIZE_MIB: u64 = 16;
 /// After the burst, the RSS must come back under this multiple of the idle RSS …
-const BOUND_FACTOR: u64 = 3;
+const BOUND_FACTOR: u64 = 2;
 /// … within this long (polled every second).
 const DEADLINE: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_returns_memory_after_a_burst_of_concurrent_transfers() -> Result<()> {
-    let h = GatewayHarness::start("memory").await?;
+    // Admission sized for the burst (as bench/gateway/memory.sh): all clients share 127.0.0.1.
+    let mut opts = integration_tests::gateway::Options::default();
+    opts.ssh.auth.max_unauthenticated_per_ip = 512;
+    opts.ssh.auth.connections_per_ip_burst = 1000;
+    let h = GatewayHarness::start_with("memory", opts).await?;
     let target = format!("{}@127.0.0.1", h.user());
     let port = h.addr.port();
     let bytes = SIZE_MIB * 1024 * 1024;
