@@ -242,6 +242,39 @@ async fn a_server_moves_to_another_node_with_its_data_and_logins_follow() -> Res
     let show = ok(&n1_cfg, &["server", "show", &user], None)?;
     assert!(show.contains("node:      n2"), "{show}");
 
+    // Each node accounts for its own servers: the target has it, the source reports only the
+    // copy left behind (stopped, kept for --purge-from) as another node's.
+    let on = |cfg: &std::path::Path| -> Result<serde_json::Value> {
+        let out = ok(cfg, &["server", "reconcile", "--json"], None)?;
+        serde_json::from_str(&out).with_context(|| format!("reconcile --json: {out}"))
+    };
+    let listed = |r: &serde_json::Value, key: &str| -> Vec<String> {
+        r[key]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.to_string()).collect())
+            .unwrap_or_default()
+    };
+    let sid = serde_json::Value::from(id.get()).to_string();
+    let r2 = on(&n2_cfg)?;
+    assert!(listed(&r2, "present").contains(&sid), "{r2}");
+    assert!(!listed(&r2, "missing").contains(&sid), "{r2}");
+    let r1 = on(&n1_cfg)?;
+    for key in ["present", "missing", "stopped"] {
+        assert!(!listed(&r1, key).contains(&sid), "{key} on n1: {r1}");
+    }
+    let left = r1["unknown"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|u| u["server"] == serde_json::Value::from(id.get()))
+        })
+        .with_context(|| format!("the copy on n1 is not reported: {r1}"))?;
+    assert_eq!(
+        left["reason"],
+        format!("{user} is placed on node n2"),
+        "{r1}"
+    );
+
     // The old copy goes only when asked, and never the live one.
     let (code, _, err) = berth(
         &front_cfg,

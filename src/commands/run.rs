@@ -212,7 +212,9 @@ async fn ensure_tenant_network(cfg: &Config) {
         let prov = tenants::Provisioner::connect(&cfg.network, &cfg.tenants, store).await?;
         prov.ensure_network().await?;
         // Start-up reconcile: report, never delete. Missing containers are recreated on demand.
-        let report = prov.reconcile().await?;
+        // On a cluster node only its own servers (and unplaced ones) are this engine's.
+        let node = Some(cfg.cluster.node.as_str()).filter(|n| !n.is_empty());
+        let report = prov.reconcile_on(node).await?;
         tracing::info!(
             present = report.present.len(),
             missing = report.missing.len(),

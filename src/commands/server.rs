@@ -133,7 +133,8 @@ pub enum Cmd {
         #[arg(long)]
         abort: bool,
     },
-    /// Compare the store with Docker and report differences (changes nothing).
+    /// Compare the store with Docker and report differences (changes nothing). On a cluster
+    /// host (`[cluster] node`), only that node's servers and unplaced ones are this engine's.
     Reconcile {
         #[arg(long)]
         json: bool,
@@ -766,7 +767,8 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
         }
         Cmd::Reconcile { json } => {
             let prov = connect(cfg, store).await?;
-            let r = prov.reconcile().await.map_err(provision_error)?;
+            let node = Some(cfg.cluster.node.as_str()).filter(|n| !n.is_empty());
+            let r = prov.reconcile_on(node).await.map_err(provision_error)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

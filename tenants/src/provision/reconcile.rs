@@ -51,7 +51,31 @@ impl Provisioner {
     /// containers that differ from their server's settings. It never deletes, starts or
     /// replaces anything.
     pub async fn reconcile(&self) -> Result<ReconcileReport, ProvisionError> {
-        let servers = self.inner.store.servers(true).await?;
+        self.reconcile_on(None).await
+    }
+
+    /// [`Self::reconcile`] as the cluster node `node` sees it: servers placed on another node
+    /// are that node's to report (never "missing" here), and a container here of a server
+    /// placed elsewhere (a copy a move left behind, say) is reported unknown with where the
+    /// server lives. Unplaced servers are checked here, as a login to them is served here.
+    /// `None` is the single host: every server is this engine's.
+    pub async fn reconcile_on(
+        &self,
+        node: Option<&str>,
+    ) -> Result<ReconcileReport, ProvisionError> {
+        let mut servers = self.inner.store.servers(true).await?;
+        let elsewhere: HashMap<ServerId, String> = match node {
+            None => HashMap::new(),
+            Some(node) => self
+                .inner
+                .store
+                .placements()
+                .await?
+                .into_iter()
+                .filter(|(_, n)| n != node)
+                .collect(),
+        };
+        servers.retain(|s| !elsewhere.contains_key(&s.id));
         let by_id: HashMap<ServerId, &Server> = servers.iter().map(|s| (s.id, s)).collect();
         let listed = self.list_ours(true).await?;
         let mut report = ReconcileReport::default();
@@ -73,6 +97,10 @@ impl Provisioner {
                 }),
                 None => report.unknown.push(ForeignContainer {
                     reason: match c.server {
+                        Some(id) if elsewhere.contains_key(&id) => format!(
+                            "{id} is placed on node {}",
+                            elsewhere.get(&id).map_or("?", String::as_str)
+                        ),
                         Some(id) => format!("{id} is not in the store"),
                         None => "name and berth.server label do not match".to_string(),
                     },

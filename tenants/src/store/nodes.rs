@@ -263,6 +263,20 @@ impl Store {
         rows.into_iter().map(|(id,)| server_id(id)).collect()
     }
 
+    /// Every placed server's node (deleted servers included: their containers are still
+    /// the node's to account for).
+    pub async fn placements(&self) -> Result<BTreeMap<ServerId, String>, StoreError> {
+        let rows: Vec<(i64, String)> = with_pool!(self, p => sqlx::query_as(
+            "SELECT p.server_id, n.name FROM placements p JOIN nodes n ON n.id = p.node_id",
+        )
+        .fetch_all(p)
+        .await)
+        .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|(id, node)| Ok((server_id(id)?, node)))
+            .collect()
+    }
+
     /// Records that `server` lives on `node` (first placement, or a move's switch).
     pub async fn place_server(&self, server: ServerId, node: &str) -> Result<(), StoreError> {
         let res = with_pool!(self, p => sqlx::query(
