@@ -73,6 +73,13 @@ fn main() -> ExitCode {
     commands::activation::capture();
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // Before the runtime's threads exist: arenas already created would stay.
+    if let Command::Run(args) = &cli.command
+        && args.serves_ssh()
+        && let Some(cap) = gateway::memory::limit_arenas()
+    {
+        tracing::debug!(arenas = cap, "malloc arenas capped at one per core");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

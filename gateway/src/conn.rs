@@ -44,6 +44,8 @@ pub struct Shared {
     pub deadline: CancellationToken,
     /// Running session channels, for `berth session list|kill`.
     pub live: Arc<crate::control::Registry>,
+    /// Gives freed heap memory back to the kernel after connections end (`crate::memory`).
+    pub memory: Arc<crate::memory::Trimmer>,
 }
 
 impl Shared {
@@ -91,6 +93,7 @@ impl Shared {
             draining: CancellationToken::new(),
             deadline: CancellationToken::new(),
             live: Arc::default(),
+            memory: Arc::default(),
         })
     }
 
@@ -141,6 +144,7 @@ impl Drop for Slot {
             .stats
             .sessions_active
             .fetch_sub(1, Ordering::Relaxed);
+        self.shared.memory.ended();
     }
 }
 

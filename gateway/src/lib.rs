@@ -18,6 +18,7 @@ pub mod gate;
 pub mod handler;
 pub mod hostkeys;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod pipe;
 pub mod policy;

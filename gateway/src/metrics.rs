@@ -85,6 +85,7 @@ struct Registered {
     session_paths: Family<2>,
     ensure_running: Family<3>,
     recordings_dropped: Family<2>,
+    memory_trims: Family<2>,
 }
 
 impl Registered {
@@ -208,6 +209,13 @@ impl Registered {
                 "Session recordings stopped before the session ended, by cause (the session went on).",
                 "reason",
                 ["queue_full", "write_failed"],
+            ),
+            memory_trims: family(
+                &r,
+                "berth_gateway_memory_trims_total",
+                "Returns of free heap memory to the kernel after connections ended, by whether the allocator released any.",
+                "result",
+                ["released", "nothing"],
             ),
             page: r.page(),
         }
@@ -417,6 +425,11 @@ pub fn ensure_running(took: Duration, outcome: Result<bool, ()>) {
         Ok(true) => 1,
         Err(()) => 2,
     });
+}
+
+/// Counts one `malloc_trim` after connections ended (`crate::memory::Trimmer`).
+pub fn memory_trimmed(released: bool) {
+    METRICS.memory_trims.inc(usize::from(!released));
 }
 
 /// Appends every gateway metric in the Prometheus text format (0.0.4).

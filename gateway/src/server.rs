@@ -26,6 +26,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
     let accept_stop = CancellationToken::new();
+    let trim_stop = CancellationToken::new();
+    let trimmer = tokio::spawn(shared.memory.clone().run(trim_stop.clone()));
     let mut accepts = Vec::new();
     for listener in listeners {
         let shared = shared.clone();
@@ -65,6 +67,8 @@ pub async fn serve(
         shared.deadline.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     }
+    trim_stop.cancel();
+    let _ = trimmer.await;
     info!("gateway drained");
     Ok(())
 }
@@ -162,6 +166,7 @@ async fn run_connection(
     // unwinding (it owns the stream), but the peer sees the close immediately.
     let _ = std::net::TcpStream::from(killer).shutdown(std::net::Shutdown::Both);
     permit.release();
+    shared.memory.ended();
     if let Some(e) = ended {
         match e {
             russh::Error::WindowExceeded => {

@@ -36,6 +36,18 @@ pub struct Args {
     demo: bool,
 }
 
+impl Args {
+    /// Whether this process will serve SSH (gateway, node or front; all when none is named):
+    /// `main` then caps malloc arenas before the runtime starts (`gateway::memory`).
+    pub fn serves_ssh(&self) -> bool {
+        self.components.is_empty()
+            || self
+                .components
+                .iter()
+                .any(|c| matches!(c, Component::Gateway | Component::Node | Component::Front))
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Component {
     Gateway,
