@@ -149,6 +149,8 @@ enum Outcome {
 /// a background job that kept the pipes or the terminal open must not hold the channel.
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
+// The session's parts, each owned by a different caller-side concern, handed over once.
+#[allow(clippy::too_many_arguments)]
 async fn run_inner(
     spec: Spec,
     bytes_in: Arc<AtomicU64>,
