@@ -264,10 +264,7 @@ async fn a_server_moves_to_another_node_with_its_data_and_logins_follow() -> Res
     }
     let left = r1["unknown"]
         .as_array()
-        .and_then(|a| {
-            a.iter()
-                .find(|u| u["server"] == serde_json::Value::from(id.get()))
-        })
+        .and_then(|a| a.iter().find(|u| u["server"] == id.get()))
         .with_context(|| format!("the copy on n1 is not reported: {r1}"))?;
     assert_eq!(
         left["reason"],
