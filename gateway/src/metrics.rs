@@ -523,7 +523,7 @@ mod tests {
             assert!(series.starts_with("berth_gateway_"), "{line}");
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
-        assert_eq!(families, 20, "{out}");
+        assert_eq!(families, 21, "{out}");
         assert!(auth_count("keyboard-interactive", AuthResult::RateLimited) >= 1);
         assert!(SESSIONS_ACTIVE.get() >= 1);
     }
