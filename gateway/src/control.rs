@@ -95,6 +95,8 @@ pub struct SessionView {
 #[derive(Default)]
 pub struct Registry {
     next: AtomicU64,
+    /// Bumped whenever a session is listed or leaves (what the cluster publisher watches).
+    generation: AtomicU64,
     map: Mutex<HashMap<u64, Arc<Live>>>,
 }
 
@@ -109,6 +111,7 @@ impl Drop for Registration {
         if let Ok(mut m) = self.registry.map.lock() {
             m.remove(&self.live.id);
         }
+        self.registry.generation.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -149,10 +152,16 @@ impl Registry {
             message: Mutex::new(None),
         });
         m.insert(id, live.clone());
+        self.generation.fetch_add(1, Ordering::Relaxed);
         Ok(Registration {
             registry: self.clone(),
             live,
         })
+    }
+
+    /// Changes whenever a session starts or ends.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     fn matching(&self, sel: &Selector) -> Vec<Arc<Live>> {

@@ -22,6 +22,7 @@ pub mod memory;
 pub mod metrics;
 pub mod pipe;
 pub mod policy;
+pub mod publish;
 pub mod recording;
 pub mod server;
 pub mod session;

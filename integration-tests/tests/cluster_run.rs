@@ -1,7 +1,8 @@
 //! The cluster roles as an operator starts them: two `berth run` processes on one Docker host
 //! sharing one real PostgreSQL database — `berth run node` as node n2 (hop endpoint) and
 //! `berth run front` as front f1 on node n1 — and the real OpenSSH client logging in through
-//! the front to a server placed on n2. Then n2 goes away and the client gets one clear line.
+//! the front to a server placed on n2. An operator on another host lists and ends a front's
+//! session through the store. Then n2 goes away and the client gets one clear line.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -134,6 +135,86 @@ async fn a_login_through_a_front_reaches_a_server_on_another_node() -> Result<()
     assert!(front_text.contains("relaying to node"), "{front_text}");
     let node_text = std::fs::read_to_string(&node_log)?;
     assert!(node_text.contains("hop login"), "{node_text}");
+
+    // The operator on another host (n2's config) sees a session held by front f2 through the
+    // store, and ends it: the client is told why.
+    let mut watched = Command::new("ssh");
+    watched
+        .args(client_opts(&key))
+        .arg("-p")
+        .arg(front2_port.to_string())
+        .arg(format!("{user}@127.0.0.1"))
+        .arg("--")
+        .arg("echo started; exec sleep 313")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut watched = watched.spawn().context("spawn the watched session")?;
+    let mut watched_out = watched.stdout.take().context("watched stdout")?;
+    tokio::task::block_in_place(|| -> Result<()> {
+        use std::io::Read;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 64];
+        while !String::from_utf8_lossy(&seen).contains("started") {
+            let n = watched_out.read(&mut buf)?;
+            anyhow::ensure!(n > 0, "the watched session ended before it started");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        Ok(())
+    })?;
+    // Fronts publish within about a second; generous for a loaded machine.
+    let listed = tokio::task::block_in_place(|| -> Result<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let list: serde_json::Value =
+                serde_json::from_str(&ok(&node_cfg, &["session", "list", "--json"], None)?)?;
+            let row = list.as_array().and_then(|a| {
+                a.iter()
+                    .find(|s| s["front"] == "f2" && s["server"] == id.get() && s["kind"] == "exec")
+            });
+            if let Some(row) = row {
+                return Ok(row.clone());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "never listed: {list}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })?;
+    assert_eq!(listed["account"], "alice", "{listed}");
+    assert_eq!(listed["stale"], false, "{listed}");
+    let session_id = listed["id"].as_str().context("session id")?.to_string();
+    assert!(session_id.starts_with("f2/"), "{listed}");
+    let (code, out, err) = berth(
+        &node_cfg,
+        &[
+            "session",
+            "kill",
+            &session_id,
+            "--message",
+            "abuse report 42",
+        ],
+        None,
+    )?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("ended {session_id}")), "{out}{err}");
+    assert!(out.contains("1 session(s) ended"), "{out}{err}");
+    let watched = tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = watched.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = watched.kill();
+        watched.wait_with_output()
+    })?;
+    let said = String::from_utf8_lossy(&watched.stderr);
+    assert!(
+        said.contains("berth: this session was ended by the operator: abuse report 42"),
+        "{said}"
+    );
+    let list = ok(&node_cfg, &["session", "list", "--json"], None)?;
+    assert!(!list.contains(&session_id), "{list}");
 
     // A front killed mid-session: its client's session ends, what the tenant detached keeps
     // running, the session's own processes are hung up on the node, and the client gets in

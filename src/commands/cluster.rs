@@ -1,6 +1,7 @@
 //! The cluster components of `berth run` (docs/CLUSTER.md): `node` (this host's hop endpoint,
 //! its registration with the pinned hop host key, and its heartbeat) and `front` (client SSH
-//! on `[ssh] listen`, authenticated as on a single host, relayed to the server's node).
+//! on `[ssh] listen`, authenticated as on a single host, relayed to the server's node, its live
+//! sessions published to the store for `berth session list|kill`: `gateway::publish`).
 //!
 //! Only the glue between the binary's config and the `hop` crate lives here.
 
@@ -165,7 +166,7 @@ pub async fn run_front(
     let local = local_backend(cfg, &store).await?;
     let relay: Arc<dyn Backend> = Arc::new(hop::RelayBackend::new(
         local,
-        store,
+        store.clone(),
         cfg.cluster.node.clone(),
         key,
     ));
@@ -177,8 +178,18 @@ pub async fn run_front(
         host_keys,
         Arc::new(gateway::Stats::default()),
     );
+    // This front's sessions in the store for `berth session list|kill` on any host; stopped
+    // (and its rows removed) once the gateway has drained.
+    let publish_stop = CancellationToken::new();
+    let publisher = tokio::spawn(gateway::publish::run(
+        shared.live.clone(),
+        store,
+        name.to_string(),
+        publish_stop.clone(),
+    ));
     let _ = ready.send(());
-    gateway::serve(shared, listeners, shutdown)
-        .await
-        .context("front")
+    let served = gateway::serve(shared, listeners, shutdown).await;
+    publish_stop.cancel();
+    let _ = publisher.await;
+    served.context("front")
 }

@@ -1,5 +1,5 @@
 //! `berth session …`: live sessions of the running gateway through its control socket (`list`,
-//! `kill`), and recorded sessions as the store lists them (`recordings`), played back in the
+//! `kill`; in a cluster through the store, where every front publishes its sessions), and recorded sessions as the store lists them (`recordings`), played back in the
 //! terminal (`play`) or written out as the asciicast file (`export`). Exit codes as in
 //! `account.rs`.
 //!
@@ -32,8 +32,9 @@ pub enum Cmd {
     },
     /// End live sessions (their clients are told why): one by id, or all of a server or account.
     Kill {
+        /// As `list` shows it: a number on a single host, `FRONT/N` in a cluster.
         #[arg(required_unless_present_any = ["server", "account"])]
-        id: Option<u64>,
+        id: Option<String>,
         #[arg(long)]
         server: Option<String>,
         #[arg(long)]
@@ -100,6 +101,12 @@ async fn control(path: Option<&Path>, req: Request) -> Result<Reply> {
 }
 
 pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
+    if matches!(cmd, Cmd::List { .. } | Cmd::Kill { .. }) {
+        let cfg = super::load_config(path)?;
+        if !cfg.cluster.node.is_empty() {
+            return across_fronts(path, cmd).await;
+        }
+    }
     match cmd {
         Cmd::List { server, json } => {
             let select = Selector {
@@ -152,6 +159,16 @@ pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
             account,
             message,
         } => {
+            let id = id
+                .map(|id| {
+                    id.parse::<u64>().map_err(|_| {
+                        fail(
+                            exit::DATAERR,
+                            format!("not a session id: {id:?} (this host is not in a cluster: ids are numbers, as `berth session list` shows them)"),
+                        )
+                    })
+                })
+                .transpose()?;
             let select = Selector {
                 id,
                 server: server_arg(server)?.map(|s| s.get()),
@@ -196,6 +213,157 @@ pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
             out.flush().context("write to stdout")?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// How long `kill` waits for the fronts to confirm (they poll every second).
+const KILL_WAIT: Duration = Duration::from_secs(15);
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn stale(s: &tenants::LiveSession, now: i64) -> bool {
+    s.front_seen
+        .is_none_or(|t| now - t > gateway::publish::STALE_AFTER_SECS)
+}
+
+/// `list` and `kill` in a cluster: through the store, where every front publishes its sessions
+/// and picks up kill requests (`gateway::publish`). Rows of a front not seen for
+/// `STALE_AFTER_SECS` are listed as stale (the front may be down or cut off from the store;
+/// its sessions may or may not run) and are not asked to end.
+async fn across_fronts(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
+    let (_cfg, store) = open_store(path).await?;
+    match cmd {
+        Cmd::List { server, json } => {
+            let sel = tenants::LiveSelector {
+                server: server_arg(server)?,
+                ..Default::default()
+            };
+            let list = store.live_sessions(&sel).await.map_err(store_error)?;
+            let now = now_secs();
+            if json {
+                let rows: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|s| {
+                        let mut v = serde_json::to_value(s).unwrap_or_default();
+                        if let Some(m) = v.as_object_mut() {
+                            m.insert("stale".into(), stale(s, now).into());
+                            m.insert("idle_secs".into(), (now - s.last_active).max(0).into());
+                        }
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.id.clone(),
+                        if stale(s, now) {
+                            format!("{} (stale)", s.front)
+                        } else {
+                            s.front.clone()
+                        },
+                        format!("server{}", s.server),
+                        s.account.clone(),
+                        s.peer.clone(),
+                        s.kind.clone(),
+                        format!("{}s", (now - s.started).max(0)),
+                        format!("{}s", (now - s.last_active).max(0)),
+                        s.bytes_in.to_string(),
+                        s.bytes_out.to_string(),
+                        if s.recording { "yes" } else { "no" }.into(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "ID", "FRONT", "SERVER", "ACCOUNT", "PEER", "KIND", "AGE", "IDLE", "IN", "OUT",
+                    "RECORDED",
+                ],
+                &rows,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Kill {
+            id,
+            server,
+            account,
+            message,
+        } => {
+            let id = id
+                .map(|id| {
+                    id.split_once('/')
+                        .and_then(|(f, n)| Some((f.to_string(), n.parse::<u64>().ok()?)))
+                        .ok_or_else(|| {
+                            fail(
+                                exit::DATAERR,
+                                format!("not a session id: {id:?} (in a cluster ids are FRONT/N, as `berth session list` shows them)"),
+                            )
+                        })
+                })
+                .transpose()?;
+            let sel = tenants::LiveSelector {
+                id,
+                server: server_arg(server)?,
+                account,
+            };
+            let message = message.map(|m| gateway::audit::loggable(&m, 200));
+            let alive_since = now_secs() - gateway::publish::STALE_AFTER_SECS;
+            let asked = store
+                .request_session_kill(&sel, message.as_deref(), alive_since)
+                .await
+                .map_err(store_error)?;
+            if asked.is_empty() {
+                let stale_ones = store.live_sessions(&sel).await.map_err(store_error)?;
+                if !stale_ones.is_empty() {
+                    let ids: Vec<&str> = stale_ones.iter().map(|s| s.id.as_str()).collect();
+                    eprintln!(
+                        "berth: {} matching session(s) are on fronts not seen for over {} s and were not asked to end: {}",
+                        ids.len(),
+                        gateway::publish::STALE_AFTER_SECS,
+                        ids.join(" ")
+                    );
+                }
+                println!("0 session(s) ended");
+                return Ok(ExitCode::from(exit::NOUSER));
+            }
+            let deadline = std::time::Instant::now() + KILL_WAIT;
+            let mut left: Vec<String> = asked.clone();
+            while !left.is_empty() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let still: std::collections::HashSet<String> = store
+                    .live_sessions(&sel)
+                    .await
+                    .map_err(store_error)?
+                    .into_iter()
+                    .map(|s| s.id)
+                    .collect();
+                left.retain(|id| still.contains(id));
+            }
+            for id in asked.iter().filter(|id| !left.contains(id)) {
+                println!("ended {id}");
+            }
+            for id in &left {
+                eprintln!(
+                    "berth: {id} was asked to end but its front has not confirmed within {} s",
+                    KILL_WAIT.as_secs()
+                );
+            }
+            println!("{} session(s) ended", asked.len() - left.len());
+            Ok(if left.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(exit::TEMPFAIL)
+            })
+        }
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -69,7 +69,7 @@ pub use provision::{
     Provisioner, ReconcileReport, RunningServer, ServerChange, ServerEndpoint,
 };
 pub use store::{
-    Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Dialect, Front, Node,
-    Placement, Recording, Server, ServerAuth, ServerOperations, ServerSpec, SessionLimitSettings,
-    Store, StoreError,
+    Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Dialect, Front,
+    LiveSelector, LiveSession, LiveSessionRow, Node, Placement, Recording, Server, ServerAuth,
+    ServerOperations, ServerSpec, SessionLimitSettings, Store, StoreError,
 };

@@ -14,7 +14,8 @@
 //! converts them from columns; the queries are grouped by what they touch: [`accounts`],
 //! [`account_keys`], [`servers`], [`auth`] (the gateway's login view), [`audit`] and [`nodes`]
 //! (the cluster tables: nodes, fronts, placements; empty on a single host) and [`operations`]
-//! (per-server recording and bandwidth settings, recorded sessions' metadata).
+//! (per-server recording and bandwidth settings, recorded sessions' metadata) and [`live`]
+//! (the live sessions fronts publish for `berth session list|kill` across hosts).
 
 mod account_keys;
 mod accounts;
@@ -22,6 +23,7 @@ mod audit;
 mod auth;
 mod connection;
 mod error;
+mod live;
 mod model;
 mod nodes;
 mod operations;
@@ -31,6 +33,7 @@ mod url;
 
 pub use connection::{Dialect, Store};
 pub use error::StoreError;
+pub use live::{LiveSelector, LiveSession, LiveSessionRow};
 pub use model::{
     Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Front, Node,
     Placement, Recording, Server, ServerAuth, ServerOperations, ServerSpec, SessionLimitSettings,
