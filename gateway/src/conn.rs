@@ -44,6 +44,8 @@ pub struct Shared {
     pub deadline: CancellationToken,
     /// Running session channels, for `berth session list|kill`.
     pub live: Arc<crate::control::Registry>,
+    /// Each limited server's bandwidth, shared by its channels (`crate::limits`).
+    pub bandwidth: crate::limits::BandwidthPools,
     /// Gives freed heap memory back to the kernel after connections end (`crate::memory`).
     pub memory: Arc<crate::memory::Trimmer>,
 }
@@ -93,6 +95,7 @@ impl Shared {
             draining: CancellationToken::new(),
             deadline: CancellationToken::new(),
             live: Arc::default(),
+            bandwidth: crate::limits::BandwidthPools::default(),
             memory: Arc::default(),
         })
     }

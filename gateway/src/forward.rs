@@ -140,7 +140,8 @@ pub async fn relay(
     closed: &CancellationToken,
     stream: Stream,
 ) -> (u64, u64) {
-    // The server's bandwidth limit, for every kind of forward (the store down: none).
+    // The server's bandwidth limit, shared with its other channels, for every kind of forward
+    // (the store down: none).
     let bandwidth = crate::limits::bandwidth(
         conn.shared
             .backend
@@ -149,6 +150,7 @@ pub async fn relay(
             .as_ref()
             .ok(),
     );
+    let pool = conn.shared.bandwidth.get(conn.login.server, bandwidth);
     let Stream {
         read: mut rd,
         write: wr,
@@ -163,9 +165,9 @@ pub async fn relay(
         writer.id(),
         false,
         bytes_in.clone(),
-        crate::limits::Bucket::new(bandwidth, Instant::now()),
+        crate::limits::Throttle::up(pool.as_ref()),
     ));
-    let mut out_bucket = crate::limits::Bucket::new(bandwidth, Instant::now());
+    let out_bucket = crate::limits::Throttle::down(pool.as_ref());
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         buf.reserve(64 * 1024);
@@ -183,7 +185,7 @@ pub async fn relay(
             break;
         }
         let chunk = buf.split().freeze();
-        crate::limits::throttle(&mut out_bucket, chunk.len()).await;
+        out_bucket.take(chunk.len()).await;
         if !pipe::send_or_closed(&writer, conn, None, chunk, &bytes_out, closed).await {
             break;
         }

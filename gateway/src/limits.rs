@@ -6,10 +6,18 @@
 //! tenant, end the session, or do nothing; the session task owns the clock. The connection-wide
 //! `[ssh] idle_timeout_secs` stays where it is (the connection's watchdog).
 //!
-//! And [`Bucket`], the bandwidth limit (`berth server set --bandwidth`): one token bucket per
-//! channel and direction, so a bulk transfer never delays another channel's keystrokes.
+//! And the bandwidth limit (`berth server set --bandwidth`): the server's total on this gateway,
+//! one token [`Bucket`] per direction shared by all its session and forward channels
+//! ([`ServerBandwidth`], handed out by [`BandwidthPools`]). Bulk channels take turns (each waits
+//! for the debt reserved before it), and a small chunk (a keystroke, its echo) is charged but
+//! does not wait while the debt stays under a second's worth, so keystrokes are not queued behind
+//! a bulk transfer; a flood of small chunks still waits once it has run the debt up.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+use tenants::ServerId;
 
 use crate::config::Config;
 
@@ -223,20 +231,139 @@ impl Bucket {
         self.tokens -= n;
         wait
     }
+}
 
-    /// Waits until `n` bytes may pass.
-    pub async fn take(&mut self, n: usize) {
-        let wait = self.reserve(n, Instant::now());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+/// A chunk this small or smaller is interactive: it passes at once while the shared debt is
+/// under [`Bucket::DEBT_CAP_SECS`] (it is still charged).
+pub const INTERACTIVE_CHUNK: usize = 4096;
+
+impl Bucket {
+    /// How much debt (in seconds of the rate) small chunks may pass over without waiting.
+    pub const DEBT_CAP_SECS: f64 = 1.0;
+
+    /// Sets a new rate (an operator's `server set --bandwidth` reaching running channels when a
+    /// new session of the server starts); the tokens held are kept within the new burst.
+    pub fn set_rate(&mut self, rate: u64) {
+        #[allow(clippy::cast_precision_loss)]
+        let rate = (rate.max(1)) as f64;
+        if (rate - self.rate).abs() > f64::EPSILON {
+            self.rate = rate;
+            self.burst = Self::burst(rate);
+            self.tokens = self.tokens.min(self.burst);
+        }
+    }
+
+    /// [`Bucket::reserve`] for a bucket shared by channels: a chunk of at most
+    /// [`INTERACTIVE_CHUNK`] bytes is charged without waiting while the debt is under
+    /// [`Bucket::DEBT_CAP_SECS`] of the rate.
+    pub fn reserve_shared(&mut self, n: usize, now: Instant) -> Duration {
+        let wait = self.reserve(n, now);
+        if n <= INTERACTIVE_CHUNK && self.tokens > -self.rate * Self::DEBT_CAP_SECS {
+            return Duration::ZERO;
+        }
+        wait
+    }
+}
+
+/// One server's bandwidth limit on this gateway: a bucket per direction, shared by all its
+/// channels (sessions and forwards).
+#[derive(Debug)]
+pub struct ServerBandwidth {
+    /// Container → client.
+    down: Mutex<Bucket>,
+    /// Client → container.
+    up: Mutex<Bucket>,
+}
+
+impl ServerBandwidth {
+    fn new(rate: u64, now: Instant) -> Option<Self> {
+        let b = Bucket::new(rate, now)?;
+        Some(Self {
+            down: Mutex::new(b.clone()),
+            up: Mutex::new(b),
+        })
+    }
+
+    fn set_rate(&self, rate: u64) {
+        for b in [&self.down, &self.up] {
+            b.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .set_rate(rate);
         }
     }
 }
 
-/// [`Bucket::take`] when there is a bucket.
-pub async fn throttle(bucket: &mut Option<Bucket>, n: usize) {
-    if let Some(b) = bucket {
-        b.take(n).await;
+/// The [`ServerBandwidth`] of each limited server with channels open on this gateway (an entry
+/// lives as long as a channel holds it).
+#[derive(Debug, Default)]
+pub struct BandwidthPools {
+    map: Mutex<HashMap<ServerId, Weak<ServerBandwidth>>>,
+}
+
+impl BandwidthPools {
+    /// The shared limit of `server` at `rate` bytes per second (`None` for 0: no limit, no
+    /// bucket). A changed rate applies to the server's running channels too.
+    pub fn get(&self, server: ServerId, rate: u64) -> Option<Arc<ServerBandwidth>> {
+        if rate == 0 {
+            return None;
+        }
+        let mut m = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(pool) = m.get(&server).and_then(Weak::upgrade) {
+            pool.set_rate(rate);
+            return Some(pool);
+        }
+        m.retain(|_, w| w.strong_count() > 0);
+        let pool = Arc::new(ServerBandwidth::new(rate, Instant::now())?);
+        m.insert(server, Arc::downgrade(&pool));
+        Some(pool)
+    }
+}
+
+/// One channel's side of its server's limit, in one direction (or none).
+#[derive(Debug, Clone, Default)]
+pub struct Throttle {
+    pool: Option<Arc<ServerBandwidth>>,
+    up: bool,
+}
+
+impl Throttle {
+    /// Client → container.
+    pub fn up(pool: Option<&Arc<ServerBandwidth>>) -> Self {
+        Self {
+            pool: pool.cloned(),
+            up: true,
+        }
+    }
+
+    /// Container → client.
+    pub fn down(pool: Option<&Arc<ServerBandwidth>>) -> Self {
+        Self {
+            pool: pool.cloned(),
+            up: false,
+        }
+    }
+
+    /// Charges `n` bytes at `now`; how long to wait before passing them on.
+    pub fn reserve(&self, n: usize, now: Instant) -> Duration {
+        let Some(pool) = &self.pool else {
+            return Duration::ZERO;
+        };
+        let bucket = if self.up { &pool.up } else { &pool.down };
+        bucket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .reserve_shared(n, now)
+    }
+
+    /// Waits until `n` bytes may pass (no timer when no wait is due).
+    pub async fn take(&self, n: usize) {
+        let wait = self.reserve(n, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 
@@ -305,6 +432,85 @@ mod tests {
         assert_eq!(b.reserve(64 * 1024, now), Duration::ZERO);
         assert_eq!(b.reserve(64 * 1024, now), Duration::ZERO);
         assert!(b.reserve(32 * 1024, now) > Duration::ZERO);
+    }
+
+    /// Channels sending `chunk`-byte chunks through one shared bucket, each right after its own
+    /// previous wait; when the last of `total` bytes per channel went, and each channel's share.
+    fn share(b: &mut Bucket, t0: Instant, chunks: &[usize], total: usize) -> (f64, Vec<f64>) {
+        let mut ready = vec![t0; chunks.len()];
+        let mut sent = vec![0usize; chunks.len()];
+        let mut done = vec![0.0f64; chunks.len()];
+        while let Some(i) = (0..chunks.len())
+            .filter(|i| sent[*i] < total)
+            .min_by_key(|i| ready[*i])
+        {
+            let now = ready[i];
+            ready[i] = now + b.reserve_shared(chunks[i], now);
+            sent[i] += chunks[i];
+            done[i] = ready[i].duration_since(t0).as_secs_f64();
+        }
+        let end = done.iter().copied().fold(0.0, f64::max);
+        (end, done)
+    }
+
+    #[test]
+    fn a_shared_bucket_holds_the_total_and_bulk_channels_take_turns() {
+        let t0 = Instant::now();
+        let Some(mut b) = Bucket::new(1 << 20, t0) else {
+            panic!("a rate gives a bucket");
+        };
+        // Two bulk channels, 5 MiB each at 1 MiB/s in total: about 10 s, and they finish
+        // together (neither starves the other).
+        let (end, done) = share(&mut b, t0, &[32 * 1024, 32 * 1024], 5 << 20);
+        assert!((9.5..10.2).contains(&end), "10 MiB in total took {end} s");
+        assert!((done[0] - done[1]).abs() < 0.2, "{done:?}");
+        // In the bulk's debt, a keystroke passes at once and a bulk chunk does not.
+        assert!(b.tokens < 0.0);
+        assert_eq!(
+            b.reserve_shared(64, t0 + Duration::from_secs_f64(end)),
+            Duration::ZERO
+        );
+        assert!(b.reserve_shared(32 * 1024, t0 + Duration::from_secs_f64(end)) > Duration::ZERO);
+    }
+
+    #[test]
+    fn a_flood_of_small_chunks_still_keeps_to_the_rate() {
+        let t0 = Instant::now();
+        let Some(mut b) = Bucket::new(1 << 20, t0) else {
+            panic!("a rate gives a bucket");
+        };
+        // 10 MiB in 4 KiB chunks: free only until the debt reaches a second's worth.
+        let (end, _) = share(&mut b, t0, &[INTERACTIVE_CHUNK], 10 << 20);
+        assert!(
+            (8.8..10.2).contains(&end),
+            "10 MiB of small chunks took {end} s"
+        );
+    }
+
+    #[test]
+    fn pools_share_per_server_follow_the_rate_and_go_with_their_channels() {
+        let pools = BandwidthPools::default();
+        let (s1, s2) = (ServerId::new(1), ServerId::new(2));
+        let (Some(s1), Some(s2)) = (s1, s2) else {
+            panic!("valid ids");
+        };
+        assert!(pools.get(s1, 0).is_none());
+        let (Some(a), Some(b), Some(c)) = (
+            pools.get(s1, 1000),
+            pools.get(s1, 2000),
+            pools.get(s2, 1000),
+        ) else {
+            panic!("limited servers get a pool");
+        };
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        let rate = |p: &ServerBandwidth| p.down.lock().map(|b| b.rate).unwrap_or(0.0);
+        assert!((rate(&a) - 2000.0).abs() < 1e-9);
+        drop((a, b));
+        let Some(d) = pools.get(s1, 500) else {
+            panic!("a new pool");
+        };
+        assert!((rate(&d) - 500.0).abs() < 1e-9);
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub async fn pump_input<W: AsyncWrite + Unpin>(
     id: ChannelId,
     keep_open: bool,
     counter: Arc<AtomicU64>,
-    mut bucket: Option<crate::limits::Bucket>,
+    bucket: crate::limits::Throttle,
 ) -> InputEnd {
     let mut owed = 0usize;
     let end = loop {
@@ -68,14 +68,12 @@ pub async fn pump_input<W: AsyncWrite + Unpin>(
                 // The bandwidth limit: the window for these bytes goes back only once they
                 // have gone on, so the client slows down with us; what was written before the
                 // wait is credited first.
-                if let Some(b) = &mut bucket {
-                    let wait = b.reserve(n, std::time::Instant::now());
-                    if !wait.is_zero() {
-                        if owed > 0 {
-                            credit(&conn, id, &mut owed);
-                        }
-                        tokio::time::sleep(wait).await;
+                let wait = bucket.reserve(n, std::time::Instant::now());
+                if !wait.is_zero() {
+                    if owed > 0 {
+                        credit(&conn, id, &mut owed);
                     }
+                    tokio::time::sleep(wait).await;
                 }
                 if sink.write_all(&bytes).await.is_err() {
                     owed += n;

@@ -82,7 +82,10 @@ pub async fn run(spec: Spec) {
     };
     let recording = crate::recording::begin(&conn, &spec.program, spec.pty.as_ref(), &ops);
     let limits = crate::limits::SessionLimits::new(&conn.shared.cfg, ops.as_ref().ok());
-    let bandwidth = crate::limits::bandwidth(ops.as_ref().ok());
+    let bandwidth = conn.shared.bandwidth.get(
+        conn.login.server,
+        crate::limits::bandwidth(ops.as_ref().ok()),
+    );
     let cast = recording.as_ref().and_then(|r| r.cast.clone());
     let outcome = run_inner(
         spec,
@@ -159,7 +162,7 @@ async fn run_inner(
     cast: Option<Arc<crate::recording::Cast>>,
     live: &crate::control::Live,
     mut limits: crate::limits::SessionLimits,
-    bandwidth: u64,
+    bandwidth: Option<Arc<crate::limits::ServerBandwidth>>,
 ) -> Outcome {
     let Spec {
         conn,
@@ -241,9 +244,9 @@ async fn run_inner(
         id,
         keep_stdin_open,
         bytes_in.clone(),
-        crate::limits::Bucket::new(bandwidth, std::time::Instant::now()),
+        crate::limits::Throttle::up(bandwidth.as_ref()),
     ));
-    let mut out_bucket = crate::limits::Bucket::new(bandwidth, std::time::Instant::now());
+    let out_bucket = crate::limits::Throttle::down(bandwidth.as_ref());
     let _abort_input = AbortOnDrop(input_task);
 
     let killed = live.killed();
@@ -267,7 +270,7 @@ async fn run_inner(
                     if let Some(t) = &sftp {
                         t.server_bytes(&b);
                     }
-                    crate::limits::throttle(&mut out_bucket, b.len()).await;
+                    out_bucket.take(b.len()).await;
                     if !pipe::send_or_closed(&writer, &conn, None, b, &bytes_out, &closed).await {
                         control.hangup().await;
                         return Outcome::ClosedByClient;
@@ -277,7 +280,7 @@ async fn run_inner(
                     if let Some(c) = &cast {
                         c.output(&b);
                     }
-                    crate::limits::throttle(&mut out_bucket, b.len()).await;
+                    out_bucket.take(b.len()).await;
                     if !pipe::send_or_closed(&writer, &conn, Some(1), b, &bytes_out, &closed).await {
                         control.hangup().await;
                         return Outcome::ClosedByClient;

@@ -337,22 +337,30 @@ async fn bandwidth_limit_slows_bulk_both_ways_and_other_channels_stay_responsive
     assert!(said.contains("bandwidth 1048576 bytes/s"), "{said}");
     const MIB: usize = 1 << 20;
 
-    // Container → client: 6 MiB at 1 MiB/s takes about 6 s (less the first burst, 100 KiB).
-    // Only a lower bound: a slow machine may take longer.
-    let (out, took) = blocking(|| {
+    // Container → client: the limit is the server's total, so two connections downloading
+    // 3 MiB each at once take about 6 s together (a limit per channel would let them finish in
+    // about 3 s). Only a lower bound: a slow machine may take longer.
+    let (outs, took) = blocking(|| {
         let t0 = Instant::now();
-        let o = h.ssh_exec("head -c 6291456 /dev/zero", b"")?;
-        anyhow::Ok((o, t0.elapsed()))
-    })?;
-    assert_eq!(
-        out.stdout.len(),
-        6 * MIB,
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        let outs = std::thread::scope(|s| {
+            let a = s.spawn(|| h.ssh_exec("head -c 3145728 /dev/zero", b""));
+            let b = s.spawn(|| h.ssh_exec("head -c 3145728 /dev/zero", b""));
+            [a.join(), b.join()]
+        });
+        (outs, t0.elapsed())
+    });
+    for out in outs {
+        let out = out.map_err(|_| anyhow::anyhow!("a download thread panicked"))??;
+        assert_eq!(
+            out.stdout.len(),
+            3 * MIB,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     assert!(
         took >= Duration::from_secs(5),
-        "6 MiB at 1 MiB/s in {took:?}"
+        "2 × 3 MiB at 1 MiB/s in total in {took:?}"
     );
 
     // Client → container: 5 MiB.
