@@ -124,6 +124,9 @@ pub struct ClusterConfig {
     pub front: String,
     /// A node not seen for this long gets no new servers.
     pub node_timeout_secs: u64,
+    /// How often a node starts its servers that should run and recreates lost containers
+    /// whose volume is kept (`berth server reconcile --heal`); 0 turns healing off.
+    pub heal_interval_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -133,6 +136,7 @@ impl Default for ClusterConfig {
             advertise: String::new(),
             front: String::new(),
             node_timeout_secs: 60,
+            heal_interval_secs: 30,
         }
     }
 }

@@ -33,6 +33,7 @@ mod container;
 mod create;
 mod engine;
 mod error;
+mod heal;
 mod lifecycle;
 mod network;
 mod reconcile;
@@ -56,6 +57,7 @@ pub use engine::{
     EngineIsolation, ExecFailed, connect_docker, docker_endpoint, engine_isolation, exec_as_root,
 };
 pub use error::{DockerError, ProvisionError};
+pub use heal::{HealReport, create_grace};
 pub use lifecycle::RunningServer;
 pub use reconcile::{DriftedContainer, ForeignContainer, ReconcileReport};
 pub use set::{Applied, ServerChange};
