@@ -14,9 +14,9 @@
 //! - The fabric bridge lives in a namespace of its own: a bridge in the root namespace would
 //!   pass host↔host frames through br_netfilter into the main dockerd's `FORWARD DROP`.
 //! - Each dockerd runs under `nsenter --net` (not `ip netns exec`, which remounts `/sys` and
-//!   hides the cgroup tree) and `unshare --mount --uts`: the host has a name of its own
-//!   (`n0`, `n1`, …, set with `hostname` before dockerd starts), which its engine reports to
-//!   the swarm as the node's hostname, as distinct hosts do; and the host gets a private `/run` (so
+//!   hides the cgroup tree) and `unshare --mount --uts`. The host has a name of its own (`n0`,
+//!   `n1`, …, set with `hostname` before dockerd starts), which its engine reports to the swarm
+//!   as the node's hostname, as distinct machines do. It gets a private `/run` (so
 //!   `/var/run/docker.sock`, `/run/berth`, `/run/docker/netns` are its own, as on a real host,
 //!   and no system containerd socket is inherited) and a private `/var/lib/berth`. The stack
 //!   file therefore runs unchanged with the same bind paths as production. `/` is made rshared
