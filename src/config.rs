@@ -127,6 +127,9 @@ pub struct ClusterConfig {
     pub front: String,
     /// A node not seen for this long gets no new servers.
     pub node_timeout_secs: u64,
+    /// How often a node starts its servers that should run and recreates lost containers
+    /// whose volume is kept (`berth server reconcile --heal`); 0 turns healing off.
+    pub heal_interval_secs: u64,
     /// Where `node` came from, for error messages: the environment's `BERTH_CLUSTER_NODE`
     /// (which the swarm stack sets to the host's name) or the file.
     #[serde(skip)]
@@ -141,6 +144,7 @@ impl Default for ClusterConfig {
             hop_port: 2200,
             front: String::new(),
             node_timeout_secs: 60,
+            heal_interval_secs: 30,
             node_from_env: false,
         }
     }

@@ -143,6 +143,12 @@ pub async fn run_node(
     };
 
     let provisioner = provisioner(cfg, &store).await?;
+    let healer = spawn_heal(
+        provisioner.clone(),
+        node.clone(),
+        cfg.cluster.heal_interval_secs,
+        shutdown.clone(),
+    );
     let local: Arc<dyn Backend> = Arc::new(TenantsBackend::new(
         store.clone(),
         provisioner.clone(),
@@ -172,7 +178,50 @@ pub async fn run_node(
     let _ = ready.send(());
     let served = gateway::serve(shared, vec![listener], shutdown).await;
     heartbeat.abort();
+    if let Some(h) = healer {
+        h.abort();
+    }
     served.context("node hop endpoint")
+}
+
+/// The node's healing loop (`[cluster] heal_interval_secs`; see `tenants::provision::heal`):
+/// the first pass right away, so a rebooted node brings its servers back without a login.
+fn spawn_heal(
+    prov: tenants::Provisioner,
+    node: String,
+    every_secs: u64,
+    stop: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if every_secs == 0 {
+        tracing::info!(node = %node, "healing is off (cluster.heal_interval_secs = 0)");
+        return None;
+    }
+    let every = Duration::from_secs(every_secs);
+    Some(tokio::spawn(async move {
+        loop {
+            match prov
+                .heal_on(Some(&node), tenants::provision::create_grace(every_secs))
+                .await
+            {
+                Ok(r) if r.is_quiet() => {}
+                Ok(r) => tracing::info!(
+                    node = %node,
+                    started = r.started.len(),
+                    recreated = r.recreated.len(),
+                    left = r.left.len(),
+                    failed = r.failed.len(),
+                    "heal pass"
+                ),
+                Err(e) => {
+                    tracing::warn!(node = %node, error = %e, "heal pass failed; trying again")
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }))
 }
 
 /// `berth run front`: client SSH on `[ssh] listen`, relayed to each server's node.

@@ -33,6 +33,7 @@ mod container;
 mod create;
 mod engine;
 mod error;
+mod heal;
 mod lifecycle;
 mod network;
 mod reconcile;
@@ -57,6 +58,7 @@ pub use engine::{
     swarm_node_addr,
 };
 pub use error::{DockerError, ProvisionError};
+pub use heal::{HealReport, create_grace};
 pub use lifecycle::RunningServer;
 pub use reconcile::{DriftedContainer, ForeignContainer, ReconcileReport};
 pub use set::{Applied, ServerChange};
