@@ -55,6 +55,7 @@ use crate::store::{AuditEvent, AuditKind, Server, Store};
 
 pub use engine::{
     EngineIsolation, ExecFailed, connect_docker, docker_endpoint, engine_isolation, exec_as_root,
+    swarm_node_addr,
 };
 pub use error::{DockerError, ProvisionError};
 pub use heal::{HealReport, create_grace};
