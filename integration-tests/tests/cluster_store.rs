@@ -1,4 +1,4 @@
-//! The cluster tables (nodes, fronts, placements) against real SQLite files and a real
+//! The cluster tables (nodes, fronts, placements, live sessions) against real SQLite files and a real
 //! PostgreSQL server: every test body runs on both backends. What the schema must enforce
 //! across hosts is checked here, where two writers really share one database.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -166,7 +166,97 @@ async fn fronts(kind: DbKind) {
     assert_eq!(all[0].key_line, HOST_KEY_B);
     let err = store.register_front("F 1", HOST_KEY_A).await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidFrontName { .. }), "{err}");
+
+    // Live sessions: the front publishes two, any host lists and selects them, a kill request
+    // reaches only the named one (and only on a front seen recently), the front confirms by
+    // removing the row; removing the front removes its rows.
+    let row = |id: u64, server: u32, account: &str| tenants::LiveSessionRow {
+        local_id: id,
+        server,
+        account: account.into(),
+        peer: "192.0.2.7:40000".into(),
+        kind: "shell".into(),
+        started: 1_000,
+        last_active: 1_010,
+        bytes_in: 5,
+        bytes_out: 7,
+        recording: false,
+    };
+    store.clear_live_sessions("f1").await.unwrap();
+    store
+        .publish_live_sessions("f1", &[row(1, 3, "alice"), row(2, 4, "bob")], &[], true)
+        .await
+        .unwrap();
+    let all = store
+        .live_sessions(&tenants::LiveSelector::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["f1/1", "f1/2"]
+    );
+    assert!(all[0].front_seen.is_some() && !all[0].kill_requested);
+    let by_server = tenants::LiveSelector {
+        server: tenants::ServerId::new(4),
+        ..Default::default()
+    };
+    let listed = store.live_sessions(&by_server).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].account, "bob");
+    // Counters refreshed; a pending kill survives a refresh.
+    let by_account = tenants::LiveSelector {
+        account: Some("alice".into()),
+        ..Default::default()
+    };
+    let far_future = i64::MAX / 2;
+    assert!(
+        store
+            .request_session_kill(&by_account, Some("bye"), far_future)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a front not seen since then is not asked"
+    );
+    assert_eq!(
+        store
+            .request_session_kill(&by_account, Some("bye"), 0)
+            .await
+            .unwrap(),
+        ["f1/1"]
+    );
+    let mut moved = row(1, 3, "alice");
+    moved.bytes_out = 99;
+    store
+        .publish_live_sessions("f1", &[moved], &[], false)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.pending_session_kills("f1").await.unwrap(),
+        [(1, Some("bye".to_string()))]
+    );
+    let one = tenants::LiveSelector {
+        id: Some(("f1".into(), 1)),
+        ..Default::default()
+    };
+    let s1 = store.live_sessions(&one).await.unwrap();
+    assert_eq!(
+        (s1.len(), s1[0].bytes_out, s1[0].kill_requested),
+        (1, 99, true)
+    );
+    store
+        .publish_live_sessions("f1", &[], &[1], false)
+        .await
+        .unwrap();
+    assert!(store.live_sessions(&one).await.unwrap().is_empty());
+    assert!(store.pending_session_kills("f1").await.unwrap().is_empty());
     store.remove_front("f1").await.unwrap();
+    assert!(
+        store
+            .live_sessions(&tenants::LiveSelector::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.fronts().await.unwrap().is_empty());
     let err = store.remove_front("f1").await.unwrap_err();
     assert!(matches!(err, StoreError::UnknownFront(_)), "{err}");
