@@ -29,7 +29,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info};
 
 use crate::backend::{
-    Accepted, BackendError, BoxRead, BoxWrite, Bound, ListenSpec, Listener, Listening, Stream,
+    Accepted, BackendError, Bound, BoxRead, BoxWrite, ListenSpec, Listener, Listening, Stream,
     Target,
 };
 use crate::channel::Input;
