@@ -559,33 +559,52 @@ impl Backend for RelayBackend {
         let (entry, bound) = match spec {
             ListenSpec::Tcp(addr) => {
                 let address = addr.ip().to_string();
-                let port = match route
+                // A named port is known before the node answers: registered first, so that a
+                // connection the node accepts at once is not taken for an unsolicited one.
+                let early =
+                    (addr.port() != 0).then(|| Entry::Tcp(address.clone(), u32::from(addr.port())));
+                if let Some(e) = &early {
+                    route.forwards.add(e, tx.clone());
+                }
+                let asked = route
                     .handle
                     .tcpip_forward(address.clone(), u32::from(addr.port()))
-                    .await
-                {
+                    .await;
+                let port = match asked {
                     // A specific port is answered without one.
-                    Ok(0) => addr.port(),
+                    Ok(0) => Ok(addr.port()),
                     Ok(p) => u16::try_from(p).map_err(|_| {
                         BackendError::Failed(format!("host {node} bound an impossible port {p}"))
-                    })?,
-                    Err(russh::Error::RequestDenied) => return Err(refused("remote forward")),
-                    Err(e) => return Err(hop_error(node, e)),
+                    }),
+                    Err(russh::Error::RequestDenied) => Err(refused("remote forward")),
+                    Err(e) => Err(hop_error(node, e)),
+                };
+                let port = match port {
+                    Ok(p) => p,
+                    Err(e) => {
+                        if let Some(entry) = &early {
+                            route.forwards.remove(entry);
+                        }
+                        return Err(e);
+                    }
                 };
                 let entry = Entry::Tcp(address, u32::from(port));
                 route.forwards.add(&entry, tx);
                 (entry, Bound::Tcp(SocketAddr::new(addr.ip(), port)))
             }
             ListenSpec::Unix(Some(path)) => {
-                match route.handle.streamlocal_forward(path.clone()).await {
-                    Ok(()) => {}
-                    Err(russh::Error::RequestDenied) => {
-                        return Err(refused("unix-socket forward"));
-                    }
-                    Err(e) => return Err(hop_error(node, e)),
-                }
                 let entry = Entry::Unix(path.clone());
                 route.forwards.add(&entry, tx);
+                match route.handle.streamlocal_forward(path.clone()).await {
+                    Ok(()) => {}
+                    Err(e) => {
+                        route.forwards.remove(&entry);
+                        return Err(match e {
+                            russh::Error::RequestDenied => refused("unix-socket forward"),
+                            e => hop_error(node, e),
+                        });
+                    }
+                }
                 (entry, Bound::Unix(path))
             }
             // Agent forwarding: asked of the node on the session channel, when it starts.
@@ -768,12 +787,11 @@ mod tests {
         };
         let (handle_tx, handle_rx) = oneshot::channel();
         tokio::spawn(async move {
-            if let Ok((stream, _)) = listener.accept().await {
-                if let Ok(running) =
+            if let Ok((stream, _)) = listener.accept().await
+                && let Ok(running) =
                     server::run_stream(config, stream, Hostile(Some(handle_tx))).await
-                {
-                    let _ = running.await;
-                }
+            {
+                let _ = running.await;
             }
         });
 
