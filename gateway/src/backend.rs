@@ -128,6 +128,29 @@ pub enum Listening {
         listener: tokio::net::UnixListener,
         path: String,
     },
+    /// A listener the backend holds elsewhere (a relaying backend: in the container on another
+    /// host), whose connections arrive as streams. The accept loop ends when the sender goes.
+    Relayed {
+        incoming: tokio::sync::mpsc::Receiver<Accepted>,
+        bound: Bound,
+    },
+}
+
+/// Where a [`Listening::Relayed`] listener is bound, as the client is told.
+#[derive(Debug, Clone)]
+pub enum Bound {
+    /// The allocated port when port 0 was asked for.
+    Tcp(std::net::SocketAddr),
+    /// The socket path; for agent forwarding, the value the backend expects back as
+    /// `SSH_AUTH_SOCK` in [`ExecRequest::env`] (which it may replace with its own).
+    Unix(String),
+}
+
+/// One connection accepted by a [`Listening::Relayed`] listener.
+pub struct Accepted {
+    pub stream: Stream,
+    /// Who connected, for `forwarded-tcpip` (unknown: reported as `127.0.0.1:0`).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// A [`Listening`] socket and whatever removes it from the container when dropped.

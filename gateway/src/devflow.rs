@@ -6,7 +6,9 @@
 //! (the in-container agent binds the listener as the session user and hands the gateway the
 //! listening socket), so a listener is never on the host's addresses and a socket path is opened
 //! with the session user's permissions. A backend that cannot do that (the attach path) refuses
-//! with a clear message ([`crate::backend::NEEDS_AGENT`]).
+//! with a clear message ([`crate::backend::NEEDS_AGENT`]). A backend that relays to the
+//! container's host hands over a [`Listening::Relayed`] listener instead of a socket; the accept
+//! loops, limits and audit here are the same for both.
 //!
 //! Channels the gateway opens towards the client (`forwarded-tcpip`, `forwarded-streamlocal`,
 //! `auth-agent`) are not in the handler's channel table: their task reads the channel itself and
@@ -26,7 +28,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info};
 
-use crate::backend::{BackendError, ListenSpec, Listener, Listening, Stream, Target};
+use crate::backend::{
+    Accepted, BackendError, Bound, BoxRead, BoxWrite, ListenSpec, Listener, Listening, Stream,
+    Target,
+};
 use crate::channel::Input;
 use crate::config::RemoteForwardBind;
 use crate::conn::Conn;
@@ -181,6 +186,73 @@ fn backend_text(e: BackendError) -> String {
     }
 }
 
+/// The accepting side of a [`Listening`], whichever kind the backend handed over.
+enum Acceptor {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+    Relayed(mpsc::Receiver<Accepted>),
+}
+
+enum Next {
+    Conn(BoxRead, BoxWrite, Option<SocketAddr>),
+    /// A transient failure (out of fds and the like): try again in a moment.
+    Retry,
+    /// The listener is gone (a relayed one's backend let go of it).
+    Ended,
+}
+
+impl Acceptor {
+    fn new(listening: Listening) -> (Bound, Acceptor) {
+        match listening {
+            Listening::Tcp { listener, local } => (Bound::Tcp(local), Acceptor::Tcp(listener)),
+            Listening::Unix { listener, path } => (Bound::Unix(path), Acceptor::Unix(listener)),
+            Listening::Relayed { incoming, bound } => (bound, Acceptor::Relayed(incoming)),
+        }
+    }
+
+    async fn next(&mut self) -> Next {
+        match self {
+            Acceptor::Tcp(l) => match l.accept().await {
+                Ok((s, peer)) => {
+                    let (rd, wr) = s.into_split();
+                    Next::Conn(Box::new(rd), Box::new(wr), Some(peer))
+                }
+                Err(_) => Next::Retry,
+            },
+            Acceptor::Unix(l) => match l.accept().await {
+                Ok((s, _)) => {
+                    let (rd, wr) = s.into_split();
+                    Next::Conn(Box::new(rd), Box::new(wr), None)
+                }
+                Err(_) => Next::Retry,
+            },
+            Acceptor::Relayed(rx) => match rx.recv().await {
+                Some(a) => Next::Conn(a.stream.read, a.stream.write, a.peer),
+                None => Next::Ended,
+            },
+        }
+    }
+
+    /// The next connection, or `None` once `closed` fires or the listener is gone.
+    async fn accept(
+        &mut self,
+        closed: &CancellationToken,
+    ) -> Option<(BoxRead, BoxWrite, Option<SocketAddr>)> {
+        loop {
+            let next = tokio::select! {
+                n = self.next() => n,
+                _ = closed.cancelled() => return None,
+            };
+            match next {
+                Next::Conn(rd, wr, peer) => return Some((rd, wr, peer)),
+                Next::Ended => return None,
+                // Give the system a moment instead of spinning.
+                Next::Retry => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
 /// `tcpip-forward`: a listener in the container; `port` 0 is answered with the allocated one.
 /// Awaited by the handler (the reply must say whether it worked), bounded by
 /// [`BACKEND_TIMEOUT`]; only the asking connection waits, and requests beyond the listener limit
@@ -232,11 +304,8 @@ pub async fn tcpip_forward(conn: &Arc<Conn>, address: &str, port: &mut u32) -> b
             return false;
         }
     };
-    let Listening::Tcp {
-        listener: tcp,
-        local,
-    } = listener.listening
-    else {
+    let (bound, mut acceptor) = Acceptor::new(listener.listening);
+    let Bound::Tcp(local) = bound else {
         return false;
     };
     let key = Key::Tcp(address.to_string(), u32::from(local.port()));
@@ -269,17 +338,8 @@ pub async fn tcpip_forward(conn: &Arc<Conn>, address: &str, port: &mut u32) -> b
     let cleanup = listener.cleanup;
     tokio::spawn(async move {
         let _cleanup = cleanup;
-        loop {
-            let accepted = tokio::select! {
-                a = tcp.accept() => a,
-                _ = closed.cancelled() => break,
-            };
-            let Ok((stream, peer)) = accepted else {
-                // Out of fds and the like: give the system a moment instead of spinning.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            let (rd, wr) = stream.into_split();
+        while let Some((rd, wr, peer)) = acceptor.accept(&closed).await {
+            let peer = peer.unwrap_or_else(|| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0));
             let conn2 = conn.clone();
             let address = address.clone();
             let port = local.port();
@@ -351,7 +411,8 @@ pub async fn streamlocal_forward(conn: &Arc<Conn>, path: &str) -> bool {
             return false;
         }
     };
-    let Listening::Unix { listener: ul, .. } = listener.listening else {
+    let (bound, mut acceptor) = Acceptor::new(listener.listening);
+    let Bound::Unix(_) = bound else {
         return false;
     };
     let key = Key::Unix(path.to_string());
@@ -379,16 +440,7 @@ pub async fn streamlocal_forward(conn: &Arc<Conn>, path: &str) -> bool {
     let cleanup = listener.cleanup;
     tokio::spawn(async move {
         let _cleanup = cleanup;
-        loop {
-            let accepted = tokio::select! {
-                a = ul.accept() => a,
-                _ = closed.cancelled() => break,
-            };
-            let Ok((stream, _)) = accepted else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            let (rd, wr) = stream.into_split();
+        while let Some((rd, wr, _)) = acceptor.accept(&closed).await {
             let conn2 = conn.clone();
             let path2 = path.clone();
             spawn_forwarded(&conn, "forwarded-streamlocal", rd, wr, async move {
@@ -455,11 +507,8 @@ pub async fn agent_socket(
             return Err(e);
         }
     };
-    let Listening::Unix {
-        listener: ul,
-        path: sock_path,
-    } = listener.listening
-    else {
+    let (bound, mut acceptor) = Acceptor::new(listener.listening);
+    let Bound::Unix(sock_path) = bound else {
         conn.devflow.lock().agent_sockets -= 1;
         return Err("no unix listener".into());
     };
@@ -478,16 +527,7 @@ pub async fn agent_socket(
     let cleanup = listener.cleanup;
     tokio::spawn(async move {
         let _cleanup = cleanup;
-        loop {
-            let accepted = tokio::select! {
-                a = ul.accept() => a,
-                _ = closed.cancelled() => break,
-            };
-            let Ok((stream, _)) = accepted else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            let (rd, wr) = stream.into_split();
+        while let Some((rd, wr, _)) = acceptor.accept(&closed).await {
             let conn2 = conn.clone();
             spawn_forwarded(&conn, "auth-agent", rd, wr, async move {
                 conn2.handle.channel_open_agent().await

@@ -130,6 +130,9 @@ pub async fn run(spec: Spec) {
     .await;
 }
 
+/// How long a closed forward channel's last bytes may take to reach the stream.
+const INPUT_DRAIN: Duration = Duration::from_secs(5);
+
 /// Moves bytes between an accepted forward channel and `stream` until either side is done:
 /// client data through `input` (credited once written), stream data to the client through the
 /// channel's window. Returns the bytes moved (to the stream, to the client).
@@ -169,6 +172,7 @@ pub async fn relay(
     ));
     let out_bucket = crate::limits::Throttle::down(pool.as_ref());
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut in_done = false;
     loop {
         buf.reserve(64 * 1024);
         let n = tokio::select! {
@@ -179,7 +183,7 @@ pub async fn relay(
             let _ = writer.eof().await;
             // Close once the client side is finished too (its EOF written out), or gone.
             tokio::select! {
-                _ = &mut in_task => {}
+                _ = &mut in_task => in_done = true,
                 _ = closed.cancelled() => {}
             }
             break;
@@ -189,6 +193,12 @@ pub async fn relay(
         if !pipe::send_or_closed(&writer, conn, None, chunk, &bytes_out, closed).await {
             break;
         }
+    }
+    // What the client sent before it closed the channel still goes to the stream: its queue
+    // ends with the channel, so this waits only for a slow stream (a relayed one waits for the
+    // other host's window), and not forever for one that no longer reads.
+    if !in_done {
+        let _ = tokio::time::timeout(INPUT_DRAIN, &mut in_task).await;
     }
     let _ = writer.close().await;
     in_task.abort();

@@ -11,6 +11,7 @@
 //! front's authenticator does that, and the node re-checks the asserted owner against the store.
 
 mod assertion;
+mod forwards;
 mod gate;
 mod relay;
 pub mod transfer;

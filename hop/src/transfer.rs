@@ -438,7 +438,7 @@ impl TransferClient {
             ..Default::default()
         });
         let login = async {
-            let mut handle = client::connect(config, advertise, Pinned { pin })
+            let mut handle = client::connect(config, advertise, Pinned::closed(pin, node))
                 .await
                 .map_err(|e| step_err(format!("cannot reach host {node} at {advertise}: {e}")))?;
             let auth = handle

@@ -4,8 +4,8 @@
 //! placed on the node in the store, so every login to it through the front crosses the hop.
 //! Real OpenSSH clients, real Docker tenant, real SQLite store.
 
-use std::io::Read;
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,7 +56,7 @@ impl Drop for Cluster {
 
 /// A node "n2" serving the harness's server through its hop endpoint, and a front that is node
 /// "n1" (so the server is not local to it).
-async fn cluster(test: &str) -> Result<Cluster> {
+async fn cluster(test: &str, node_policy: impl FnOnce(&mut gateway::Config)) -> Result<Cluster> {
     let h = GatewayHarness::start_with(test, Options::default()).await?;
     let server = h.server.context("server")?;
     let mut cfg = Options::default().ssh;
@@ -75,8 +75,10 @@ async fn cluster(test: &str) -> Result<Cluster> {
         &cfg,
     ));
     let gate = Arc::new(hop::HopGate::new(h.store.clone(), node_backend.clone()));
+    let mut node_cfg = cfg.clone();
+    node_policy(&mut node_cfg);
     let node_shared = Shared::new(
-        cfg.clone(),
+        node_cfg,
         node_backend,
         gate,
         vec![node_key.clone()],
@@ -160,7 +162,7 @@ fn text(o: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sessions_files_and_forwards_cross_the_hop() -> Result<()> {
-    let c = cluster("hopdata").await?;
+    let c = cluster("hopdata", |_| {}).await?;
     let user = format!("{}@127.0.0.1", c.h.user());
     let port = c.front.port();
 
@@ -245,15 +247,247 @@ async fn sessions_files_and_forwards_cross_the_hop() -> Result<()> {
         assert!(Instant::now() < deadline, "-W never worked: {}", text(&out));
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+
+    // ssh -R 0 and a unix-socket -R across the hop: the node binds them in the container, the
+    // allocated port reaches the client, and connections from inside the tenant reach the
+    // client's side with bytes checked both ways.
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let echo = echo_service(received.clone())?;
+    let greeting = banner("hello through a unix -R over the hop\n")?;
+    let mut fwd = forwarding(
+        &c,
+        &[
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &format!("0:127.0.0.1:{echo}"),
+            "-R",
+            &format!("/tmp/hop-fwd.sock:127.0.0.1:{greeting}"),
+        ],
+    )
+    .stderr(Stdio::piped())
+    .stdout(Stdio::null())
+    .spawn()?;
+    let allocated = blocking(|| allocated_port(&mut fwd))?;
+    let container = c.h.container(id);
+    let out = blocking(|| {
+        Command::new("docker")
+            .args(["exec", &container, "python3", "-c", ECHO_PY])
+            .arg(allocated.to_string())
+            .output()
+    })?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "echoed\n",
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        received.load(std::sync::atomic::Ordering::SeqCst),
+        ECHO_BYTES,
+        "the client's side got other bytes than the tenant sent"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let out = blocking(|| {
+            Command::new("docker")
+                .args(["exec", &container, "python3", "-c", CONNECT_UNIX_PY])
+                .arg("/tmp/hop-fwd.sock")
+                .output()
+        })?;
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello through a unix -R over the hop\n",
+        "{}",
+        text(&out)
+    );
+    stop(fwd);
+
+    // ssh -A: the tenant's ssh-add lists the key held by the client's agent.
+    let (agent, agent_sock) = start_agent(dir, "hop-agent.sock").await?;
+    let key = dir.join("agentkey");
+    let fingerprint = blocking(|| -> Result<String> {
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()?;
+        anyhow::ensure!(st.success(), "ssh-keygen failed");
+        let st = Command::new("ssh-add")
+            .arg(&key)
+            .env("SSH_AUTH_SOCK", &agent_sock)
+            .stderr(Stdio::null())
+            .status()?;
+        anyhow::ensure!(st.success(), "ssh-add failed");
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(key.with_extension("pub"))
+            .output()?;
+        let line = String::from_utf8_lossy(&out.stdout).to_string();
+        line.split_whitespace()
+            .nth(1)
+            .map(str::to_string)
+            .context("no fingerprint")
+    })?;
+    let mut cmd = ssh(&c, port);
+    cmd.env("SSH_AUTH_SOCK", &agent_sock)
+        .arg("-A")
+        .arg(&user)
+        .arg("--")
+        .arg("ssh-add -l; echo rc=$?");
+    let out = blocking(|| run(cmd, b""));
+    stop(agent);
+    let out = out?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&fingerprint) && stdout.contains("rc=0"),
+        "{}",
+        text(&out)
+    );
     Ok(())
+}
+
+/// Bytes the tenant sends through the remote forward (and gets back).
+const ECHO_BYTES: usize = 256 * 400;
+const ECHO_PY: &str = "import socket,sys\ns=socket.create_connection(('127.0.0.1',int(sys.argv[1])),timeout=20)\nd=bytes(range(256))*400\ns.sendall(d)\ns.shutdown(socket.SHUT_WR)\nb=b''\nwhile True:\n  x=s.recv(65536)\n  if not x: break\n  b+=x\nprint('echoed' if b==d else 'differs %d'%len(b))\n";
+const CONNECT_UNIX_PY: &str = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.settimeout(20)\ns.connect(sys.argv[1])\nprint(s.makefile().read(),end='')\n";
+
+/// A TCP service on the client's loopback that sends back what it reads, once the peer's side
+/// ends; `received` counts the bytes it got.
+fn echo_service(received: Arc<std::sync::atomic::AtomicUsize>) -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut buf = Vec::new();
+            if c.read_to_end(&mut buf).is_ok() {
+                received.fetch_add(buf.len(), std::sync::atomic::Ordering::SeqCst);
+                let _ = std::io::Write::write_all(&mut c, &buf);
+            }
+        }
+    });
+    Ok(port)
+}
+
+/// A TCP service on the client's loopback that greets every connection with `msg`.
+fn banner(msg: &'static str) -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = std::io::Write::write_all(&mut c, msg.as_bytes());
+        }
+    });
+    Ok(port)
+}
+
+/// `ssh` through the front with `args` before the destination, at INFO so that the
+/// "Allocated port" line reaches stderr.
+fn forwarding(c: &Cluster, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-o", "LogLevel=INFO"])
+        .args(c.h.ssh_opts())
+        .arg("-p")
+        .arg(c.front.port().to_string())
+        .args(args)
+        .arg(format!("{}@127.0.0.1", c.h.user()));
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Reads the client's stderr until it reports the port allocated for its remote forward.
+fn allocated_port(child: &mut Child) -> Result<u16> {
+    let err = child.stderr.take().context("stderr")?;
+    let mut lines = BufReader::new(err).lines();
+    loop {
+        let line = lines
+            .next()
+            .context("ssh ended before reporting its port")??;
+        if let Some(rest) = line.strip_prefix("Allocated port ") {
+            let p = rest.split_whitespace().next().unwrap_or_default().parse()?;
+            std::thread::spawn(move || for _ in lines {});
+            return Ok(p);
+        }
+    }
+}
+
+/// A real `ssh-agent` listening at `dir/name`.
+async fn start_agent(dir: &std::path::Path, name: &str) -> Result<(Child, std::path::PathBuf)> {
+    let sock = dir.join(name);
+    let agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        anyhow::ensure!(Instant::now() < deadline, "ssh-agent never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((agent, sock))
+}
+
+fn stop(mut c: Child) {
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
 /// Only registered fronts get in, only as the server's owner, and the front refuses a node
 /// whose host key is not the pinned one or that does not answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_hop_trusts_only_pinned_nodes_and_registered_fronts() -> Result<()> {
-    let c = cluster("hoptrust").await?;
+    // The node forbids remote and unix-socket forwards and agent forwarding; the front allows
+    // them.
+    let c = cluster("hoptrust", |cfg| {
+        cfg.allow_remote_forwarding = false;
+        cfg.allow_streamlocal_forwarding = false;
+        cfg.allow_agent_forwarding = false;
+    })
+    .await?;
     let user = c.h.user();
+
+    // Forwards the node's policy refuses are refused at the client, not hung.
+    for fwd in ["0:127.0.0.1:9", "/tmp/hop-refused.sock:127.0.0.1:9"] {
+        let mut cmd = forwarding(&c, &["-o", "ExitOnForwardFailure=yes", "-R", fwd]);
+        cmd.arg("echo should-not-run");
+        let out = blocking(|| run(cmd, b""))?;
+        assert!(!out.status.success(), "-R {fwd}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("forwarding failed"),
+            "-R {fwd}: {}",
+            text(&out)
+        );
+    }
+    // Agent forwarding the node refuses: the session runs without it and says why.
+    let dir = c.h.dir.path();
+    let (agent, agent_sock) = start_agent(dir, "refused-agent.sock").await?;
+    let mut cmd = ssh(&c, c.front.port());
+    cmd.env("SSH_AUTH_SOCK", &agent_sock)
+        .arg("-A")
+        .arg(format!("{user}@127.0.0.1"))
+        .arg("echo sock=${SSH_AUTH_SOCK:-none}");
+    let out = blocking(|| run(cmd, b""));
+    stop(agent);
+    let out = out?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "sock=none\n",
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("agent forwarding unavailable"),
+        "{}",
+        text(&out)
+    );
 
     // A tenant's own key straight at the hop endpoint: refused whatever the user name says.
     for name in [user.clone(), format!("{user}/{}/127.0.0.1", c.h.account)] {
