@@ -118,12 +118,22 @@ pub struct ClusterConfig {
     /// This host's node name (`berth node list`); empty on a single host.
     pub node: String,
     /// `address:port` of this node's internal SSH endpoint, as fronts reach it; `berth run
-    /// node` listens there.
+    /// node` listens there. Empty on a swarm member: the engine's swarm address
+    /// (`docker info`'s `Swarm.NodeAddr`) with `hop_port`.
     pub advertise: String,
+    /// The hop endpoint's port when `advertise` is derived from the engine's swarm address.
+    pub hop_port: u16,
     /// This host's front name (`berth node fronts`); empty: the node name.
     pub front: String,
     /// A node not seen for this long gets no new servers.
     pub node_timeout_secs: u64,
+    /// How often a node starts its servers that should run and recreates lost containers
+    /// whose volume is kept (`berth server reconcile --heal`); 0 turns healing off.
+    pub heal_interval_secs: u64,
+    /// Where `node` came from, for error messages: the environment's `BERTH_CLUSTER_NODE`
+    /// (which the swarm stack sets to the host's name) or the file.
+    #[serde(skip)]
+    pub node_from_env: bool,
 }
 
 impl Default for ClusterConfig {
@@ -131,8 +141,11 @@ impl Default for ClusterConfig {
         Self {
             node: String::new(),
             advertise: String::new(),
+            hop_port: 2200,
             front: String::new(),
             node_timeout_secs: 60,
+            heal_interval_secs: 30,
+            node_from_env: false,
         }
     }
 }
@@ -157,6 +170,15 @@ impl ClusterConfig {
             return Ok(());
         }
         if !tenants::placement::valid_node_name(&self.node) {
+            if self.node_from_env {
+                return Err(format!(
+                    "cluster.node {:?} (from BERTH_CLUSTER_NODE, which deploy/swarm/stack.yml sets to \
+                     the host's name) is not a valid node name ({}): give the host a valid name, \
+                     or set BERTH_CLUSTER_NODE to one",
+                    self.node,
+                    tenants::placement::NODE_NAME_RULE
+                ));
+            }
             return Err(format!(
                 "cluster.node {:?} is not a valid node name ({})",
                 self.node,
@@ -182,6 +204,9 @@ impl ClusterConfig {
                 "cluster.advertise {:?} must be ADDRESS:PORT",
                 self.advertise
             ));
+        }
+        if self.hop_port == 0 {
+            return Err("cluster.hop_port must be a port number (1-65535)".into());
         }
         if self.node_timeout_secs == 0 {
             return Err("cluster.node_timeout_secs must be at least 1".into());
@@ -326,6 +351,7 @@ impl Config {
         }
         if let Some(node) = get("BERTH_CLUSTER_NODE") {
             self.cluster.node = node;
+            self.cluster.node_from_env = true;
         }
         if let Some(advertise) = get("BERTH_CLUSTER_ADVERTISE") {
             self.cluster.advertise = advertise;
@@ -544,6 +570,28 @@ listen = "127.0.0.1:9477"
             let err = cfg.validate().unwrap_err();
             assert!(err.contains(want), "{vars:?}: {err}");
         }
+        // A host name that is no node name (the swarm stack's `{{.Node.Hostname}}`) says where
+        // it came from and what to do; the file's own bad name does not blame the host.
+        let mut cfg = Config::from_toml(shared).unwrap();
+        cfg.apply_env(env(&[("BERTH_CLUSTER_NODE", "Web1.example.com")]));
+        let err = cfg.validate().unwrap_err();
+        assert!(
+            err.contains("\"Web1.example.com\" (from BERTH_CLUSTER_NODE")
+                && err.contains("host's name")
+                && err.contains("give the host a valid name"),
+            "{err}"
+        );
+        let mut cfg = Config::from_toml(&format!("{shared}node = \"N 1\"\n")).unwrap();
+        cfg.apply_env(env(&[]));
+        let err = cfg.validate().unwrap_err();
+        assert!(!err.contains("BERTH_CLUSTER_NODE"), "{err}");
+        // Without advertise the hop port is the default's, and must be a port.
+        let mut cfg = Config::from_toml(shared).unwrap();
+        cfg.apply_env(env(&[("BERTH_CLUSTER_NODE", "n1")]));
+        assert_eq!(cfg.cluster.hop_port, 2200);
+        cfg.cluster.hop_port = 0;
+        assert!(cfg.validate().unwrap_err().contains("cluster.hop_port"));
+
         // A node named by the environment on SQLite is refused like one named in the file.
         let mut cfg = Config::default();
         cfg.apply_env(env(&[("BERTH_CLUSTER_NODE", "n1")]));

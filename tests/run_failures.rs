@@ -141,3 +141,61 @@ fn bad_config_exits_64_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listen_on"), "{err}");
 }
+
+/// A cluster node's identity as `config check` reports it: an explicit `[cluster] advertise`
+/// wins; without it the address comes from the engine's swarm membership, and an engine outside
+/// any swarm gets a line naming the setting to use. A host name that is no node name (the
+/// swarm stack's `BERTH_CLUSTER_NODE`) is refused with exit 64, saying where it came from.
+#[test]
+fn cluster_hop_address_is_reported_and_a_bad_host_name_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let check = |extra: &str, node: &str| {
+        let (cfg, _net) = write_config(dir.path(), 2, extra);
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["config", "check"])
+            .env("BERTH_DATABASE_URL", "postgres://berth@127.0.0.1:1/berth")
+            .env("BERTH_CLUSTER_NODE", node)
+            .env_remove("BERTH_CLUSTER_ADVERTISE")
+            .output()
+            .expect("run berth")
+    };
+    let out = check("[cluster]\nadvertise = \"127.0.0.1:2299\"\n", "n1");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("cluster: node n1, hop endpoint 127.0.0.1:2299 (from cluster.advertise)"),
+        "{text}"
+    );
+
+    let state = Command::new("docker")
+        .args(["info", "--format", "{{.Swarm.LocalNodeState}}"])
+        .output()
+        .expect("run docker info");
+    let out = check("[cluster]\nhop_port = 2301\n", "n1");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    if String::from_utf8_lossy(&state.stdout).trim() == "active" {
+        assert!(
+            text.contains(":2301 (from the swarm address of the engine"),
+            "{text}"
+        );
+    } else {
+        assert!(
+            text.contains("cluster: node n1, hop endpoint unknown (")
+                && text.contains("is not an active swarm member")
+                && text.contains("[cluster] advertise"),
+            "{text}"
+        );
+    }
+
+    let out = check("", "Web1.example.com");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("\"Web1.example.com\" (from BERTH_CLUSTER_NODE")
+            && err.contains("host's name"),
+        "{err}"
+    );
+}

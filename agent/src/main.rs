@@ -364,8 +364,10 @@ fn spawn(
     if sessions.len() >= MAX_SESSIONS {
         return Err("too many sessions".into());
     }
-    let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
-    let mut cmd = Command::new(exe);
+    // The running image itself, not the path it was started from: another gateway process
+    // starting its own agent in this container uploads the binary again, which replaces the
+    // file (the old path then names a deleted file and spawning it fails with ENOENT).
+    let mut cmd = Command::new("/proc/self/exe");
     cmd.arg("--session");
     if pty.is_some() {
         cmd.arg("--tty");

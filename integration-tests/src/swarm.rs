@@ -14,7 +14,9 @@
 //! - The fabric bridge lives in a namespace of its own: a bridge in the root namespace would
 //!   pass host↔host frames through br_netfilter into the main dockerd's `FORWARD DROP`.
 //! - Each dockerd runs under `nsenter --net` (not `ip netns exec`, which remounts `/sys` and
-//!   hides the cgroup tree) and `unshare --mount`: the host gets a private `/run` (so
+//!   hides the cgroup tree) and `unshare --mount --uts`. The host has a name of its own (`n0`,
+//!   `n1`, …, set with `hostname` before dockerd starts), which its engine reports to the swarm
+//!   as the node's hostname, as distinct machines do. It gets a private `/run` (so
 //!   `/var/run/docker.sock`, `/run/berth`, `/run/docker/netns` are its own, as on a real host,
 //!   and no system containerd socket is inherited) and a private `/var/lib/berth`. The stack
 //!   file therefore runs unchanged with the same bind paths as production. `/` is made rshared
@@ -61,6 +63,9 @@ pub struct Host {
     pub netns: String,
     /// Its address on the fabric.
     pub addr: Ipv4Addr,
+    /// Its host name (`n<index>`, in a UTS namespace of its own): what its dockerd reports to
+    /// the swarm as the node's hostname.
+    pub hostname: String,
     /// Its private `/run`, as seen from the root namespace.
     pub run_dir: PathBuf,
     /// Its dockerd's socket, as seen from the root namespace.
@@ -217,6 +222,7 @@ impl Testbed {
                 data_dir: self.data_root.join(i.to_string()),
                 netns: netns.clone(),
                 addr,
+                hostname: format!("n{i}"),
                 dockerd: None,
             };
             // Pushed before anything can fail, so Drop removes what exists.
@@ -257,7 +263,7 @@ impl Testbed {
                 .with_context(|| format!("create {}", log_path.display()))?;
             let i = h.index;
             let script = format!(
-                "set -e; mount -t tmpfs -o size=4g,mode=0711 {netns} {data}; \
+                "set -e; hostname {hostname}; mount -t tmpfs -o size=4g,mode=0711 {netns} {data}; \
                  mount --bind {lib} /var/lib/berth; mount --bind {run} /run; \
                  mount --make-rshared /; exec dockerd --config-file /run/daemon.json \
                  -H unix:///run/docker.sock --data-root {data} --exec-root /run/docker \
@@ -267,11 +273,12 @@ impl Testbed {
                 run = h.run_dir.display(),
                 data = h.data_dir.join("docker").display(),
                 netns = h.netns,
+                hostname = h.hostname,
             );
             // nsenter (no --pid) and unshare (no --fork) exec, so the child is dockerd itself.
             let child = Command::new("nsenter")
                 .arg(format!("--net=/run/netns/{}", h.netns))
-                .args(["unshare", "--mount", "--propagation", "private"])
+                .args(["unshare", "--mount", "--uts", "--propagation", "private"])
                 .args(["sh", "-c", &script])
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().context("dup log")?)

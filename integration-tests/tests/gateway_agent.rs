@@ -129,6 +129,37 @@ print('done')
     assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
     let got = blocking(|| forward_reply(&h, "127.0.0.1:8081"))?;
     assert_eq!(got, "v4 loopback\n");
+
+    // Another gateway process starting its own agent in this container uploads the binary
+    // again, which replaces the file the running agent was started from (as a cluster host's
+    // node and front components do). The running agent still starts sessions: it re-executes
+    // its own image, not the path.
+    let container = h.container(id);
+    let listing = Command::new("docker")
+        .args(["exec", &container, "ls", "/usr/lib/berth"])
+        .output()?;
+    let name = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .find(|l| l.starts_with("berth-agent"))
+        .map(str::to_string)
+        .context("no agent binary in the container")?;
+    let agent = integration_tests::gateway::agent_binary()?;
+    let st = Command::new("docker")
+        .arg("cp")
+        .arg(&agent)
+        .arg(format!("{container}:/usr/lib/berth/{name}"))
+        .status()?;
+    anyhow::ensure!(st.success(), "docker cp the agent");
+    let out = blocking(|| h.ssh_exec("echo after the agent file was replaced", b""))?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "after the agent file was replaced\n"
+    );
     Ok(())
 }
 

@@ -1,17 +1,18 @@
 //! berth's own daemons on a Docker Swarm (`deploy/swarm/`), on the three-host testbed of
-//! `integration_tests::swarm`: the swarm forms, the offline-built daemon image reaches every
-//! engine, `docker stack deploy` of the shipped stack file runs one node task per host, and each
-//! task programs its own host's namespace (nftables table, SSH gateway on the host's address)
-//! while the machine's root namespace and the fabric stay untouched. Then the cluster:
-//! `deploy/swarm/deploy.sh` runs node and front per labelled host on one PostgreSQL in the
-//! fabric, and a login through host 0's front reaches a server on host 1's engine.
+//! `integration_tests::swarm`: the swarm forms with a host name per host, the offline-built
+//! daemon image reaches every engine, and `docker stack deploy` of the shipped stack file runs
+//! the cluster on one PostgreSQL in the fabric — one berth task per host from two global
+//! services, each node named after its host and reachable at its engine's swarm address, each
+//! programming only its own host's namespace. A login through host 0's front reaches a server
+//! on host 1's engine; the PostgreSQL-down drill and a host leaving follow.
 //!
 //! Needs root, dockerd, nftables, the tenant base image and PostgreSQL 15's binaries
 //! (`scripts/test` provides all).
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -60,53 +61,6 @@ impl Drop for Image {
     }
 }
 
-/// Everything a failing deploy should show: task states with their errors, and each host's
-/// berth log tail.
-fn diagnose(tb: &Testbed) -> String {
-    let mut s = String::new();
-    if let Some(first) = tb.hosts.first() {
-        s += &first
-            .docker(&["service", "ps", "--no-trunc", &format!("{STACK}_node")])
-            .unwrap_or_else(|e| format!("{e:#}"));
-    }
-    for h in &tb.hosts {
-        // The newest task that ended says why; else the one running.
-        let ended = h
-            .docker(&[
-                "ps",
-                "-aq",
-                "--filter",
-                &node_filter(),
-                "--filter",
-                "status=exited",
-            ])
-            .unwrap_or_default();
-        let any = h
-            .docker(&["ps", "-aq", "--filter", &node_filter()])
-            .unwrap_or_default();
-        if let Some(id) = ended
-            .split_whitespace()
-            .chain(any.split_whitespace())
-            .next()
-        {
-            let out = h.docker_cmd(&["logs", "--tail", "20", id]).output();
-            if let Ok(out) = out {
-                s += &format!(
-                    "\n--- host {} berth log:\n{}{}",
-                    h.index,
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-        }
-    }
-    s
-}
-
-fn node_filter() -> String {
-    format!("label=com.docker.swarm.service.name={STACK}_node")
-}
-
 fn nft_has_table(out: &std::process::Output) -> bool {
     out.status.success()
 }
@@ -139,190 +93,6 @@ fn write_inputs(dir: &Path, table: &str) -> Result<(PathBuf, PathBuf, PathBuf)> 
         ),
     )?;
     Ok((config, ed, rsa))
-}
-
-fn deploy(manager: &Host, image: &str, config: &Path, ed: &Path, rsa: &Path) -> Result<()> {
-    let out = manager
-        .docker_cmd(&[
-            "stack",
-            "deploy",
-            "--compose-file",
-            &repo().join("deploy/swarm/stack.yml").to_string_lossy(),
-            STACK,
-        ])
-        .env("BERTH_IMAGE", image)
-        .env("BERTH_CONFIG", config)
-        .env("BERTH_HOST_KEY", ed)
-        .env("BERTH_HOST_KEY_RSA", rsa)
-        .env_remove("BERTH_FRONTS")
-        .output()
-        .context("cannot run docker stack deploy")?;
-    if !out.status.success() {
-        bail!(
-            "docker stack deploy failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-#[test]
-fn stack_runs_a_node_task_per_host_that_programs_only_its_own_host() -> Result<()> {
-    let image = Image::build()?;
-    let mut tb = Testbed::start(HOSTS)?;
-    tb.form_swarm()?;
-    let ids = tb.node_ids()?;
-    assert_eq!(ids.len(), HOSTS);
-    tb.load_image(&image.0)?;
-    for h in &tb.hosts {
-        h.docker(&["image", "inspect", &image.0])
-            .with_context(|| format!("image on host {}", h.index))?;
-    }
-
-    let table = format!("bsw{}", std::process::id());
-    let (config, ed, rsa) = write_inputs(&tb.scratch(), &table)?;
-    let manager = &tb.hosts[0];
-    let t = Instant::now();
-    deploy(manager, &image.0, &config, &ed, &rsa)?;
-
-    // A running task of the global service on every node, each on its own engine.
-    let running = wait_for(
-        DEPLOY_TIMEOUT,
-        "a running berth node task on every host",
-        || {
-            let mut n = 0;
-            for (h, id) in tb.hosts.iter().zip(&ids) {
-                let tasks = manager.docker(&[
-                    "node",
-                    "ps",
-                    id,
-                    "--filter",
-                    "desired-state=running",
-                    "--format",
-                    "{{.Name}} {{.CurrentState}}",
-                ])?;
-                let on_node = tasks
-                    .lines()
-                    .any(|l| l.starts_with(&format!("{STACK}_node.")) && l.contains("Running"));
-                let local = h.docker(&["ps", "-q", "--filter", &node_filter()])?;
-                if on_node && local.split_whitespace().count() == 1 {
-                    n += 1;
-                }
-            }
-            Ok(n == HOSTS)
-        },
-    );
-    if let Err(e) = running {
-        bail!("{e:#}\n{}", diagnose(&tb));
-    }
-
-    // Each task programmed its host's namespace.
-    let programmed = wait_for(
-        DEPLOY_TIMEOUT,
-        "berth's table in every host namespace",
-        || {
-            for h in &tb.hosts {
-                if !nft_has_table(&h.in_netns(&["nft", "list", "table", "inet", &table])?) {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        },
-    );
-    if let Err(e) = programmed {
-        bail!("{e:#}\n{}", diagnose(&tb));
-    }
-    let deployed = t.elapsed();
-    for h in &tb.hosts {
-        let rules = h.in_netns(&["nft", "list", "table", "inet", &table])?;
-        let text = String::from_utf8_lossy(&rules.stdout);
-        assert!(
-            text.contains("chain tenant_forward") && text.contains("set deny4"),
-            "host {}: not berth's ruleset:\n{text}",
-            h.index
-        );
-    }
-    // Each task drove its own host's engine through the bound socket: the tenant network
-    // exists there, with its bridge in that host's namespace.
-    for h in &tb.hosts {
-        let net = h.docker(&[
-            "network",
-            "inspect",
-            "berth-tenants",
-            "--format",
-            "{{index .Options \"com.docker.network.bridge.name\"}}",
-        ])?;
-        assert_eq!(net.trim(), "berth0", "host {}", h.index);
-        let link = h.in_netns(&["ip", "link", "show", "berth0"])?;
-        assert!(link.status.success(), "host {}: no berth0", h.index);
-    }
-    let root = Command::new("nft")
-        .args(["list", "table", "inet", &table])
-        .output()?;
-    assert!(
-        !nft_has_table(&root),
-        "the machine's root namespace got berth's table {table}"
-    );
-    let fabric = nsenter(&tb.fabric, &["nft", "list", "table", "inet", &table])?;
-    assert!(
-        !nft_has_table(&fabric),
-        "the fabric namespace got berth's table {table}"
-    );
-
-    // Each host's gateway answers on that host's address, from the fabric and from another
-    // host (the path a front's hop will take).
-    for h in &tb.hosts {
-        let addr = SocketAddr::new(h.addr.into(), 2222);
-        let banner = banner_from(&tb.fabric, addr, DEPLOY_TIMEOUT)?;
-        assert!(
-            banner.starts_with("SSH-2.0-berth"),
-            "host {}: banner {banner:?}\n{}",
-            h.index,
-            diagnose(&tb)
-        );
-    }
-    let other = SocketAddr::new(tb.hosts[0].addr.into(), 2222);
-    let banner = banner_from(&tb.hosts[1].netns, other, DEPLOY_TIMEOUT)?;
-    assert!(
-        banner.starts_with("SSH-2.0-berth"),
-        "host 1 → host 0: {banner:?}"
-    );
-
-    // The front service is declared, bound to labelled nodes, and runs nothing yet.
-    let front = manager.docker(&[
-        "service",
-        "inspect",
-        &format!("{STACK}_front"),
-        "--format",
-        "{{.Spec.Mode.Replicated.Replicas}} {{.Spec.TaskTemplate.Placement.Constraints}}",
-    ])?;
-    assert_eq!(
-        front.trim(),
-        "0 [node.labels.berth.front == true]",
-        "front service"
-    );
-
-    // Dropping the testbed removes all of it, including the daemons' cgroups (which exist
-    // now: containers ran under each `--cgroup-parent`).
-    let footprint = Footprint::of(&tb);
-    assert_eq!(footprint.pids.len(), HOSTS);
-    for h in &tb.hosts {
-        assert!(
-            !cgroups_of(&h.netns).is_empty(),
-            "no cgroup for {}",
-            h.netns
-        );
-    }
-    let timings = tb.timings.clone();
-    drop(tb);
-    footprint.assert_gone();
-
-    eprintln!(
-        "swarm testbed timings: network {:?}, {HOSTS} daemons {:?}, swarm {:?}, image load {:?}, \
-         deploy until every host is programmed {:?}",
-        timings.network, timings.daemons, timings.swarm, timings.image_load, deployed
-    );
-    Ok(())
 }
 
 /// What a testbed owns outside itself, to check it is gone after Drop.
@@ -376,11 +146,23 @@ impl Footprint {
     }
 }
 
-/// A testbed dropped early (swarm formed, nothing deployed) leaves nothing behind either.
+/// Each testbed host has a name of its own, and a testbed dropped early (swarm formed, nothing
+/// deployed) leaves nothing behind either.
 #[test]
-fn testbed_dropped_before_any_deploy_leaves_nothing_behind() -> Result<()> {
+fn testbed_hosts_have_their_own_names_and_an_early_drop_leaves_nothing_behind() -> Result<()> {
     let mut tb = Testbed::start(2)?;
     tb.form_swarm()?;
+    // Each host has its own name, and the swarm knows its nodes by them.
+    let names = tb.hosts[0].docker(&["node", "ls", "--format", "{{.Hostname}}"])?;
+    let mut names: Vec<&str> = names.lines().collect();
+    names.sort();
+    assert_eq!(names, ["n0", "n1"]);
+    for h in &tb.hosts {
+        assert_eq!(
+            h.docker(&["info", "--format", "{{.Name}}"])?.trim(),
+            h.hostname
+        );
+    }
     let footprint = Footprint::of(&tb);
     assert_eq!(footprint.pids.len(), 2);
     for d in &footprint.dirs {
@@ -391,10 +173,11 @@ fn testbed_dropped_before_any_deploy_leaves_nothing_behind() -> Result<()> {
     Ok(())
 }
 
-/// The cluster stack (`deploy/swarm/deploy.sh`): one service per labelled node with its own
-/// identity, all on one PostgreSQL in the fabric. A login through host 0's front reaches a
-/// server that lives on host 1's own dockerd (the hop across engines); host 1's node gone, the
-/// same login gets one clear line.
+/// The cluster stack (`deploy/swarm/stack.yml`): two global services, one berth task per host,
+/// each taking its node name from its host's name and its hop address from its engine's swarm
+/// address, all on one PostgreSQL in the fabric. Each task programs only its own host; a login
+/// through host 0's front reaches a server on host 1's own dockerd (the hop across engines).
+/// Then the PostgreSQL-down drill, and host 1 going away.
 #[test]
 fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<()> {
     let started = Instant::now();
@@ -404,36 +187,28 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
     let mut tb = Testbed::start(HOSTS)?;
     tb.form_swarm()?;
     let ids = tb.node_ids()?;
+    assert_eq!(ids.len(), HOSTS);
     tb.load_images(&[&image.0, &tenant_image])?;
+    for h in &tb.hosts {
+        h.docker(&["image", "inspect", &image.0])
+            .with_context(|| format!("image on host {}", h.index))?;
+    }
     let t = Instant::now();
     let url = tb.start_postgres()?;
     let postgres_up = t.elapsed();
 
-    // The operator's labels: name and hop address per node; no front on host 2.
+    // The operator's labels: fronts on hosts 0 and 1, none on host 2. Nothing names the nodes
+    // or their hop addresses: the swarm knows both.
     let manager = &tb.hosts[0];
-    for (h, id) in tb.hosts.iter().zip(&ids) {
-        let mut args = vec![
-            "node".to_string(),
-            "update".into(),
-            "--label-add".into(),
-            format!("berth.node=n{}", h.index),
-            "--label-add".into(),
-            format!("berth.advertise={}:2200", h.addr),
-        ];
-        if h.index == 2 {
-            args.extend(["--label-add".into(), "berth.front=false".into()]);
-        }
-        args.push(id.clone());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        manager.docker(&args)?;
+    for id in &ids[..2] {
+        manager.docker(&["node", "update", "--label-add", "berth.front=true", id])?;
     }
 
     let table = format!("bsc{}", std::process::id());
     let dir = tb.scratch();
     let (config, ed, rsa) = write_inputs(&dir, &table)?;
-    // The shared config names the cluster's database (top level, so before any table) and the
-    // tenant image loaded on the hosts.
-    // The database URL travels as a swarm secret (BERTH_DATABASE_URL_FILE), not in the config.
+    // The shipped config plus the tenant image loaded on the hosts; the database URL travels
+    // as a swarm secret, not in the config.
     let text = std::fs::read_to_string(&config)?;
     std::fs::write(
         &config,
@@ -442,48 +217,65 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
     let url_file = dir.join("database_url");
     std::fs::write(&url_file, format!("{url}\n"))?;
     let t = Instant::now();
-    let out = Command::new(repo().join("deploy/swarm/deploy.sh"))
-        .args(["--stack", STACK])
-        .env(
-            "DOCKER_HOST",
-            format!("unix://{}", manager.socket.display()),
-        )
-        .env_remove("DOCKER_CONTEXT")
+    let out = manager
+        .docker_cmd(&[
+            "stack",
+            "deploy",
+            "--compose-file",
+            &repo().join("deploy/swarm/stack.yml").to_string_lossy(),
+            STACK,
+        ])
         .env("BERTH_IMAGE", &image.0)
         .env("BERTH_CONFIG", &config)
         .env("BERTH_HOST_KEY", &ed)
         .env("BERTH_HOST_KEY_RSA", &rsa)
         .env("BERTH_DATABASE_URL_FILE", &url_file)
         .output()
-        .context("cannot run deploy/swarm/deploy.sh")?;
+        .context("cannot run docker stack deploy")?;
     if !out.status.success() {
-        bail!(
-            "deploy.sh failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("docker stack deploy failed: {}", out_text(&out));
     }
-    let services = manager.docker(&["service", "ls", "--format", "{{.Name}}"])?;
+    let services = manager.docker(&["service", "ls", "--format", "{{.Name}} {{.Mode}}"])?;
     let mut services: Vec<&str> = services.lines().collect();
     services.sort();
     assert_eq!(
         services,
-        ["berth_node-n0", "berth_node-n1", "berth_node-n2"],
-        "one service per labelled node"
+        ["berth_front global", "berth_node global"],
+        "two global services"
     );
+    for (service, want) in [
+        ("front", "[node.labels.berth.front == true]"),
+        ("node", "[node.labels.berth.front != true]"),
+    ] {
+        let c = manager.docker(&[
+            "service",
+            "inspect",
+            &format!("{STACK}_{service}"),
+            "--format",
+            "{{.Spec.TaskTemplate.Placement.Constraints}}",
+        ])?;
+        assert_eq!(c.trim(), want, "{service} constraints");
+    }
 
-    // Every node registered and ready, seen from host 0's task.
-    let task = |h: &Host| -> Result<String> {
-        let filter = format!(
-            "label=com.docker.swarm.service.name={STACK}_node-n{}",
-            h.index
-        );
-        let ids = h.docker(&["ps", "-q", "--filter", &filter])?;
-        ids.split_whitespace()
-            .next()
-            .map(str::to_string)
-            .with_context(|| format!("no running berth task on host {}", h.index))
-    };
+    // Exactly one running berth task per host, on that host's own engine, from the service
+    // its label selects.
+    let running = wait_for(DEPLOY_TIMEOUT, "one running berth task per host", || {
+        for h in &tb.hosts {
+            let want = service_of(h);
+            let mine = h.docker(&["ps", "-q", "--filter", &service_filter(want)])?;
+            let other = if want == "front" { "node" } else { "front" };
+            let theirs = h.docker(&["ps", "-q", "--filter", &service_filter(other)])?;
+            if mine.split_whitespace().count() != 1 || !theirs.trim().is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    });
+    if let Err(e) = running {
+        bail!("{e:#}\n{}", cluster_logs(&tb));
+    }
+
+    // Every node registered under its host's name, at its engine's swarm address, and ready.
     let cli = |h: &Host, args: &[&str]| -> Result<String> {
         let id = task(h)?;
         let mut v = vec!["exec", &id, "berth", "--config", "/etc/berth/berth.toml"];
@@ -491,13 +283,7 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
         h.docker(&v)
     };
     let ready = wait_for(DEPLOY_TIMEOUT, "three ready nodes in the store", || {
-        let list: serde_json::Value =
-            serde_json::from_str(&cli(manager, &["node", "list", "--json"])?)?;
-        let ready = list
-            .as_array()
-            .map(|a| a.iter().filter(|n| n["state"] == "ready").count())
-            .unwrap_or(0);
-        Ok(ready == HOSTS)
+        Ok(ready_nodes(&cli(manager, &["node", "list", "--json"])?)? == HOSTS)
     });
     if let Err(e) = ready {
         bail!("{e:#}\n{}", cluster_logs(&tb));
@@ -507,10 +293,28 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
     for h in &tb.hosts {
         let row = list
             .as_array()
-            .and_then(|a| a.iter().find(|n| n["name"] == format!("n{}", h.index)))
-            .with_context(|| format!("n{} listed: {list}", h.index))?;
+            .and_then(|a| a.iter().find(|n| n["name"] == h.hostname.as_str()))
+            .with_context(|| format!("{} listed: {list}", h.hostname))?;
         assert_eq!(row["advertise"], format!("{}:2200", h.addr), "{list}");
+        // The task says which address it chose and why.
+        let log = task_log(h)?;
+        assert!(
+            log.contains("hop endpoint address")
+                && log.contains(&format!("{}:2200", h.addr))
+                && log.contains("swarm address of the engine"),
+            "host {}: {log}",
+            h.index
+        );
     }
+    // `config check` in a task shows the same choice.
+    let check = cli(&tb.hosts[2], &["config", "check"])?;
+    assert!(
+        check.contains(&format!(
+            "cluster: node n2, hop endpoint {}:2200 (from the swarm address of the engine",
+            tb.hosts[2].addr
+        )),
+        "{check}"
+    );
     // Fronts where the labels say: n0 and n1 (each registers when its front starts, after its
     // node), and their listeners up; never n2.
     wait_for(DEPLOY_TIMEOUT, "fronts n0 and n1 registered", || {
@@ -529,6 +333,41 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
     let fronts = cli(manager, &["node", "fronts"])?;
     assert!(!fronts.contains("n2"), "{fronts}");
     let deployed = t.elapsed();
+
+    // Each task programmed its own host's namespace and drove its own host's engine: berth's
+    // table, and the tenant network with its bridge in that host's namespace. The machine's
+    // root namespace and the fabric are untouched.
+    for h in &tb.hosts {
+        let rules = h.in_netns(&["nft", "list", "table", "inet", &table])?;
+        let text = String::from_utf8_lossy(&rules.stdout);
+        assert!(
+            text.contains("chain tenant_forward") && text.contains("set deny4"),
+            "host {}: not berth's ruleset:\n{text}",
+            h.index
+        );
+        let net = h.docker(&[
+            "network",
+            "inspect",
+            "berth-tenants",
+            "--format",
+            "{{index .Options \"com.docker.network.bridge.name\"}}",
+        ])?;
+        assert_eq!(net.trim(), "berth0", "host {}", h.index);
+        let link = h.in_netns(&["ip", "link", "show", "berth0"])?;
+        assert!(link.status.success(), "host {}: no berth0", h.index);
+    }
+    let root = Command::new("nft")
+        .args(["list", "table", "inet", &table])
+        .output()?;
+    assert!(
+        !nft_has_table(&root),
+        "the machine's root namespace got berth's table {table}"
+    );
+    let fabric = nsenter(&tb.fabric, &["nft", "list", "table", "inet", &table])?;
+    assert!(
+        !nft_has_table(&fabric),
+        "the fabric namespace got berth's table {table}"
+    );
 
     // An account with a key (from host 0), a server created on host 1 by host 1's node.
     let key = dir.join("id_ed25519");
@@ -620,7 +459,7 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
         "hop endpoints from a tenant"
     );
 
-    // Host 1's own front serves its own server without a hop; host 2 (berth.front=false)
+    // Host 1's own front serves its own server without a hop; host 2 (no berth.front label)
     // has no client listener at all.
     let out = fabric_ssh(&tb, &key, &user, host1, "hostname")?;
     assert!(out.status.success(), "{}", out_text(&out));
@@ -642,12 +481,14 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
         out_text(&out)
     );
 
-    // Host 1's node goes away: the next login through host 0 gets one clear line.
-    manager.docker(&["service", "rm", &format!("{STACK}_node-n1")])?;
+    let drill = postgres_down_drill(&tb, &key, &user, &cli)?;
+
+    // Host 1 leaves service (drained): its berth task stops, and the next login through host
+    // 0 gets one clear line.
+    manager.docker(&["node", "update", "--availability", "drain", &ids[1]])?;
     wait_for(DEPLOY_TIMEOUT, "host 1's berth task gone", || {
-        let filter = format!("label=com.docker.swarm.service.name={STACK}_node-n1");
         Ok(host1
-            .docker(&["ps", "-q", "--filter", &filter])?
+            .docker(&["ps", "-q", "--filter", &service_filter("front")])?
             .trim()
             .is_empty())
     })?;
@@ -663,7 +504,17 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
     );
     assert!(refused < Duration::from_secs(20), "took {refused:?}");
 
+    // Dropping the testbed removes all of it, including the daemons' cgroups (which exist
+    // now: containers ran under each `--cgroup-parent`) and the fabric's postgres.
     let footprint = Footprint::of(&tb);
+    assert_eq!(footprint.pids.len(), HOSTS);
+    for h in &tb.hosts {
+        assert!(
+            !cgroups_of(&h.netns).is_empty(),
+            "no cgroup for {}",
+            h.netns
+        );
+    }
     let pg = tb.postgres_pid().context("postgres pid")?;
     let timings = tb.timings.clone();
     drop(tb);
@@ -673,13 +524,276 @@ fn cluster_stack_relays_a_login_to_a_server_on_another_hosts_engine() -> Result<
         "the fabric's postgres {pg} still runs"
     );
     eprintln!(
-        "swarm cluster timings: image load {:?}, postgres {postgres_up:?}, deploy until 3 nodes \
-         ready and 2 fronts listening {deployed:?}, server create on host 1 {created:?}, first login across the hop \
-         {login:?}, unreachable answer {refused:?}, whole test {:?}",
+        "swarm cluster timings: network {:?}, {HOSTS} daemons {:?}, swarm {:?}, image load {:?}, \
+         postgres {postgres_up:?}, deploy until 3 nodes ready and 2 fronts listening \
+         {deployed:?}, server create on host 1 {created:?}, first login across the hop \
+         {login:?}, {drill}, unreachable answer {refused:?}, whole test {:?}",
+        timings.network,
+        timings.daemons,
+        timings.swarm,
         timings.image_load,
         started.elapsed()
     );
     Ok(())
+}
+
+/// How many rows of `berth node list --json` are ready.
+fn ready_nodes(json: &str) -> Result<usize> {
+    let list: serde_json::Value = serde_json::from_str(json)?;
+    Ok(list
+        .as_array()
+        .map(|a| a.iter().filter(|n| n["state"] == "ready").count())
+        .unwrap_or(0))
+}
+
+/// The PostgreSQL-down drill (docs/MULTIHOST.md, "Failure behaviour"): the fabric refuses the
+/// database port (a reset for every packet, as a stopped server answers) while the PostgreSQL
+/// process keeps running. A session open through host 0's front to server1 on host 1 keeps
+/// working; new logins fail with the clear line within a bounded time; every berth task and
+/// the tenant keep running; once the port is open again a new login works and every node is
+/// ready. Returns its timings for the test's summary line.
+fn postgres_down_drill(
+    tb: &Testbed,
+    key: &Path,
+    user: &str,
+    cli: &dyn Fn(&Host, &[&str]) -> Result<String>,
+) -> Result<String> {
+    let front = &tb.hosts[0];
+    let tenant_host = &tb.hosts[1];
+    let tasks: Vec<String> = tb.hosts.iter().map(task).collect::<Result<_>>()?;
+    let tenant_started = |h: &Host| {
+        h.docker(&[
+            "inspect",
+            "--format",
+            "{{.State.Running}} {{.State.StartedAt}}",
+            "berth-server-1",
+        ])
+    };
+    let tenant_before = tenant_started(tenant_host)?;
+    assert!(tenant_before.starts_with("true "), "{tenant_before}");
+
+    let mut held = HeldSession::open(tb, key, user, front)
+        .with_context(|| format!("before the outage\n{}", cluster_logs(tb)))?;
+    let cut = DatabaseCut::new(tb)?;
+    let t = Instant::now();
+    let mut told = None;
+    for attempt in 0..3 {
+        let a = Instant::now();
+        let out = fabric_ssh_cmd(tb, key, user, front, "INFO", "true")
+            .output()
+            .context("ssh")?;
+        let took = a.elapsed();
+        assert!(
+            !out.status.success(),
+            "attempt {attempt}: {}",
+            out_text(&out)
+        );
+        assert!(
+            took < Duration::from_secs(20),
+            "attempt {attempt} took {took:?}: {}",
+            out_text(&out)
+        );
+        if String::from_utf8_lossy(&out.stderr).contains("account database is unreachable") {
+            told = Some((attempt, took));
+            break;
+        }
+    }
+    let Some((attempt, told_in)) = told else {
+        bail!(
+            "no login was told the database is unreachable\n{}",
+            cluster_logs(tb)
+        );
+    };
+    // The open session, relayed across the hop, still answers.
+    let answer = held
+        .round_trip("ping")
+        .with_context(|| format!("during the outage\n{}", cluster_logs(tb)))?;
+    assert_eq!(answer, "got ping", "the open session");
+    // Nothing restarted: the same berth task on every host, the same tenant container.
+    for (h, before) in tb.hosts.iter().zip(&tasks) {
+        assert_eq!(&task(h)?, before, "host {}'s berth task restarted", h.index);
+    }
+    assert_eq!(tenant_started(tenant_host)?, tenant_before, "the tenant");
+    let down = t.elapsed();
+
+    drop(cut);
+    let t = Instant::now();
+    wait_for(
+        Duration::from_secs(60),
+        "a login after the database returned",
+        || {
+            let out = fabric_ssh(tb, key, user, front, "echo back")?;
+            Ok(out.status.success() && String::from_utf8_lossy(&out.stdout) == "back\n")
+        },
+    )?;
+    let resumed = t.elapsed();
+    let answer = held
+        .round_trip("pong")
+        .with_context(|| format!("after the outage\n{}", cluster_logs(tb)))?;
+    assert_eq!(answer, "got pong", "the open session");
+    held.close();
+    wait_for(Duration::from_secs(30), "three ready nodes again", || {
+        Ok(ready_nodes(&cli(front, &["node", "list", "--json"])?)? == HOSTS)
+    })?;
+    Ok(format!(
+        "database down: login {attempt} told why in {told_in:?} (drill {down:?}), first login \
+         after it returned {resumed:?}"
+    ))
+}
+
+/// The fabric refusing the database port for as long as this lives: an nftables table of the
+/// test's own in the fabric namespace, answering every TCP packet to 5432 with a reset.
+struct DatabaseCut {
+    netns: String,
+    table: String,
+}
+
+impl DatabaseCut {
+    fn new(tb: &Testbed) -> Result<DatabaseCut> {
+        let cut = DatabaseCut {
+            netns: tb.fabric.clone(),
+            table: format!("pgcut{}", std::process::id()),
+        };
+        let t = cut.table.as_str();
+        for args in [
+            &["nft", "add", "table", "inet", t][..],
+            &[
+                "nft",
+                "add",
+                "chain",
+                "inet",
+                t,
+                "input",
+                "{ type filter hook input priority -10; }",
+            ],
+            &[
+                "nft", "add", "rule", "inet", t, "input", "tcp", "dport", "5432", "reject", "with",
+                "tcp", "reset",
+            ],
+        ] {
+            let out = nsenter(&cut.netns, args)?;
+            if !out.status.success() {
+                bail!("{} in {}: {}", args.join(" "), cut.netns, out_text(&out));
+            }
+        }
+        Ok(cut)
+    }
+}
+
+impl Drop for DatabaseCut {
+    fn drop(&mut self) {
+        let _ = nsenter(
+            &self.netns,
+            &["nft", "delete", "table", "inet", &self.table],
+        );
+    }
+}
+
+/// An interactive session through a front: each line written comes back as "got LINE".
+struct HeldSession {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// What ssh said on stderr, once it ended.
+    errors: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl HeldSession {
+    fn open(tb: &Testbed, key: &Path, user: &str, front: &Host) -> Result<HeldSession> {
+        let mut child = fabric_ssh_cmd(
+            tb,
+            key,
+            user,
+            front,
+            "ERROR",
+            "echo open; while read line; do echo \"got $line\"; done",
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("ssh")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("ssh stdout")?;
+        let mut stderr = child.stderr.take().context("ssh stderr")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let errors = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = errors.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            if let Ok(mut e) = sink.lock() {
+                *e = text;
+            }
+        });
+        let mut held = HeldSession {
+            child,
+            stdin,
+            lines,
+            errors,
+        };
+        let first = held.next_line().context("opening the held session")?;
+        assert_eq!(first, "open", "the session opens");
+        Ok(held)
+    }
+
+    fn next_line(&mut self) -> Result<String> {
+        self.lines
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|e| {
+                std::thread::sleep(Duration::from_millis(200));
+                let said = self.errors.lock().map(|e| e.clone()).unwrap_or_default();
+                anyhow::anyhow!(
+                    "no answer from the open session within 30 s ({e}); ssh said: {said}"
+                )
+            })
+    }
+
+    fn round_trip(&mut self, line: &str) -> Result<String> {
+        let stdin = self.stdin.as_mut().context("session closed")?;
+        writeln!(stdin, "{line}").context("write to the open session")?;
+        stdin.flush()?;
+        self.next_line()
+    }
+
+    fn close(mut self) {
+        self.stdin.take();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HeldSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which service runs on host `h` in the test's labelling: a front on hosts 0 and 1.
+fn service_of(h: &Host) -> &'static str {
+    if h.index < 2 { "front" } else { "node" }
+}
+
+fn service_filter(service: &str) -> String {
+    format!("label=com.docker.swarm.service.name={STACK}_{service}")
+}
+
+/// The running berth task (container id) on host `h`.
+fn task(h: &Host) -> Result<String> {
+    let ids = h.docker(&["ps", "-q", "--filter", &service_filter(service_of(h))])?;
+    ids.split_whitespace()
+        .next()
+        .map(str::to_string)
+        .with_context(|| format!("no running berth task on host {}", h.index))
 }
 
 /// `ssh -p 2222 USER@<host's address> -- CMD` from the fabric namespace (a client outside the
@@ -691,17 +805,33 @@ fn fabric_ssh(
     host: &Host,
     cmd: &str,
 ) -> Result<std::process::Output> {
-    Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", tb.fabric))
+    fabric_ssh_cmd(tb, key, user, host, "ERROR", cmd)
+        .stdin(Stdio::null())
+        .output()
+        .context("run ssh in the fabric")
+}
+
+/// The same as a command, at OpenSSH log level `level` (INFO shows the server's banner; the
+/// first value of an option wins, so it goes before the shared options).
+fn fabric_ssh_cmd(
+    tb: &Testbed,
+    key: &Path,
+    user: &str,
+    host: &Host,
+    level: &str,
+    cmd: &str,
+) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{}", tb.fabric))
         .arg("ssh")
+        .arg("-o")
+        .arg(format!("LogLevel={level}"))
         .args(integration_tests::gateway::client_opts(key))
         .args(["-p", "2222"])
         .arg(format!("{user}@{}", host.addr))
         .arg("--")
-        .arg(cmd)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .context("run ssh in the fabric")
+        .arg(cmd);
+    c
 }
 
 fn out_text(o: &std::process::Output) -> String {
@@ -713,13 +843,9 @@ fn out_text(o: &std::process::Output) -> String {
     )
 }
 
-/// The log of host `h`'s cluster task (berth logs to stderr).
+/// The log of host `h`'s berth task (berth logs to stderr).
 fn task_log(h: &Host) -> Result<String> {
-    let filter = format!(
-        "label=com.docker.swarm.service.name={STACK}_node-n{}",
-        h.index
-    );
-    let ids = h.docker(&["ps", "-aq", "--filter", &filter])?;
+    let ids = h.docker(&["ps", "-aq", "--filter", &service_filter(service_of(h))])?;
     // The newest task that logged anything: one swarm just created for a restart has not.
     for id in ids.split_whitespace() {
         let out = h.docker_cmd(&["logs", id]).output()?;
@@ -739,14 +865,9 @@ fn task_log(h: &Host) -> Result<String> {
 fn cluster_logs(tb: &Testbed) -> String {
     let mut s = String::new();
     if let Some(first) = tb.hosts.first() {
-        for h in &tb.hosts {
+        for service in ["node", "front"] {
             s += &first
-                .docker(&[
-                    "service",
-                    "ps",
-                    "--no-trunc",
-                    &format!("{STACK}_node-n{}", h.index),
-                ])
+                .docker(&["service", "ps", "--no-trunc", &format!("{STACK}_{service}")])
                 .unwrap_or_else(|e| format!("{e:#}"));
         }
     }
@@ -760,162 +881,4 @@ fn cluster_logs(tb: &Testbed) -> String {
         );
     }
     s
-}
-
-/// `deploy.sh` reads the node labels through the docker CLI; a stub CLI that answers `node ls`
-/// and `node inspect` from a table shows what it generates and what it refuses, without a swarm.
-#[test]
-fn deploy_sh_pins_one_service_per_labelled_node_and_refuses_bad_labels() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let stub = dir.path().join("bin");
-    std::fs::create_dir_all(&stub)?;
-    let docker = stub.join("docker");
-    // `node ls -q` lists the table's ids; `node inspect --format … ID` prints the table's row
-    // ("ID berth.node berth.advertise berth.front", as the script's template does).
-    std::fs::write(
-        &docker,
-        "#!/bin/sh\nfor a; do last=$a; done\ncase \"$1 $2\" in\n\
-         'node ls') cut -d' ' -f1 \"$STUB_NODES\" ;;\n\
-         'node inspect') grep \"^$last\\( \\|$\\)\" \"$STUB_NODES\" ;;\n\
-         *) echo \"unexpected docker $*\" >&2; exit 99 ;;\nesac\n",
-    )?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755))?;
-    for f in ["berth.toml", "ed", "rsa"] {
-        std::fs::write(
-            dir.path().join(f),
-            "database_url = \"postgres://db/berth\"\n",
-        )?;
-    }
-    let path = format!(
-        "{}:{}",
-        stub.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let run = |table: &str| -> Result<std::process::Output> {
-        let nodes = dir.path().join("nodes");
-        std::fs::write(&nodes, table)?;
-        Command::new(repo().join("deploy/swarm/deploy.sh"))
-            .arg("--print")
-            .current_dir(dir.path())
-            .env("PATH", &path)
-            .env("STUB_NODES", &nodes)
-            .env("BERTH_CONFIG", "berth.toml")
-            .env("BERTH_HOST_KEY", "ed")
-            .env("BERTH_HOST_KEY_RSA", "rsa")
-            .env("BERTH_IMAGE", "berth/berth:t")
-            .output()
-            .context("run deploy.sh")
-    };
-
-    let out = run("id0 n0 10.0.0.10:2200\nid1 n1 10.0.0.11:2200 false\nid2\n")?;
-    assert!(out.status.success(), "{}", out_text(&out));
-    let yml = String::from_utf8_lossy(&out.stdout);
-    let service = |name: &str| -> String {
-        let start = yml.find(&format!("  node-{name}:\n")).unwrap_or(yml.len());
-        let rest = &yml[start..];
-        let end = rest[1..]
-            .find("\n  node-")
-            .or_else(|| rest.find("\nnetworks:"))
-            .map_or(rest.len(), |e| e + 1);
-        rest[..end].to_string()
-    };
-    let n0 = service("n0");
-    assert!(n0.contains("\"node.id == id0\""), "{yml}");
-    assert!(n0.contains("BERTH_CLUSTER_NODE: \"n0\""), "{yml}");
-    assert!(
-        n0.contains("BERTH_CLUSTER_ADVERTISE: \"10.0.0.10:2200\""),
-        "{yml}"
-    );
-    assert!(
-        n0.contains("\"run\", \"netfilter\", \"dns\", \"node\", \"front\"]"),
-        "{yml}"
-    );
-    let n1 = service("n1");
-    assert!(n1.contains("\"node.id == id1\""), "{yml}");
-    assert!(
-        n1.contains("\"run\", \"netfilter\", \"dns\", \"node\"]"),
-        "berth.front=false runs no front: {yml}"
-    );
-    assert!(
-        !yml.contains("id2"),
-        "an unlabelled node runs nothing: {yml}"
-    );
-    let config = dir.path().join("berth.toml");
-    assert!(
-        yml.contains(&format!("file: \"{}\"", config.display())),
-        "relative inputs become absolute: {yml}"
-    );
-
-    for (table, want) in [
-        ("id0 N0 10.0.0.10:2200\n", "not a valid node name"),
-        ("id0 n0 somewhere\n", "ADDRESS:PORT"),
-        ("id0 n0\n", "ADDRESS:PORT"),
-        (
-            "id0 n0 10.0.0.10:2200\nid1 n0 10.0.0.11:2200\n",
-            "berth.node=n0 is on both id1 and id0",
-        ),
-        ("id0\nid1\n", "no swarm node carries a berth.node label"),
-    ] {
-        let out = run(table)?;
-        assert!(!out.status.success(), "{table:?}: {}", out_text(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains(want),
-            "{table:?}: {}",
-            out_text(&out)
-        );
-        assert!(out.stdout.is_empty(), "{table:?}: printed a stack");
-    }
-
-    // The database URL as a secret: the file goes into a swarm secret and each task reads it
-    // through BERTH_DATABASE_URL_FILE; a config that also sets database_url is refused.
-    let table = "id0 n0 10.0.0.10:2200\n";
-    std::fs::write(dir.path().join("nodb.toml"), "[cluster]\n")?;
-    std::fs::write(dir.path().join("dburl"), "postgres://berth:pw@db/berth\n")?;
-    let with_file = |config: &str| -> Result<std::process::Output> {
-        let nodes = dir.path().join("nodes");
-        std::fs::write(&nodes, table)?;
-        Command::new(repo().join("deploy/swarm/deploy.sh"))
-            .arg("--print")
-            .current_dir(dir.path())
-            .env("PATH", &path)
-            .env("STUB_NODES", &nodes)
-            .env("BERTH_CONFIG", config)
-            .env("BERTH_HOST_KEY", "ed")
-            .env("BERTH_HOST_KEY_RSA", "rsa")
-            .env("BERTH_DATABASE_URL_FILE", "dburl")
-            .env("BERTH_IMAGE", "berth/berth:t")
-            .output()
-            .context("run deploy.sh")
-    };
-    let out = with_file("nodb.toml")?;
-    assert!(out.status.success(), "{}", out_text(&out));
-    let yml = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        yml.contains("BERTH_DATABASE_URL_FILE: \"/run/secrets/berth_database_url\""),
-        "{yml}"
-    );
-    assert!(
-        yml.contains("{source: berth_database_url, target: berth_database_url, mode: 0400}"),
-        "{yml}"
-    );
-    assert!(
-        yml.contains(&format!(
-            "berth_database_url:\n    file: \"{}\"",
-            dir.path().join("dburl").display()
-        )),
-        "{yml}"
-    );
-    assert!(
-        !yml.contains("pw@db"),
-        "the password stays out of the stack file: {yml}"
-    );
-    let out = with_file("berth.toml")?;
-    assert!(!out.status.success(), "{}", out_text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("keep the URL in one place"),
-        "{}",
-        out_text(&out)
-    );
-    Ok(())
 }

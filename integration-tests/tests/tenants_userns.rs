@@ -2,7 +2,7 @@
 //! tenant's uid 0 is an unprivileged host uid, tenant root cannot write a host sysctl, load a
 //! module or mount the host's file systems (not even with the `caps` grant), and the gateway's
 //! features work there: sessions on the agent path, SFTP, forwards, on-demand start,
-//! `server set`, and the engine's mode is detected.
+//! `server set`, the resolver's local names, and the engine's mode is detected.
 //!
 //! Each test starts its own engine ([`RemappedDaemon`]) and removes it in `Drop`.
 
@@ -554,5 +554,100 @@ async fn sessions_without_the_agent_take_the_exec_stream_remapped() -> Result<()
     // Exit status through the exec stream.
     let st = blocking(|| h.ssh_exec("exit 7", b""))?;
     assert_eq!(st.status.code(), Some(7));
+    Ok(())
+}
+
+/// Local names on a remapped engine: `berth run gateway dns` in the engine's network namespace
+/// (where the tenant bridge is) publishes the hosts file from that engine's containers and
+/// answers on the bridge address that every container is given as its resolver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn servers_resolve_each_other_by_name_remapped() -> Result<()> {
+    use integration_tests::cluster::{Daemon, free_port};
+    use integration_tests::tenants::{DbKind, DockerWorld, TestDb, berth_bin, write_cli_config};
+    let daemon = blocking(RemappedDaemon::start)?;
+    let image = integration_tests::gateway::test_image();
+    blocking(|| daemon.load_images(&[&image]))?;
+    let db = TestDb::new(DbKind::Sqlite, "usernsdns")?;
+    let world = DockerWorld::new("usernsdns", 0);
+    let dir = db.dir.path();
+    let cfg = write_cli_config(
+        dir,
+        &db.url,
+        &world,
+        &format!("docker_host = \"{}\"", daemon.host()),
+    )?;
+    let mut text = std::fs::read_to_string(&cfg)?;
+    // The ssh port is the namespace's loopback: nothing here logs in.
+    text.push_str(&format!(
+        "[ssh]\nlisten = [\"127.0.0.1:{port}\"]\nagent_binary = \"{agent}\"\n\
+         [dns]\nlisten = [\"{gw}:53\"]\nupstreams = [\"127.0.0.1:9\"]\ndomain = \"berth.internal\"\n\
+         [metrics]\nlisten = \"\"\ndns_listen = \"\"\n[publish]\nhosts_file = \"{hosts}\"\n\
+         [netfilter]\nports_file = \"\"\n",
+        port = free_port()?,
+        agent = integration_tests::gateway::agent_binary()?.display(),
+        gw = world.net.gateway,
+        hosts = dir.join("hosts").display(),
+    ));
+    std::fs::write(&cfg, text)?;
+    let run = |args: &[&str]| -> Result<String> {
+        let (code, out, err) = integration_tests::tenants::berth(&cfg, args, None)?;
+        ensure!(code == 0, "berth {args:?} failed ({code}): {err}");
+        Ok(out)
+    };
+    run(&["account", "add", "alice", "--no-password"])?;
+    run(&["server", "create", "--owner", "alice"])?;
+    run(&["server", "create", "--owner", "alice"])?;
+    let log = dir.join("run.log");
+    let child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", daemon.netns))
+        .arg(berth_bin()?)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "gateway", "dns"])
+        .env_remove("BERTH_DATABASE_URL")
+        .env_remove("BERTH_STATE_DIR")
+        .env("BERTH_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("spawn berth run in the engine's netns")?;
+    let _run = Daemon(child);
+    let address = |n: u32| {
+        daemon.docker(&[
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &world.container(n),
+        ])
+    };
+    let (a1, a2) = (address(1)?, address(2)?);
+    ensure!(!a1.is_empty() && !a2.is_empty(), "addresses {a1:?} {a2:?}");
+    let resolve = |from: u32, name: &str| -> String {
+        daemon
+            .docker(&["exec", &world.container(from), "getent", "hosts", name])
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = resolve(1, "server2.berth.internal");
+        if got.split_whitespace().next() == Some(a2.as_str()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "server1 never resolved server2.berth.internal to {a2} (last: {got:?}); berth run's log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let own = resolve(2, "server1.berth.internal");
+    assert_eq!(own.split_whitespace().next(), Some(a1.as_str()), "{own}");
+    assert_eq!(
+        resolve(1, "server9.berth.internal"),
+        "",
+        "a server that does not exist has no address"
+    );
     Ok(())
 }

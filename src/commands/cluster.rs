@@ -22,10 +22,55 @@ pub(crate) const HOP_CLIENT_KEY: &str = "hop_client_ed25519_key";
 fn need_cluster(cfg: &Config, what: &str) -> Result<()> {
     if cfg.cluster.node.is_empty() {
         bail!(
-            "{what} needs [cluster] node (this host's node name), advertise and a PostgreSQL database_url; see docs/CLUSTER.md"
+            "{what} needs [cluster] node (this host's node name) and a PostgreSQL database_url; see docs/CLUSTER.md"
         );
     }
     Ok(())
+}
+
+/// How long the engine may take to say its swarm address.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The node's hop endpoint address and where it came from: `[cluster] advertise` when set
+/// (it always wins), else this engine's swarm address (`Swarm.NodeAddr` of `docker info`,
+/// through the same Docker endpoint the node drives its tenants with) on `[cluster] hop_port`.
+pub async fn hop_address(cfg: &Config) -> Result<(String, String)> {
+    if !cfg.cluster.advertise.is_empty() {
+        return Ok((cfg.cluster.advertise.clone(), "cluster.advertise".into()));
+    }
+    let asked = async {
+        let (docker, endpoint) = tenants::provision::connect_docker(&cfg.tenants).await?;
+        let addr = tenants::provision::swarm_node_addr(&docker)
+            .await
+            .with_context(|| format!("cannot read docker's info at {endpoint}"))?;
+        anyhow::Ok((addr, endpoint))
+    };
+    let (addr, endpoint) = tokio::time::timeout(ENGINE_TIMEOUT, asked)
+        .await
+        .map_err(|_| anyhow::anyhow!("docker did not answer within {ENGINE_TIMEOUT:?}"))
+        .and_then(|r| r)
+        .context(
+            "cluster.advertise is empty and the engine's swarm address cannot be read; set \
+             [cluster] advertise = \"ADDRESS:PORT\" (or BERTH_CLUSTER_ADVERTISE)",
+        )?;
+    let Some(addr) = addr else {
+        bail!(
+            "cluster.advertise is empty and the engine at {endpoint} is not an active swarm \
+             member, so there is no swarm address to derive it from; set [cluster] advertise = \
+             \"ADDRESS:PORT\" (or BERTH_CLUSTER_ADVERTISE)"
+        );
+    };
+    let ip: std::net::IpAddr = addr.parse().with_context(|| {
+        format!("the engine at {endpoint} reports swarm address {addr:?}, which is not an IP address; set [cluster] advertise")
+    })?;
+    let hop = std::net::SocketAddr::new(ip, cfg.cluster.hop_port).to_string();
+    Ok((
+        hop,
+        format!(
+            "the swarm address of the engine at {endpoint}, port cluster.hop_port ({})",
+            cfg.cluster.hop_port
+        ),
+    ))
 }
 
 async fn provisioner(cfg: &Config, store: &tenants::Store) -> Result<tenants::Provisioner> {
@@ -50,17 +95,17 @@ fn hop_key(cfg: &Config, file: &str) -> Result<russh::keys::PrivateKey> {
 }
 
 /// `berth run node`: registers this node (pinning its hop host key on first start), keeps it
-/// marked alive, and serves the hop endpoint on `[cluster] advertise`.
+/// marked alive, and serves the hop endpoint on `[cluster] advertise` (or the address
+/// [`hop_address`] derives on a swarm).
 pub async fn run_node(
     cfg: &Config,
     shutdown: CancellationToken,
     ready: oneshot::Sender<()>,
 ) -> Result<()> {
     need_cluster(cfg, "the node component")?;
-    let advertise = cfg.cluster.advertise.as_str();
-    if advertise.is_empty() {
-        bail!("the node component needs [cluster] advertise (ADDRESS:PORT fronts reach it at)");
-    }
+    let (advertise, from) = hop_address(cfg).await.context("node")?;
+    let advertise = advertise.as_str();
+    tracing::info!(node = %cfg.cluster.node, %advertise, from = %from, "hop endpoint address");
     let store = tenants::Store::connect(&cfg.database_url())
         .await
         .context("node: cannot open the tenant store")?;
@@ -76,7 +121,7 @@ pub async fn run_node(
         .with_context(|| format!("node: cannot register node {node}"))?;
     let listener = tokio::net::TcpListener::bind(advertise)
         .await
-        .with_context(|| format!("node: cannot listen on {advertise} (cluster.advertise)"))?;
+        .with_context(|| format!("node: cannot listen on {advertise} ({from})"))?;
     tracing::info!(node = %node, %advertise, "hop endpoint listening");
 
     let beat = Duration::from_secs((cfg.cluster.node_timeout_secs / 3).max(1));
@@ -98,6 +143,12 @@ pub async fn run_node(
     };
 
     let provisioner = provisioner(cfg, &store).await?;
+    let healer = spawn_heal(
+        provisioner.clone(),
+        node.clone(),
+        cfg.cluster.heal_interval_secs,
+        shutdown.clone(),
+    );
     let local: Arc<dyn Backend> = Arc::new(TenantsBackend::new(
         store.clone(),
         provisioner.clone(),
@@ -127,7 +178,50 @@ pub async fn run_node(
     let _ = ready.send(());
     let served = gateway::serve(shared, vec![listener], shutdown).await;
     heartbeat.abort();
+    if let Some(h) = healer {
+        h.abort();
+    }
     served.context("node hop endpoint")
+}
+
+/// The node's healing loop (`[cluster] heal_interval_secs`; see `tenants::provision::heal`):
+/// the first pass right away, so a rebooted node brings its servers back without a login.
+fn spawn_heal(
+    prov: tenants::Provisioner,
+    node: String,
+    every_secs: u64,
+    stop: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if every_secs == 0 {
+        tracing::info!(node = %node, "healing is off (cluster.heal_interval_secs = 0)");
+        return None;
+    }
+    let every = Duration::from_secs(every_secs);
+    Some(tokio::spawn(async move {
+        loop {
+            match prov
+                .heal_on(Some(&node), tenants::provision::create_grace(every_secs))
+                .await
+            {
+                Ok(r) if r.is_quiet() => {}
+                Ok(r) => tracing::info!(
+                    node = %node,
+                    started = r.started.len(),
+                    recreated = r.recreated.len(),
+                    left = r.left.len(),
+                    failed = r.failed.len(),
+                    "heal pass"
+                ),
+                Err(e) => {
+                    tracing::warn!(node = %node, error = %e, "heal pass failed; trying again")
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }))
 }
 
 /// `berth run front`: client SSH on `[ssh] listen`, relayed to each server's node.

@@ -22,6 +22,7 @@ pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
         Cmd::Check => {
             println!("config ok ({source})");
             engine_report(&cfg).await;
+            cluster_report(&cfg).await;
         }
         Cmd::Show => {
             println!("# effective configuration from {source}");
@@ -60,6 +61,24 @@ async fn engine_report(cfg: &Config) {
             }
         }
         Err(e) => println!("engine: unknown ({e})"),
+    }
+}
+
+/// On a cluster host, one line with its node name and the hop endpoint address the node
+/// component will register and listen on, and where that address comes from (`[cluster]
+/// advertise`, or the engine's swarm address). An address that cannot be derived is reported
+/// here and refused by `berth run node`.
+async fn cluster_report(cfg: &Config) {
+    let node = &cfg.cluster.node;
+    if node.is_empty() {
+        return;
+    }
+    match crate::commands::cluster::hop_address(cfg).await {
+        Ok((addr, from)) => println!("cluster: node {node}, hop endpoint {addr} (from {from})"),
+        Err(e) => println!(
+            "cluster: node {node}, hop endpoint unknown ({})",
+            crate::commands::format_error(&e)
+        ),
     }
 }
 

@@ -211,7 +211,8 @@ async fn ensure_tenant_network(cfg: &Config) {
         let store = tenants::Store::connect(&cfg.database_url()).await?;
         let prov = tenants::Provisioner::connect(&cfg.network, &cfg.tenants, store).await?;
         prov.ensure_network().await?;
-        // Start-up reconcile: report, never delete. Missing containers are recreated on demand.
+        // Start-up reconcile: report, never delete. Missing containers are recreated on demand
+        // (and, on a cluster node, by its healing loop: `tenants::provision::heal`).
         // On a cluster node only its own servers (and unplaced ones) are this engine's.
         let node = Some(cfg.cluster.node.as_str()).filter(|n| !n.is_empty());
         let report = prov.reconcile_on(node).await?;

@@ -143,11 +143,17 @@ pub enum Cmd {
         #[arg(long)]
         abort: bool,
     },
-    /// Compare the store with Docker and report differences (changes nothing). On a cluster
-    /// host (`[cluster] node`), only that node's servers and unplaced ones are this engine's.
+    /// Compare the store with Docker and report differences (changes nothing without
+    /// `--heal`). On a cluster host (`[cluster] node`), only that node's servers and unplaced
+    /// ones are this engine's.
     Reconcile {
         #[arg(long)]
         json: bool,
+        /// Then start servers that should run and recreate lost containers whose volume is
+        /// kept (what a cluster node does every `[cluster] heal_interval_secs`); never
+        /// deletes, never makes an empty volume.
+        #[arg(long)]
+        heal: bool,
     },
 }
 
@@ -895,12 +901,32 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
             };
             super::moving::run(cfg, store, id, how).await?;
         }
-        Cmd::Reconcile { json } => {
+        Cmd::Reconcile { json, heal } => {
             let prov = connect(cfg, store).await?;
             let node = Some(cfg.cluster.node.as_str()).filter(|n| !n.is_empty());
             let r = prov.reconcile_on(node).await.map_err(provision_error)?;
+            let healed = if heal {
+                Some(
+                    prov.heal_on(
+                        node,
+                        tenants::provision::create_grace(cfg.cluster.heal_interval_secs),
+                    )
+                    .await
+                    .map_err(provision_error)?,
+                )
+            } else {
+                None
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                match &healed {
+                    Some(h) => println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({ "reconcile": r, "heal": h })
+                        )?
+                    ),
+                    None => println!("{}", serde_json::to_string_pretty(&r)?),
+                }
             } else {
                 let list = |ids: &[ServerId]| {
                     if ids.is_empty() {
@@ -935,6 +961,29 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                         u.reason
                     );
                 }
+                if let Some(h) = &healed {
+                    println!("healed:   started {}", list(&h.started));
+                    println!("healed:   recreated {}", list(&h.recreated));
+                    for (id, why) in &h.left {
+                        println!("left:     {id} — {why}");
+                    }
+                    for (id, why) in &h.failed {
+                        println!("failed:   {id} — {why}");
+                    }
+                }
+            }
+            if let Some(h) = healed.filter(|h| !h.failed.is_empty()) {
+                return Err(fail(
+                    1,
+                    format!(
+                        "could not heal {}; see the lines above and try again",
+                        h.failed
+                            .iter()
+                            .map(|(id, _)| id.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
             }
         }
     }

@@ -65,8 +65,8 @@ pub use config::{ByteSize, Config, DindMode, NetworkConfig, RestartPolicy};
 pub use name::{ACCOUNT_NAME_RULE, ServerId, parse_login, parse_server_ref, valid_account_name};
 pub use password::PasswordError;
 pub use provision::{
-    Applied, ContainerStatus, DockerError, EngineIsolation, ForeignContainer, ProvisionError,
-    Provisioner, ReconcileReport, RunningServer, ServerChange, ServerEndpoint,
+    Applied, ContainerStatus, DockerError, EngineIsolation, ForeignContainer, HealReport,
+    ProvisionError, Provisioner, ReconcileReport, RunningServer, ServerChange, ServerEndpoint,
 };
 pub use store::{
     Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Dialect, Front, Node,

@@ -231,47 +231,24 @@ impl Hub {
         at: &Placement<'_>,
         addr: SocketAddr,
     ) -> Result<Stream, AgentError> {
-        let conn = self.agent(docker, at).await?;
-        let id = conn.next_id();
-        let req = Request::Connect {
+        let make = |id| Request::Connect {
             id,
             ip: addr.ip(),
             port: addr.port(),
         };
-        let (reply, mut fds) = conn.request(id, &req).await?;
-        match reply {
-            Reply::Connected { .. } if fds.len() == 1 => {}
-            Reply::Failed { error, .. } => {
-                return Err(AgentError::Refused(conn.passed_text(&error)));
-            }
-            other => {
-                conn.violation(&format!(
-                    "unexpected reply to connect: {} with {} fds",
-                    kind(&other),
-                    fds.len()
-                ));
-                return Err(AgentError::Sent("unexpected reply".into()));
-            }
-        }
-        let fd = fds.remove(0);
-        if let Err(e) = fds::check_tcp(&fd, addr) {
-            conn.violation(&format!("connect reply carried the wrong fd: {e}"));
-            return Err(AgentError::Sent(format!(
-                "agent sent an unusable socket: {e}"
-            )));
-        }
-        let std = std::net::TcpStream::from(fd);
-        let stream = std
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpStream::from_std(std))
-            .map_err(|e| AgentError::Sent(format!("forward socket: {e}")))?;
+        let (conn, _, fd) = self
+            .request_fd(docker, at, "connect", make, |r| {
+                matches!(r, Reply::Connected { .. })
+            })
+            .await?;
+        vetted(&conn, "connect", fds::check_tcp(&fd, addr))?;
+        let stream = std::net::TcpStream::from(fd);
+        let stream = nonblocking(stream.set_nonblocking(true), "forward socket", || {
+            tokio::net::TcpStream::from_std(stream)
+        })?;
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
-        Ok(Stream {
-            read: Box::new(read),
-            write: Box::new(write),
-            path: "agent",
-        })
+        Ok(agent_stream(read, write))
     }
 
     /// Listens on `addr` inside the container's network namespace; the gateway accepts on the
@@ -282,43 +259,21 @@ impl Hub {
         at: &Placement<'_>,
         addr: SocketAddr,
     ) -> Result<(tokio::net::TcpListener, SocketAddr), AgentError> {
-        let conn = self.agent(docker, at).await?;
-        let id = conn.next_id();
-        let req = Request::Listen {
+        let make = |id| Request::Listen {
             id,
             ip: addr.ip(),
             port: addr.port(),
         };
-        let (reply, mut fds) = conn.request(id, &req).await?;
-        match reply {
-            Reply::Listening { .. } if fds.len() == 1 => {}
-            Reply::Failed { error, .. } => {
-                return Err(AgentError::Refused(conn.passed_text(&error)));
-            }
-            other => {
-                conn.violation(&format!(
-                    "unexpected reply to listen: {} with {} fds",
-                    kind(&other),
-                    fds.len()
-                ));
-                return Err(AgentError::Sent("unexpected reply".into()));
-            }
-        }
-        let fd = fds.remove(0);
-        let local = match fds::check_tcp_listener(&fd, addr) {
-            Ok(l) => l,
-            Err(e) => {
-                conn.violation(&format!("listen reply carried the wrong fd: {e}"));
-                return Err(AgentError::Sent(format!(
-                    "agent sent an unusable socket: {e}"
-                )));
-            }
-        };
-        let std = std::net::TcpListener::from(fd);
-        let l = std
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(std))
-            .map_err(|e| AgentError::Sent(format!("listening socket: {e}")))?;
+        let (conn, _, fd) = self
+            .request_fd(docker, at, "listen", make, |r| {
+                matches!(r, Reply::Listening { .. })
+            })
+            .await?;
+        let local = vetted(&conn, "listen", fds::check_tcp_listener(&fd, addr))?;
+        let l = std::net::TcpListener::from(fd);
+        let l = nonblocking(l.set_nonblocking(true), "listening socket", || {
+            tokio::net::TcpListener::from_std(l)
+        })?;
         Ok((l, local))
     }
 
@@ -330,45 +285,22 @@ impl Hub {
         at: &Placement<'_>,
         path: &str,
     ) -> Result<Stream, AgentError> {
-        let conn = self.agent(docker, at).await?;
-        let id = conn.next_id();
-        let req = Request::ConnectUnix {
+        let make = |id| Request::ConnectUnix {
             id,
             path: path.to_string(),
         };
-        let (reply, mut fds) = conn.request(id, &req).await?;
-        match reply {
-            Reply::Connected { .. } if fds.len() == 1 => {}
-            Reply::Failed { error, .. } => {
-                return Err(AgentError::Refused(conn.passed_text(&error)));
-            }
-            other => {
-                conn.violation(&format!(
-                    "unexpected reply to a unix connect: {} with {} fds",
-                    kind(&other),
-                    fds.len()
-                ));
-                return Err(AgentError::Sent("unexpected reply".into()));
-            }
-        }
-        let fd = fds.remove(0);
-        if let Err(e) = fds::check_unix_stream(&fd) {
-            conn.violation(&format!("unix connect reply carried the wrong fd: {e}"));
-            return Err(AgentError::Sent(format!(
-                "agent sent an unusable socket: {e}"
-            )));
-        }
-        let std = std::os::unix::net::UnixStream::from(fd);
-        let stream = std
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::UnixStream::from_std(std))
-            .map_err(|e| AgentError::Sent(format!("forward socket: {e}")))?;
+        let (conn, _, fd) = self
+            .request_fd(docker, at, "a unix connect", make, |r| {
+                matches!(r, Reply::Connected { .. })
+            })
+            .await?;
+        vetted(&conn, "unix connect", fds::check_unix_stream(&fd))?;
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        let stream = nonblocking(stream.set_nonblocking(true), "forward socket", || {
+            tokio::net::UnixStream::from_std(stream)
+        })?;
         let (read, write) = stream.into_split();
-        Ok(Stream {
-            read: Box::new(read),
-            write: Box::new(write),
-            path: "agent",
-        })
+        Ok(agent_stream(read, write))
     }
 
     /// Listens on a unix socket as the agent's user: at `path`, or (`None`) in a fresh private
@@ -380,26 +312,17 @@ impl Hub {
         at: &Placement<'_>,
         path: Option<&str>,
     ) -> Result<(tokio::net::UnixListener, String, Unlink), AgentError> {
-        let conn = self.agent(docker, at).await?;
-        let id = conn.next_id();
-        let req = Request::ListenUnix {
+        let make = |id| Request::ListenUnix {
             id,
             path: path.map(str::to_string),
         };
-        let (reply, mut fds) = conn.request(id, &req).await?;
-        let bound = match reply {
-            Reply::ListeningUnix { path: bound, .. } if fds.len() == 1 => bound,
-            Reply::Failed { error, .. } => {
-                return Err(AgentError::Refused(conn.passed_text(&error)));
-            }
-            other => {
-                conn.violation(&format!(
-                    "unexpected reply to a unix listen: {} with {} fds",
-                    kind(&other),
-                    fds.len()
-                ));
-                return Err(AgentError::Sent("unexpected reply".into()));
-            }
+        let (conn, reply, fd) = self
+            .request_fd(docker, at, "a unix listen", make, |r| {
+                matches!(r, Reply::ListeningUnix { .. })
+            })
+            .await?;
+        let Reply::ListeningUnix { path: bound, .. } = reply else {
+            return Err(AgentError::Sent("unexpected reply".into()));
         };
         // The path is the tenant's text: it must be the one asked for, or a plausible fresh one.
         let plausible = match path {
@@ -414,23 +337,45 @@ impl Hub {
             conn: conn.clone(),
             path: bound.clone(),
         };
-        let fd = fds.remove(0);
         if !plausible {
             conn.violation("unix listen reply named another path");
             return Err(AgentError::Sent("agent bound another path".into()));
         }
-        if let Err(e) = fds::check_unix_listener(&fd) {
-            conn.violation(&format!("unix listen reply carried the wrong fd: {e}"));
-            return Err(AgentError::Sent(format!(
-                "agent sent an unusable socket: {e}"
-            )));
-        }
-        let std = std::os::unix::net::UnixListener::from(fd);
-        let l = std
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::UnixListener::from_std(std))
-            .map_err(|e| AgentError::Sent(format!("listening socket: {e}")))?;
+        vetted(&conn, "unix listen", fds::check_unix_listener(&fd))?;
+        let l = std::os::unix::net::UnixListener::from(fd);
+        let l = nonblocking(l.set_nonblocking(true), "listening socket", || {
+            tokio::net::UnixListener::from_std(l)
+        })?;
         Ok((l, bound, unlink))
+    }
+
+    /// Sends one request that the agent answers with exactly one fd. `expected` names the reply
+    /// that carries it; `Failed` is the tenant's refusal (its text passed on, budgeted);
+    /// anything else — another reply, or the wrong number of fds — is a protocol violation.
+    async fn request_fd(
+        &self,
+        docker: &Docker,
+        at: &Placement<'_>,
+        what: &str,
+        make: impl FnOnce(u32) -> Request,
+        expected: impl Fn(&Reply) -> bool,
+    ) -> Result<(Arc<AgentConn>, Reply, OwnedFd), AgentError> {
+        let conn = self.agent(docker, at).await?;
+        let id = conn.next_id();
+        let (reply, mut fds) = conn.request(id, &make(id)).await?;
+        if expected(&reply) && fds.len() == 1 {
+            let fd = fds.remove(0);
+            return Ok((conn, reply, fd));
+        }
+        if let Reply::Failed { error, .. } = &reply {
+            return Err(AgentError::Refused(conn.passed_text(error)));
+        }
+        conn.violation(&format!(
+            "unexpected reply to {what}: {} with {} fds",
+            kind(&reply),
+            fds.len()
+        ));
+        Err(AgentError::Sent("unexpected reply".into()))
     }
 
     /// The container's live agent, started if needed.
@@ -596,6 +541,35 @@ fn kind(r: &Reply) -> &'static str {
 
 /// Copies the agent into the container (a one-file tar; missing parent directories are made by
 /// Docker, existing ones are left as they are).
+/// The result of checking an fd the agent passed: a wrong one is a protocol violation.
+fn vetted<T>(conn: &AgentConn, what: &str, checked: io::Result<T>) -> Result<T, AgentError> {
+    checked.map_err(|e| {
+        conn.violation(&format!("{what} reply carried the wrong fd: {e}"));
+        AgentError::Sent(format!("agent sent an unusable socket: {e}"))
+    })
+}
+
+/// Registers a checked socket with tokio once it is non-blocking.
+fn nonblocking<T>(
+    set: io::Result<()>,
+    what: &str,
+    register: impl FnOnce() -> io::Result<T>,
+) -> Result<T, AgentError> {
+    set.and_then(|()| register())
+        .map_err(|e| AgentError::Sent(format!("{what}: {e}")))
+}
+
+fn agent_stream(
+    read: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+    write: impl tokio::io::AsyncWrite + Send + Unpin + 'static,
+) -> Stream {
+    Stream {
+        read: Box::new(read),
+        write: Box::new(write),
+        path: "agent",
+    }
+}
+
 async fn upload(docker: &Docker, container: &str, binary: &Binary) -> Result<(), String> {
     let name = binary.path.trim_start_matches('/');
     let tar = super::tar::one_file(name, 0o755, &binary.bytes)

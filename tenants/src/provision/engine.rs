@@ -178,6 +178,16 @@ pub async fn engine_isolation(docker: &Docker) -> Result<EngineIsolation, Bollar
     ))
 }
 
+/// The engine's own address in its swarm (`docker info`'s `Swarm.NodeAddr`): what the other
+/// members reach it at. `None` when the engine is not an active swarm member.
+pub async fn swarm_node_addr(docker: &Docker) -> Result<Option<String>, BollardError> {
+    let info = docker.info().await?;
+    Ok(info.swarm.and_then(|s| {
+        let active = s.local_node_state == Some(bollard::models::LocalNodeState::ACTIVE);
+        s.node_addr.filter(|a| active && !a.is_empty())
+    }))
+}
+
 #[cfg(test)]
 mod isolation_tests {
     use super::EngineIsolation;

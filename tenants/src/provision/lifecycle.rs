@@ -191,6 +191,11 @@ impl Provisioner {
             .store
             .set_desired_state(id, DesiredState::Stopped)
             .await?;
+        self.stop_container_only(id).await
+    }
+
+    /// Stops the container, leaving the desired state as it is (gone already is stopped).
+    pub(super) async fn stop_container_only(&self, id: ServerId) -> Result<(), ProvisionError> {
         let name = self.inner.names.container(id);
         let t = i32::try_from(self.inner.cfg.stop_timeout_secs).unwrap_or(i32::MAX);
         match self

@@ -33,6 +33,7 @@ mod container;
 mod create;
 mod engine;
 mod error;
+mod heal;
 mod lifecycle;
 mod network;
 mod reconcile;
@@ -54,8 +55,10 @@ use crate::store::{AuditEvent, AuditKind, Server, Store};
 
 pub use engine::{
     EngineIsolation, ExecFailed, connect_docker, docker_endpoint, engine_isolation, exec_as_root,
+    swarm_node_addr,
 };
 pub use error::{DockerError, ProvisionError};
+pub use heal::{HealReport, create_grace};
 pub use lifecycle::RunningServer;
 pub use reconcile::{DriftedContainer, ForeignContainer, ReconcileReport};
 pub use set::{Applied, ServerChange};
