@@ -4,7 +4,6 @@
 //!
 //! cargo run --release -p dns --example cache_mem -- [N]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dns::cache::{Answer, Cache, Encoded, Key};
@@ -48,7 +47,7 @@ fn main() {
         let Some(enc) = Encoded::build(&name, RecordType::A, DNSClass::IN, &answer) else {
             continue;
         };
-        cache.insert(key, Arc::new(enc), 300, t0, 0);
+        cache.insert(key, enc, 300, t0, 0);
     }
     let grown = rss_bytes().saturating_sub(before);
     println!(

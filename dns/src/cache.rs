@@ -1,20 +1,20 @@
-//! The answer cache: an LRU keyed by (name, type, class) with O(1) lookup, insert and eviction.
+//! The answer cache: keyed by (name, type, class), O(1) lookup, insert and eviction, least
+//! recently used entries evicted first (approximately: second chance, see [`Cache::insert`]).
 //!
 //! This is the part dnsmasq gets wrong at scale (every insert into a full cache scans the table;
-//! 81 QPS at 100 000 entries): here an insert into a full cache drops the least recently used
-//! entry in constant time. Entries outlive their TTL by `stale_max` so they can be served stale
+//! 81 QPS at 100 000 entries): here an insert into a full cache drops an old entry in constant
+//! time. Entries outlive their TTL by `stale_max` so they can be served stale
 //! when every upstream fails (RFC 8767); nothing here talks to the network, and time is passed in.
 //!
 //! Bounded twice: in entries and in estimated bytes ([`entry_cost`]), because a zone an attacker
 //! controls can answer with 64 KiB per name — 100 000 such entries would be 6 GiB. Answers above
 //! a per-entry cap are served but never cached.
 
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hashlink::LruCache;
+use hashlink::LinkedHashMap;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
@@ -22,30 +22,77 @@ pub use crate::wire::Encoded;
 
 /// Cache key: the question in wire form, lower-cased, plus the DO flag
 /// ([`crate::wire::key_bytes`]). Kept as bytes so the UDP fast path looks entries up with a
-/// key built on the stack from the datagram, without allocating.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Key(Box<[u8]>);
+/// key built on the stack from the datagram, without allocating. Keys of up to
+/// [`INLINE_KEY`] bytes (names of up to about 40 characters) are held inside the map's node,
+/// so comparing one on a hit reads memory the lookup already fetched; longer ones live in a
+/// heap block of their own. Hash and equality are those of the bytes (as `[u8]`'s), so a
+/// `&[u8]` finds its key whichever way it is held.
+#[derive(Clone)]
+pub struct Key(KeyBytes);
+
+/// Longest key held inline (the enum is then 48 bytes: tag, length, bytes).
+pub const INLINE_KEY: usize = 46;
+
+#[derive(Clone)]
+enum KeyBytes {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
 
 impl Key {
     /// The key for a question; `name` in any case.
     pub fn new(name: &Name, qtype: RecordType, qclass: DNSClass, dnssec_ok: bool) -> Self {
-        Self(crate::wire::key_bytes(name, qtype, qclass, dnssec_ok).into_boxed_slice())
+        Self::from_bytes(&crate::wire::key_bytes(name, qtype, qclass, dnssec_ok))
+    }
+
+    /// A key holding `b` (inline when short enough).
+    pub fn from_bytes(b: &[u8]) -> Self {
+        match u8::try_from(b.len()) {
+            Ok(len) if b.len() <= INLINE_KEY => {
+                let mut bytes = [0u8; INLINE_KEY];
+                bytes[..b.len()].copy_from_slice(b);
+                Self(KeyBytes::Inline { len, bytes })
+            }
+            _ => Self(KeyBytes::Heap(b.into())),
+        }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            KeyBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            KeyBytes::Heap(b) => b,
+        }
+    }
+
+    /// Whether the bytes live in a heap block of their own (for the byte estimate).
+    fn on_heap(&self) -> bool {
+        matches!(self.0, KeyBytes::Heap(_))
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
     }
 }
 
 impl std::borrow::Borrow<[u8]> for Key {
     fn borrow(&self) -> &[u8] {
-        &self.0
+        self.as_bytes()
     }
 }
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Key({:?})", String::from_utf8_lossy(&self.0))
+        write!(f, "Key({:?})", String::from_utf8_lossy(self.as_bytes()))
     }
 }
 
@@ -103,26 +150,31 @@ impl TtlPolicy {
 
 #[derive(Debug)]
 struct Entry {
-    answer: Arc<Encoded>,
+    /// Held in the entry itself, not behind an `Arc`: a hit follows one pointer less.
+    answer: Encoded,
     stored: Instant,
     ttl: u32,
     /// What this entry is charged against the byte budget (see [`entry_cost`]).
     cost: usize,
+    /// Read since it last reached the front of the eviction order (see [`Cache::insert`]).
+    used: bool,
 }
 
 /// Result of a lookup.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lookup {
     /// Within TTL: the answer and the seconds since it was stored (to count TTLs down).
-    Fresh(Arc<Encoded>, u32),
+    Fresh(Encoded, u32),
     /// Expired but within the stale window.
-    Stale(Arc<Encoded>),
+    Stale(Encoded),
     Miss,
 }
 
 #[derive(Debug)]
 struct Inner {
-    lru: LruCache<Key, Entry>,
+    /// Entries in eviction order, oldest first: insertion order, with a second chance for
+    /// those read since (see [`Cache::insert`]).
+    lru: LinkedHashMap<Key, Entry>,
     bytes: usize,
 }
 
@@ -131,20 +183,31 @@ pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
 /// Default per-entry cap: answers estimated above 16 KiB are served but not cached.
 pub const DEFAULT_MAX_ENTRY_BYTES: usize = 16 << 10;
 
-/// Bookkeeping per entry besides its wire form: the key's and the entry's structs, the Arc
-/// and [`Encoded`] around the bytes, the LRU's node and table slot (hashlink: two links, the
-/// hash, the slot) and the allocator's rounding of the three heap blocks (key, Arc, wire).
+/// Bookkeeping per entry besides what it holds on the heap: the key's and the entry's structs
+/// (the [`Encoded`], with a small answer's bytes, is inside the entry; a short key's bytes are
+/// inside the key), the map's node and table slot (hashlink: two links, the hash, the slot) and
+/// the allocator's rounding of up to three heap blocks (the node, a long key's, a large
+/// answer's).
 const ENTRY_OVERHEAD: usize = std::mem::size_of::<Key>()
     + std::mem::size_of::<Entry>()
-    + std::mem::size_of::<Encoded>()
     + 2 * std::mem::size_of::<usize>()
     + 4 * std::mem::size_of::<usize>()
     + 3 * 16;
 
-/// What an entry costs: [`ENTRY_OVERHEAD`] plus the key and the answer's wire form and TTL
+/// How many entries read since they last reached the front one insert may pass over (each
+/// moves to the back, its mark cleared) before it evicts the front entry anyway: eviction
+/// stays O(1) per insert even when every entry was read.
+const SECOND_CHANCES: usize = 8;
+
+/// What an entry costs: [`ENTRY_OVERHEAD`] plus a long key's bytes and a large answer's wire form and TTL
 /// index (what its heap parts hold).
 pub fn entry_cost(key: &Key, a: &Encoded) -> usize {
-    ENTRY_OVERHEAD + key.as_bytes().len() + a.heap_bytes()
+    let key_heap = if key.on_heap() {
+        key.as_bytes().len()
+    } else {
+        0
+    };
+    ENTRY_OVERHEAD + key_heap + a.heap_bytes()
 }
 
 /// The answer cache, bounded in entries and in (estimated) bytes.
@@ -167,7 +230,7 @@ impl Cache {
         Self {
             inner: (capacity > 0).then(|| {
                 Mutex::new(Inner {
-                    lru: LruCache::new_unbounded(),
+                    lru: LinkedHashMap::new(),
                     bytes: 0,
                 })
             }),
@@ -206,9 +269,10 @@ impl Cache {
             let Some(mut inner) = self.lock() else {
                 return Lookup::Miss;
             };
-            let Some(e) = inner.lru.get(key) else {
+            let Some(e) = inner.lru.get_mut(key) else {
                 return Lookup::Miss;
             };
+            e.used = true;
             (e.answer.clone(), e.stored, e.ttl)
         };
         let age = now.saturating_duration_since(stored);
@@ -230,7 +294,9 @@ impl Cache {
     /// The fast path's lookup: calls `f` with a fresh entry and its age in seconds while the
     /// cache is locked (so the hit copies bytes out without touching a reference count);
     /// `None` when there is no fresh entry (the general path then deals with stale and missing
-    /// ones).
+    /// ones). A read marks the entry instead of moving it in the eviction order (see
+    /// [`Self::insert`]): the moves wrote to three other entries' links per hit, cache lines
+    /// the hit had no other reason to touch.
     pub fn with_fresh<R>(
         &self,
         key: &[u8],
@@ -238,7 +304,10 @@ impl Cache {
         f: impl FnOnce(&Encoded, u32) -> R,
     ) -> Option<R> {
         let mut inner = self.lock()?;
-        let e = inner.lru.get(key)?;
+        let e = inner.lru.get_mut(key)?;
+        if !e.used {
+            e.used = true;
+        }
         let elapsed = u32::try_from(now.saturating_duration_since(e.stored).as_secs()).ok()?;
         (elapsed < e.ttl).then(|| f(&e.answer, elapsed))
     }
@@ -258,11 +327,17 @@ impl Cache {
         }
     }
 
-    /// Stores an answer for `ttl` seconds (see [`TtlPolicy::apply`]), evicting least recently
-    /// used entries until both the entry count and the byte budget hold. An answer above the
-    /// per-entry cap is not stored (and drops an older entry for the same key); nor is one
-    /// asked for before the last [`Self::clear`] (`generation` older than the cache's).
-    pub fn insert(&self, key: Key, answer: Arc<Encoded>, ttl: u32, now: Instant, generation: u64) {
+    /// Stores an answer for `ttl` seconds (see [`TtlPolicy::apply`]), evicting entries until
+    /// both the entry count and the byte budget hold. An answer above the per-entry cap is not
+    /// stored (and drops an older entry for the same key); nor is one asked for before the last
+    /// [`Self::clear`] (`generation` older than the cache's).
+    ///
+    /// Eviction is second-chance (CLOCK) over insertion order, an approximation of least
+    /// recently used: the oldest entry goes, unless it was read since it was stored or last
+    /// given a chance — then it moves to the back unmarked and the next oldest is considered,
+    /// at most [`SECOND_CHANCES`] times per insert. An entry read between two passes survives
+    /// as under LRU; reads cost no writes to the order.
+    pub fn insert(&self, key: Key, answer: Encoded, ttl: u32, now: Instant, generation: u64) {
         let cost = entry_cost(&key, &answer);
         let Some(mut inner) = self.lock() else {
             return;
@@ -277,10 +352,17 @@ impl Cache {
             self.oversized.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        let mut chances = SECOND_CHANCES;
         while inner.lru.len() >= self.capacity || inner.bytes + cost > self.max_bytes {
-            let Some((_, e)) = inner.lru.remove_lru() else {
+            let Some((k, mut e)) = inner.lru.pop_front() else {
                 break;
             };
+            if e.used && chances > 0 {
+                chances -= 1;
+                e.used = false;
+                inner.lru.insert(k, e);
+                continue;
+            }
             inner.bytes -= e.cost;
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }
@@ -292,6 +374,7 @@ impl Cache {
                 stored: now,
                 ttl,
                 cost,
+                used: false,
             },
         );
     }
@@ -333,9 +416,9 @@ mod tests {
         )
     }
 
-    fn enc(a: Answer) -> Arc<Encoded> {
+    fn enc(a: Answer) -> Encoded {
         let n = Name::from_ascii("a.example.").unwrap();
-        Arc::new(Encoded::build(&n, RecordType::A, DNSClass::IN, &a).unwrap())
+        Encoded::build(&n, RecordType::A, DNSClass::IN, &a).unwrap()
     }
 
     fn cost(k: &Key, a: &Answer) -> usize {
@@ -451,6 +534,73 @@ mod tests {
         ));
         assert_eq!(c.evictions(), 1);
         assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn short_and_long_keys_find_their_entries_by_bytes() {
+        let c = Cache::new(10, Duration::ZERO);
+        let t0 = Instant::now();
+        let short = "a.example.";
+        let long = format!("{}.example.", "x".repeat(60));
+        for n in [short, long.as_str()] {
+            let k = key(n);
+            let bytes = k.as_bytes().to_vec();
+            assert_eq!(k.on_heap(), bytes.len() > INLINE_KEY, "{n}");
+            assert_eq!(Key::from_bytes(&bytes), k);
+            c.insert(k, enc(a_answer(60)), 60, t0, 0);
+            // Looked up by the bytes alone (the fast path's stack key), any case.
+            assert!(matches!(c.lookup(&bytes, t0), Lookup::Fresh(..)), "{n}");
+            let upper = key(&n.to_uppercase());
+            assert_eq!(
+                c.with_fresh(upper.as_bytes(), t0, |_, el| el),
+                Some(0),
+                "{n}"
+            );
+        }
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn read_entries_get_a_second_chance_and_eviction_stays_bounded() {
+        let c = Cache::new(20, Duration::ZERO);
+        let t0 = Instant::now();
+        let name = |i: usize| format!("n{i}.");
+        for i in 0..20 {
+            c.insert(key(&name(i)), enc(a_answer(60)), 60, t0, 0);
+        }
+        // Every entry read (the fast path's lookup marks them too): the next insert moves the
+        // eight oldest to the back, unmarked, and evicts the ninth although it was read.
+        for i in 0..20 {
+            assert_eq!(
+                c.with_fresh(key(&name(i)).as_bytes(), t0, |_, el| el),
+                Some(0)
+            );
+        }
+        c.insert(key("new."), enc(a_answer(60)), 60, t0, 0);
+        assert_eq!((c.len(), c.evictions()), (20, 1));
+        assert_eq!(
+            c.lookup(key(&name(SECOND_CHANCES)).as_bytes(), t0),
+            Lookup::Miss
+        );
+        // Order now: 9..=19 (read), 0..=7 (passed over, unmarked), new. Read 1 again.
+        assert!(matches!(
+            c.lookup(key(&name(1)).as_bytes(), t0),
+            Lookup::Fresh(..)
+        ));
+        // The next insert passes over 9..=16 and evicts 17; the one after passes over 18 and
+        // 19 and evicts 0, the oldest unmarked; the next passes over 1 (read again) and
+        // evicts 2.
+        c.insert(key("new2."), enc(a_answer(60)), 60, t0, 0);
+        assert_eq!(c.lookup(key(&name(17)).as_bytes(), t0), Lookup::Miss);
+        c.insert(key("new3."), enc(a_answer(60)), 60, t0, 0);
+        assert_eq!(c.lookup(key(&name(0)).as_bytes(), t0), Lookup::Miss);
+        c.insert(key("new4."), enc(a_answer(60)), 60, t0, 0);
+        assert_eq!(c.lookup(key(&name(2)).as_bytes(), t0), Lookup::Miss);
+        assert!(matches!(
+            c.lookup(key(&name(1)).as_bytes(), t0),
+            Lookup::Fresh(..)
+        ));
+        assert_eq!((c.len(), c.evictions()), (20, 4));
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub struct Config {
     pub local_ttl: u32,
     /// Cache capacity in entries (one entry = one name/type/class); 0 disables the cache.
     pub cache_size: usize,
-    /// Cache budget in (estimated) bytes: least recently used entries are evicted until the
+    /// Cache budget in (estimated) bytes: old entries are evicted (about least recently used first) until the
     /// cache is under it, whatever the entry count (a hostile zone can answer 64 KiB a name).
     pub cache_max_bytes: usize,
     /// Answers estimated above this many bytes are served but never cached.

@@ -391,10 +391,9 @@ impl Resolver {
         let ttl = self.ttl.apply(&mut a);
         if let Some(ttl) = ttl {
             match Encoded::build(name, qtype, q.query_class(), &a) {
-                Some(e) => {
-                    self.cache
-                        .insert(key.clone(), Arc::new(e), ttl, Instant::now(), generation)
-                }
+                Some(e) => self
+                    .cache
+                    .insert(key.clone(), e, ttl, Instant::now(), generation),
                 None => tracing::debug!(name = %name, "answer not cacheable: cannot encode it"),
             }
         }
@@ -578,7 +577,7 @@ impl Resolver {
         );
         enum Found {
             Fresh(Answer),
-            Stale(Arc<Encoded>),
+            Stale(Encoded),
             Miss,
         }
         let found = match self.cache.lookup(key.as_bytes(), Instant::now()) {
@@ -958,7 +957,7 @@ mod tests {
         };
         let key = Key::new(&name, RecordType::A, DNSClass::IN, false);
         let e = Encoded::build(&name, RecordType::A, DNSClass::IN, &a).unwrap();
-        r.cache.insert(key, Arc::new(e), 300, Instant::now(), 0);
+        r.cache.insert(key, e, 300, Instant::now(), 0);
         let src: IpAddr = CLIENT.parse().unwrap();
         let now = Instant::now();
         assert!(r.admit_at(src, now), "the burst");

@@ -153,9 +153,44 @@ pub fn name_bytes(name: &Name) -> Vec<u8> {
 /// where each record's TTL sits, so a hit only patches bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
-    wire: Box<[u8]>,
-    ttl_at: Box<[u16]>,
+    /// The response (`wire_len` bytes), then the offset of each record's TTL in it (two bytes
+    /// each, native order). Held in one piece, and inside the `Encoded` itself (so inside the
+    /// cache's entry, next to its key) when it fits [`INLINE_ANSWER`] bytes: a hit reads both
+    /// parts, and every separate heap block is one more cache miss on a path that otherwise
+    /// costs well under a microsecond.
+    buf: AnswerBytes,
+    wire_len: u16,
     qname_len: u16,
+}
+
+/// Answers of up to this many bytes (wire form plus two bytes per record) are held inline:
+/// one to four A or AAAA records for a name of up to about 40 characters.
+pub const INLINE_ANSWER: usize = 126;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AnswerBytes {
+    Inline { len: u8, bytes: [u8; INLINE_ANSWER] },
+    Heap(Box<[u8]>),
+}
+
+impl AnswerBytes {
+    fn new(b: Vec<u8>) -> Self {
+        match u8::try_from(b.len()) {
+            Ok(len) if b.len() <= INLINE_ANSWER => {
+                let mut bytes = [0u8; INLINE_ANSWER];
+                bytes[..b.len()].copy_from_slice(&b);
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Heap(b.into_boxed_slice()),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(b) => b,
+        }
+    }
 }
 
 /// The end of an uncompressed name at `i` (no pointers, labels of at most 63 bytes, at most
@@ -223,32 +258,60 @@ impl Encoded {
         // The question must be a plain name: hits overwrite it with the client's spelling.
         let qend = plain_name_end(&wire, 12)?;
         let mut i = qend + 4;
-        let mut ttl_at = Vec::with_capacity(records);
+        let wire_len = u16::try_from(wire.len()).ok()?;
+        let mut buf = wire;
+        buf.reserve_exact(2 * records);
         for _ in 0..records {
-            i = skip_name(&wire, i)?;
-            ttl_at.push(u16::try_from(i + 4).ok()?);
-            let rdlen = usize::from(u16_at(&wire, i + 8)?);
+            i = skip_name(&buf[..usize::from(wire_len)], i)?;
+            let at = u16::try_from(i + 4).ok()?;
+            let rdlen = usize::from(u16_at(&buf[..usize::from(wire_len)], i + 8)?);
             i += 10 + rdlen;
+            buf.extend_from_slice(&at.to_ne_bytes());
         }
-        if i != wire.len() {
+        if i != usize::from(wire_len) {
             return None;
         }
         Some(Self {
-            wire: wire.into_boxed_slice(),
-            ttl_at: ttl_at.into_boxed_slice(),
+            buf: AnswerBytes::new(buf),
+            wire_len,
             qname_len: u16::try_from(qend - 12).ok()?,
         })
     }
 
-    /// Bytes held by this answer (wire form and TTL index).
+    /// The response in wire form (ID 0, question lower-case, no OPT).
+    fn wire(&self) -> &[u8] {
+        &self.buf.as_slice()[..usize::from(self.wire_len)]
+    }
+
+    /// Where each record's TTL sits in [`Self::wire`].
+    fn ttl_at(&self) -> impl Iterator<Item = usize> + '_ {
+        self.buf.as_slice()[usize::from(self.wire_len)..]
+            .chunks_exact(2)
+            .map(|c| usize::from(u16::from_ne_bytes([c[0], c[1]])))
+    }
+
+    /// Bytes this answer holds on the heap (a wire form and TTL index too large to be held
+    /// inline; inline ones are part of `size_of::<Encoded>()`).
     pub fn heap_bytes(&self) -> usize {
-        self.wire.len() + 2 * self.ttl_at.len()
+        match &self.buf {
+            AnswerBytes::Inline { .. } => 0,
+            AnswerBytes::Heap(b) => b.len(),
+        }
+    }
+
+    /// Length of the wire form plus its TTL index, wherever they are held.
+    pub fn len(&self) -> usize {
+        self.buf.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The records back (for the general path: TCP, stale answers), every TTL lowered by
     /// `elapsed` seconds; `ttl` instead replaces every TTL.
     pub fn answer(&self, elapsed: u32, ttl: Option<u32>) -> Option<Answer> {
-        let m = Message::from_vec(&self.wire).ok()?;
+        let m = Message::from_vec(self.wire()).ok()?;
         let age = |rs: Vec<hickory_proto::rr::Record>| {
             rs.into_iter()
                 .map(|mut r| {
@@ -281,26 +344,28 @@ impl Encoded {
         };
         let opt = if q.edns.is_some() { OPT_LEN } else { 0 };
         out.clear();
-        let truncated = self.wire.len() + opt > limit;
+        let wire = self.wire();
+        let truncated = wire.len() + opt > limit;
         if truncated {
-            out.extend_from_slice(&self.wire[..12 + qlen + 4]);
+            out.extend_from_slice(&wire[..12 + qlen + 4]);
             out[6..12].fill(0);
         } else {
-            out.extend_from_slice(&self.wire);
-            for &at in self.ttl_at.iter() {
-                let at = usize::from(at);
-                let Some(b) = out.get_mut(at..at + 4) else {
-                    continue;
-                };
-                let ttl = u32::from_be_bytes([b[0], b[1], b[2], b[3]]).saturating_sub(elapsed);
-                b.copy_from_slice(&ttl.to_be_bytes());
+            out.extend_from_slice(wire);
+            if elapsed > 0 {
+                for at in self.ttl_at() {
+                    let Some(b) = out.get_mut(at..at + 4) else {
+                        continue;
+                    };
+                    let ttl = u32::from_be_bytes([b[0], b[1], b[2], b[3]]).saturating_sub(elapsed);
+                    b.copy_from_slice(&ttl.to_be_bytes());
+                }
             }
         }
         out[0..2].copy_from_slice(&q.id.to_be_bytes());
         // QR, opcode QUERY, TC when cut, RD as asked; RA, CD as asked, the cached RCODE. AA
         // and AD stay clear: we neither own the zone nor validate.
         out[2] = 0x80 | if truncated { 0x02 } else { 0 } | u8::from(q.rd);
-        out[3] = 0x80 | if q.cd { 0x10 } else { 0 } | (self.wire[3] & 0x0f);
+        out[3] = 0x80 | if q.cd { 0x10 } else { 0 } | (wire[3] & 0x0f);
         out[12..12 + qlen].copy_from_slice(q.qname);
         if let Some(e) = q.edns {
             out.extend_from_slice(&[0, 0, 41]);
@@ -530,6 +595,37 @@ mod tests {
         assert!(e.write_response(&parse_query(&raw2).unwrap(), 0, &mut out));
         let m = Message::from_vec(&out).unwrap();
         assert!(!m.metadata.recursion_desired && m.metadata.checking_disabled);
+    }
+
+    #[test]
+    fn ttl_index_covers_every_section_and_shares_the_wire_buffer() {
+        let mut a = a_answer("m.example.", 100, 3);
+        a.authorities = a_answer("ns.example.", 200, 2).answers;
+        a.additionals = a_answer("x.example.", 300, 1).answers;
+        let e = cached("m.example.", &a);
+        // One buffer: the response, then two bytes per record's TTL offset; this one is too
+        // large to be held inline, a one-record answer is not.
+        assert_eq!(e.len(), e.wire().len() + 2 * 6);
+        assert_eq!(e.heap_bytes(), e.len());
+        let small = cached("a.example.", &a_answer("a.example.", 60, 1));
+        assert_eq!(
+            (small.len(), small.heap_bytes()),
+            (small.wire().len() + 2, 0)
+        );
+        let raw = query("M.example.", RecordType::A, 9, None);
+        let q = parse_query(&raw).unwrap();
+        let mut out = Vec::new();
+        assert!(e.write_response(&q, 0, &mut out));
+        let qend = 12 + q.qname.len();
+        assert_eq!(&out[4..12], &e.wire()[4..12]);
+        assert_eq!(&out[qend..], &e.wire()[qend..], "age 0: TTLs as stored");
+        assert!(e.write_response(&q, 40, &mut out));
+        let m = Message::from_vec(&out).unwrap();
+        let ttls = |rs: &[Record]| rs.iter().map(|r| r.ttl).collect::<Vec<_>>();
+        assert_eq!(ttls(&m.answers), vec![60, 61, 62]);
+        assert_eq!(ttls(&m.authorities), vec![160, 161]);
+        assert_eq!(ttls(&m.additionals), vec![260]);
+        assert_eq!(m.queries[0].name().to_ascii(), "M.example.");
     }
 
     #[test]
