@@ -6,7 +6,8 @@
 //! the file is 0600 and every connection's peer credentials must say uid 0, or it is closed
 //! unanswered (a socket file's mode alone can be wrong after an operator's chmod). Ending a
 //! session tells its client why on stderr, hangs up its process and closes the channel; other
-//! channels of the same connection go on. Forwards are not listed here.
+//! channels of the same connection go on. Forward channels are listed too (kind "forward",
+//! never counted against a session cap) and ending one closes it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -80,7 +81,7 @@ pub struct SessionView {
     pub server: u32,
     pub account: String,
     pub peer: String,
-    /// "shell", "exec" or "sftp".
+    /// "shell", "exec", "sftp" or "forward".
     pub kind: String,
     /// Unix seconds.
     pub started: u64,
@@ -133,7 +134,7 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if caps != crate::limits::Caps::default() {
             let (mut on_server, mut of_account) = (0, 0);
-            for l in m.values() {
+            for l in m.values().filter(|l| l.kind != "forward") {
                 on_server += usize::from(l.conn.login.server == conn.login.server);
                 of_account += usize::from(l.conn.login.owner == conn.login.owner);
             }

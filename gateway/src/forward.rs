@@ -160,7 +160,22 @@ pub async fn relay(
         ..
     } = stream;
     let bytes_in = Arc::new(AtomicU64::new(0));
-    let bytes_out = AtomicU64::new(0);
+    let bytes_out = Arc::new(AtomicU64::new(0));
+    // Listed beside the sessions (`berth session list`, kind "forward") and ended by
+    // `berth session kill` like them; never counted against a session cap.
+    let listed = conn
+        .shared
+        .live
+        .register(
+            conn,
+            "forward",
+            false,
+            bytes_in.clone(),
+            bytes_out.clone(),
+            crate::limits::Caps::default(),
+        )
+        .ok();
+    let killed = listed.as_ref().map(|l| l.live.killed()).unwrap_or_default();
     let mut in_task = tokio::spawn(pipe::pump_input(
         input,
         wr,
@@ -178,6 +193,10 @@ pub async fn relay(
         let n = tokio::select! {
             r = rd.read_buf(&mut buf) => r.unwrap_or(0),
             _ = closed.cancelled() => break,
+            _ = killed.cancelled() => {
+                in_done = true;
+                break;
+            }
         };
         if n == 0 {
             let _ = writer.eof().await;

@@ -3,11 +3,12 @@
 //! sees the operator's message) or all of an account, and a non-root peer gets no answer even
 //! when the socket file's mode would let it connect.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use integration_tests::gateway::GatewayHarness;
 use integration_tests::tenants::berth;
 
@@ -131,6 +132,59 @@ async fn list_then_kill_one_with_a_message_and_all_of_an_account() -> Result<()>
     // Nothing left to end: a distinct exit code.
     let (code, _, _) = blocking(|| berth(&cfg, &["session", "kill", "--server", "1"], None))?;
     assert_eq!(code, 67);
+
+    // A forward channel is listed as one (no session cap counts it) and a kill closes it.
+    const HOLD: &str = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('127.0.0.1',8089))\ns.listen(4)\nc,_=s.accept()\nc.sendall(b'held\\n')\nwhile c.recv(4096):\n  pass\n";
+    let st = Command::new("docker")
+        .args(["exec", "-d", &h.container(id), "python3", "-c", HOLD])
+        .status()?;
+    ensure!(st.success(), "could not start the held service");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut fwd = h
+        .ssh()
+        .args(["-N", "-o", "ExitOnForwardFailure=yes", "-L"])
+        .arg(format!("127.0.0.1:{port}:127.0.0.1:8089"))
+        .arg(format!("{}@127.0.0.1", h.user()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut held = loop {
+        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            c.set_read_timeout(Some(Duration::from_secs(30)))?;
+            let mut first = [0u8; 5];
+            if c.read_exact(&mut first).is_ok() && &first == b"held\n" {
+                break c;
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = fwd.kill();
+            bail!("the forward to the held service never answered");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let listed = blocking(|| wait_listed(&cfg, 1))?;
+    assert_eq!(listed[0].kind, "forward", "{listed:?}");
+    let (code, out, err) = blocking(|| {
+        berth(
+            &cfg,
+            &["session", "kill", "--server", &id.get().to_string()],
+            None,
+        )
+    })?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 session(s) ended"), "{out}");
+    let mut rest = Vec::new();
+    let ended = blocking(|| held.read_to_end(&mut rest));
+    let _ = fwd.kill();
+    let _ = fwd.wait();
+    assert!(
+        matches!(ended, Ok(0)),
+        "the killed forward still carried data or timed out: {ended:?}"
+    );
+    blocking(|| wait_listed(&cfg, 0))?;
     Ok(())
 }
 
