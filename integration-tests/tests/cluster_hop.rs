@@ -229,9 +229,59 @@ async fn sessions_files_and_forwards_cross_the_hop() -> Result<()> {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(std::fs::read(&back)?, data);
 
+    // scp (its SFTP mode and the legacy -O one) and rsync over ssh, both ways, data intact.
+    for mode in [None, Some("-O")] {
+        let name = format!("scp{}.bin", mode.map_or("", |_| "-legacy"));
+        let mut up = Command::new("scp");
+        up.args(c.h.ssh_opts()).arg("-P").arg(port.to_string());
+        up.args(mode).arg(&src).arg(format!("{user}:{name}"));
+        let out = blocking(|| run(up, b""))?;
+        assert!(out.status.success(), "scp {mode:?} up: {}", text(&out));
+        let got = dir.join(format!("{name}.back"));
+        let mut down = Command::new("scp");
+        down.args(c.h.ssh_opts()).arg("-P").arg(port.to_string());
+        down.args(mode).arg(format!("{user}:{name}")).arg(&got);
+        let out = blocking(|| run(down, b""))?;
+        assert!(out.status.success(), "scp {mode:?} down: {}", text(&out));
+        assert_eq!(std::fs::read(&got)?, data, "scp {mode:?}");
+    }
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("sub"))?;
+    std::fs::write(tree.join("sub/x.bin"), &data)?;
+    let ssh_e = format!("ssh -p {port} {}", c.h.ssh_opts().join(" "));
+    let mut up = Command::new("rsync");
+    up.args(["-a", "-e", &ssh_e])
+        .arg(format!("{}/", tree.display()))
+        .arg(format!("{user}:tree/"));
+    let out = blocking(|| run(up, b""))?;
+    assert!(out.status.success(), "rsync up: {}", text(&out));
+    let tree_back = dir.join("tree-back");
+    let mut down = Command::new("rsync");
+    down.args(["-a", "-e", &ssh_e])
+        .arg(format!("{user}:tree/"))
+        .arg(format!("{}/", tree_back.display()));
+    let out = blocking(|| run(down, b""))?;
+    assert!(out.status.success(), "rsync down: {}", text(&out));
+    assert_eq!(std::fs::read(tree_back.join("sub/x.bin"))?, data);
+
+    // On-demand start across the hop: the server's container stopped, a login through the
+    // front starts it on its node.
+    let id = c.h.server.context("server")?;
+    let st = Command::new("docker")
+        .args(["stop", "-t", "1", &c.h.container(id)])
+        .status()?;
+    anyhow::ensure!(st.success(), "could not stop the server's container");
+    let mut cmd = ssh(&c, port);
+    cmd.arg(&user).arg("--").arg("echo started-on-demand");
+    let out = blocking(|| run(cmd, b""))?;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("started-on-demand"),
+        "{}",
+        text(&out)
+    );
+
     // direct-tcpip to the container's loopback, named as the client named it.
     let serve = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('127.0.0.1',8081))\ns.listen(8)\nwhile True:\n  c,_=s.accept()\n  c.sendall(b'hello over the hop\\n')\n  c.close()\n";
-    let id = c.h.server.context("server")?;
     let st = Command::new("docker")
         .args(["exec", "-d", &c.h.container(id), "python3", "-c", serve])
         .status()?;
