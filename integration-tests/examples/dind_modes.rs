@@ -9,6 +9,10 @@
 //! ROUNDS=1 LOAD_MIB=32 RUNS=5 cargo run -p integration-tests --example dind_modes
 //! ```
 //!
+//! `MEMORY_MIB` (default: the server default, 1 GiB) sets both servers' memory limit: the
+//! remapped engine keeps its data root on a tmpfs, so a rootless server's nested images are
+//! shmem charged to the server's memory cgroup, and a 1 GiB load needs more than 1 GiB there.
+//!
 //! Needs root, dockerd, the dind and rootless tenant images (`scripts/test --setup-only` builds
 //! them) and the `berth-userns` remap user. Not a test: `bench/tenants/dind_modes.sh` runs it.
 
@@ -146,6 +150,23 @@ async fn main() -> Result<()> {
     });
     modes[0].name = "caps";
     modes[1].name = "rootless";
+    if let Some(mib) = std::env::var("MEMORY_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        for m in &modes {
+            let id = m.h.server.context("the harness made a server")?;
+            let change = tenants::ServerChange {
+                memory: Some(mib << 20),
+                ..Default::default()
+            };
+            m.h.provisioner
+                .set_server(id, change)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: set memory: {e}", m.name))?;
+        }
+        eprintln!("both servers' memory limit: {mib} MiB");
+    }
 
     // Each nested engine gets the base image once (for `docker run`).
     let saved = Command::new("docker")
