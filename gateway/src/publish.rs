@@ -29,7 +29,8 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// asked of it.
 pub const STALE_AFTER_SECS: i64 = 20;
 
-fn now_secs() -> i64 {
+/// Unix seconds, as the store's live-session rows hold them.
+pub fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

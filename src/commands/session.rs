@@ -219,13 +219,6 @@ pub async fn run(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
 /// How long `kill` waits for the fronts to confirm (they poll every second).
 const KILL_WAIT: Duration = Duration::from_secs(15);
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 fn stale(s: &tenants::LiveSession, now: i64) -> bool {
     s.front_seen
         .is_none_or(|t| now - t > gateway::publish::STALE_AFTER_SECS)
@@ -244,7 +237,7 @@ async fn across_fronts(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
                 ..Default::default()
             };
             let list = store.live_sessions(&sel).await.map_err(store_error)?;
-            let now = now_secs();
+            let now = gateway::publish::now_secs();
             if json {
                 let rows: Vec<serde_json::Value> = list
                     .iter()
@@ -315,7 +308,7 @@ async fn across_fronts(path: Option<&Path>, cmd: Cmd) -> Result<ExitCode> {
                 account,
             };
             let message = message.map(|m| gateway::audit::loggable(&m, 200));
-            let alive_since = now_secs() - gateway::publish::STALE_AFTER_SECS;
+            let alive_since = gateway::publish::now_secs() - gateway::publish::STALE_AFTER_SECS;
             let asked = store
                 .request_session_kill(&sel, message.as_deref(), alive_since)
                 .await

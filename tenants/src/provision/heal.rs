@@ -44,6 +44,8 @@ impl HealReport {
 }
 
 enum Outcome {
+    /// Meant to be stopped: nothing to heal (made again at its next start, as on one host).
+    NotWanted,
     Started,
     Recreated,
     Left(String),
@@ -51,15 +53,16 @@ enum Outcome {
 
 impl Provisioner {
     /// One healing pass for node `node` (`None`: a single host, every server is this
-    /// engine's): [`Self::reconcile_on`], then each stopped or missing server whose desired
-    /// state is running is started or recreated, re-checked against the store just before.
+    /// engine's): the store against Docker's container list (without the reconcile report's
+    /// drift inspections), then each stopped or missing server whose desired state is running
+    /// is started or recreated, re-checked against the store just before.
     /// Servers younger than `grace` are their `server create`'s ([`create_grace`]).
     pub async fn heal_on(
         &self,
         node: Option<&str>,
         grace: std::time::Duration,
     ) -> Result<HealReport, ProvisionError> {
-        let report = self.reconcile_on(node).await?;
+        let report = self.compare(node, false).await?;
         let mut out = HealReport::default();
         let candidates = report
             .stopped
@@ -71,6 +74,7 @@ impl Provisioner {
                 Ok(Outcome::Started) => out.started.push(id),
                 Ok(Outcome::Recreated) => out.recreated.push(id),
                 Ok(Outcome::Left(why)) => out.left.push((id, why)),
+                Ok(Outcome::NotWanted) => {}
                 Err(e) => out.failed.push((id, e.to_string())),
             }
         }
@@ -94,13 +98,12 @@ impl Provisioner {
         grace: std::time::Duration,
     ) -> Result<Outcome, ProvisionError> {
         let server = self.live_server(id).await?;
+        if server.desired != DesiredState::Running {
+            return Ok(Outcome::NotWanted);
+        }
         let age = chrono::Utc::now().signed_duration_since(server.created);
         if age.to_std().map_or(true, |age| age < grace) {
             return Ok(Outcome::Left("just created".into()));
-        }
-        if server.desired != DesiredState::Running {
-            // Missing but meant to be stopped: made again at its next start, as on one host.
-            return Ok(Outcome::Left("desired state is stopped".into()));
         }
         if let Some(node) = node {
             match self.inner.store.server_placement(id).await? {

@@ -63,6 +63,17 @@ impl Provisioner {
         &self,
         node: Option<&str>,
     ) -> Result<ReconcileReport, ProvisionError> {
+        self.compare(node, true).await
+    }
+
+    /// The store against Docker's one container list. `thorough` adds what a report for an
+    /// operator wants and a periodic pass must not pay: the drift check (an inspect per
+    /// container) and a warning per unknown container.
+    pub(super) async fn compare(
+        &self,
+        node: Option<&str>,
+        thorough: bool,
+    ) -> Result<ReconcileReport, ProvisionError> {
         let mut servers = self.inner.store.servers(true).await?;
         let elsewhere: HashMap<ServerId, String> = match node {
             None => HashMap::new(),
@@ -116,6 +127,10 @@ impl Provisioner {
             }
         }
         report.present.sort();
+        report.stopped.sort();
+        if !thorough {
+            return Ok(report);
+        }
         for &id in &report.present {
             let Some(c) = self.inspect(id).await? else {
                 continue;
@@ -132,7 +147,6 @@ impl Provisioner {
                 });
             }
         }
-        report.stopped.sort();
         for u in &report.unknown {
             tracing::warn!(container = %u.name, reason = %u.reason, "berth-labelled container unknown to the store (left alone)");
         }

@@ -123,6 +123,33 @@ macro_rules! select_where {
     };
 }
 
+/// The values `select_where!` binds as `$1`…`$6`, in order.
+struct WhereArgs<'a> {
+    any_id: bool,
+    front: &'a str,
+    local: i64,
+    any_server: bool,
+    server: i64,
+    account: &'a str,
+}
+
+impl<'a> WhereArgs<'a> {
+    fn of(sel: &'a LiveSelector) -> Self {
+        let (front, local) = sel
+            .id
+            .as_ref()
+            .map_or(("", 0), |(f, l)| (f.as_str(), signed(*l)));
+        WhereArgs {
+            any_id: sel.id.is_none(),
+            front,
+            local,
+            any_server: sel.server.is_none(),
+            server: sel.server.map_or(0, |s| i64::from(s.get())),
+            account: sel.account.as_deref().unwrap_or(""),
+        }
+    }
+}
+
 impl Store {
     /// A front's start (or clean stop): removes the rows its previous run left and marks it
     /// seen now.
@@ -218,10 +245,7 @@ impl Store {
 
     /// Live sessions of every front that `sel` names, by front and id.
     pub async fn live_sessions(&self, sel: &LiveSelector) -> Result<Vec<LiveSession>, StoreError> {
-        let (front, local) = sel
-            .id
-            .as_ref()
-            .map_or(("", 0), |(f, l)| (f.as_str(), signed(*l)));
+        let w = WhereArgs::of(sel);
         let sql = concat!(
             "SELECT s.front, s.local_id, s.server, s.account, s.peer, s.kind, s.started_at, \
                     s.last_active_at, s.bytes_in, s.bytes_out, s.recording, s.updated_at, \
@@ -231,12 +255,12 @@ impl Store {
             " ORDER BY s.front, s.local_id"
         );
         let rows: Vec<Row> = with_pool!(self, p => sqlx::query_as(sql)
-            .bind(sel.id.is_none())
-            .bind(front)
-            .bind(local)
-            .bind(sel.server.is_none())
-            .bind(sel.server.map_or(0, |s| i64::from(s.get())))
-            .bind(sel.account.as_deref().unwrap_or(""))
+            .bind(w.any_id)
+            .bind(w.front)
+            .bind(w.local)
+            .bind(w.any_server)
+            .bind(w.server)
+            .bind(w.account)
             .fetch_all(p)
             .await)
         .map_err(|e| self.err(e))?;
@@ -252,10 +276,7 @@ impl Store {
         message: Option<&str>,
         alive_since: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let (front, local) = sel
-            .id
-            .as_ref()
-            .map_or(("", 0), |(f, l)| (f.as_str(), signed(*l)));
+        let w = WhereArgs::of(sel);
         let sql = concat!(
             "UPDATE live_sessions AS s SET kill_requested_at = $7, kill_message = $8 WHERE ",
             select_where!(),
@@ -263,12 +284,12 @@ impl Store {
              RETURNING front, local_id"
         );
         let rows: Vec<(String, i64)> = with_pool!(self, p => sqlx::query_as(sql)
-            .bind(sel.id.is_none())
-            .bind(front)
-            .bind(local)
-            .bind(sel.server.is_none())
-            .bind(sel.server.map_or(0, |s| i64::from(s.get())))
-            .bind(sel.account.as_deref().unwrap_or(""))
+            .bind(w.any_id)
+            .bind(w.front)
+            .bind(w.local)
+            .bind(w.any_server)
+            .bind(w.server)
+            .bind(w.account)
             .bind(now())
             .bind(message)
             .bind(alive_since)
