@@ -2,7 +2,8 @@
 //! that differ from their server's settings, reported, never deleted, started or replaced.
 //!
 //! Deliberately not here: acting on the report (a missing container is recreated by the next
-//! `ensure_running`; unknown ones are for the operator).
+//! `ensure_running`, or by a cluster node's healing pass in `heal.rs`; unknown ones are for
+//! the operator).
 
 use std::collections::HashMap;
 
