@@ -8,6 +8,10 @@
 //! session tells its client why on stderr, hangs up its process and closes the channel; other
 //! channels of the same connection go on. Forward channels are listed too (kind "forward",
 //! never counted against a session cap) and ending one closes it.
+//!
+//! The same socket answers `servers`: every container's state as the gateway's process follows
+//! them through Docker's events, so `berth server list` costs one socket round trip instead of
+//! Docker listing every container (the slow part once a host holds hundreds of servers).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tenants::ServerId;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -228,6 +233,15 @@ pub enum Request {
         #[serde(default)]
         message: Option<String>,
     },
+    Servers,
+}
+
+/// One container in the answer to `servers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerState {
+    pub server: u32,
+    #[serde(flatten)]
+    pub status: tenants::ContainerStatus,
 }
 
 /// The answer to one request.
@@ -236,15 +250,32 @@ pub enum Request {
 pub enum Reply {
     Sessions(Vec<SessionView>),
     Killed(usize),
+    Servers(Vec<ServerState>),
     Error(String),
+}
+
+/// What the control socket answers from: the live sessions, and the container states when this
+/// process follows them (`None`: `servers` is refused and the CLI asks Docker itself).
+#[derive(Clone)]
+pub struct Sources {
+    pub live: Arc<Registry>,
+    pub states: Option<watch::Receiver<tenants::Statuses>>,
+}
+
+impl Sources {
+    pub fn sessions_only(live: Arc<Registry>) -> Sources {
+        Sources { live, states: None }
+    }
 }
 
 /// Requests longer than this are refused (a request is a few dozen bytes).
 const MAX_REQUEST: u64 = 4096;
 
 /// Answers one request line.
-pub fn answer(registry: &Registry, line: &str) -> Reply {
+pub fn answer(src: &Sources, line: &str) -> Reply {
+    let registry = &src.live;
     match serde_json::from_str::<Request>(line) {
+        Ok(Request::Servers) => servers(src.states.as_ref()),
         Ok(Request::List { select }) => Reply::Sessions(registry.list(&select)),
         Ok(Request::Kill { select, message }) => {
             if select == Selector::default() {
@@ -253,6 +284,23 @@ pub fn answer(registry: &Registry, line: &str) -> Reply {
             Reply::Killed(registry.kill(&select, message.as_deref()))
         }
         Err(e) => Reply::Error(format!("bad request: {e}")),
+    }
+}
+
+fn servers(states: Option<&watch::Receiver<tenants::Statuses>>) -> Reply {
+    let Some(states) = states else {
+        return Reply::Error("this gateway does not follow container states".into());
+    };
+    match &*states.borrow() {
+        Some(map) => Reply::Servers(
+            map.iter()
+                .map(|(id, status)| ServerState {
+                    server: id.get(),
+                    status: status.clone(),
+                })
+                .collect(),
+        ),
+        None => Reply::Error("docker does not answer the gateway's container list".into()),
     }
 }
 
@@ -271,7 +319,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 
 /// Serves the control socket until `stop` fires. Connections whose peer is not root are
 /// closed unanswered.
-pub async fn serve(registry: Arc<Registry>, listener: UnixListener, stop: CancellationToken) {
+pub async fn serve(src: Sources, listener: UnixListener, stop: CancellationToken) {
     loop {
         let sock = tokio::select! {
             _ = stop.cancelled() => return,
@@ -289,13 +337,13 @@ pub async fn serve(registry: Arc<Registry>, listener: UnixListener, stop: Cancel
             warn!("control socket connection refused: the peer is not root");
             continue;
         }
-        let registry = registry.clone();
+        let src = src.clone();
         tokio::spawn(async move {
             let (r, mut w) = sock.into_split();
             let mut line = String::new();
             let mut r = BufReader::new(tokio::io::AsyncReadExt::take(r, MAX_REQUEST));
             let reply = match r.read_line(&mut line).await {
-                Ok(_) => answer(&registry, line.trim()),
+                Ok(_) => answer(&src, line.trim()),
                 Err(e) => Reply::Error(format!("bad request: {e}")),
             };
             let mut text = serde_json::to_string(&reply).unwrap_or_else(|_| "{}".into());
@@ -317,12 +365,13 @@ pub async fn request(path: &Path, req: &Request) -> std::io::Result<Reply> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn requests_parse_and_an_empty_kill_is_refused() {
-        let r = Registry::default();
+        let r = Sources::sessions_only(Arc::new(Registry::default()));
         assert_eq!(answer(&r, r#"{"op":"list"}"#), Reply::Sessions(Vec::new()));
         assert_eq!(
             answer(&r, r#"{"op":"kill","select":{"server":7},"message":"bye"}"#),
@@ -335,6 +384,46 @@ mod tests {
         assert!(matches!(answer(&r, "garbage"), Reply::Error(_)));
         assert!(matches!(
             answer(&r, r#"{"op":"list","select":{"nope":1}}"#),
+            Reply::Error(_)
+        ));
+    }
+
+    #[test]
+    fn servers_answers_the_followed_states_and_refuses_without_them() {
+        use std::collections::BTreeMap;
+        let live = Arc::new(Registry::default());
+        let none = Sources::sessions_only(live.clone());
+        assert!(matches!(
+            answer(&none, r#"{"op":"servers"}"#),
+            Reply::Error(e) if e.contains("does not follow")
+        ));
+        let (tx, rx) = watch::channel(None);
+        let src = Sources {
+            live,
+            states: Some(rx),
+        };
+        assert!(matches!(
+            answer(&src, r#"{"op":"servers"}"#),
+            Reply::Error(e) if e.contains("docker")
+        ));
+        let id = tenants::parse_server_ref("7").unwrap();
+        let status = tenants::ContainerStatus {
+            container_id: "abc".into(),
+            state: "exited".into(),
+            running: false,
+            address: None,
+        };
+        tx.send_replace(Some(BTreeMap::from([(id, status.clone())])));
+        let reply = answer(&src, r#"{"op":"servers"}"#);
+        assert_eq!(
+            reply,
+            Reply::Servers(vec![ServerState { server: 7, status }])
+        );
+        // The reply survives the trip through JSON the CLI makes.
+        let text = serde_json::to_string(&reply).unwrap();
+        assert_eq!(serde_json::from_str::<Reply>(&text).unwrap(), reply);
+        assert!(matches!(
+            answer(&src, r#"{"op":"server"}"#),
             Reply::Error(_)
         ));
     }

@@ -21,7 +21,7 @@ fn control(h: &GatewayHarness) -> Result<(PathBuf, PathBuf)> {
     let sock = h.path("control.sock");
     let listener = gateway::control::bind(&sock)?;
     tokio::spawn(gateway::control::serve(
-        h.shared.live.clone(),
+        gateway::control::Sources::sessions_only(h.shared.live.clone()),
         listener,
         tokio_util::sync::CancellationToken::new(),
     ));

@@ -524,6 +524,15 @@ async fn watch_addresses_follows_docker_events() {
         })
         .await;
     assert!(rx.borrow().is_empty());
+    let (stop_states, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let states = env
+        .prov
+        .watch_statuses(async move {
+            let _ = stop_rx.await;
+        })
+        .await;
+    // Docker answered: an empty map, not "unknown".
+    assert_eq!(*states.borrow(), Some(Default::default()));
     let id = env
         .prov
         .create_server("erin", ServerSpec::default())
@@ -554,10 +563,27 @@ async fn watch_addresses_follows_docker_events() {
     }));
     env.prov.stop(id).await.unwrap();
     wait(&mut rx, false).await;
+    // The state map keeps the stopped container, with Docker's word for it.
+    let mut st = states.clone();
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(10),
+        st.wait_for(|m| {
+            m.as_ref()
+                .and_then(|m| m.get(&id))
+                .is_some_and(|c| !c.running)
+        }),
+    )
+    .await
+    .expect("state map did not follow the stop")
+    .unwrap()
+    .clone();
+    assert_eq!(stopped, Some(env.prov.statuses().await.unwrap()));
+    assert_eq!(stopped.unwrap()[&id].state, "exited");
     // A start behind berth's back is seen too (events, not polling berth's own calls).
     docker(&["start", &env.world.container(id.get())]).unwrap();
     wait(&mut rx, true).await;
     let _ = stop_tx.send(());
+    let _ = stop_states.send(());
 }
 
 /// Two gateways sharing one PostgreSQL (two stores, two provisioners, no shared memory): ids

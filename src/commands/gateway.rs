@@ -51,6 +51,7 @@ pub async fn run_daemon(
         listeners.push(l);
     }
     tokio::spawn(watch_engine(provisioner.clone(), shutdown.clone()));
+    let provisioner_states = provisioner.clone();
     let shared = gateway::build(ssh, store, provisioner, keys, None);
     tokio::spawn(gateway::recording::retention(
         shared.clone(),
@@ -64,11 +65,15 @@ pub async fn run_daemon(
                 path.display()
             )
         })?;
-        tokio::spawn(gateway::control::serve(
-            shared.live.clone(),
-            control,
-            shutdown.clone(),
-        ));
+        let stop = shutdown.clone();
+        let states = provisioner_states
+            .watch_statuses(async move { stop.cancelled().await })
+            .await;
+        let sources = gateway::control::Sources {
+            live: shared.live.clone(),
+            states: Some(states),
+        };
+        tokio::spawn(gateway::control::serve(sources, control, shutdown.clone()));
     }
     let _ = ready.send(());
     gateway::serve(shared, listeners, shutdown)

@@ -94,13 +94,18 @@ pub enum Cmd {
         #[arg(long, value_parser = parse_size)]
         bandwidth: Option<ByteSize>,
     },
-    /// List servers with their container state and address.
+    /// List servers with their container state and address (as the running gateway follows
+    /// them through Docker's events; from Docker itself when no gateway answers).
     List {
         /// Include deleted servers.
         #[arg(long)]
         all: bool,
         #[arg(long)]
         json: bool,
+        /// Ask Docker for every container's state now instead of the gateway (slower with
+        /// many servers; the gateway's view can trail a start or stop by one container list).
+        #[arg(long)]
+        docker: bool,
     },
     /// Show one server.
     Show {
@@ -372,6 +377,35 @@ async fn connect(cfg: &crate::config::Config, store: &Store) -> Result<Provision
             DockerError::Unreachable { .. } => fail(exit::UNAVAILABLE, e.to_string()),
             DockerError::Config(m) => fail(exit::USAGE, m),
         })
+}
+
+/// How long `list` waits for the gateway's control socket before asking Docker itself.
+const GATEWAY_ANSWER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Every container's state as the running gateway follows them, or `None` when no gateway
+/// answers with them (none running, control socket off or unreachable, Docker not answering the
+/// gateway, a gateway too old to know the request): the caller then asks Docker itself.
+async fn gateway_statuses(
+    cfg: &crate::config::Config,
+) -> Option<std::collections::BTreeMap<ServerId, ContainerStatus>> {
+    use gateway::control::{Reply, Request, request};
+    let socket = cfg.gateway_config().control_socket;
+    if socket == "off" {
+        return None;
+    }
+    let asked = request(std::path::Path::new(&socket), &Request::Servers);
+    match tokio::time::timeout(GATEWAY_ANSWER, asked).await {
+        Ok(Ok(Reply::Servers(list))) => Some(
+            list.into_iter()
+                .filter_map(|s| Some((ServerId::new(s.server)?, s.status)))
+                .collect(),
+        ),
+        Ok(Ok(Reply::Error(e))) => {
+            tracing::debug!(error = %e, "the gateway has no container states; asking docker");
+            None
+        }
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => None,
+    }
 }
 
 /// One row of `list`/`show`: the store's view plus Docker's.
@@ -673,14 +707,22 @@ async fn run_with(cfg: &crate::config::Config, store: &Store, cmd: Cmd) -> Resul
                 tenants::spec::init(&s).as_str()
             );
         }
-        Cmd::List { all, json } => {
+        Cmd::List { all, json, docker } => {
             let servers = store.servers(all).await.map_err(store_error)?;
-            let (statuses, docker) = match connect(cfg, store).await {
-                Ok(prov) => match prov.statuses().await {
-                    Ok(s) => (s, "ok".to_string()),
-                    Err(e) => (Default::default(), e.to_string()),
+            let followed = if docker {
+                None
+            } else {
+                gateway_statuses(cfg).await
+            };
+            let (statuses, docker) = match followed {
+                Some(s) => (s, "ok".to_string()),
+                None => match connect(cfg, store).await {
+                    Ok(prov) => match prov.statuses().await {
+                        Ok(s) => (s, "ok".to_string()),
+                        Err(e) => (Default::default(), e.to_string()),
+                    },
+                    Err(e) => (Default::default(), super::format_error(&e)),
                 },
-                Err(e) => (Default::default(), super::format_error(&e)),
             };
             if docker != "ok" {
                 eprintln!("berth: warning: container states unknown: {docker}");

@@ -67,6 +67,7 @@ pub use password::PasswordError;
 pub use provision::{
     Applied, ContainerStatus, DockerError, EngineIsolation, ForeignContainer, HealReport,
     ProvisionError, Provisioner, ReconcileReport, RunningServer, ServerChange, ServerEndpoint,
+    Statuses,
 };
 pub use store::{
     Account, AuditEntry, AuditEvent, AuditKind, AuthorizedKey, DesiredState, Dialect, Front,

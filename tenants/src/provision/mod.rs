@@ -63,6 +63,7 @@ pub use lifecycle::RunningServer;
 pub use reconcile::{DriftedContainer, ForeignContainer, ReconcileReport};
 pub use set::{Applied, ServerChange};
 pub use status::{ContainerStatus, ServerEndpoint};
+pub use watch::Statuses;
 
 use lifecycle::Slot;
 

@@ -30,7 +30,7 @@ pub struct ServerEndpoint {
 }
 
 /// What Docker says about one server's container.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ContainerStatus {
     pub container_id: String,
     /// Docker's state word: running, exited, created, restarting, paused, dead…
