@@ -20,7 +20,9 @@
 #    in the run's containers, growth per server;
 #  - login + `true` (key, agent warm) to the first and to the last server, median of LOGIN_N
 #    each, and their ratio (target: last within 10 % of first);
-#  - `berth server list` wall time, median of LIST_N (target ≤ 200 ms), and `--json`.
+#  - `berth server list` wall time, median of LIST_N (target ≤ 200 ms), and `--json` (both
+#    answered by the running gateway's event-fed state map), and `--docker` (Docker lists
+#    every container, the way every list worked before the gateway answered it).
 # Prints a line per step and a Markdown table for docs/BENCHMARKS.md. Run it alone on the
 # machine; it needs root (Docker, nftables) and about 1 MiB of PSS per idle container.
 set -euo pipefail
@@ -199,6 +201,11 @@ measure() { # step
     t=$(now); "$BERTH" server list --json >/dev/null; lt+=("$(ms_since "$t")")
   done
   R[${n}_list_json]=$(median "${lt[@]}")
+  lt=()
+  for i in $(seq "$LIST_N"); do
+    t=$(now); "$BERTH" server list --docker >/dev/null; lt+=("$(ms_since "$t")")
+  done
+  R[${n}_list_docker]=$(median "${lt[@]}")
 }
 
 per_server() { # key step → KiB per server over step 0
@@ -229,23 +236,23 @@ for n in $STEPS; do
   measure "$n"
   DONE_STEPS+=("$n")
   daemons=$(awk -v g="$(per_server gw_pss "$n")" -v d="$(per_server dns_pss "$n")" -v f="$(per_server nf_pss "$n")" 'BEGIN { printf "%.1f", g + d + f }')
-  printf 'step %5d (created in %s s): gateway %6d KiB RSS, dns %6d, netfilter %6d (PSS %d / %d / %d) → %s KiB/server (PSS); docker daemons %s, shims %s, containers %s KiB/server; login first %s ms, last %s ms; server list %s ms (--json %s ms)\n' \
+  printf 'step %5d (created in %s s): gateway %6d KiB RSS, dns %6d, netfilter %6d (PSS %d / %d / %d) → %s KiB/server (PSS); docker daemons %s, shims %s, containers %s KiB/server; login first %s ms, last %s ms; server list %s ms (--json %s ms, --docker %s ms)\n' \
     "$n" "$secs" "${R[${n}_gw_rss]}" "${R[${n}_dns_rss]}" "${R[${n}_nf_rss]}" "${R[${n}_gw_pss]}" "${R[${n}_dns_pss]}" "${R[${n}_nf_pss]}" \
     "$daemons" "$(per_server dk_daemons "$n")" "$(per_server dk_shims "$n")" "$(per_server dk_ctr "$n")" \
-    "${R[${n}_login_first]}" "${R[${n}_login_last]}" "${R[${n}_list]}" "${R[${n}_list_json]}"
+    "${R[${n}_login_first]}" "${R[${n}_login_last]}" "${R[${n}_list]}" "${R[${n}_list_json]}" "${R[${n}_list_docker]}"
   R[${n}_daemons]=$daemons
 done
 
 echo
-echo "| servers | gateway / dns / netfilter PSS (KiB) | berth daemons per server | Docker per server (daemons + shims + container) | login first / last (ms) | last ÷ first | \`server list\` (ms) |"
+echo "| servers | gateway / dns / netfilter PSS (KiB) | berth daemons per server | Docker per server (daemons + shims + container) | login first / last (ms) | last ÷ first | \`server list\` / \`--docker\` (ms) |"
 echo "|---:|---|---:|---|---|---:|---:|"
-printf '| 0 | %d / %d / %d | | | | | %s |\n' "${R[0_gw_pss]}" "${R[0_dns_pss]}" "${R[0_nf_pss]}" "${R[0_list]}"
+printf '| 0 | %d / %d / %d | | | | | %s / %s |\n' "${R[0_gw_pss]}" "${R[0_dns_pss]}" "${R[0_nf_pss]}" "${R[0_list]}" "${R[0_list_docker]}"
 for n in "${DONE_STEPS[@]}"; do
-  printf '| %d | %d / %d / %d | %s KiB | %s + %s + %s KiB | %s / %s | %s | %s |\n' "$n" \
+  printf '| %d | %d / %d / %d | %s KiB | %s + %s + %s KiB | %s / %s | %s | %s / %s |\n' "$n" \
     "${R[${n}_gw_pss]}" "${R[${n}_dns_pss]}" "${R[${n}_nf_pss]}" "${R[${n}_daemons]}" \
     "$(per_server dk_daemons "$n")" "$(per_server dk_shims "$n")" "$(per_server dk_ctr "$n")" \
     "${R[${n}_login_first]}" "${R[${n}_login_last]}" \
     "$(awk -v a="${R[${n}_login_first]}" -v b="${R[${n}_login_last]}" 'BEGIN { printf "%.2f", (a == 0 ? 0 : b / a) }')" \
-    "${R[${n}_list]}"
+    "${R[${n}_list]}" "${R[${n}_list_docker]}"
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

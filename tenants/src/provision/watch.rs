@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bollard::query_parameters::EventsOptions;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
 use super::{ContainerStatus, ProvisionError, Provisioner};
@@ -106,22 +106,41 @@ impl Provisioner {
             }));
             // Re-list after (re)subscribing: events between the last list and now are covered.
             f.refresh(self, tx).await;
-            while let Some(ev) = events.next().await {
-                let ev = match ev {
-                    Ok(ev) => ev,
+            let relevant = |ev: &bollard::models::EventMessage| {
+                let attrs = ev.actor.as_ref().and_then(|a| a.attributes.as_ref());
+                let get = |k: &str| attrs.and_then(|a| a.get(k)).map(String::as_str);
+                match ev.typ.map(|t| t.to_string()).as_deref() {
+                    Some("container") => get(LABEL_INSTANCE) == Some(prefix.as_str()),
+                    Some("network") => get("name") == Some(net.as_str()),
+                    _ => false,
+                }
+            };
+            'stream: while let Some(ev) = events.next().await {
+                let mut changed = match ev {
+                    Ok(ev) => relevant(&ev),
                     Err(e) => {
                         tracing::warn!(error = %e, "docker event stream failed; resubscribing");
                         break;
                     }
                 };
-                let attrs = ev.actor.as_ref().and_then(|a| a.attributes.as_ref());
-                let get = |k: &str| attrs.and_then(|a| a.get(k)).map(String::as_str);
-                let relevant = match ev.typ.map(|t| t.to_string()).as_deref() {
-                    Some("container") => get(LABEL_INSTANCE) == Some(prefix.as_str()),
-                    Some("network") => get("name") == Some(net.as_str()),
-                    _ => false,
-                };
-                if relevant {
+                // One listing covers every event already delivered: a burst (a server's
+                // create, connect and start; a hundred servers starting) costs one list, not
+                // one per event, which on a host with many servers would be a list of all of
+                // them per event.
+                while let Some(more) = events.next().now_or_never() {
+                    match more {
+                        Some(Ok(ev)) => changed |= relevant(&ev),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "docker event stream failed; resubscribing");
+                            if changed {
+                                f.refresh(self, tx).await;
+                            }
+                            break 'stream;
+                        }
+                        None => break,
+                    }
+                }
+                if changed {
                     f.refresh(self, tx).await;
                 }
             }
