@@ -13,7 +13,8 @@
 # `berth run gateway`, `berth run dns` (local names from the gateway's hosts file),
 # `berth run netfilter` (its own table name, on this run's own bridge; NETFILTER=0 leaves the
 # host's nftables alone). Servers are created PAR at a time until each step's count is reached;
-# then, with everything idle for SETTLE seconds:
+# then, with everything idle for SETTLE seconds and the load average under CALM (at most
+# CALM_MAX seconds more):
 #  - RSS and PSS of each daemon (from /proc/PID/smaps_rollup), and their growth per server over
 #    the daemons' own figures at zero servers (target ≤ 100 KiB per server for the three);
 #  - Docker's own cost apart: PSS of dockerd + containerd + every containerd-shim + every process
@@ -36,12 +37,16 @@ PAR=${PAR:-4}
 LOGIN_N=${LOGIN_N:-9}
 LIST_N=${LIST_N:-5}
 SETTLE=${SETTLE:-10}
+# After SETTLE, also wait (up to CALM_MAX seconds) for the 1-minute load average to fall under
+# CALM: creating hundreds of servers leaves the host busy for minutes, which scatters logins.
+CALM=${CALM:-1.0}
+CALM_MAX=${CALM_MAX:-300}
 NETFILTER=${NETFILTER:-1}
 IMAGE=${IMAGE:-berth/tenant:bookworm}
 KEX=${KEX:-curve25519-sha256}
 PREFIX=bscale$$
 W=$(mktemp -d /tmp/berth-scale.XXXXXX)
-CMDLINE="STEPS=\"$STEPS\" PAR=$PAR LOGIN_N=$LOGIN_N LIST_N=$LIST_N SETTLE=$SETTLE NETFILTER=$NETFILTER bench/scale/run.sh"
+CMDLINE="STEPS=\"$STEPS\" PAR=$PAR LOGIN_N=$LOGIN_N LIST_N=$LIST_N SETTLE=$SETTLE CALM=$CALM CALM_MAX=$CALM_MAX NETFILTER=$NETFILTER bench/scale/run.sh"
 
 cleanup() {
   set +e
@@ -170,6 +175,11 @@ declare -A R   # R[step_key] = value
 measure() { # step
   local n=$1 first last t lb=() ll=() lt=() i v
   sleep "$SETTLE"
+  for i in $(seq "$CALM_MAX"); do
+    awk -v c="$CALM" '{ exit !($1 < c) }' /proc/loadavg && break
+    sleep 1
+  done
+  echo "step $n: measuring at load average $(cut -d' ' -f1-3 /proc/loadavg)"
   read -r R[${n}_gw_pss] R[${n}_gw_rss] < <(pss_rss "$GW_PID")
   read -r R[${n}_dns_pss] R[${n}_dns_rss] < <(pss_rss "$DNS_PID")
   read -r R[${n}_nf_pss] R[${n}_nf_rss] < <(pss_rss ${NF_PID:-})
