@@ -606,11 +606,20 @@ impl AsyncWrite for ClientSide {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        // The audit's lock is held from before the bytes reach the server until they are
+        // parsed: the server's answer (read by another task) cannot be parsed before the
+        // request it answers, which would leave the request looking unanswered. The write is
+        // a non-blocking poll, so the other side waits no longer than this one parse.
+        let tap = self.tap.clone();
+        let mut state = tap.state.lock();
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &r {
-            let n = *n;
-            self.tap.with(|s| s.client_bytes(&buf[..n]));
-        }
+        let entries = match (&mut state, &r) {
+            (Ok(s), Poll::Ready(Ok(n))) => s.client_bytes(buf.get(..*n).unwrap_or(buf)),
+            // Nothing written, or a panic inside the parser poisoned it (its audit stops).
+            _ => Vec::new(),
+        };
+        drop(state);
+        tap.emit(entries);
         r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
