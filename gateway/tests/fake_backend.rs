@@ -266,7 +266,22 @@ async fn sessions_run_on_a_fake_backend() {
     let pty = gw.seen.lock().unwrap().requests.last().unwrap().pty;
     assert!(pty.is_some(), "no PTY size in the request");
 
-    // Every session was audited as closed with its exit status.
+    // Every session was audited as closed with its exit status. The close record is written
+    // after the client has its exit status, so wait for it (bounded) rather than race it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while gw
+        .seen
+        .lock()
+        .unwrap()
+        .audits
+        .iter()
+        .filter(|a| a.kind == "session")
+        .count()
+        < 3
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let seen = gw.seen.lock().unwrap();
     let sessions: Vec<_> = seen.audits.iter().filter(|a| a.kind == "session").collect();
     assert_eq!(sessions.len(), 3, "{:?}", seen.audits);
