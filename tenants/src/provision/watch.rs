@@ -130,11 +130,9 @@ impl Provisioner {
                 while let Some(more) = events.next().now_or_never() {
                     match more {
                         Some(Ok(ev)) => changed |= relevant(&ev),
+                        // The re-list after resubscribing covers this burst too.
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "docker event stream failed; resubscribing");
-                            if changed {
-                                f.refresh(self, tx).await;
-                            }
                             break 'stream;
                         }
                         None => break,
