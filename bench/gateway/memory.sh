@@ -6,16 +6,22 @@
 #   bench/gateway/memory.sh                          # N=60 SIZE_MB=16 ROUNDS=3 AFTER=60
 #   N=12 SIZE_MB=4 ROUNDS=1 AFTER=20 bench/gateway/memory.sh   # smoke (figures meaningless)
 #   MALLOC_ARENA_MAX=8 bench/gateway/memory.sh       # glibc tunables reach the gateway as is
+#   WINDOW=8388608 bench/gateway/memory.sh           # ssh.window_size other than the default
+#   KIND=1 bench/gateway/memory.sh                   # one kind of transfer only (0-3, below)
 #
 # Load: N transfers at once, each on its own connection, SIZE_MB MiB each, a quarter of each kind:
-# ssh cat upload (to /dev/null), ssh cat download (from /dev/zero), sftp put (to /dev/null), sftp
-# get (of a file in the page cache); ROUNDS rounds, berth and sshd alternating (the order flips
+# 0 ssh cat upload (to /dev/null), 1 ssh cat download (from /dev/zero), 2 sftp put (to /dev/null),
+# 3 sftp get (of a file in the page cache); ROUNDS rounds, berth and sshd alternating (the order flips
 # every round).
 # Measured:
-#  - whole-host PSS (from /proc/PID/smaps_rollup) sampled every 0.25 s during each round, peak:
+#  - whole-host PSS (from /proc/PID/smaps_rollup) sampled every 0.1 s during each round by
+#    bench/gateway/pss_sampler.py (one process at nice -10, so the load does not starve it): peak
+#    and mean, each also as growth over the side's idle figure.
 #    berth = gateway + dockerd + containerd + every containerd-shim + every process in the tenant
 #    container's cgroup (agent, sftp-server, cat, head); sshd = every sshd process and everything
-#    below our sshd. The ssh/sftp clients count on neither side. Target: berth ≤ sshd.
+#    below our sshd. The ssh/sftp clients count on neither side. Target: berth ≤ sshd. Docker's
+#    idle daemons count on berth's side only, so the growth figures compare what the load costs
+#    a host that runs Docker either way.
 #  - the gateway's RSS: idle (after one warm-up login), peak during the load, right after it, and
 #    AFTER seconds after it (polled each second; the time it first came within 2× idle is
 #    printed). Target: within 2× idle within 60 s.
@@ -34,7 +40,7 @@ CIPHER=${CIPHER:-aes256-gcm@openssh.com}
 KEX=${KEX:-curve25519-sha256}
 IMAGE=${IMAGE:-berth/tenant:bookworm}
 S_USER=${S_USER:-berthbench}  # the sshd side logs in as this host user (created if missing)
-CMDLINE="N=$N SIZE_MB=$SIZE_MB ROUNDS=$ROUNDS AFTER=$AFTER CIPHER=$CIPHER${MALLOC_ARENA_MAX:+ MALLOC_ARENA_MAX=$MALLOC_ARENA_MAX} bench/gateway/memory.sh"
+CMDLINE="N=$N SIZE_MB=$SIZE_MB ROUNDS=$ROUNDS AFTER=$AFTER CIPHER=$CIPHER${WINDOW:+ WINDOW=$WINDOW}${KIND:+ KIND=$KIND}${MALLOC_ARENA_MAX:+ MALLOC_ARENA_MAX=$MALLOC_ARENA_MAX} bench/gateway/memory.sh"
 PREFIX=bmem$$
 W=$(mktemp -d /tmp/berth-mem.XXXXXX)
 trap cleanup EXIT
@@ -83,6 +89,7 @@ database_url = "sqlite://$W/state/berth.db"
 listen = ["127.0.0.1:$PORT_B"]
 max_sessions_per_server = 1000
 agent_binary = "$AGENT"
+${WINDOW:+window_size = $WINDOW}
 [ssh.auth]
 max_unauthenticated_per_ip = 512
 connections_per_ip_burst = 1000
@@ -159,38 +166,17 @@ printf 'put %s /dev/null\n' "$HOST_BLOB" > "$W/put"
 printf 'get %s /dev/null\n' "$BLOB" > "$W/get"
 
 # --- what is measured ------------------------------------------------------------------------------
-pss() { # pids… → summed PSS in KiB (vanished processes count 0); one cat + awk per call, so
-  # a sample of a few hundred processes stays well under the sampling period
-  local p f=()
-  for p in "$@"; do f+=("/proc/$p/smaps_rollup"); done
-  [ ${#f[@]} -gt 0 ] || { echo 0; return; }
-  { cat "${f[@]}" 2>/dev/null || true; } | awk '/^Pss:/ { s += $2 } END { print s + 0 }'
-}
 rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 CINIT=$(docker inspect -f '{{.State.Pid}}' "$CONTAINER")
 CGPATH=$(awk -F: '$2 == "pids" { print $3; exit }' "/proc/$CINIT/cgroup")
 if [ -n "$CGPATH" ]; then CGDIR=/sys/fs/cgroup/pids$CGPATH
 else CGDIR=/sys/fs/cgroup$(awk -F: '$1 == "0" { print $3; exit }' "/proc/$CINIT/cgroup"); fi
 [ -r "$CGDIR/cgroup.procs" ] || die "cannot find the container's cgroup ($CGDIR)"
-container_pids() { find "$CGDIR" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -un; }
-descendants() { # pid → pid and all its descendants
-  ps -eo pid=,ppid= | awk -v root="$1" '{ kids[$2] = kids[$2] " " $1 }
-    END { q[1] = root; n = 1; for (i = 1; i <= n; i++) { print q[i]; m = split(kids[q[i]], k, " "); for (j = 1; j <= m; j++) q[++n] = k[j] } }'
-}
-# shellcheck disable=SC2046
-berth_pss() {
-  echo $(( $(pss "$GW_PID") + $(pss $(pgrep -x dockerd) $(pgrep -x containerd)) \
-    + $(pss $({ pgrep -x containerd-shim; pgrep -f '^[^ ]*containerd-shim'; } | sort -u)) + $(pss $(container_pids)) ))
-}
-sshd_pids() { { pgrep -x sshd || true; pgrep -x sshd-session || true; descendants "$SSHD_PID"; } | sort -un; }
-# shellcheck disable=SC2046
-sshd_pss() { pss $(sshd_pids); }
-
 load() { # side: N transfers at once, waits for all; fails if any failed
   local side=$1 port dest ssh_cmd i pids="" failed=0 p
   if [ "$side" = b ]; then port=$PORT_B dest=$B_DEST ssh_cmd=("${B[@]}"); else port=$PORT_S dest=$S_DEST ssh_cmd=("${S[@]}"); fi
   for i in $(seq "$N"); do
-    case $((i % 4)) in
+    case ${KIND:-$((i % 4))} in
       0) head -c "${SIZE_MB}M" /dev/zero | "${ssh_cmd[@]}" 'cat >/dev/null' & ;;
       1) "${ssh_cmd[@]}" "head -c ${SIZE_MB}M /dev/zero" >/dev/null & ;;
       2) sftp "${OPTS[@]}" -q -P "$port" -b "$W/put" "$dest" >/dev/null & ;;
@@ -203,40 +189,40 @@ load() { # side: N transfers at once, waits for all; fails if any failed
   LOAD_PIDS=""
   [ "$failed" -eq 0 ] || die "$side: $failed of $N transfers failed"
 }
-sampled_load() { # side → prints "peak_pss peak_gateway_rss seconds samples processes_at_peak"
-  local side=$1 t0 peak=0 gpeak=0 v g k n=0 kpeak=0
+SAMPLER=$ROOT/bench/gateway/pss_sampler.py
+sampler_args() { if [ "$1" = b ]; then echo "berth $GW_PID $CGDIR"; else echo "sshd $SSHD_PID"; fi; }
+sampled_load() { # side → prints "peak_pss peak_gateway_rss seconds samples processes_at_peak mean_pss"
+  local side=$1 t0 sp peak mean n procs gpeak
   t0=$(now)
-  load "$side" &
-  local lp=$!
-  while kill -0 "$lp" 2>/dev/null; do
-    if [ "$side" = b ]; then v=$(berth_pss); g=$(rss "$GW_PID"); k=$(container_pids | wc -l)
-    else v=$(sshd_pss); g=0; k=$(sshd_pids | wc -l); fi
-    n=$((n + 1))
-    if [ "$v" -gt "$peak" ]; then peak=$v; kpeak=$k; fi
-    [ "$g" -gt "$gpeak" ] && gpeak=$g
-    sleep 0.25
-  done
-  wait "$lp" || die "$side: load failed"
-  echo "$peak $gpeak $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') $n $kpeak"
+  # shellcheck disable=SC2046
+  nice -n -10 python3 "$SAMPLER" $(sampler_args "$side") >"$W/sample" &
+  sp=$!
+  load "$side" || { kill "$sp" 2>/dev/null; die "$side: load failed"; }
+  kill -TERM "$sp"; wait "$sp" || true
+  read -r peak mean n procs gpeak <"$W/sample"
+  echo "$peak $gpeak $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') $n $procs $mean"
 }
 
 sleep 2
 GW_IDLE=$(rss "$GW_PID")
-B_IDLE=$(berth_pss)
-S_IDLE=$(sshd_pss)
+# shellcheck disable=SC2046
+B_IDLE=$(python3 "$SAMPLER" --once $(sampler_args b) | cut -d' ' -f1)
+# shellcheck disable=SC2046
+S_IDLE=$(python3 "$SAMPLER" --once $(sampler_args s) | cut -d' ' -f1)
 echo "idle: gateway RSS $GW_IDLE KiB; whole-host PSS berth $B_IDLE KiB, sshd $S_IDLE KiB"
-BP=() SP=() GP=()
+BP=() SP=() GP=() BG=() SG=() BM=() SM=()
 for r in $(seq "$ROUNDS"); do
   if [ $((r % 2)) -eq 1 ]; then order=(b s); else order=(s b); fi
   for side in "${order[@]}"; do
-    read -r peak gpeak secs samples procs < <(sampled_load "$side")
+    read -r peak gpeak secs samples procs mean < <(sampled_load "$side")
     if [ "$side" = b ]; then
-      BP+=("$peak"); GP+=("$gpeak")
-      printf 'round %d  berth  %3d × %d MiB in %5s s: whole-host PSS peak %7d KiB (+%d; %d samples, %d container processes at the peak), gateway RSS peak %d KiB, %d KiB right after\n' \
-        "$r" "$N" "$SIZE_MB" "$secs" "$peak" $((peak - B_IDLE)) "$samples" "$procs" "$gpeak" "$(rss "$GW_PID")"
+      BP+=("$peak"); GP+=("$gpeak"); BG+=($((peak - B_IDLE))); BM+=($((mean - B_IDLE)))
+      printf 'round %d  berth  %3d × %d MiB in %5s s: whole-host PSS peak %7d KiB (+%d; mean +%d; %d samples, %d processes at the peak), gateway RSS peak %d KiB, %d KiB right after\n' \
+        "$r" "$N" "$SIZE_MB" "$secs" "$peak" $((peak - B_IDLE)) $((mean - B_IDLE)) "$samples" "$procs" "$gpeak" "$(rss "$GW_PID")"
     else
-      SP+=("$peak")
-      printf 'round %d  sshd   %3d × %d MiB in %5s s: whole-host PSS peak %7d KiB (+%d; %d samples, %d sshd processes at the peak)\n' "$r" "$N" "$SIZE_MB" "$secs" "$peak" $((peak - S_IDLE)) "$samples" "$procs"
+      SP+=("$peak"); SG+=($((peak - S_IDLE))); SM+=($((mean - S_IDLE)))
+      printf 'round %d  sshd   %3d × %d MiB in %5s s: whole-host PSS peak %7d KiB (+%d; mean +%d; %d samples, %d processes at the peak)\n' \
+        "$r" "$N" "$SIZE_MB" "$secs" "$peak" $((peak - S_IDLE)) $((mean - S_IDLE)) "$samples" "$procs"
     fi
     sleep 2
   done
@@ -244,7 +230,7 @@ done
 
 # After the last berth round: the gateway's RSS each second for AFTER seconds (the sshd round,
 # if it came last, already gave it time; run another berth round to start the clock fresh).
-read -r peak gpeak secs _ _ < <(sampled_load b)
+read -r peak gpeak secs _ _ _ < <(sampled_load b)
 BP+=("$peak"); GP+=("$gpeak")
 echo "final berth round: $N × $SIZE_MB MiB in $secs s, gateway RSS peak $gpeak KiB; then idle:"
 WITHIN=""
@@ -256,6 +242,7 @@ for s in $(seq 0 "$AFTER"); do
 done
 GW_AFTER=$(rss "$GW_PID")
 max() { printf '%s\n' "$@" | sort -n | tail -1; }
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 BMAX=$(max "${BP[@]}"); SMAX=$(max "${SP[@]}"); GMAX=$(max "${GP[@]}")
 echo "gateway RSS within 2× idle after: ${WITHIN:-never (in $AFTER s)} s"
 echo "trims: $(curl -fsS "http://127.0.0.1:$PORT_M/metrics" 2>/dev/null | grep '^berth_gateway_memory_trims_total' | tr '\n' ' ')"
@@ -269,5 +256,7 @@ Command: \`$CMDLINE\`; machine $(nproc) CPUs, load $LOAD0 at start / $LOAD1 at e
 | $N × $SIZE_MB MiB at once (¼ each ssh up/down, sftp put/get), worst of $ROUNDS+1 rounds | berth | sshd | berth/sshd | target |
 |---|---|---|---|---|
 | whole-host PSS peak during the load | $BMAX KiB (idle $B_IDLE) | $SMAX KiB (idle $S_IDLE) | $(awk -v a="$BMAX" -v b="$SMAX" 'BEGIN { printf "%.2f", a / b }')× | ≤ 1.0× |
+| growth over idle at the peak, per round | $(IFS=/; echo "${BG[*]}") KiB | $(IFS=/; echo "${SG[*]}") KiB | $(awk -v a="$(median "${BG[@]}")" -v b="$(median "${SG[@]}")" 'BEGIN { printf "%.2f", a / b }')× (medians) | |
+| mean growth over idle during the load, per round | $(IFS=/; echo "${BM[*]}") KiB | $(IFS=/; echo "${SM[*]}") KiB | $(awk -v a="$(median "${BM[@]}")" -v b="$(median "${SM[@]}")" 'BEGIN { printf "%.2f", a / b }')× (medians) | |
 | gateway RSS idle / peak / $AFTER s after | $GW_IDLE / $GMAX / $GW_AFTER KiB | | $(awk -v a="$GW_AFTER" -v b="$GW_IDLE" 'BEGIN { printf "%.2f", a / b }')× idle | ≤ 2× idle within 60 s (${WITHIN:-not reached} s) |
 EOF

@@ -49,7 +49,7 @@ CIPHER=${CIPHER:-aes256-gcm@openssh.com}  # russh offers no aes128-gcm
 KEX=${KEX:-curve25519-sha256}
 IMAGE=${IMAGE:-berth/tenant:bookworm}
 S_USER=${S_USER:-berthbench}  # the sshd side logs in as this host user (created if missing)
-CMDLINE="SIZE_MB=$SIZE_MB ROUNDS=$ROUNDS LOGIN_N=$LOGIN_N IDLE=$IDLE DATA_PATH=$DATA_PATH HOP=$HOP CIPHER=$CIPHER KEX=$KEX bench/gateway/run.sh"
+CMDLINE="SIZE_MB=$SIZE_MB ROUNDS=$ROUNDS LOGIN_N=$LOGIN_N IDLE=$IDLE DATA_PATH=$DATA_PATH HOP=$HOP CIPHER=$CIPHER KEX=$KEX${WINDOW:+ WINDOW=$WINDOW} bench/gateway/run.sh"
 PREFIX=bbench$$
 W=$(mktemp -d /tmp/berth-bench.XXXXXX)
 trap cleanup EXIT
@@ -111,6 +111,7 @@ database_url = "$DB_URL"
 listen = ["127.0.0.1:$PORT_B"]
 max_sessions_per_server = 1000
 agent_binary = "$AGENT_SETTING"
+${WINDOW:+window_size = $WINDOW}
 [ssh.auth]
 max_unauthenticated_per_ip = 512
 connections_per_ip_burst = 1000

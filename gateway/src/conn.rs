@@ -80,8 +80,10 @@ impl Shared {
             nodelay: true,
             manual_window_adjust: cfg.consumption_window,
             // Messages queued from channel tasks to the session loop (default 10): more lets the
-            // output pumps of a channel keep the loop busy while it encrypts.
-            event_buffer_size: 64,
+            // output pumps of a channel keep the loop busy while it encrypts; each is up to a
+            // packet of output held in the gateway, so 16 (≈ 512 KiB with OpenSSH's packets),
+            // not 64, per busy connection (docs/BENCHMARKS.md, issue 25).
+            event_buffer_size: 16,
             ..Default::default()
         };
         gate.configure(&mut russh);

@@ -23,7 +23,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const GRACE: Duration = Duration::from_secs(3);
 /// Closed within grace + this.
 const SLACK: Duration = Duration::from_secs(1);
-/// Growth of the gateway's RSS allowed while a client pushes 1 GiB past an 8 MiB window.
+/// Growth of the gateway's RSS allowed while a client pushes 1 GiB past the default window.
 const WINDOW_FLOOD_RSS_CEILING_KIB: u64 = 48 * 1024;
 
 fn script(name: &str) -> PathBuf {
@@ -418,7 +418,7 @@ async fn a_client_ignoring_the_window_is_disconnected_with_bounded_memory() -> R
     let sent = report["sent"].as_u64().unwrap_or(u64::MAX);
     assert!(
         sent < 64 << 20,
-        "the client pushed {sent} bytes before being cut off (window 8 MiB): {report}"
+        "the client pushed {sent} bytes before being cut off (window 2 MiB): {report}"
     );
     assert!(
         growth < WINDOW_FLOOD_RSS_CEILING_KIB,

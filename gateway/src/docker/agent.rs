@@ -1299,11 +1299,12 @@ enum Step {
 }
 
 /// Reads what is there; the buffer is allocated only once data is ready, so an idle session
-/// holds none.
+/// holds none, and a short read is copied out so a queued chunk does not pin a full buffer.
 fn try_chunk(rx: &pipe::Receiver) -> Step {
     let mut buf = Vec::with_capacity(CHUNK);
     match rx.try_read_buf(&mut buf) {
         Ok(0) => Step::Eof,
+        Ok(n) if n < CHUNK / 4 => Step::Data(Bytes::copy_from_slice(&buf)),
         Ok(_) => Step::Data(Bytes::from(buf)),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Again,
         Err(_) => Step::Eof,

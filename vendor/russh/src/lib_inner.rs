@@ -534,6 +534,12 @@ impl ChannelParams {
     }
 }
 
+/// BERTH PATCH: the server loop stops draining queued application messages into one
+/// batch once this many bytes of output wait to be encrypted (the message that crosses
+/// it still goes in). Without it a batch is up to 64 full packets, and the connection's
+/// plaintext and ciphertext buffers each keep that peak.
+pub(crate) const MAX_BYTES_PER_BATCH: usize = 128 * 1024;
+
 pub(crate) async fn flush_or_timeout<W: AsyncWrite + Unpin>(
     writer: &mut sshbuffer::PacketWriter,
     stream: &mut W,

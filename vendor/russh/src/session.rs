@@ -135,6 +135,13 @@ impl<C> CommonSession<C> {
             .is_some_and(Encrypted::has_any_pending_data)
     }
 
+    /// BERTH PATCH: bytes of connection-layer packets queued and not yet encrypted.
+    pub(crate) fn queued_output_len(&self) -> usize {
+        self.encrypted
+            .as_ref()
+            .map_or(0, |enc| enc.write.len().saturating_sub(enc.write_cursor))
+    }
+
     /// Channel-scoped messages (`CHANNEL_DATA`, `CHANNEL_EOF`, `CHANNEL_CLOSE`,
     /// `CHANNEL_REQUEST`, ...) operate on an already-open channel. An
     /// authenticated peer must not be able to drive channel callbacks
@@ -760,6 +767,9 @@ impl Encrypted {
             // If all packets have been written, clear.
             self.write_cursor = 0;
             self.write.clear();
+            // BERTH PATCH: a burst (e.g. many pending packets flushed by one window
+            // adjust) must not pin its peak for the connection's lifetime.
+            crate::sshbuffer::release_excess(&mut self.write);
         }
 
         if self.kex.skip_exchange() {

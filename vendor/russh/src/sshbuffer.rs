@@ -612,7 +612,21 @@ impl PacketWriter {
             w.write_all(&self.write_buffer.buffer).await?;
             w.flush().await?;
             self.write_buffer.buffer.clear();
+            release_excess(&mut self.write_buffer.buffer);
         }
         Ok(())
+    }
+}
+
+/// BERTH PATCH: what an emptied output buffer may keep of its capacity. Above it, the
+/// buffer goes back to this size, so a connection holds at most a batch's worth of
+/// output memory between bursts instead of its largest burst.
+pub(crate) const RETAINED_OUTPUT_CAPACITY: usize = 2 * crate::MAX_BYTES_PER_BATCH;
+
+/// BERTH PATCH: shrinks an emptied buffer whose capacity exceeds
+/// [`RETAINED_OUTPUT_CAPACITY`].
+pub(crate) fn release_excess(buf: &mut Vec<u8>) {
+    if buf.is_empty() && buf.capacity() > RETAINED_OUTPUT_CAPACITY {
+        buf.shrink_to(RETAINED_OUTPUT_CAPACITY);
     }
 }

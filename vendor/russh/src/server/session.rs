@@ -712,6 +712,12 @@ impl Session {
                     if self.common.has_any_pending_data() {
                         break;
                     }
+                    // BERTH PATCH: stop once a batch's worth of output is queued, so the
+                    // plaintext and ciphertext buffers of a connection stay near
+                    // `MAX_BYTES_PER_BATCH` instead of growing to 64 full packets each.
+                    if self.common.queued_output_len() >= crate::MAX_BYTES_PER_BATCH {
+                        break;
+                    }
                 }
                 if drained > 0 {
                     self.flush()?;
