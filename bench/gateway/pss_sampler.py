@@ -20,34 +20,28 @@ import time
 INTERVAL = float(os.environ.get("SAMPLE_INTERVAL", "0.1"))
 
 
-def comm(pid):
+def procs():
+    """{pid: (comm, ppid)} for every process, from one read of /proc/PID/stat each."""
+    out = {}
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                head, tail = f.read().rsplit(")", 1)
+            # the name may hold spaces and parentheses: it runs from the first '(' to the last ')'
+            out[int(p)] = (head.split("(", 1)[1], int(tail.split()[1]))
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def kib(path, key):
+    """The KiB figure of the line starting with `key` in a /proc file (0 when gone)."""
     try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def pids():
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def pss(pid):
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def rss(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key):
                     return int(line.split()[1])
     except (OSError, ValueError):
         pass
@@ -66,15 +60,9 @@ def cgroup_pids(root):
     return out
 
 
-def descendants(root):
+def descendants(root, table):
     kids = {}
-    for p in pids():
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                # the name may hold spaces and parentheses: the ppid follows the last ')'
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
+    for p, (_, ppid) in table.items():
         kids.setdefault(ppid, []).append(p)
     out, queue = set(), [root]
     while queue:
@@ -87,18 +75,16 @@ def descendants(root):
 
 def berth_set(gateway, cgroup):
     s = {gateway} | cgroup_pids(cgroup)
-    for p in pids():
-        c = comm(p)
+    for p, (c, _) in procs().items():
         if c in ("dockerd", "containerd") or c.startswith("containerd-shim"):
             s.add(p)
     return s
 
 
 def sshd_set(sshd):
-    s = descendants(sshd)
-    for p in pids():
-        if comm(p) in ("sshd", "sshd-session"):
-            s.add(p)
+    table = procs()
+    s = descendants(sshd, table)
+    s.update(p for p, (c, _) in table.items() if c in ("sshd", "sshd-session"))
     return s
 
 
@@ -122,13 +108,13 @@ def main():
     peak = total = n = at_peak = gpeak = 0
     while True:
         s = members()
-        v = sum(pss(p) for p in s)
+        v = sum(kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in s)
         n += 1
         total += v
         if v > peak:
             peak, at_peak = v, len(s)
         if gateway is not None:
-            gpeak = max(gpeak, rss(gateway))
+            gpeak = max(gpeak, kib(f"/proc/{gateway}/status", "VmRSS:"))
         if once or stop:
             break
         time.sleep(INTERVAL)
